@@ -1,0 +1,56 @@
+"""Shared fixtures: a tiny random model with the real SmolLM2 tokenizer, and the real data."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the network in tests
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from tunelab.paths import shared_data_dir  # noqa: E402
+
+SHARED = shared_data_dir()
+
+
+def make_tiny_model(out: Path, tokenizer_dir: Path, *, layers: int = 2, hidden: int = 64, seed: int = 0) -> Path:
+    """A random Llama with real shapes' structure but tiny size, saved with a real tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tunelab.models.load import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The real default model, resolved offline (converted from its GGUF once, then cached)."""
+    from tunelab.models import resolve_model
+
+    return resolve_model("smollm2-135m-instruct").path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smollm2_dir) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-model"), smollm2_dir)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if SHARED is None:
+        pytest.skip("../shared/data is not present")
+    return SHARED

