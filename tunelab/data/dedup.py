@@ -1,0 +1,62 @@
+"""Exact and near-duplicate removal.
+
+Exact: two examples are duplicates when their normalised messages are equal (content_hash).
+Near: MinHash signatures of word 3-grams (system prompts left out), indexed with datasketch's
+LSH; an example is dropped when an earlier kept one has an estimated Jaccard similarity of
+at least `threshold`. The first occurrence is always the one kept.
+"""
+from __future__ import annotations
+
+from datasketch import MinHash, MinHashLSH
+
+from tunelab.data.schema import content_hash, normalise_text
+from tunelab.progress import progress_bar
+
+NUM_PERM = 128
+
+
+def shingles(example: dict, n: int = 3) -> set[bytes]:
+    words = normalise_text(" ".join(m["content"] for m in example["messages"] if m["role"] != "system")).split()
+    if len(words) < n:
+        return {" ".join(words).encode()}
+    return {" ".join(words[i : i + n]).encode() for i in range(len(words) - n + 1)}
+
+
+def minhash(example: dict) -> MinHash:
+    m = MinHash(num_perm=NUM_PERM, seed=1)
+    m.update_batch(list(shingles(example)))
+    return m
+
+
+def exact_dedup(examples: list[dict]) -> tuple[list[dict], list[tuple[dict, str]]]:
+    """(kept, [(dropped, id of the kept copy)])."""
+    first: dict[str, str] = {}
+    kept, dropped = [], []
+    for e in examples:
+        h = content_hash(e)
+        if h in first:
+            dropped.append((e, first[h]))
+        else:
+            first[h] = e["id"]
+            kept.append(e)
+    return kept, dropped
+
+
+def near_dedup(examples: list[dict], threshold: float) -> tuple[list[dict], list[tuple[dict, str]]]:
+    """(kept, [(dropped, id of the similar kept example)])."""
+    lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
+    signatures: dict[str, MinHash] = {}
+    kept, dropped = [], []
+    with progress_bar(transient=True) as bar:
+        task = bar.add_task("Near-duplicates", total=len(examples), info="")
+        for e in examples:
+            sig = minhash(e)
+            similar = [k for k in lsh.query(sig) if signatures[k].jaccard(sig) >= threshold]
+            if similar:
+                dropped.append((e, similar[0]))
+            else:
+                lsh.insert(e["id"], sig)
+                signatures[e["id"]] = sig
+                kept.append(e)
+            bar.update(task, advance=1, info=f"{len(dropped)} dropped")
+    return kept, dropped
