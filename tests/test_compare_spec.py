@@ -1,0 +1,103 @@
+"""Sweep files: grid and list expansion, axis checks, identical-variant refusal."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tunelab.compare.spec import canonical_axis, load_sweep, recipe_changes
+from tunelab.errors import ConfigError
+
+
+def write_data(folder: Path, n: int = 40, name: str = "d.json", offset: int = 0) -> Path:
+    rows = [{"instruction": f"Question number {i + offset}: what is {i + offset} plus one?", "input": "", "output": f"It is {i + offset + 1}."} for i in range(n)]
+    path = folder / name
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def write_sweep(folder: Path, body: dict, recipe: dict | None = None) -> Path:
+    data = write_data(folder)
+    base = recipe or {"data": {"sources": [{"path": str(data)}]}, "train": {"max_steps": 2}}
+    (folder / "base.yaml").write_text(yaml.safe_dump(base))
+    path = folder / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"base": "base.yaml", "output_dir": str(folder / "out"), **body}, sort_keys=False))
+    return path
+
+
+def test_grid_expands_to_every_combination(tmp_path):
+    sweep = load_sweep(write_sweep(tmp_path, {"grid": {"lr": [1e-4, 3e-4], "rank": [4, 8], "clean": [True, False]}}))
+    assert len(sweep.variants) == 8
+    assert sweep.baseline is sweep.variants[0]
+    first = sweep.variants[0]
+    assert first.settings == {"train.learning_rate": 1e-4, "train.lora.r": 4, "data.clean": True}
+    assert first.recipe.train.learning_rate == 1e-4 and first.recipe.train.lora.r == 4
+    last = sweep.variants[-1]
+    assert last.recipe.train.lora.r == 8 and last.recipe.data.clean is False
+    assert last.kinds == {"model", "data"}
+    assert sweep.variants[1].kinds == {"data"}   # only clean differs from the first combination
+    assert sweep.variants[2].kinds == {"model"}  # only rank differs
+    assert len({v.name for v in sweep.variants}) == 8
+
+
+def test_listed_variants_baseline_seeds_and_aliases(tmp_path):
+    sweep = load_sweep(write_sweep(tmp_path, {
+        "set": {"steps": 3},
+        "variants": [{"name": "rank-32", "set": {"train.lora.r": 32}}, {"name": "base"}, {"name": "dedup-0.7", "set": {"near_dup_threshold": 0.7}}],
+        "baseline": "base", "seeds": [1, 2],
+    }))
+    assert [v.name for v in sweep.variants] == ["rank-32", "base", "dedup-0.7"]
+    assert sweep.baseline.name == "base" and sweep.seeds == [1, 2]
+    assert all(v.recipe.train.max_steps == 3 for v in sweep.variants)  # `set:` applies to every variant
+    assert sweep.variants[0].kinds == {"model"} and sweep.variants[2].kinds == {"data"}
+    assert recipe_changes(sweep.baseline.recipe, sweep.variants[0].recipe) == {"train.lora.r": (16, 32)}
+    assert canonical_axis("mix.1") == "data.sources.1.weight"
+
+
+def test_mixing_axis_on_a_second_source(tmp_path):
+    data2 = write_data(tmp_path, 10, "extra.json", offset=100)
+    recipe = {"data": {"sources": [{"path": str(write_data(tmp_path))}, {"path": str(data2), "weight": 0.5}]}}
+    sweep = load_sweep(write_sweep(tmp_path, {"variants": [{"name": "half"}, {"name": "full-mix", "set": {"mix.1": 1.0}}]}, recipe))
+    assert sweep.variants[1].recipe.data.sources[1].weight == 1.0
+    assert sweep.variants[1].kinds == {"data"}
+
+
+@pytest.mark.parametrize("axis, message", [
+    ("train.lora.rank", "the recipe has no 'train.lora.rank'"),
+    ("trian.learning_rate", "the recipe has no 'trian'"),
+    ("data.sources.3.weight", "has 1 entries, so index 3 does not exist"),
+    ("data.sources.weight", "is a list; use an index"),
+    ("train.learning_rate.x", "is a value, not a section"),
+    ("eval.max_new_tokens", "evaluation settings are fixed"),
+])
+def test_unknown_axis_is_refused(tmp_path, axis, message):
+    path = write_sweep(tmp_path, {"grid": {axis: [1, 2]}})
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_sweep(path)
+
+
+def test_bad_value_names_the_variant(tmp_path):
+    path = write_sweep(tmp_path, {"variants": [{"name": "ok"}, {"name": "bad-method", "set": {"method": "magic"}}]})
+    with pytest.raises(ConfigError, match="variant 'bad-method'"):
+        load_sweep(path)
+
+
+def test_identical_variants_are_refused(tmp_path):
+    # rank 16 is the default, so "explicit-16" is the base recipe once defaults are filled in.
+    path = write_sweep(tmp_path, {"variants": [{"name": "base"}, {"name": "explicit-16", "set": {"rank": 16}}]})
+    with pytest.raises(ConfigError, match="'base' and 'explicit-16' are identical"):
+        load_sweep(path)
+
+
+def test_sweep_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="no variants"):
+        load_sweep(write_sweep(tmp_path, {}))
+    with pytest.raises(ConfigError, match="baseline 'nope' is not one of the variants"):
+        load_sweep(write_sweep(tmp_path, {"variants": [{"name": "a"}], "baseline": "nope"}))
+    with pytest.raises(ConfigError, match="invalid sweep file"):
+        load_sweep(write_sweep(tmp_path, {"variants": [{"name": "a"}], "grdi": {}}))
+    (tmp_path / "nobase.yaml").write_text(yaml.safe_dump({"base": "missing.yaml", "variants": [{"name": "a"}]}))
+    with pytest.raises(ConfigError, match="base recipe 'missing.yaml' not found"):
+        load_sweep(tmp_path / "nobase.yaml")

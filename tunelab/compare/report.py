@@ -1,0 +1,444 @@
+"""`tunelab compare`: the results table, a plot per metric and a plain-words report.
+
+Everything is computed from the results store, so `compare` works on a finished or
+half-finished sweep and on a store copied from other machines. Each variant is compared
+with the baseline variant on the same held-out example ids (paired bootstrap); repeats over
+seeds are averaged per example first, so a variant's interval covers example noise and the
+seed spread is shown beside it.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import mean, stdev
+from typing import Any
+
+from tunelab.compare.spec import AXIS_LABELS
+from tunelab.compare.store import ResultsStore
+from tunelab.errors import ConfigError
+from tunelab.io import atomic_write_text
+from tunelab.progress import console
+
+LOWER_IS_BETTER = {"perplexity", "ppl", "loss", "nll", "eval_loss"}
+METRIC_NAMES = {"bleu": "BLEU", "rougeL": "ROUGE-L", "rouge_l": "ROUGE-L", "bertscore": "BERTScore", "bertscore_f1": "BERTScore",
+                "perplexity": "perplexity", "exact_match": "exact match", "contains": "contains-answer", "gsm8k": "GSM8K accuracy",
+                "accuracy": "accuracy", "multiple_choice": "multiple-choice accuracy"}
+ALPHA = 0.05
+BOOTSTRAP_SAMPLES = 2000
+SEED = 0
+
+
+def metric_name(metric: str) -> str:
+    return METRIC_NAMES.get(metric, metric)
+
+
+def higher_is_better(metric: str) -> bool:
+    return metric.lower() not in LOWER_IS_BETTER
+
+
+# ---------------------------------------------------------------- statistics (the evaluate stage's)
+def interval(values: list[float]) -> tuple[float, float]:
+    from tunelab.evaluate.stats import bootstrap_ci
+
+    ci = bootstrap_ci(values, n=BOOTSTRAP_SAMPLES, seed=SEED)
+    if isinstance(ci, dict):
+        return ci["low"], ci["high"]
+    return ci[-2], ci[-1]
+
+
+def paired(a: list[float], b: list[float]) -> dict:
+    """Paired bootstrap of a − b over the same examples: diff, low, high, p_value."""
+    from tunelab.evaluate.stats import paired_bootstrap
+
+    return paired_bootstrap(a, b, n=BOOTSTRAP_SAMPLES, seed=SEED)
+
+
+# ---------------------------------------------------------------- aggregation
+@dataclass
+class Row:
+    name: str
+    kind: str                        # "variant" or "reference"
+    is_baseline: bool
+    kinds: list[str]                 # ["model"], ["data"], both, or [] for the baseline/reference
+    changes: dict[str, list]         # path -> [baseline value, this value]
+    seeds: list[int]
+    per_example: dict[str, dict[str, float]]   # metric -> example id -> value (mean over seeds)
+    seed_means: dict[str, list[float]]         # metric -> the mean of each seed
+    train_seconds: float | None
+    tokens_per_second: float | None
+    stats: dict[str, dict] = field(default_factory=dict)   # metric -> mean, low, high, seed_sd
+    deltas: dict[str, dict] = field(default_factory=dict)  # metric -> diff, low, high, p_value, n
+
+
+def _avg(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return mean(values) if values else None
+
+
+def load_rows(store: ResultsStore, config_ids: set[str] | None = None) -> tuple[list[Row], list[str]]:
+    """One row per variant (seeds merged) and per reference model; plus the variants not finished yet."""
+    groups: dict[str, list[dict]] = {}
+    unfinished = []
+    for run in store.runs():
+        if run["kind"] == "variant" and config_ids is not None and run["config_id"] not in config_ids:
+            continue
+        if run["status"] != "done":
+            unfinished.append(f"{run['variant']} (seed {run['seed']}: {run['status']})" if run["seed"] is not None else run["variant"])
+            continue
+        key = run["config_id"] if run["kind"] == "variant" else run["id"]
+        groups.setdefault(key, []).append(run)
+    rows = []
+    for runs in groups.values():
+        first = runs[0]
+        settings = first.get("settings") or {}
+        per_seed = [store.scores(r["id"]) for r in runs]
+        metrics = sorted(set.intersection(*[set(s) for s in per_seed])) if per_seed else []
+        per_example, seed_means = {}, {}
+        for m in metrics:
+            ids = set.intersection(*[set(s[m]) for s in per_seed])
+            per_example[m] = {i: mean(s[m][i] for s in per_seed) for i in sorted(ids)}
+            seed_means[m] = [mean(s[m].values()) for s in per_seed if s[m]]
+        rows.append(Row(
+            name=first["variant"], kind=first["kind"], is_baseline=bool(settings.get("baseline")),
+            kinds=settings.get("kinds", []), changes=settings.get("changes", {}),
+            seeds=sorted(r["seed"] for r in runs if r["seed"] is not None), per_example=per_example, seed_means=seed_means,
+            train_seconds=_avg([r["train_seconds"] for r in runs]), tokens_per_second=_avg([r["tokens_per_second"] for r in runs]),
+        ))
+    rows.sort(key=lambda r: (r.kind != "reference", not r.is_baseline))
+    return rows, unfinished
+
+
+def compute_stats(rows: list[Row]) -> Row | None:
+    """Fill each row's metric intervals and its paired difference against the baseline variant."""
+    baseline = next((r for r in rows if r.is_baseline), None)
+    for row in rows:
+        for m, values in row.per_example.items():
+            vals = list(values.values())
+            low, high = interval(vals) if len(vals) > 1 else (math.nan, math.nan)
+            row.stats[m] = {"mean": mean(vals), "low": low, "high": high, "n": len(vals),
+                            "seed_sd": stdev(row.seed_means[m]) if len(row.seed_means.get(m, [])) > 1 else None}
+        if baseline is None or row is baseline:
+            continue
+        for m, values in row.per_example.items():
+            base_values = baseline.per_example.get(m, {})
+            ids = sorted(set(values) & set(base_values))
+            if len(ids) < 2:
+                continue
+            d = paired([values[i] for i in ids], [base_values[i] for i in ids])
+            row.deltas[m] = {"diff": d["diff"], "low": d["low"], "high": d["high"], "p_value": d["p_value"], "n": len(ids)}
+    return baseline
+
+
+# ---------------------------------------------------------------- words
+def _fmt_value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, list):
+        return "[" + ", ".join(map(str, v)) + "]"
+    if v is None:
+        return "none"
+    return str(v)
+
+
+def change_phrase(path: str, old: Any, new: Any, plain: bool = False) -> str:
+    """'Raising LoRA rank 8→32', 'Turning on paraphrase augmentation', ..."""
+    label = AXIS_LABELS.get(path)
+    if label is None:
+        parts = path.split(".")
+        if path.startswith("data.sources.") and len(parts) == 4:
+            label = f"the {parts[3].replace('_', ' ')} of source {parts[2]}"
+            if parts[3] == "weight":
+                label = f"the mixing weight of source {parts[2]}"
+        else:
+            label = path
+    if plain:
+        return f"{path}: {_fmt_value(old)} → {_fmt_value(new)}"
+    if isinstance(old, bool) or isinstance(new, bool):
+        return f"turning {'on' if new else 'off'} {label}"
+    if isinstance(old, (int, float)) and isinstance(new, (int, float)):
+        verb = "raising" if new > old else "lowering"
+        return f"{verb} {label} {_fmt_value(old)}→{_fmt_value(new)}"
+    if old is None:
+        return f"setting {label} to {_fmt_value(new)}"
+    if new is None:
+        return f"removing {label} ({_fmt_value(old)})"
+    return f"changing {label} from {_fmt_value(old)} to {_fmt_value(new)}"
+
+
+def changes_phrase(changes: dict[str, list]) -> str:
+    if not changes:
+        return "the same settings"
+    phrases = [change_phrase(k, a, b) for k, (a, b) in changes.items()]
+    text = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+    return text
+
+
+def scale(metric: str, rows: list[Row]) -> float:
+    """Scores kept as fractions (ROUGE-L, BERTScore, accuracy) are shown as points out of 100."""
+    if not higher_is_better(metric):
+        return 1.0
+    values = [v for r in rows for v in r.per_example.get(metric, {}).values()]
+    return 100.0 if values and all(-1.0 <= v <= 1.0 for v in values) else 1.0
+
+
+def verdict(metric: str, d: dict) -> str:
+    """'better', 'worse' or 'same' from the paired difference's interval and p-value."""
+    excludes_zero = d["low"] > 0 or d["high"] < 0
+    if d["p_value"] < ALPHA and excludes_zero:
+        return "better" if (d["diff"] > 0) == higher_is_better(metric) else "worse"
+    return "same"
+
+
+def _p(p: float) -> str:
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}" if p < 0.01 else f"p={p:.2f}"
+
+
+def sentence(row: Row, metric: str, k: float) -> str:
+    d = row.deltas[metric]
+    unit = " points" if k == 100.0 else ""
+    diff, lo, hi = d["diff"] * k, d["low"] * k, d["high"] * k
+    ci = f"(95% CI {lo:+.2f}..{hi:+.2f}, {_p(d['p_value'])})"
+    v = verdict(metric, d)
+    lower = "" if higher_is_better(metric) else ", lower is better"
+    what = changes_phrase(row.changes)
+    what = what[0].upper() + what[1:]
+    name = metric_name(metric)
+    if v == "better":
+        return f"{what} improved {name} by {diff:+.2f}{unit} {ci}{lower}: a real improvement."
+    if v == "worse":
+        return f"{what} made {name} worse by {diff:+.2f}{unit} {ci}{lower}: a real degradation."
+    return f"{what} changed {name} by {diff:+.2f}{unit} {ci}: no measurable difference."
+
+
+def overall(row: Row) -> str:
+    verdicts = {m: verdict(m, d) for m, d in row.deltas.items()}
+    better = [m for m, v in verdicts.items() if v == "better"]
+    worse = [m for m, v in verdicts.items() if v == "worse"]
+    if better and not worse:
+        return "improved"
+    if worse and not better:
+        return "worse"
+    if better and worse:
+        return "mixed"
+    return "no difference"
+
+
+SECTIONS = [("model", "Model-centric changes"), ("data", "Data-centric changes"), ("both", "Changes of both kinds")]
+
+
+def section_of(row: Row) -> str:
+    kinds = set(row.kinds)
+    return "both" if kinds == {"model", "data"} else (next(iter(kinds)) if kinds else "model")
+
+
+def findings(rows: list[Row], baseline: Row) -> list[tuple[str, list[str], list[str]]]:
+    """(section title, summary lines, per-metric sentences) for each kind of change."""
+    out = []
+    for key, title in SECTIONS:
+        members = [r for r in rows if r.kind == "variant" and r is not baseline and section_of(r) == key and r.deltas]
+        if not members:
+            continue
+        summary = []
+        groups = {"improved": [], "worse": [], "mixed": [], "no difference": []}
+        for r in members:
+            groups[overall(r)].append(r)
+        if groups["improved"]:
+            summary.append("Improved the model: " + "; ".join(f"{changes_phrase(r.changes)} (`{r.name}`)" for r in groups["improved"]) + ".")
+        if groups["worse"]:
+            summary.append("Made it worse: " + "; ".join(f"{changes_phrase(r.changes)} (`{r.name}`)" for r in groups["worse"]) + ".")
+        if groups["mixed"]:
+            summary.append("Mixed (better on some metrics, worse on others): " + "; ".join(f"{changes_phrase(r.changes)} (`{r.name}`)" for r in groups["mixed"]) + ".")
+        if groups["no difference"]:
+            summary.append("Did not measurably change it: " + "; ".join(f"{changes_phrase(r.changes)} (`{r.name}`)" for r in groups["no difference"]) + ".")
+        sentences = [sentence(r, m, scale(m, rows)) for r in members for m in sorted(r.deltas)]
+        out.append((title, summary, sentences))
+    return out
+
+
+# ---------------------------------------------------------------- table
+def metrics_of(rows: list[Row]) -> list[str]:
+    seen: list[str] = []
+    for r in rows:
+        for m in r.stats:
+            if m not in seen:
+                seen.append(m)
+    return seen
+
+
+def table_rows(rows: list[Row], metrics: list[str]) -> tuple[list[str], list[list[str]]]:
+    header = ["variant", "changed setting"]
+    for m in metrics:
+        header += [f"{metric_name(m)} (95% CI)", f"Δ {metric_name(m)} vs baseline (p)"]
+    header += ["train s", "tokens/s", "seeds"]
+    body = []
+    for r in rows:
+        if r.kind == "reference":
+            changed = "untuned base model (reference)"
+        elif r.is_baseline:
+            changed = "(baseline)"
+        else:
+            changed = "; ".join(change_phrase(k, a, b, plain=True) for k, (a, b) in r.changes.items())
+        cells = [r.name, changed]
+        for m in metrics:
+            k = scale(m, rows)
+            s = r.stats.get(m)
+            if s:
+                sd = f" ±{s['seed_sd'] * k:.2f} sd" if s.get("seed_sd") is not None else ""
+                cells.append(f"{s['mean'] * k:.2f} [{s['low'] * k:.2f}, {s['high'] * k:.2f}]{sd}")
+            else:
+                cells.append("-")
+            d = r.deltas.get(m)
+            cells.append(f"{d['diff'] * k:+.2f} [{d['low'] * k:+.2f}, {d['high'] * k:+.2f}] ({_p(d['p_value'])})" if d else "-")
+        cells.append(f"{r.train_seconds:.0f}" if r.train_seconds is not None else "-")
+        cells.append(f"{r.tokens_per_second:.0f}" if r.tokens_per_second is not None else "-")
+        cells.append(",".join(map(str, r.seeds)) or "-")
+        body.append(cells)
+    return header, body
+
+
+def markdown_table(header: list[str], body: list[list[str]]) -> str:
+    esc = lambda c: str(c).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- plots
+def plot_metric(metric: str, rows: list[Row], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = scale(metric, rows)
+    shown = [r for r in rows if metric in r.stats]
+    colours = {"reference": "#9e9e9e", "baseline": "#455a64", "model": "#1e88e5", "data": "#43a047", "both": "#8e24aa"}
+    means = [r.stats[metric]["mean"] * k for r in shown]
+    lows = [max(0.0, (r.stats[metric]["mean"] - r.stats[metric]["low"]) * k) if not math.isnan(r.stats[metric]["low"]) else 0 for r in shown]
+    highs = [max(0.0, (r.stats[metric]["high"] - r.stats[metric]["mean"]) * k) if not math.isnan(r.stats[metric]["high"]) else 0 for r in shown]
+    colour = [colours["reference"] if r.kind == "reference" else colours["baseline"] if r.is_baseline else colours[section_of(r)] for r in shown]
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(shown) + 2), 4))
+    ax.bar(range(len(shown)), means, yerr=[lows, highs], capsize=4, color=colour)
+    ax.set_xticks(range(len(shown)))
+    ax.set_xticklabels([r.name for r in shown], rotation=30, ha="right", fontsize=8)
+    unit = " (points)" if k == 100.0 else ""
+    ax.set_ylabel(metric_name(metric) + unit + ("" if higher_is_better(metric) else " — lower is better"))
+    ax.set_title(f"{metric_name(metric)} per variant, 95% CI (grey: base model, dark: baseline, blue: model-centric, green: data-centric)", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(buf.getvalue())
+    tmp.replace(path)
+    return path
+
+
+# ---------------------------------------------------------------- report
+def build_report(store: ResultsStore, out: Path, config_ids: set[str] | None = None, title: str | None = None) -> dict:
+    """Write results.csv, plots/<metric>.png, report.md and report.html into `out`; return the numbers."""
+    rows, unfinished = load_rows(store, config_ids)
+    if not [r for r in rows if r.kind == "variant"]:
+        raise ConfigError(f"{store.path}: no finished variants yet; run `tunelab sweep` first")
+    baseline = compute_stats(rows)
+    metrics = metrics_of(rows)
+    header, body = table_rows(rows, metrics)
+    name = title or store.get_meta("sweep_name") or out.name
+
+    out.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    csv.writer(buf).writerows([header, *body])
+    atomic_write_text(out / "results.csv", buf.getvalue())
+    plots = {m: plot_metric(m, rows, out / "plots" / f"{m}.png") for m in metrics}
+    found = findings(rows, baseline) if baseline else []
+
+    heldout_n = store.get_meta("heldout_size")
+    heldout_hash = store.get_meta("heldout_hash") or ""
+    intro = (f"Every variant was trained with the same base recipe except the settings shown, and scored on the same "
+             f"{heldout_n} held-out examples (content hash `{heldout_hash[:12]}`), fixed before any variant ran. "
+             f"Intervals are 95% bootstrap intervals over examples; Δ is the paired difference against the baseline "
+             f"variant `{baseline.name if baseline else '?'}` on the same examples, with a paired-bootstrap p-value. "
+             f"A change counts as real when p < {ALPHA} and its interval excludes zero.")
+    md = [f"# Sweep report: {name}", "", intro, ""]
+    if unfinished:
+        md += [f"Not finished yet (left out): {', '.join(unfinished)}.", ""]
+    md += ["## Findings", ""]
+    if not found:
+        md += ["Only the baseline has finished; nothing to compare yet.", ""]
+    for title_, summary, sentences in found:
+        md += [f"### {title_}", ""] + [f"**{s}**" for s in summary] + [""] + [f"- {s}" for s in sentences] + [""]
+    md += ["## Results", "", markdown_table(header, body), ""]
+    md += ["## Plots", ""] + [f"![{metric_name(m)}](plots/{m}.png)" for m in metrics] + [""]
+    atomic_write_text(out / "report.md", "\n".join(md))
+
+    h = [f"<!doctype html><html><head><meta charset='utf-8'><title>Sweep report: {html.escape(name)}</title>",
+         "<style>body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
+         "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:4px 6px;text-align:left}"
+         "th{background:#f3f3f3}.better{color:#1b5e20}.worse{color:#b71c1c}img{max-width:100%}</style></head><body>",
+         f"<h1>Sweep report: {html.escape(name)}</h1><p>{html.escape(intro)}</p>"]
+    if unfinished:
+        h.append(f"<p>Not finished yet (left out): {html.escape(', '.join(unfinished))}.</p>")
+    h.append("<h2>Findings</h2>")
+    for title_, summary, sentences in found:
+        h.append(f"<h3>{html.escape(title_)}</h3>" + "".join(f"<p><b>{html.escape(s.replace('`', ''))}</b></p>" for s in summary))
+        items = []
+        for s in sentences:
+            cls = "better" if "real improvement" in s else "worse" if "real degradation" in s else ""
+            items.append(f"<li class='{cls}'>{html.escape(s)}</li>")
+        h.append("<ul>" + "".join(items) + "</ul>")
+    h.append("<h2>Results</h2><table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr>")
+    h += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body]
+    h.append("</table><h2>Plots</h2>")
+    for m, p in plots.items():
+        data = base64.b64encode(p.read_bytes()).decode()
+        h.append(f"<p><img alt='{html.escape(metric_name(m))}' src='data:image/png;base64,{data}'></p>")
+    h.append("</body></html>")
+    atomic_write_text(out / "report.html", "\n".join(h))
+    return {"rows": rows, "baseline": baseline, "metrics": metrics, "header": header, "body": body,
+            "findings": found, "unfinished": unfinished, "out": out}
+
+
+def print_table(result: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title="sweep results (95% CI; Δ vs baseline, paired bootstrap)")
+    for c in result["header"]:
+        table.add_column(c, overflow="fold")
+    for row in result["body"]:
+        table.add_row(*row)
+    console.print(table)
+    for title, summary, sentences in result["findings"]:
+        console.print(f"[bold]{title}[/]")
+        for s in summary:
+            console.print("  " + s)
+        for s in sentences:
+            console.print("  - " + s)
+
+
+def compare_cli(sweep_file: str | Path, out: str | Path | None = None) -> dict:
+    """Report on a sweep, given its YAML file or its output folder (which holds results.sqlite)."""
+    from tunelab.compare.spec import load_sweep
+    from tunelab.compare.sweep import store_path
+
+    target = Path(sweep_file)
+    config_ids = None
+    if target.is_dir():
+        folder, title = target, None
+    else:
+        sweep = load_sweep(target)
+        folder, title = sweep.folder, sweep.name
+        config_ids = {v.config_id for v in sweep.variants}
+    if not store_path(folder).is_file():
+        raise ConfigError(f"{folder}: no results store (results.sqlite); run `tunelab sweep {sweep_file}` first")
+    out_dir = Path(out) if out else folder / "report"
+    with ResultsStore(store_path(folder)) as store:
+        result = build_report(store, out_dir, config_ids=config_ids, title=title)
+    print_table(result)
+    console.print(f"[green]report:[/] {out_dir / 'report.md'}, {out_dir / 'report.html'}, {out_dir / 'results.csv'}, plots in {out_dir / 'plots'}")
+    return result

@@ -1,0 +1,437 @@
+"""The sweep file: a base recipe, the axes to vary, and how the variants are scored.
+
+```yaml
+name: identity-sweep            # default: the file name
+base: identity-demo.yaml        # a recipe file (relative to this file), or `recipe:` inline
+set: {train.max_steps: 30}      # settings applied to every variant (small CPU settings)
+grid:                           # every combination of these values ...
+  lr: [1.0e-4, 3.0e-4]
+variants:                       # ... and/or a listed set of variants
+  - name: baseline
+  - name: rank-32
+    set: {train.lora.r: 32}
+baseline: baseline              # default: the first variant
+seeds: [1, 2, 3]                # repeat every variant over these training seeds
+heldout: {from_source: 0, size: 24}   # or {path: FILE, max_examples: 40}
+```
+
+Axes are dotted recipe paths (`train.lora.r`, `data.sources.1.weight`) or friendly
+aliases (`rank`, `lr`, `mix.1`). Every axis is checked against the recipe's pydantic model
+and every variant is validated as a full recipe before anything runs.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+
+from tunelab.config import Recipe, Strict, format_validation_error, recipe_from_dict
+from tunelab.errors import ConfigError
+
+# Friendly names for common axes. `mix.N` / `weight.N` mean data.sources.N.weight.
+AXIS_ALIASES: dict[str, str] = {
+    "base_model": "model",
+    "model": "model",
+    "method": "train.method",
+    "lr": "train.learning_rate",
+    "learning_rate": "train.learning_rate",
+    "epochs": "train.epochs",
+    "steps": "train.max_steps",
+    "max_steps": "train.max_steps",
+    "rank": "train.lora.r",
+    "lora_rank": "train.lora.r",
+    "alpha": "train.lora.alpha",
+    "lora_alpha": "train.lora.alpha",
+    "target_modules": "train.lora.target_modules",
+    "clean": "data.clean",
+    "cleaning": "data.clean",
+    "dedup": "data.dedup",
+    "near_dup_threshold": "data.near_dup_threshold",
+    "quality_filter": "data.quality_filter",
+    "max_tokens": "data.max_tokens",
+    "min_tokens": "data.min_tokens",
+    "min_answer_chars": "data.min_answer_chars",
+    "data_size": "data.max_examples",
+    "paraphrase": "data.augment.paraphrase",
+    "template_variation": "data.augment.template_variation",
+}
+
+# Plain names for the report ("Raising LoRA rank 8→32 ...").
+AXIS_LABELS: dict[str, str] = {
+    "model": "the base model",
+    "train.method": "the fine-tuning method",
+    "train.learning_rate": "learning rate",
+    "train.epochs": "epochs",
+    "train.max_steps": "training steps",
+    "train.lora.r": "LoRA rank",
+    "train.lora.alpha": "LoRA alpha",
+    "train.lora.target_modules": "LoRA target modules",
+    "data.clean": "data cleaning",
+    "data.dedup": "deduplication",
+    "data.near_dup_threshold": "the near-duplicate threshold",
+    "data.quality_filter": "the quality filter",
+    "data.max_tokens": "the length limit (tokens)",
+    "data.min_tokens": "the minimum length (tokens)",
+    "data.max_examples": "data size",
+    "data.augment.paraphrase": "paraphrase augmentation",
+    "data.augment.template_variation": "template variation",
+    "data.sources": "the training mix",
+}
+
+# Settings that never make two variants different runs (they are set by the sweep itself).
+IGNORED_IN_IDENTITY = ("name", "output_dir")
+
+
+class HeldoutSpec(Strict):
+    path: str | None = Field(None, description="A held-out file (any supported format); default: carve it out of a training source.")
+    format: str = "auto"
+    placeholders: dict[str, str] = Field(default_factory=dict)
+    max_examples: int | None = Field(None, gt=0, description="With `path`: take at most this many examples (seeded sample).")
+    from_source: int = Field(0, ge=0, description="Without `path`: index of the base recipe's source the held-out set is carved from.")
+    size: int = Field(30, gt=0, description="Without `path`: number of examples carved out (removed from that source for every variant).")
+    seed: int = 0
+
+
+class VariantSpec(Strict):
+    name: str
+    set: dict[str, Any] = Field(default_factory=dict)
+
+
+class SweepSpec(Strict):
+    name: str | None = None
+    base: str | None = Field(None, description="Base recipe file, relative to the sweep file.")
+    recipe: dict[str, Any] | None = Field(None, description="Inline base recipe (instead of `base`).")
+    output_dir: str = Field("runs/sweeps", description="The sweep folder is <output_dir>/<name>.")
+    set: dict[str, Any] = Field(default_factory=dict, description="Settings applied to every variant.")
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    variants: list[VariantSpec] = Field(default_factory=list)
+    baseline: str | None = None
+    seeds: list[int] | None = None
+    heldout: HeldoutSpec = Field(default_factory=HeldoutSpec)
+
+
+@dataclass
+class Variant:
+    name: str
+    settings: dict[str, Any]          # canonical axis path -> value, as written in the sweep
+    raw: dict                          # the full recipe as a dict (before the sweep's run placement)
+    recipe: Recipe                     # validated
+    config_id: str                     # hash of the resolved recipe without the seed
+    kinds: set[str] = field(default_factory=set)  # {"model", "data"}
+
+
+@dataclass
+class Sweep:
+    name: str
+    file: Path
+    spec: SweepSpec
+    base_raw: dict
+    variants: list[Variant]
+    baseline: Variant
+    seeds: list[int]
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.spec.output_dir) / self.name
+
+
+# ---------------------------------------------------------------- axes
+def canonical_axis(axis: str) -> str:
+    axis = axis.strip()
+    m = re.fullmatch(r"(?:mix|weight)\.(\d+)", axis)
+    if m:
+        return f"data.sources.{m.group(1)}.weight"
+    return AXIS_ALIASES.get(axis, axis)
+
+
+def axis_kind(path: str) -> str:
+    """'data' for data-centric axes, 'model' for model-centric ones."""
+    return "data" if path.startswith("data.") or path == "data" else "model"
+
+
+def _unwrap(annotation) -> tuple[str, Any]:
+    """Classify a field annotation: ('model', cls), ('list', item annotation) or ('value', None)."""
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            if arg is type(None):
+                continue
+            kind, inner = _unwrap(arg)
+            if kind != "value":
+                return kind, inner
+        return "value", None
+    if origin is list:
+        return "list", typing.get_args(annotation)[0]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "model", annotation
+    return "value", None
+
+
+def check_axis(path: str, raw: dict, where: str) -> None:
+    """Refuse an axis the recipe does not have, naming the nearest valid choices."""
+    parts = path.split(".")
+    model: type[BaseModel] = Recipe
+    node: Any = raw
+    kind = "model"
+    item = None
+    for i, part in enumerate(parts):
+        sofar = ".".join(parts[: i + 1])
+        if kind == "model":
+            if part not in model.model_fields:
+                choices = ", ".join(model.model_fields)
+                raise ConfigError(f"{where}: axis '{path}': the recipe has no '{sofar}' (choices at this level: {choices})")
+            if part == "eval" or sofar.startswith("eval."):
+                raise ConfigError(f"{where}: axis '{path}': evaluation settings are fixed for the whole sweep (every variant is scored the same way)")
+            kind, item = _unwrap(model.model_fields[part].annotation)
+            if kind == "model":
+                model = item
+            node = node.get(part) if isinstance(node, dict) else None
+        elif kind == "list":
+            if not part.isdigit():
+                raise ConfigError(f"{where}: axis '{path}': '{'.'.join(parts[:i])}' is a list; use an index like {'.'.join(parts[:i])}.0")
+            length = len(node) if isinstance(node, list) else 0
+            if int(part) >= length:
+                raise ConfigError(f"{where}: axis '{path}': the base recipe's '{'.'.join(parts[:i])}' has {length} entries, so index {part} does not exist")
+            node = node[int(part)]
+            kind, item = _unwrap(item)
+            if kind == "model":
+                model = item
+        else:
+            raise ConfigError(f"{where}: axis '{path}': '{'.'.join(parts[:i])}' is a value, not a section")
+
+
+def set_path(raw: dict, path: str, value: Any) -> None:
+    parts = path.split(".")
+    node: Any = raw
+    for part in parts[:-1]:
+        if isinstance(node, list):
+            node = node[int(part)]
+        else:
+            if not isinstance(node.get(part), (dict, list)):
+                node[part] = {}
+            node = node[part]
+    last = parts[-1]
+    if isinstance(node, list):
+        node[int(last)] = copy.deepcopy(value)
+    else:
+        node[last] = copy.deepcopy(value)
+
+
+def get_path(raw: Any, path: str, default: Any = None) -> Any:
+    node = raw
+    for part in path.split("."):
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        elif isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            return default
+    return node
+
+
+# ---------------------------------------------------------------- identity
+def resolved_dict(recipe: Recipe) -> dict:
+    d = recipe.model_dump(mode="json")
+    for key in IGNORED_IN_IDENTITY:
+        d.pop(key, None)
+    return d
+
+
+def hash_obj(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def config_id(recipe: Recipe) -> str:
+    """Hash of the resolved recipe (every default filled in), without name, folder and seed."""
+    d = resolved_dict(recipe)
+    d["train"].pop("seed", None)
+    return hash_obj(d)[:16]
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+    elif isinstance(obj, list) and obj and all(isinstance(v, dict) for v in obj):
+        for i, v in enumerate(obj):
+            out.update(flatten(v, f"{prefix}{i}."))
+    else:
+        out[prefix[:-1]] = obj
+    return out
+
+
+def recipe_changes(base: Recipe, other: Recipe) -> dict[str, tuple[Any, Any]]:
+    """Settings that differ between two resolved recipes: path -> (base value, other value)."""
+    a, b = resolved_dict(base), resolved_dict(other)
+    for d in (a, b):
+        d["train"].pop("seed", None)
+        d["data"].pop("eval_source", None)
+    if len(a["data"]["sources"]) != len(b["data"]["sources"]):
+        changes = {"data.sources": (describe_sources(a["data"]["sources"]), describe_sources(b["data"]["sources"]))}
+        a["data"].pop("sources")
+        b["data"].pop("sources")
+    else:
+        changes = {}
+    fa, fb = flatten(a), flatten(b)
+    for key in sorted(set(fa) | set(fb)):
+        if fa.get(key) != fb.get(key):
+            changes[key] = (fa.get(key), fb.get(key))
+    return changes
+
+
+def describe_sources(sources: list[dict]) -> str:
+    parts = []
+    for s in sources:
+        label = Path(s["path"]).name
+        if s.get("weight", 1.0) != 1.0:
+            label += f"×{s['weight']:g}"
+        if s.get("max_examples"):
+            label += f"[{s['max_examples']}]"
+        parts.append(label)
+    return " + ".join(parts)
+
+
+# ---------------------------------------------------------------- loading
+def _variant_name(settings: dict[str, Any]) -> str:
+    bits = []
+    for path, value in settings.items():
+        short = path.split(".")[-1] if not path.startswith("data.sources.") else "mix" + path.split(".")[2]
+        text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+        bits.append(f"{short}={text}")
+    name = ",".join(bits) or "base"
+    return re.sub(r"[^A-Za-z0-9._=,+-]+", "_", name)[:80]
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    path = Path(path)
+    try:
+        raw_spec = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: sweep file not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw_spec, dict):
+        raise ConfigError(f"{path}: a sweep file must be a mapping (base, grid/variants, ...)")
+    try:
+        spec = SweepSpec.model_validate(raw_spec)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(str(path), err).replace("invalid recipe", "invalid sweep file")) from None
+    return build_sweep(spec, path)
+
+
+def _base_recipe_dict(spec: SweepSpec, file: Path) -> dict:
+    if (spec.base is None) == (spec.recipe is None):
+        raise ConfigError(f"{file}: give exactly one of `base:` (a recipe file) or `recipe:` (an inline recipe)")
+    if spec.recipe is not None:
+        raw = copy.deepcopy(spec.recipe)
+        recipe_dir = file.parent
+    else:
+        base_path = Path(spec.base)
+        if not base_path.is_absolute() and not base_path.exists():
+            base_path = file.parent / base_path
+        try:
+            raw = yaml.safe_load(base_path.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{file}: base recipe '{spec.base}' not found (looked in {base_path})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{base_path}: a recipe must be a mapping of sections")
+        recipe_dir = base_path.parent
+    # Data paths are relative to the recipe file unless they exist from the working directory.
+    data = raw.get("data") or {}
+    for src in list(data.get("sources") or []) + ([data["eval_source"]] if data.get("eval_source") else []):
+        if isinstance(src, dict) and "path" in src:
+            p = Path(src["path"])
+            if not p.is_absolute() and not p.exists() and (recipe_dir / p).exists():
+                src["path"] = str((recipe_dir / p).resolve())
+    return raw
+
+
+def build_sweep(spec: SweepSpec, file: Path) -> Sweep:
+    file = Path(file)
+    name = spec.name or file.stem
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", name) or name.startswith("."):
+        raise ConfigError(f"{file}: sweep name '{name}' must be a plain folder name")
+    base_raw = _base_recipe_dict(spec, file)
+    for axis, value in spec.set.items():
+        path = canonical_axis(axis)
+        check_axis(path, base_raw, f"{file}: set")
+        set_path(base_raw, path, value)
+
+    # Expand the grid, then the listed variants.
+    planned: list[tuple[str, dict[str, Any]]] = []
+    if spec.grid:
+        axes = []
+        for axis, values in spec.grid.items():
+            path = canonical_axis(axis)
+            check_axis(path, base_raw, f"{file}: grid")
+            if not values:
+                raise ConfigError(f"{file}: grid axis '{axis}' has no values")
+            axes.append((path, values))
+        for combo in itertools.product(*[values for _, values in axes]):
+            settings = {path: value for (path, _), value in zip(axes, combo)}
+            planned.append((_variant_name(settings), settings))
+    for v in spec.variants:
+        settings = {}
+        for axis, value in v.set.items():
+            path = canonical_axis(axis)
+            check_axis(path, base_raw, f"{file}: variant '{v.name}'")
+            settings[path] = value
+        planned.append((v.name, settings))
+    if not planned:
+        raise ConfigError(f"{file}: no variants; give `grid:` axes and/or a `variants:` list")
+
+    variants: list[Variant] = []
+    seen_names: dict[str, int] = {}
+    for vname, settings in planned:
+        if not re.fullmatch(r"[A-Za-z0-9._=,+-]+", vname):
+            raise ConfigError(f"{file}: variant name '{vname}' may hold only letters, digits and . _ = , + -")
+        if vname in seen_names:
+            raise ConfigError(f"{file}: two variants are named '{vname}'")
+        seen_names[vname] = 1
+        raw = copy.deepcopy(base_raw)
+        for path, value in settings.items():
+            set_path(raw, path, value)
+        raw["name"] = vname
+        recipe = recipe_from_dict(copy.deepcopy(raw), f"{file}: variant '{vname}'")
+        variants.append(Variant(name=vname, settings=settings, raw=raw, recipe=recipe, config_id=config_id(recipe)))
+
+    by_id: dict[str, Variant] = {}
+    for v in variants:
+        if v.config_id in by_id:
+            other = by_id[v.config_id]
+            raise ConfigError(
+                f"{file}: variants '{other.name}' and '{v.name}' are identical once every default is filled in "
+                f"(same resolved recipe {v.config_id}); remove one or change a setting"
+            )
+        by_id[v.config_id] = v
+
+    if spec.baseline is None:
+        baseline = variants[0]
+    else:
+        matches = [v for v in variants if v.name == spec.baseline]
+        if not matches:
+            raise ConfigError(f"{file}: baseline '{spec.baseline}' is not one of the variants ({', '.join(v.name for v in variants)})")
+        baseline = matches[0]
+    for v in variants:
+        v.kinds = {axis_kind(p) for p in recipe_changes(baseline.recipe, v.recipe)}
+
+    seeds = spec.seeds or [baseline.recipe.train.seed]
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{file}: seeds repeat a value: {seeds}")
+    held = spec.heldout
+    if held.path is None:
+        sources = baseline.recipe.data.sources
+        if held.from_source >= len(sources):
+            raise ConfigError(f"{file}: heldout.from_source is {held.from_source} but the base recipe has {len(sources)} source(s)")
+    return Sweep(name=name, file=file, spec=spec, base_raw=base_raw, variants=variants, baseline=baseline, seeds=seeds)

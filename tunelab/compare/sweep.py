@@ -1,0 +1,378 @@
+"""`tunelab sweep`: run every variant of a sweep (prepare → train → evaluate) into one results store.
+
+Order of work, so that no variant can see the test data and errors surface before any training:
+1. Fix the held-out set once (carved out of a training source, or a separate file) and keep it,
+   with its content hash, in `<sweep>/heldout/`; the store remembers the hash and refuses a
+   changed one later.
+2. Prepare every variant's data (its own data card and hash) and refuse any variant whose
+   training data overlaps the held-out set (content hashes).
+3. Evaluate each distinct base model once (the reference row), then train and evaluate each
+   variant × seed on the identical held-out examples, storing per-example scores.
+Finished runs are skipped; a run stopped half-way resumes from its last checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunelab.compare.spec import Sweep, Variant, hash_obj, load_sweep, recipe_changes, resolved_dict
+from tunelab.compare.store import ResultsStore
+from tunelab.config import DataSource, Recipe, recipe_from_dict
+from tunelab.errors import ConfigError, DataError, TunelabError
+from tunelab.io import atomic_dir, atomic_write_json, atomic_write_jsonl, read_jsonl
+from tunelab.progress import console, progress_bar
+from tunelab.runs import RunDir, now
+
+
+@dataclass
+class Heldout:
+    path: Path                  # <sweep>/heldout/test.jsonl, the only file any variant is scored on
+    examples: list[dict]
+    hashes: set[str]
+    split_hash: str
+    carved_from: str | None     # path of the source the set was carved from (None: a separate file)
+    remainder: Path | None      # that source without the held-out examples, in the message schema
+
+
+@dataclass
+class PlannedRun:
+    run_id: str
+    variant: Variant | None     # None for a reference row (an untuned base model)
+    seed: int | None
+    recipe: Recipe | None
+    run_dir: Path
+    model_ref: str              # what is evaluated: the run directory, or the base model
+
+
+def store_path(folder: Path) -> Path:
+    return Path(folder) / "results.sqlite"
+
+
+# ---------------------------------------------------------------- held-out set
+def fix_heldout(sweep: Sweep, store: ResultsStore) -> Heldout:
+    """Create the sweep's held-out set once; afterwards reload it and check it is unchanged."""
+    from tunelab.data.loaders import load_examples
+    from tunelab.data.schema import content_hash, split_hash
+
+    folder = sweep.folder / "heldout"
+    test_path, remainder_path = folder / "test.jsonl", folder / "train-source.jsonl"
+    spec = sweep.spec.heldout
+    base = sweep.baseline.recipe
+    spec_hash = hash_obj({"heldout": spec.model_dump(mode="json"), "sources": [s.model_dump(mode="json") for s in base.data.sources]})[:16]
+    stored_spec = store.get_meta("heldout_spec")
+    if stored_spec is not None and stored_spec != spec_hash:
+        raise ConfigError(
+            f"{sweep.file}: the held-out set of sweep '{sweep.name}' was fixed by an earlier run (store {store.path}) "
+            "and the `heldout:` settings or the base recipe's sources have changed since; results would no longer be "
+            "comparable. Give the sweep a new `name:` or remove its folder to start over."
+        )
+    carved_from = None if spec.path else base.data.sources[spec.from_source].path
+
+    if not test_path.is_file():
+        if spec.path:
+            source = DataSource(path=_resolve_near(spec.path, sweep.file), format=spec.format, placeholders=spec.placeholders)
+            examples = load_examples(source)
+            if spec.max_examples and spec.max_examples < len(examples):
+                examples = random.Random(spec.seed).sample(examples, spec.max_examples)
+            remainder = None
+        else:
+            source = base.data.sources[spec.from_source]
+            everything = load_examples(source)
+            if spec.size >= len(everything):
+                raise ConfigError(f"{sweep.file}: heldout.size {spec.size} leaves no training data in {source.path} ({len(everything)} examples)")
+            picked = set(random.Random(spec.seed).sample(range(len(everything)), spec.size))
+            examples = [e for i, e in enumerate(everything) if i in picked]
+            # Anything equal in content to a held-out example leaves the training source too.
+            held = {content_hash(e) for e in examples}
+            remainder = [e for e in everything if content_hash(e) not in held]
+        _unique_ids(examples, test_path)
+        if remainder is not None:
+            atomic_write_jsonl(remainder_path, remainder)
+        atomic_write_jsonl(test_path, examples)
+        console.print(f"[green]held-out set fixed:[/] {test_path} ({len(examples)} examples"
+                      + (f", carved out of {Path(carved_from).name}" if carved_from else "") + ")")
+    examples = read_jsonl(test_path)
+    digest = split_hash(examples)
+    stored = store.get_meta("heldout_hash")
+    if stored is not None and stored != digest:
+        raise DataError(str(test_path), None, None, f"the held-out set changed since the sweep started (hash {digest[:12]} ≠ stored {stored[:12]}); results would not be comparable")
+    store.set_meta("heldout_hash", digest)
+    store.set_meta("heldout_spec", spec_hash)
+    store.set_meta("heldout_size", str(len(examples)))
+    return Heldout(path=test_path, examples=examples, hashes={content_hash(e) for e in examples}, split_hash=digest,
+                   carved_from=carved_from, remainder=remainder_path if carved_from else None)
+
+
+def _resolve_near(path: str, sweep_file: Path) -> str:
+    p = Path(path)
+    if not p.is_absolute() and not p.exists() and (sweep_file.parent / p).exists():
+        return str((sweep_file.parent / p).resolve())
+    return path
+
+
+def _unique_ids(examples: list[dict], file: Path) -> None:
+    seen: set[str] = set()
+    for i, e in enumerate(examples):
+        if e["id"] in seen:
+            raise DataError(str(file), i, "id", f"duplicate example id {e['id']!r}")
+        seen.add(e["id"])
+
+
+# ---------------------------------------------------------------- planning
+def variant_recipe(sweep: Sweep, variant: Variant, seed: int, heldout: Heldout) -> Recipe:
+    """The variant's recipe placed in the sweep: its own run dir, the fixed held-out set, the seed."""
+    raw = resolved_dict(variant.recipe)
+    raw["name"] = f"{variant.name}-s{seed}-{variant.config_id[:6]}"
+    raw["output_dir"] = str(sweep.folder / "runs")
+    raw["train"]["seed"] = seed
+    raw["data"]["eval_source"] = {"path": str(heldout.path.resolve()), "format": "messages"}
+    if heldout.carved_from is not None:
+        for src in raw["data"]["sources"]:
+            if src["path"] == heldout.carved_from:
+                # The same examples, already in the message schema, minus the held-out ones.
+                src.update(path=str(heldout.remainder.resolve()), format="messages", columns={}, placeholders={})
+                src["system_prompt"] = None  # already applied when the source was carved
+    return recipe_from_dict(raw, f"{sweep.file}: variant '{variant.name}'")
+
+
+def plan_runs(sweep: Sweep, heldout: Heldout) -> list[PlannedRun]:
+    planned: list[PlannedRun] = []
+    models = []
+    for v in sweep.variants:
+        if v.recipe.model not in models:
+            models.append(v.recipe.model)
+    for model in models:
+        run_id = "base-" + hash_obj(model)[:10]
+        planned.append(PlannedRun(run_id, None, None, None, sweep.folder / "reference" / run_id, model))
+    for v in sweep.variants:
+        for seed in sweep.seeds:
+            recipe = variant_recipe(sweep, v, seed, heldout)
+            planned.append(PlannedRun(f"{v.config_id}-s{seed}", v, seed, recipe, recipe.run_dir(), str(recipe.run_dir())))
+    return planned
+
+
+def register(store: ResultsStore, sweep: Sweep, run: PlannedRun) -> None:
+    """Record a planned run in the store (name, settings, kind) without touching its status."""
+    if run.variant is None:
+        store.upsert_run(run.run_id, variant=f"base model ({Path(run.model_ref).name})", kind="reference",
+                         settings={"model": run.model_ref}, run_dir=str(run.run_dir))
+        return
+    changes = recipe_changes(sweep.baseline.recipe, run.variant.recipe)
+    store.upsert_run(
+        run.run_id, variant=run.variant.name, seed=run.seed, config_id=run.variant.config_id, kind="variant",
+        settings={"set": run.variant.settings, "changes": {k: list(v) for k, v in changes.items()},
+                  "kinds": sorted(run.variant.kinds), "baseline": run.variant is sweep.baseline},
+        recipe=run.recipe.model_dump(mode="json"), run_dir=str(run.run_dir),
+    )
+
+
+# ---------------------------------------------------------------- data
+def prepare_variant_data(run: PlannedRun, heldout: Heldout, store: ResultsStore, prepared: dict[str, Path]) -> None:
+    """Prepare the run's data (its own card) unless done, then refuse any overlap with the held-out set."""
+    from tunelab.data.prepare import prepare_data
+    from tunelab.data.schema import content_hash
+
+    recipe = run.recipe
+    rd = RunDir(run.run_dir)
+    key = hash_obj([recipe.data.model_dump(mode="json"), recipe.model, recipe.train.max_seq_length])
+    if not rd.stage_done("data"):
+        if key in prepared and RunDir(prepared[key]).stage_done("data"):
+            # Same data settings (another seed, or a model-centric variant): reuse the prepared folder.
+            with atomic_dir(rd.data) as tmp:
+                shutil.copytree(RunDir(prepared[key]).data, tmp, dirs_exist_ok=True)
+            card = json.loads(rd.data_card.read_text())
+        else:
+            console.print(f"preparing data for [bold]{recipe.name}[/]")
+            card = prepare_data(recipe.data, rd.data, model_ref=recipe.model, max_seq_length=recipe.train.max_seq_length)
+        # train_recipe skips its own preparation when the run's state says the data stage is done.
+        rd.mark_done("data", counts=card.get("counts"), hash=card.get("hash"))
+    prepared.setdefault(key, rd.root)
+    for split in ("train", "validation"):
+        path = rd.split(split)
+        if not path.is_file():
+            continue
+        for i, example in enumerate(read_jsonl(path)):
+            if content_hash(example) in heldout.hashes:
+                raise DataError(
+                    str(path), i, "messages",
+                    f"variant '{run.variant.name}': this {split} example is also in the held-out set {heldout.path} "
+                    f"(same content hash, source {example.get('source')}); a model must never train on its test data. "
+                    "Remove it from the training sources or pick another held-out set",
+                )
+    card = json.loads(rd.data_card.read_text())
+    store.upsert_run(run.run_id, data_hash=str(card.get("hash") or hash_obj(card))[:16])
+
+
+# ---------------------------------------------------------------- train + evaluate
+def train_done(run_dir: Path) -> bool:
+    rd = RunDir(run_dir)
+    return rd.train_summary.is_file() and (rd.model / "tunelab_model.json").is_file()
+
+
+def train_run(run: PlannedRun, store: ResultsStore) -> None:
+    from tunelab.train.run import train_recipe
+
+    rd = RunDir(run.run_dir)
+    if not train_done(run.run_dir):
+        # A run that started before resumes from its last checkpoint (train_recipe checks the recipe matches).
+        resume = rd.checkpoints.is_dir() and any(rd.checkpoints.glob("checkpoint-*"))
+        if resume:
+            console.print(f"resuming [bold]{run.recipe.name}[/] from its last checkpoint")
+        train_recipe(run.recipe, resume=resume or (rd.model / "tunelab_model.json").is_file())
+    summary = json.loads(rd.train_summary.read_text())
+    store.set_status(run.run_id, "trained", train_seconds=summary.get("train_seconds"),
+                     tokens_per_second=summary.get("tokens_per_second"))
+
+
+def eval_config(sweep: Sweep, heldout: Heldout):
+    """Every run is scored with the base recipe's evaluation settings on every held-out example."""
+    return sweep.baseline.recipe.eval.model_copy(update={"max_examples": None, "compare_base": False})
+
+
+def evaluate_run(run: PlannedRun, sweep: Sweep, heldout: Heldout, store: ResultsStore) -> None:
+    from tunelab.evaluate.run import evaluate_models
+
+    out = run.run_dir / "eval"
+    start = time.perf_counter()
+    name = run.variant.name if run.variant else "base"
+    result = evaluate_models([run.model_ref], heldout.examples, eval_config(sweep, heldout), out, names=[name])
+    seconds = time.perf_counter() - start
+    metrics, scores = collect_scores(result, out, name)
+    store.save_results(run.run_id, metrics, scores)
+    store.set_status(run.run_id, "done", eval_seconds=seconds, error=None)
+
+
+def collect_scores(result: dict, out: Path, name: str) -> tuple[dict[str, dict], list[tuple[str, str, float]]]:
+    """Metric means/intervals and per-example scores of one model from an evaluation's outputs."""
+    model_block = result["models"][name]
+    metrics = {}
+    for metric, m in model_block["metrics"].items():
+        metrics[metric] = {"mean": m.get("mean"), "low": m.get("low"), "high": m.get("high"), "n": m.get("n")}
+    scores = []
+    for row in read_jsonl(out / "predictions.jsonl"):
+        per_model = row["scores"][name]
+        for metric, value in per_model.items():
+            if isinstance(value, (int, float)) and value is not None:
+                scores.append((str(row["id"]), metric, float(value)))
+    return metrics, scores
+
+
+# ---------------------------------------------------------------- the sweep
+def select_shard(runs: list[PlannedRun], shard: str | None) -> list[PlannedRun]:
+    """`--shard i/n`: this worker's share of the runs (every n-th, starting at i)."""
+    if not shard:
+        return runs
+    try:
+        index, count = (int(x) for x in shard.split("/"))
+        assert count > 0 and 0 <= index < count
+    except (ValueError, AssertionError):
+        raise ConfigError(f"--shard '{shard}' must look like INDEX/COUNT with 0 <= INDEX < COUNT, e.g. 0/4") from None
+    return [r for i, r in enumerate(runs) if i % count == index]
+
+
+def run_sweep(sweep: Sweep, shard: str | None = None, only: list[str] | None = None) -> dict:
+    """Run (or resume) a sweep. Returns {"done": n, "skipped": n, "failed": [names]}."""
+    folder = sweep.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    with ResultsStore(store_path(folder)) as store:
+        store.set_meta("sweep_name", sweep.name)
+        store.set_meta("sweep_file", str(sweep.file.resolve()))
+        store.set_meta("baseline", sweep.baseline.name)
+        store.set_meta("seeds", ",".join(map(str, sweep.seeds)))
+        heldout = fix_heldout(sweep, store)
+        runs = plan_runs(sweep, heldout)
+        if only:
+            unknown = set(only) - {v.name for v in sweep.variants}
+            if unknown:
+                raise ConfigError(f"--only: no variant named {', '.join(sorted(unknown))}")
+            runs = [r for r in runs if r.variant is None or r.variant.name in only]
+        runs = select_shard(runs, shard)
+        for r in runs:
+            register(store, sweep, r)
+        todo = [r for r in runs if (store.get_run(r.run_id) or {}).get("status") != "done"]
+        skipped = len(runs) - len(todo)
+        if not todo:
+            console.print(f"[green]sweep '{sweep.name}': all {len(runs)} runs already in the store[/] ({store.path})")
+            return {"done": 0, "skipped": skipped, "failed": []}
+        if skipped:
+            console.print(f"sweep '{sweep.name}': {skipped} finished runs skipped, {len(todo)} to do")
+
+        # Phase 1: every variant's data, and the overlap check, before any training.
+        prepared: dict[str, Path] = {}
+        for r in todo:
+            if r.variant is not None:
+                prepare_variant_data(r, heldout, store, prepared)
+                if (store.get_run(r.run_id) or {}).get("status") in (None, "pending", "failed"):
+                    store.set_status(r.run_id, "prepared")
+
+        # Phase 2: reference rows, then train + evaluate each run.
+        failed: list[str] = []
+        done = 0
+        with progress_bar() as bar:
+            task = bar.add_task(f"Sweep {sweep.name}", total=len(todo), info="")
+            for r in todo:
+                label = r.recipe.name if r.recipe else f"base model {r.model_ref}"
+                bar.update(task, info=label)
+                if not (store.get_run(r.run_id) or {}).get("started"):
+                    store.upsert_run(r.run_id, started=now())
+                try:
+                    if r.variant is not None:
+                        train_run(r, store)
+                    evaluate_run(r, sweep, heldout, store)
+                    done += 1
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except Exception as err:  # one broken variant must not lose the others' results
+                    store.set_status(r.run_id, "failed", error=f"{type(err).__name__}: {err}")
+                    failed.append(label)
+                    console.print(f"[bold red]{label} failed:[/] {err}")
+                    if not isinstance(err, TunelabError):
+                        console.print(traceback.format_exc())
+                bar.update(task, advance=1)
+        atomic_write_json(folder / "sweep.json", {
+            "name": sweep.name, "file": str(sweep.file), "baseline": sweep.baseline.name, "seeds": sweep.seeds,
+            "variants": [{"name": v.name, "set": v.settings, "config_id": v.config_id, "kinds": sorted(v.kinds)} for v in sweep.variants],
+            "heldout": {"path": str(heldout.path), "examples": len(heldout.examples), "hash": heldout.split_hash,
+                        "carved_from": heldout.carved_from},
+            "updated": now(),
+        })
+        return {"done": done, "skipped": skipped, "failed": failed}
+
+
+def describe_plan(sweep: Sweep) -> None:
+    from rich.table import Table
+
+    from tunelab.compare.report import change_phrase
+
+    status: dict[str, str] = {}
+    if store_path(sweep.folder).is_file():
+        with ResultsStore(store_path(sweep.folder)) as store:
+            status = {r["id"]: r["status"] for r in store.runs()}
+    table = Table(title=f"sweep {sweep.name}: {len(sweep.variants)} variants × {len(sweep.seeds)} seed(s) → {sweep.folder}")
+    for col in ["variant", "kind", "changes vs baseline", "seeds", "status"]:
+        table.add_column(col, overflow="fold")
+    for v in sweep.variants:
+        changes = recipe_changes(sweep.baseline.recipe, v.recipe)
+        text = "(baseline)" if v is sweep.baseline else "; ".join(change_phrase(k, a, b, plain=True) for k, (a, b) in changes.items())
+        states = [status.get(f"{v.config_id}-s{s}", "new") for s in sweep.seeds]
+        table.add_row(v.name, "+".join(sorted(v.kinds)) or "-", text, ",".join(map(str, sweep.seeds)), ",".join(states))
+    console.print(table)
+
+
+def sweep_cli(sweep_file: str | Path, dry_run: bool = False, shard: str | None = None, only: list[str] | None = None) -> dict | None:
+    sweep = load_sweep(sweep_file)
+    if dry_run:
+        describe_plan(sweep)
+        return None
+    result = run_sweep(sweep, shard=shard, only=only)
+    if result["failed"]:
+        raise TunelabError(f"{len(result['failed'])} run(s) failed: {', '.join(result['failed'])} (details in {store_path(sweep.folder)}; "
+                           "fix and re-run the sweep: finished runs are kept)")
+    console.print(f"[green]sweep '{sweep.name}' complete[/]: {result['done']} run(s) done, {result['skipped']} already in the store. "
+                  f"Next: tunelab compare {sweep_file}")
+    return result
