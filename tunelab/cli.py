@@ -238,11 +238,13 @@ def api(
 def sweep(
     sweep_file: Path = typer.Argument(..., help="Sweep YAML"),
     dry_run: bool = typer.Option(False, help="List the variants without running them"),
+    shard: Optional[str] = typer.Option(None, help="INDEX/COUNT: run only this worker's share of the runs (job arrays, several GPUs)"),
+    only: List[str] = typer.Option([], "--only", help="Run only this variant (repeatable)"),
 ):
     """Run every variant of a sweep (prepare → train → evaluate), skipping finished ones."""
     from tunelab.compare.sweep import sweep_cli
 
-    sweep_cli(sweep_file, dry_run=dry_run)
+    sweep_cli(sweep_file, dry_run=dry_run, shard=shard, only=only or None)
 
 
 @app.command()

@@ -177,7 +177,7 @@ def _unwrap(annotation) -> tuple[str, Any]:
     return "value", None
 
 
-def check_axis(path: str, raw: dict, where: str) -> None:
+def check_axis(path: str, raw: dict, where: str, allow_eval: bool = False) -> None:
     """Refuse an axis the recipe does not have, naming the nearest valid choices."""
     parts = path.split(".")
     model: type[BaseModel] = Recipe
@@ -190,7 +190,7 @@ def check_axis(path: str, raw: dict, where: str) -> None:
             if part not in model.model_fields:
                 choices = ", ".join(model.model_fields)
                 raise ConfigError(f"{where}: axis '{path}': the recipe has no '{sofar}' (choices at this level: {choices})")
-            if part == "eval" or sofar.startswith("eval."):
+            if not allow_eval and (part == "eval" or sofar.startswith("eval.")):
                 raise ConfigError(f"{where}: axis '{path}': evaluation settings are fixed for the whole sweep (every variant is scored the same way)")
             kind, item = _unwrap(model.model_fields[part].annotation)
             if kind == "model":
@@ -330,6 +330,16 @@ def load_sweep(path: str | Path) -> Sweep:
     return build_sweep(spec, path)
 
 
+def _resolve_source_paths(raw: dict, folder: Path) -> None:
+    """Data paths are relative to the file that names them, unless they exist from the working directory."""
+    data = raw.get("data") or {}
+    for src in list(data.get("sources") or []) + ([data["eval_source"]] if data.get("eval_source") else []):
+        if isinstance(src, dict) and isinstance(src.get("path"), str):
+            p = Path(src["path"])
+            if not p.is_absolute() and not p.exists() and (folder / p).exists():
+                src["path"] = str((folder / p).resolve())
+
+
 def _base_recipe_dict(spec: SweepSpec, file: Path) -> dict:
     if (spec.base is None) == (spec.recipe is None):
         raise ConfigError(f"{file}: give exactly one of `base:` (a recipe file) or `recipe:` (an inline recipe)")
@@ -347,13 +357,7 @@ def _base_recipe_dict(spec: SweepSpec, file: Path) -> dict:
         if not isinstance(raw, dict):
             raise ConfigError(f"{base_path}: a recipe must be a mapping of sections")
         recipe_dir = base_path.parent
-    # Data paths are relative to the recipe file unless they exist from the working directory.
-    data = raw.get("data") or {}
-    for src in list(data.get("sources") or []) + ([data["eval_source"]] if data.get("eval_source") else []):
-        if isinstance(src, dict) and "path" in src:
-            p = Path(src["path"])
-            if not p.is_absolute() and not p.exists() and (recipe_dir / p).exists():
-                src["path"] = str((recipe_dir / p).resolve())
+    _resolve_source_paths(raw, recipe_dir)
     return raw
 
 
@@ -365,8 +369,9 @@ def build_sweep(spec: SweepSpec, file: Path) -> Sweep:
     base_raw = _base_recipe_dict(spec, file)
     for axis, value in spec.set.items():
         path = canonical_axis(axis)
-        check_axis(path, base_raw, f"{file}: set")
+        check_axis(path, base_raw, f"{file}: set", allow_eval=True)
         set_path(base_raw, path, value)
+    _resolve_source_paths(base_raw, file.parent)
 
     # Expand the grid, then the listed variants.
     planned: list[tuple[str, dict[str, Any]]] = []
@@ -402,6 +407,7 @@ def build_sweep(spec: SweepSpec, file: Path) -> Sweep:
         raw = copy.deepcopy(base_raw)
         for path, value in settings.items():
             set_path(raw, path, value)
+        _resolve_source_paths(raw, file.parent)
         raw["name"] = vname
         recipe = recipe_from_dict(copy.deepcopy(raw), f"{file}: variant '{vname}'")
         variants.append(Variant(name=vname, settings=settings, raw=raw, recipe=recipe, config_id=config_id(recipe)))

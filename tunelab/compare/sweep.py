@@ -132,8 +132,9 @@ def variant_recipe(sweep: Sweep, variant: Variant, seed: int, heldout: Heldout) 
     raw["train"]["seed"] = seed
     raw["data"]["eval_source"] = {"path": str(heldout.path.resolve()), "format": "messages"}
     if heldout.carved_from is not None:
+        carved = Path(heldout.carved_from).resolve()
         for src in raw["data"]["sources"]:
-            if src["path"] == heldout.carved_from:
+            if Path(src["path"]).resolve() == carved:
                 # The same examples, already in the message schema, minus the held-out ones.
                 src.update(path=str(heldout.remainder.resolve()), format="messages", columns={}, placeholders={})
                 src["system_prompt"] = None  # already applied when the source was carved
@@ -173,9 +174,8 @@ def register(store: ResultsStore, sweep: Sweep, run: PlannedRun) -> None:
 
 # ---------------------------------------------------------------- data
 def prepare_variant_data(run: PlannedRun, heldout: Heldout, store: ResultsStore, prepared: dict[str, Path]) -> None:
-    """Prepare the run's data (its own card) unless done, then refuse any overlap with the held-out set."""
+    """Prepare the run's data (its own card and hash) unless done; refuse any overlap with the held-out set."""
     from tunelab.data.prepare import prepare_data
-    from tunelab.data.schema import content_hash
 
     recipe = run.recipe
     rd = RunDir(run.run_dir)
@@ -189,23 +189,43 @@ def prepare_variant_data(run: PlannedRun, heldout: Heldout, store: ResultsStore,
         else:
             console.print(f"preparing data for [bold]{recipe.name}[/]")
             card = prepare_data(recipe.data, rd.data, model_ref=recipe.model, max_seq_length=recipe.train.max_seq_length)
+        check_overlap(run, card, heldout)
         # train_recipe skips its own preparation when the run's state says the data stage is done.
-        rd.mark_done("data", counts=card.get("counts"), hash=card.get("hash"))
+        rd.mark_done("data", counts=card.get("counts"), hash=card.get("hashes", {}).get("all"))
+    else:
+        card = json.loads(rd.data_card.read_text())
+        check_overlap(run, card, heldout)
     prepared.setdefault(key, rd.root)
+    store.upsert_run(run.run_id, data_hash=str(card.get("hashes", {}).get("train") or hash_obj(card))[:16])
+
+
+def check_overlap(run: PlannedRun, card: dict, heldout: Heldout) -> None:
+    """Refuse a variant whose training sources contain held-out examples (by content hash).
+
+    The data stage drops such examples from training ("overlaps_test"); a sweep refuses them
+    instead, because the variant would silently train on different data than its recipe says.
+    """
+    from tunelab.data.schema import content_hash
+
+    rd = RunDir(run.run_dir)
+    leaked = (card.get("drops") or {}).get("overlaps_test")
+    if leaked and leaked.get("count"):
+        raise DataError(
+            ", ".join(s.path for s in run.recipe.data.sources), None, None,
+            f"variant '{run.variant.name}': {leaked['count']} training example(s) are also in the held-out set {heldout.path} "
+            f"(same content hash; e.g. {', '.join(map(str, leaked.get('examples', [])[:3]))}). A model must never train on its "
+            "test data: remove them from the training sources, or let the sweep carve the held-out set out of a source "
+            "(`heldout: {from_source: N, size: K}`)",
+        )
     for split in ("train", "validation"):
         path = rd.split(split)
         if not path.is_file():
             continue
         for i, example in enumerate(read_jsonl(path)):
             if content_hash(example) in heldout.hashes:
-                raise DataError(
-                    str(path), i, "messages",
-                    f"variant '{run.variant.name}': this {split} example is also in the held-out set {heldout.path} "
-                    f"(same content hash, source {example.get('source')}); a model must never train on its test data. "
-                    "Remove it from the training sources or pick another held-out set",
-                )
-    card = json.loads(rd.data_card.read_text())
-    store.upsert_run(run.run_id, data_hash=str(card.get("hash") or hash_obj(card))[:16])
+                raise DataError(str(path), i, "messages",
+                                f"variant '{run.variant.name}': this {split} example is also in the held-out set {heldout.path} "
+                                f"(same content hash, source {example.get('source')}); a model must never train on its test data")
 
 
 # ---------------------------------------------------------------- train + evaluate
