@@ -46,16 +46,14 @@ def interval(values: list[float]) -> tuple[float, float]:
     from tunelab.evaluate.stats import bootstrap_ci
 
     ci = bootstrap_ci(values, n=BOOTSTRAP_SAMPLES, seed=SEED)
-    if isinstance(ci, dict):
-        return ci["low"], ci["high"]
-    return ci[-2], ci[-1]
+    return ci["low"], ci["high"]
 
 
-def paired(a: list[float], b: list[float]) -> dict:
-    """Paired bootstrap of a − b over the same examples: diff, low, high, p_value."""
+def paired(variant: list[float], baseline: list[float]) -> dict:
+    """Paired bootstrap of variant − baseline over the same examples: diff, low, high, p_value."""
     from tunelab.evaluate.stats import paired_bootstrap
 
-    return paired_bootstrap(a, b, n=BOOTSTRAP_SAMPLES, seed=SEED)
+    return paired_bootstrap(baseline, variant, n=BOOTSTRAP_SAMPLES, seed=SEED)
 
 
 # ---------------------------------------------------------------- aggregation
@@ -178,12 +176,13 @@ def changes_phrase(changes: dict[str, list]) -> str:
     return text
 
 
-def scale(metric: str, rows: list[Row]) -> float:
-    """Scores kept as fractions (ROUGE-L, BERTScore, accuracy) are shown as points out of 100."""
-    if not higher_is_better(metric):
+def scale(metric: str, rows: list[Row] | None = None) -> float:
+    """Scores kept as fractions (ROUGE-L, BERTScore, accuracies) are shown as points out of 100;
+    BLEU is already out of 100 and perplexity has its own unit."""
+    m = metric.lower()
+    if m in LOWER_IS_BETTER or m.startswith("bleu") or m.startswith("chrf"):
         return 1.0
-    values = [v for r in rows for v in r.per_example.get(metric, {}).values()]
-    return 100.0 if values and all(-1.0 <= v <= 1.0 for v in values) else 1.0
+    return 100.0
 
 
 def verdict(metric: str, d: dict) -> str:
@@ -372,7 +371,7 @@ def build_report(store: ResultsStore, out: Path, config_ids: set[str] | None = N
     if not found:
         md += ["Only the baseline has finished; nothing to compare yet.", ""]
     for title_, summary, sentences in found:
-        md += [f"### {title_}", ""] + [f"**{s}**" for s in summary] + [""] + [f"- {s}" for s in sentences] + [""]
+        md += [f"### {title_}", ""] + [line for s in summary for line in (f"**{s}**", "")] + [f"- {s}" for s in sentences] + [""]
     md += ["## Results", "", markdown_table(header, body), ""]
     md += ["## Plots", ""] + [f"![{metric_name(m)}](plots/{m}.png)" for m in metrics] + [""]
     atomic_write_text(out / "report.md", "\n".join(md))
