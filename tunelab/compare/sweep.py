@@ -13,6 +13,7 @@ Finished runs are skipped; a run stopped half-way resumes from its last checkpoi
 from __future__ import annotations
 
 import json
+import math
 import random
 import shutil
 import time
@@ -272,12 +273,13 @@ def collect_scores(result: dict, out: Path, name: str) -> tuple[dict[str, dict],
     model_block = result["models"][name]
     metrics = {}
     for metric, m in model_block["metrics"].items():
+        if metric in ("bertscore_precision", "bertscore_recall") or m.get("mean") is None:
+            continue  # BERTScore F1 is the one compared; metrics the backend could not compute are left out
         metrics[metric] = {"mean": m.get("mean"), "low": m.get("low"), "high": m.get("high"), "n": m.get("n")}
     scores = []
     for row in read_jsonl(out / "predictions.jsonl"):
-        per_model = row["scores"][name]
-        for metric, value in per_model.items():
-            if isinstance(value, (int, float)) and value is not None:
+        for metric, value in row["scores"][name].items():
+            if metric in metrics and isinstance(value, (int, float)) and math.isfinite(value):
                 scores.append((str(row["id"]), metric, float(value)))
     return metrics, scores
 
@@ -305,6 +307,9 @@ def run_sweep(sweep: Sweep, shard: str | None = None, only: list[str] | None = N
         store.set_meta("baseline", sweep.baseline.name)
         store.set_meta("seeds", ",".join(map(str, sweep.seeds)))
         heldout = fix_heldout(sweep, store)
+        from tunelab.models.load import set_threads
+
+        set_threads(sweep.baseline.recipe.train.threads)
         runs = plan_runs(sweep, heldout)
         if only:
             unknown = set(only) - {v.name for v in sweep.variants}

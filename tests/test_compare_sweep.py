@@ -1,0 +1,150 @@
+"""A real sweep with the tiny model: held-out fixing, overlap refusal, store skip and resume, report."""
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tunelab.compare.report import compare_cli
+from tunelab.compare.sweep import store_path, sweep_cli
+from tunelab.errors import ConfigError, DataError
+from tunelab.io import read_jsonl
+
+
+def write_data(folder: Path) -> Path:
+    rows = [{"instruction": f"What is the capital of country number {i}?", "input": "", "output": f"The capital of country {i} is City{i}."} for i in range(30)]
+    path = folder / "facts.json"
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def write_sweep(folder: Path, model_dir: Path, **extra) -> Path:
+    data = write_data(folder)
+    recipe = {
+        "model": str(model_dir),
+        "data": {"sources": [{"path": str(data)}], "dedup": "exact", "validation_fraction": 0.1},
+        "train": {"max_steps": 2, "batch_size": 2, "max_seq_length": 64, "save_steps": 1, "save_total_limit": 3,
+                  "logging_steps": 1, "tensorboard": False, "threads": 1, "learning_rate": 1e-3},
+        "eval": {"max_new_tokens": 6, "batch_size": 8, "metrics": ["bleu", "rougeL"], "task": "none"},
+    }
+    (folder / "base.yaml").write_text(yaml.safe_dump(recipe))
+    spec = {"name": "tiny", "base": "base.yaml", "output_dir": str(folder / "sweeps"),
+            "heldout": {"from_source": 0, "size": 6},
+            "variants": [{"name": "baseline"}, {"name": "rank-4", "set": {"rank": 4}}, {"name": "no-clean", "set": {"clean": False}}],
+            **extra}
+    path = folder / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory, tiny_model_dir):
+    folder = tmp_path_factory.mktemp("sweep")
+    path = write_sweep(folder, tiny_model_dir)
+    result = sweep_cli(path)
+    return folder, path, result
+
+
+def test_sweep_runs_every_variant_on_the_same_heldout_set(finished_sweep):
+    folder, path, result = finished_sweep
+    assert result == {"done": 4, "skipped": 0, "failed": []}  # the base model reference + 3 variants
+    sweep_dir = folder / "sweeps" / "tiny"
+    heldout = read_jsonl(sweep_dir / "heldout" / "test.jsonl")
+    remainder = read_jsonl(sweep_dir / "heldout" / "train-source.jsonl")
+    assert len(heldout) == 6 and len(remainder) == 24
+    held_ids = {e["id"] for e in heldout}
+    assert not held_ids & {e["id"] for e in remainder}
+    db = sqlite3.connect(store_path(sweep_dir))
+    runs = db.execute("SELECT variant, kind, status, run_dir, data_hash, train_seconds FROM runs ORDER BY rowid").fetchall()
+    assert [r[:3] for r in runs][1:] == [("baseline", "variant", "done"), ("rank-4", "variant", "done"), ("no-clean", "variant", "done")]
+    assert runs[0][1] == "reference" and runs[0][2] == "done"
+    for variant, kind, status, run_dir, data_hash, train_seconds in runs[1:]:
+        run_dir = Path(run_dir)
+        card = json.loads((run_dir / "data" / "card.json").read_text())  # each variant has its own data card and hash
+        assert data_hash and card["counts"]["test"] == 6 and train_seconds is not None
+        trained_on = {e["id"] for e in read_jsonl(run_dir / "data" / "train.jsonl")}
+        assert not trained_on & held_ids
+    # Every run has a score for every held-out example, so comparisons are paired.
+    per_run = db.execute("SELECT run_id, COUNT(DISTINCT example_id) FROM scores WHERE metric='rougeL' GROUP BY run_id").fetchall()
+    assert len(per_run) == 4 and {n for _, n in per_run} == {6}
+    assert {r[0] for r in db.execute("SELECT DISTINCT example_id FROM scores")} == held_ids
+
+
+def test_second_run_does_no_work_and_compare_reports(finished_sweep, monkeypatch):
+    folder, path, _ = finished_sweep
+    import tunelab.evaluate.run
+    import tunelab.train.run
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a finished sweep must not train or evaluate again")
+
+    monkeypatch.setattr(tunelab.train.run, "train_recipe", forbidden)
+    monkeypatch.setattr(tunelab.evaluate.run, "evaluate_models", forbidden)
+    assert sweep_cli(path) == {"done": 0, "skipped": 4, "failed": []}
+
+    result = compare_cli(path)
+    out = folder / "sweeps" / "tiny" / "report"
+    md = (out / "report.md").read_text()
+    assert "### Model-centric changes" in md and "### Data-centric changes" in md
+    assert "LoRA rank 16→4" in md and "turning off data cleaning" in md.lower()
+    assert "(95% CI" in md and ("p=" in md or "p<" in md)
+    assert (out / "plots" / "rougeL.png").is_file() and (out / "report.html").is_file()
+    assert {r.name for r in result["rows"]} >= {"baseline", "rank-4", "no-clean"}
+
+
+def test_half_finished_variant_resumes_from_its_checkpoint(finished_sweep, monkeypatch):
+    folder, path, _ = finished_sweep
+    sweep_dir = folder / "sweeps" / "tiny"
+    db = sqlite3.connect(store_path(sweep_dir))
+    run_id, run_dir = db.execute("SELECT id, run_dir FROM runs WHERE variant='rank-4'").fetchone()
+    # Simulate a crash after the first checkpoint: no final model, no summary, status not done.
+    run_dir = Path(run_dir)
+    shutil.rmtree(run_dir / "model")
+    (run_dir / "train" / "summary.json").unlink()
+    shutil.rmtree(run_dir / "train" / "checkpoints" / "checkpoint-2")
+    db.execute("UPDATE runs SET status='prepared' WHERE id=?", (run_id,))
+    db.commit()
+
+    import tunelab.train.run
+
+    calls = []
+    real = tunelab.train.run.train_recipe
+
+    def spy(recipe, resume=False):
+        calls.append((recipe.name, resume))
+        return real(recipe, resume=resume)
+
+    monkeypatch.setattr(tunelab.train.run, "train_recipe", spy)
+    assert sweep_cli(path) == {"done": 1, "skipped": 3, "failed": []}
+    assert len(calls) == 1 and calls[0][0].startswith("rank-4") and calls[0][1] is True
+    summary = json.loads((run_dir / "train" / "summary.json").read_text())
+    assert summary["resumed_from"].endswith("checkpoint-1") and summary["steps"] == 2
+
+
+def test_changed_heldout_settings_are_refused(finished_sweep):
+    folder, path, _ = finished_sweep
+    spec = yaml.safe_load(path.read_text())
+    spec["heldout"]["size"] = 8
+    changed = folder / "changed.yaml"
+    changed.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match="held-out set of sweep 'tiny' was fixed by an earlier run"):
+        sweep_cli(changed)
+
+
+def test_heldout_overlapping_training_data_is_refused(tmp_path, tiny_model_dir, monkeypatch):
+    path = write_sweep(tmp_path, tiny_model_dir)
+    # A separate held-out file that repeats three training examples (different ids, same content).
+    rows = json.loads((tmp_path / "facts.json").read_text())[:3]
+    (tmp_path / "leaky.json").write_text(json.dumps(rows))
+    spec = yaml.safe_load(path.read_text())
+    spec["heldout"] = {"path": "leaky.json"}
+    path.write_text(yaml.safe_dump(spec))
+    import tunelab.train.run
+
+    monkeypatch.setattr(tunelab.train.run, "train_recipe", lambda *a, **k: pytest.fail("must refuse before training"))
+    with pytest.raises(DataError, match=r"variant 'baseline': 3 training example\(s\) are also in the held-out set"):
+        sweep_cli(path)
