@@ -44,7 +44,8 @@ def exact_dedup(examples: list[dict]) -> tuple[list[dict], list[tuple[dict, str]
 
 def near_dedup(examples: list[dict], threshold: float) -> tuple[list[dict], list[tuple[dict, str]]]:
     """(kept, [(dropped, id of the similar kept example)])."""
-    lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
+    # LSH only proposes candidates (it cannot be built for 1.0); the Jaccard estimate decides
+    lsh = MinHashLSH(threshold=min(threshold, 0.95), num_perm=NUM_PERM)
     signatures: dict[str, MinHash] = {}
     kept, dropped = [], []
     with progress_bar(transient=True) as bar:
