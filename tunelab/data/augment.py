@@ -98,7 +98,6 @@ def paraphrase(examples: list[dict], model_ref: str, fraction: float, seed: int,
     if not chosen:
         return [], {}
     model = chat_model or load_chat_model(model_ref)
-    settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=0.0, seed=seed)
     originals = [examples[i]["messages"][last_user_index(examples[i])]["content"] for i in chosen]
     rewrites: list[str] = []
     with progress_bar() as bar:
@@ -107,6 +106,9 @@ def paraphrase(examples: list[dict], model_ref: str, fraction: float, seed: int,
             batch = originals[start : start + batch_size]
             conversations = [[{"role": "system", "content": PARAPHRASE_SYSTEM},
                               {"role": "user", "content": PARAPHRASE_PROMPT.format(text=t)}] for t in batch]
+            # a paraphrase needs about as many tokens as the original (~4 characters a token); allow twice that
+            budget = min(max_new_tokens, max(len(t) for t in batch) // 2 + 16)
+            settings = GenerationSettings(max_new_tokens=budget, temperature=0.0, seed=seed)
             rewrites += model.generate(conversations, settings, batch_size=batch_size)
             bar.update(task, advance=len(batch))
     copies, drops = [], {}
