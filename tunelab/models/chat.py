@@ -102,15 +102,35 @@ class HFChatModel:
         enc = self.tokenizer(self.prompt_text(messages), return_tensors="pt", add_special_tokens=False).to(self.model.device)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
 
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        # Closing this generator (a client went away) sets `stop`, which ends generate() at
+        # the next token; an error in the generation thread is re-raised here, not left to hang.
+        stop = threading.Event()
+        failure: list[BaseException] = []
+
+        class StopWhenClosed(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
+
         def work():
-            with self._lock, torch.inference_mode():
-                torch.manual_seed(s.seed)
-                self.model.generate(**enc, **self._generate_kwargs(s), streamer=streamer)
+            try:
+                with self._lock, torch.inference_mode():
+                    torch.manual_seed(s.seed)
+                    self.model.generate(**enc, **self._generate_kwargs(s), streamer=streamer, stopping_criteria=StoppingCriteriaList([StopWhenClosed()]))
+            except BaseException as exc:  # surfaced to the consumer below
+                failure.append(exc)
+                streamer.end()
 
         thread = threading.Thread(target=work, daemon=True)
         thread.start()
-        yield from streamer
-        thread.join()
+        try:
+            yield from streamer
+        finally:
+            stop.set()
+            thread.join()
+        if failure:
+            raise failure[0]
 
 
 def load_hf_model(ref: str | Path, *, dtype: str = "float32", trust_remote_code: bool = False):

@@ -1,0 +1,115 @@
+"""The Gradio chat UI: a streaming chat with a model picker, a system prompt and generation
+settings, and a side-by-side tab that sends one prompt to two models (base against tuned).
+
+API names (for `gradio_client`): `/respond` (the chat) and `/compare` (side by side).
+"""
+from __future__ import annotations
+
+import gradio as gr
+
+from tunelab.errors import TunelabError
+from tunelab.serve.generation import ServeLimits, check_chars, check_tokens, clean_messages, make_settings
+from tunelab.serve.registry import ModelRegistry
+
+EXAMPLES = [
+    "What is the capital of France?",
+    "Give me three tips for writing a clear email.",
+    "Explain what fine-tuning a language model means, in two sentences.",
+]
+
+
+def pick_defaults(registry: ModelRegistry) -> tuple[str, str, str]:
+    """(chat model, left model, right model): the newest tuned model against its base."""
+    entries = list(registry.entries.values())
+    tuned = [e for e in entries if e.kind != "base"]
+    chat = (tuned or entries)[0]
+    base = registry.base_of(chat) or next((e for e in entries if e.kind == "base"), None) or entries[0]
+    right = chat if chat is not base else (entries[1] if len(entries) > 1 else chat)
+    return chat.label, base.label, right.label
+
+
+def build_ui(registry: ModelRegistry, limits: ServeLimits | None = None, examples: list[str] | None = None, title: str = "tunelab chat") -> gr.Blocks:
+    limits = limits or ServeLimits()
+    chat_default, left_default, right_default = pick_defaults(registry)
+
+    def choices() -> list[str]:
+        registry.refresh()
+        return registry.labels()
+
+    def stream_answer(label: str, messages: list[dict], settings):
+        """Accumulated answer text, piece by piece, with errors turned into messages the UI shows."""
+        try:
+            entry = registry.find(label)
+            check_chars(messages, limits)
+            check_tokens(registry.get(entry), messages, limits)
+            text = ""
+            for piece in registry.stream(entry, messages, settings):
+                text += piece
+                yield text
+        except TunelabError as exc:
+            raise gr.Error(str(exc)) from None
+
+    def respond(message, history, model_label, system_prompt, temperature, top_p, max_tokens, repetition_penalty):
+        try:
+            messages = clean_messages([*history, {"role": "user", "content": message}], system_prompt)
+        except TunelabError as exc:
+            raise gr.Error(str(exc)) from None
+        settings = make_settings(limits, max_tokens=max_tokens, temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty, seed=None)
+        yield from stream_answer(model_label, messages, settings)
+
+    def compare(left_label, right_label, prompt, system_prompt, temperature, top_p, max_tokens, repetition_penalty):
+        if not (prompt or "").strip():
+            raise gr.Error("type a prompt first")
+        messages = clean_messages([{"role": "user", "content": prompt}], system_prompt)
+        settings = make_settings(limits, max_tokens=max_tokens, temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty, seed=None)
+        left = ""
+        for left in stream_answer(left_label, messages, settings):
+            yield left, ""
+        for right in stream_answer(right_label, messages, settings):
+            yield left, right
+
+    with gr.Blocks(title=title) as demo:
+        gr.Markdown(f"## {title}\nModels from this machine's runs and exports. Answers stream as they are generated.")
+        with gr.Row():
+            with gr.Column(scale=4):
+                with gr.Tab("Chat"):
+                    model = gr.Dropdown(choices=registry.labels(), value=chat_default, label="Model", interactive=True)
+                    chat_slot = gr.Column()
+                with gr.Tab("Side by side"):
+                    with gr.Row():
+                        left_model = gr.Dropdown(choices=registry.labels(), value=left_default, label="Left model (base)", interactive=True)
+                        right_model = gr.Dropdown(choices=registry.labels(), value=right_default, label="Right model (tuned)", interactive=True)
+                    prompt = gr.Textbox(label="Prompt", placeholder="One prompt, sent to both models", lines=2)
+                    go = gr.Button("Send to both", variant="primary")
+                    with gr.Row():
+                        left_out = gr.Textbox(label="Left answer", lines=10, interactive=False)
+                        right_out = gr.Textbox(label="Right answer", lines=10, interactive=False)
+                    gr.Examples([[e] for e in (examples or EXAMPLES)], inputs=[prompt])
+            with gr.Column(scale=1, min_width=220):
+                gr.Markdown("### Generation settings")
+                system = gr.Textbox(label="System prompt", placeholder="You are a helpful assistant.", lines=3)
+                temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature (0 = greedy)")
+                top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top-p")
+                max_tokens = gr.Slider(1, limits.max_tokens, value=min(256, limits.max_tokens), step=16, label="Max new tokens")
+                repetition_penalty = gr.Slider(1.0, 2.0, value=1.1, step=0.05, label="Repetition penalty")
+                refresh = gr.Button("Rescan runs folder", size="sm")
+        settings_inputs = [system, temperature, top_p, max_tokens, repetition_penalty]
+        with chat_slot:
+            gr.ChatInterface(
+                respond,
+                additional_inputs=[model, *settings_inputs],
+                examples=[[e] for e in (examples or EXAMPLES)],
+                cache_examples=False,
+                fill_height=False,
+                api_name="respond",
+            )
+        go.click(compare, [left_model, right_model, prompt, *settings_inputs], [left_out, right_out], api_name="compare")
+        prompt.submit(compare, [left_model, right_model, prompt, *settings_inputs], [left_out, right_out], api_name=False)
+
+        def rescan(a, b, c):
+            labels = choices()
+            return gr.update(choices=labels, value=a), gr.update(choices=labels, value=b), gr.update(choices=labels, value=c)
+
+        refresh.click(rescan, [model, left_model, right_model], [model, left_model, right_model], api_name=False)
+    demo.queue(default_concurrency_limit=limits.max_concurrent, max_size=limits.max_queue)
+    return demo
