@@ -76,7 +76,10 @@ def encoder_layers(model_type: str) -> int:
     else:
         from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(model_type).to_dict()
+        try:
+            config = AutoConfig.from_pretrained(model_type).to_dict()
+        except OSError as err:
+            raise ModelNotFound(f"BERTScore encoder '{model_type}' could not be loaded (offline and not cached?): {err}") from None
     layers = config.get("num_hidden_layers") or config.get("n_layers") or config.get("num_layers")
     if not layers:
         raise ModelNotFound(f"BERTScore encoder {model_type}: cannot tell its number of layers; pass bertscore_layers")
