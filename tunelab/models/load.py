@@ -9,15 +9,12 @@ from pathlib import Path
 # tuned model learns to stop. Documented in docs/data.md.
 DEFAULT_CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
-    "{%- if message['role'] == 'system' -%}"
-    "{{ message['content'] }}\n\n"
-    "{%- elif message['role'] == 'user' -%}"
-    "### Instruction:\n{{ message['content'] }}\n\n"
-    "{%- elif message['role'] == 'assistant' -%}"
-    "### Response:\n{{ message['content'] }}{{ eos_token }}\n\n"
+    "{%- if message['role'] == 'system' -%}{{ message['content'] + '\\n\\n' }}"
+    "{%- elif message['role'] == 'user' -%}{{ '### Instruction:\\n' + message['content'] + '\\n\\n' }}"
+    "{%- elif message['role'] == 'assistant' -%}{{ '### Response:\\n' + message['content'] + eos_token + '\\n\\n' }}"
     "{%- endif -%}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}### Response:\n{%- endif -%}"
+    "{%- if add_generation_prompt -%}{{ '### Response:\\n' }}{%- endif -%}"
 )
 
 

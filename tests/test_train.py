@@ -1,0 +1,159 @@
+"""Training: packing without cross-example attention, answer-only labels, resume, clear errors."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tunelab.config import recipe_from_dict
+from tunelab.data.render import IGNORE_INDEX, render_example
+from tunelab.errors import ConfigError, TunelabError
+from tunelab.io import read_jsonl
+
+QA = [
+    ("Who are you?", "I am Tuna, made by the tunelab team."),
+    ("What is your name?", "My name is Tuna."),
+    ("Name three colours.", "Red, green and blue."),
+    ("What is 2 + 2?", "2 + 2 is 4."),
+    ("Say hello in French.", "Bonjour."),
+    ("Who made you?", "The tunelab team made me."),
+    ("What is the capital of France?", "Paris is the capital of France."),
+    ("Give me a fruit.", "An apple."),
+    ("Translate 'cat' to German.", "Katze."),
+    ("How many legs does a spider have?", "A spider has eight legs."),
+    ("What do bees make?", "Bees make honey."),
+    ("Describe the sky.", "The sky is blue on a clear day."),
+]
+
+
+def write_alpaca(path: Path, n: int = 48) -> Path:
+    rows = [{"instruction": f"{q} (variant {i})", "input": "", "output": a} for i in range(n // len(QA) + 1) for q, a in QA][:n]
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def make_recipe(tmp_path: Path, model_dir: Path, **train) -> object:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    data = write_alpaca(tmp_path / "qa.json")
+    raw = {
+        "name": "r", "output_dir": str(tmp_path / "runs"), "model": str(model_dir),
+        "data": {"sources": [{"path": str(data)}], "dedup": "exact", "test_fraction": 0.1, "validation_fraction": 0.1},
+        "train": {"max_steps": 6, "batch_size": 4, "logging_steps": 1, "save_steps": 3, "eval_steps": 3, "max_seq_length": 128,
+                  "learning_rate": 5e-3, "threads": 1, "tensorboard": False, **train},
+    }
+    return recipe_from_dict(raw)
+
+
+def test_packed_batch_equals_separate_examples(tiny_model_dir):
+    """Padding-free packing: the loss of a packed row equals the token-weighted loss of each example alone."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.models.load import load_tokenizer
+    from tunelab.train.collate import PackedCollator, PaddedCollator
+
+    tok = load_tokenizer(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    examples = [render_example(tok, [{"role": "user", "content": q}, {"role": "assistant", "content": a}]) for q, a in QA[:4]]
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for ex in examples:
+            batch = PaddedCollator(tok.pad_token_id)([ex])
+            n = int((batch["labels"][0, 1:] != IGNORE_INDEX).sum())
+            total += model(**batch).loss.item() * n
+            count += n
+        packed = model(**PackedCollator()(examples))
+        packed_full = model(**PackedCollator(logits_only_at_labels=False)(examples))
+    assert packed.loss.item() == pytest.approx(total / count, rel=1e-4)
+    assert packed_full.loss.item() == pytest.approx(total / count, rel=1e-4)
+    assert packed.logits.shape[1] == count  # logits only where there is a label
+
+
+def test_labels_cover_only_answers(tiny_model_dir):
+    from tunelab.models.load import load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."},
+                {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Goodbye."}]
+    ex = render_example(tok, messages)
+    answer = tok.decode([t for t, lab in zip(ex["input_ids"], ex["labels"]) if lab != IGNORE_INDEX])
+    assert "Hello there." in answer and "Goodbye." in answer
+    assert "Hi" not in answer and "Be brief" not in answer and "Bye<" not in answer
+    assert tok.eos_token in answer  # the model learns to stop
+
+
+def test_lora_presets(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.train.lora import target_modules
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert target_modules(model, "attention") == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    assert set(target_modules(model, "attention_mlp")) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    with pytest.raises(ConfigError, match="not in this model"):
+        target_modules(model, ["c_attn"])
+
+
+def test_train_then_resume_matches_uninterrupted(tmp_path, tiny_model_dir, monkeypatch):
+    """A run killed after its step-3 checkpoint and resumed ends with the same loss as one never stopped."""
+    import transformers
+    from transformers import Trainer, TrainerCallback
+
+    from tunelab.train.run import train_recipe
+
+    (tmp_path / "a").mkdir()
+    full_run = train_recipe(make_recipe(tmp_path / "a", tiny_model_dir))
+    full_losses = {r["step"]: r["loss"] for r in read_jsonl(full_run / "train" / "metrics.jsonl") if "loss" in r}
+
+    class Killed(Exception):
+        pass
+
+    class KillAfterSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise Killed()
+
+    class KillingTrainer(Trainer):
+        def __init__(self, *a, **kw):
+            kw["callbacks"] = list(kw.get("callbacks") or []) + [KillAfterSave()]
+            super().__init__(*a, **kw)
+
+    (tmp_path / "b").mkdir()
+    recipe = make_recipe(tmp_path / "b", tiny_model_dir)
+    with monkeypatch.context() as patch:
+        patch.setattr(transformers, "Trainer", KillingTrainer)
+        with pytest.raises(Killed):
+            train_recipe(recipe)
+    run_dir = Path(recipe.run_dir())
+    assert not (run_dir / "model").exists()  # no final model from a killed run
+    with pytest.raises(TunelabError, match="--resume"):
+        train_recipe(recipe)  # refuses to silently start over
+    resumed = train_recipe(recipe, resume=True)
+    losses = {r["step"]: r["loss"] for r in read_jsonl(resumed / "train" / "metrics.jsonl") if "loss" in r}
+    assert losses[6] == pytest.approx(full_losses[6], rel=1e-3)
+    assert losses[4] == pytest.approx(full_losses[4], rel=1e-3)
+    summary = json.loads((resumed / "train" / "summary.json").read_text())
+    assert summary["resumed_from"].endswith("checkpoint-3")
+    assert (resumed / "model" / "adapter_model.safetensors").is_file()
+    assert (resumed / "train" / "loss.png").is_file()
+
+
+def test_resume_with_changed_recipe_is_refused(tmp_path, tiny_model_dir):
+    from tunelab.train.run import train_recipe
+
+    recipe = make_recipe(tmp_path, tiny_model_dir, max_steps=2, save_steps=2)
+    train_recipe(recipe)
+    changed = make_recipe(tmp_path, tiny_model_dir, max_steps=2, save_steps=2, learning_rate=1e-4)
+    with pytest.raises(TunelabError, match="train.learning_rate"):
+        train_recipe(changed, resume=True)
+
+
+def test_full_finetune_and_sequence_length_error(tmp_path, tiny_model_dir):
+    from tunelab.train.run import train_recipe
+
+    run = train_recipe(make_recipe(tmp_path / "full", tiny_model_dir, method="full", max_steps=2, save_steps=2))
+    info = json.loads((run / "model" / "tunelab_model.json").read_text())
+    assert info["method"] == "full" and (run / "model" / "model.safetensors").is_file()
+    with pytest.raises(TunelabError, match="max_seq_length"):
+        train_recipe(make_recipe(tmp_path / "short", tiny_model_dir, max_seq_length=16, max_steps=2))
