@@ -100,6 +100,14 @@ def check_before_training(recipe: Recipe, run: RunDir, resume: bool) -> None:
         raise TunelabError(f"{run.root} already has training output; pass --resume to continue it, or choose another run name")
 
 
+def check_sequence_length(tokenizer, max_seq_length: int) -> None:
+    """The template alone (system prompt, markers) must leave room for a question and an answer."""
+    empty = tokenizer.apply_chat_template([{"role": "user", "content": ""}], tokenize=False, add_generation_prompt=True)
+    overhead = len(tokenizer(empty, add_special_tokens=False)["input_ids"])
+    if max_seq_length <= overhead + 8:
+        raise TunelabError(f"train.max_seq_length={max_seq_length} is too short: this model's chat template alone takes {overhead} tokens before any question or answer; use at least {overhead + 64}")
+
+
 def use_bf16(precision: str) -> bool:
     from tunelab.models.load import bf16_supported
 
@@ -201,6 +209,9 @@ def train_recipe(recipe: Recipe, resume: bool = False) -> Path:
 
     run = RunDir(recipe.run_dir())
     check_before_training(recipe, run, resume)
+    base = resolve_model(recipe.model)
+    tokenizer = load_tokenizer(base.path, trust_remote_code=recipe.trust_remote_code)
+    check_sequence_length(tokenizer, recipe.train.max_seq_length)
     run.root.mkdir(parents=True, exist_ok=True)
     write_recipe(run, recipe)
     write_environment(run)
@@ -212,8 +223,6 @@ def train_recipe(recipe: Recipe, resume: bool = False) -> Path:
         run.mark_done("data", counts=card.get("counts"), hash=card.get("hash"))
 
     threads = set_threads(recipe.train.threads)
-    base = resolve_model(recipe.model)
-    tokenizer = load_tokenizer(base.path, trust_remote_code=recipe.trust_remote_code)
     max_len = recipe.train.max_seq_length
     train_rows = read_jsonl(run.split("train"))
     val_rows = read_jsonl(run.split("validation")) if run.split("validation").is_file() else []
