@@ -37,6 +37,7 @@ def test_paraphrase_problems_and_cleanup():
     original = "Describe the water cycle in three sentences."
     assert paraphrase_problem(original, "") == "empty"
     assert paraphrase_problem(original, "describe the water  cycle in three sentences.") == "unchanged"
+    assert paraphrase_problem(original, "Describe the water cycle, in three sentences") == "unchanged"
     assert paraphrase_problem(original, "Hi") == "length"
     assert paraphrase_problem(original, "water " * 12) == "repetitive"
     assert paraphrase_problem(original, "As an AI language model I cannot rewrite this request.") == "degenerate"

@@ -73,7 +73,7 @@ def paraphrase_problem(original: str, new: str) -> str | None:
     """Why a paraphrase is unusable, or None when it is fine."""
     if not new.strip():
         return "empty"
-    if normalise_text(new) == normalise_text(original):
+    if re.findall(r"\w+", normalise_text(new)) == re.findall(r"\w+", normalise_text(original)):  # punctuation aside
         return "unchanged"
     if len(new) < max(3, 0.3 * len(original)) or len(new) > 3 * len(original) + 80:
         return "length"
