@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tunelab.config import ExportConfig
+from tunelab.config import EvalConfig, ExportConfig
 from tunelab.errors import TunelabError
 
 QUICK = ExportConfig(check_prompts=3, check_tokens=8, evaluate=False)
@@ -126,7 +126,8 @@ def test_qlora_merge_adds_adapter_to_dequantized_base(peaked_tiny_dir, tmp_path)
 def test_export_merged_with_card_and_check(lora_run):
     from tunelab.export.run import export_run
 
-    report = export_run(lora_run, ["merged"], config=QUICK)
+    report = export_run(lora_run, ["merged"], config=ExportConfig(check_prompts=3, check_tokens=8, evaluate=True),
+                        eval_config=EvalConfig(metrics=["bleu", "rougeL"], max_new_tokens=10))
     merged = lora_run / "export" / "merged"
     for f in ["config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "README.md"]:
         assert (merged / f).is_file(), f
@@ -135,6 +136,9 @@ def test_export_merged_with_card_and_check(lora_run):
     assert "license:" in card and "lora" in card and "Export faithfulness" in card and "test" in card
     m = report["formats"]["merged"]
     assert m["passed"] and m["prompts_equal"] == 3 and m["agreement"] == 1.0
+    # quality delta, scored by the evaluation stage: the merged model answers exactly like PyTorch
+    assert set(report["pytorch_metrics"]) == {"bleu", "rougeL"} and report["answer_tokens"] == 10
+    assert m["metrics"]["rougeL"]["delta"] == 0.0 and m["metrics"]["bleu"]["delta"] == 0.0
     saved = json.loads((lora_run / "export" / "faithfulness.json").read_text())
     assert saved["formats"]["merged"]["passed"] and saved["prompt_source"].endswith("test.jsonl")
     assert (lora_run / "export" / "faithfulness.md").read_text().count("| merged |") == 1

@@ -1,0 +1,179 @@
+"""CPU generation speed of the default model fine-tuned: transformers fp32 vs GGUF through tunelab
+vs the same GGUF through llama-cpp-python called directly, all measured in one run.
+
+    .venv/bin/python bench/cpu_inference.py [--run runs/NAME] [--threads 2] [--tokens 128]
+
+Without --run it builds a stand-in "fine-tuned" model: SmolLM2-135M-Instruct with a random LoRA
+adapter (all linear layers, r=16, B scaled to perturb the model slightly), exports it with
+`tunelab export` (Q8_0, Q4_K_M, faithfulness check with metric deltas on AlpacaEval prompts),
+then times 128 greedy new tokens at batch 1 with 2 threads:
+
+- transformers fp32 `model.generate` on the merged model (the usual notebook path; the merged
+  model is the faster of merged/unmerged, so the ratio is conservative);
+- `LlamaCppChatModel.generate` (tunelab's GGUF path, also behind `tunelab generate`/`serve`);
+- `llama_cpp.Llama.create_chat_completion` on the same file (llama-cpp-python called directly).
+
+Targets: tunelab's GGUF path >= 6x transformers fp32, and within 10% of llama.cpp directly.
+Appends the figures to bench/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PROMPT = [{"role": "user", "content": "Write a long, detailed story about a lighthouse keeper who finds a message in a bottle."}]
+
+
+def random_lora_run(root: Path, base_dir: Path, shared_data: Path | None) -> Path:
+    """A run directory like `tunelab train` leaves: model/ (LoRA adapter + tunelab_model.json), data/test.jsonl."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from tunelab.io import atomic_write_jsonl
+    from tunelab.models.load import load_causal_lm, load_tokenizer
+
+    if (root / "model" / "tunelab_model.json").is_file():
+        return root
+    torch.manual_seed(0)
+    model = get_peft_model(load_causal_lm(base_dir), LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.mul_(0.05)
+    (root / "model").mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(root / "model")
+    load_tokenizer(base_dir).save_pretrained(root / "model")
+    (root / "model" / "tunelab_model.json").write_text(json.dumps({"base_model": "smollm2-135m-instruct", "base_model_path": str(base_dir), "method": "lora", "note": "random LoRA stand-in for bench/cpu_inference.py"}))
+    rows = []
+    ref_file = shared_data / "alpaca_eval_gpt4_reference.json" if shared_data else None
+    if ref_file and ref_file.is_file():
+        for i, r in enumerate(json.loads(ref_file.read_text())[:8]):
+            rows.append({"id": f"alpacaeval-{i}", "messages": [{"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": r["output"]}], "source": ref_file.name})
+        atomic_write_jsonl(root / "data" / "test.jsonl", rows)
+    return root
+
+
+def timed(fn, repeats: int) -> tuple[float, int]:
+    """(median seconds, tokens) of fn() -> tokens, after one warm-up call."""
+    fn()
+    runs = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        n = fn()
+        runs.append((time.perf_counter() - t, n))
+    return statistics.median(r[0] for r in runs), runs[0][1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", type=Path, help="a trained run directory (default: a random-LoRA stand-in of the default model)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-results", action="store_true", help="do not append to bench/RESULTS.md")
+    args = ap.parse_args()
+
+    import torch
+
+    from tunelab.config import ExportConfig
+    from tunelab.export.llama_cpp import LlamaCppChatModel, require_llama_cpp
+    from tunelab.export.run import export_run
+    from tunelab.models.chat import GenerationSettings
+    from tunelab.models.load import load_causal_lm, load_tokenizer
+    from tunelab.models.resolve import resolve_model
+    from tunelab.paths import cache_dir, shared_data_dir
+
+    llama_cpp = require_llama_cpp()
+    torch.set_num_threads(args.threads)
+    if args.run:
+        run, model_desc = args.run, f"trained run {args.run}"
+    else:
+        run = random_lora_run(cache_dir() / "bench" / "smollm2-random-lora", resolve_model("smollm2-135m-instruct").path, shared_data_dir())
+        model_desc = "SmolLM2-135M-Instruct + random LoRA (r=16, all linear, B×0.05; no trained run used)"
+
+    print(f"== exporting {run} (merged, Q8_0, Q4_K_M) with the faithfulness check")
+    report = export_run(run, ["merged", "gguf-q8_0", "gguf-q4_k_m"], config=ExportConfig(check_prompts=8, check_tokens=16, evaluate=True), threads=args.threads)
+    export = Path(report["out"])
+
+    results: dict[str, tuple[float, int]] = {}
+    # transformers fp32, the notebook path
+    tok = load_tokenizer(export / "merged")
+    model = load_causal_lm(export / "merged").eval()
+    enc = tok(tok.apply_chat_template(PROMPT, tokenize=False, add_generation_prompt=True), return_tensors="pt", add_special_tokens=False)
+
+    def hf() -> int:
+        with torch.inference_mode():
+            out = model.generate(**enc, max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+        return out.shape[1] - enc["input_ids"].shape[1]
+
+    print("== transformers fp32 generate")
+    results["transformers fp32"] = timed(hf, max(1, args.repeats - 1))
+    del model
+
+    settings = GenerationSettings(max_new_tokens=args.tokens, temperature=0.0)
+    for q in ("q8_0", "q4_k_m"):
+        path = next((export / "gguf").glob(f"*-{q}.gguf"))
+        chat = LlamaCppChatModel(path, n_threads=args.threads, n_ctx=2048)
+        n_tokens = len(list(chat.generate_ids(chat.prompt_tokens(PROMPT), settings)))
+
+        def via_tunelab() -> int:
+            chat.generate([PROMPT], settings)
+            return n_tokens
+
+        print(f"== GGUF {q} through tunelab")
+        results[f"GGUF {q} tunelab"] = timed(via_tunelab, args.repeats)
+        del chat
+        llm = llama_cpp.Llama(model_path=str(path), n_ctx=2048, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
+
+        def direct() -> int:
+            llm.reset()
+            res = llm.create_chat_completion(PROMPT, max_tokens=args.tokens, temperature=0.0)
+            return res["usage"]["completion_tokens"]
+
+        print(f"== GGUF {q} llama-cpp-python directly")
+        results[f"GGUF {q} direct"] = timed(direct, args.repeats)
+        del llm
+
+    tps = {k: n / s for k, (s, n) in results.items()}
+    base = tps["transformers fp32"]
+    lines = [f"| path | new tokens | seconds | tokens/s | vs transformers fp32 |", "|---|---|---|---|---|"]
+    for k, (s, n) in results.items():
+        lines.append(f"| {k} | {n} | {s:.2f} | {tps[k]:.1f} | {tps[k] / base:.2f}x |")
+    ratios = []
+    for q in ("q8_0", "q4_k_m"):
+        t, d = tps[f"GGUF {q} tunelab"], tps[f"GGUF {q} direct"]
+        ratios.append(f"GGUF {q}: tunelab / transformers fp32 = {t / base:.2f}x (target >= 6x: {'met' if t / base >= 6 else 'NOT met'}); "
+                      f"tunelab / llama.cpp direct = {t / d:.3f} (target >= 0.90: {'met' if t / d >= 0.9 else 'NOT met'})")
+    quality = ["| format | token agreement (first 16) | prompts equal | " + " | ".join(f"Δ {m}" for m in sorted(report.get("pytorch_metrics", {}))) + " |",
+               "|---|---|---|" + "---|" * len(report.get("pytorch_metrics", {}))]
+    for fmt, e in report["formats"].items():
+        quality.append(f"| {fmt} | {e['agreement']:.1%} | {e['prompts_equal']}/{e['prompts']} | "
+                       + " | ".join(f"{e['metrics'][m]['delta']:+.4f}" if m in e.get("metrics", {}) else "-" for m in sorted(report.get("pytorch_metrics", {}))) + " |")
+    pyt = ", ".join(f"{m} {v:.4f}" for m, v in report.get("pytorch_metrics", {}).items())
+
+    text = "\n".join(lines) + "\n\n" + "\n".join(ratios) + "\n\nQuality of each export vs the PyTorch model (" + f"{report['prompts']} prompts from {Path(report['prompt_source']).name}; PyTorch: {pyt or 'not scored'}):\n\n" + "\n".join(quality)
+    print()
+    print(text)
+    if not args.no_results:
+        with open(ROOT / "bench" / "RESULTS.md", "a", encoding="utf-8") as f:
+            f.write(f"\n## CPU inference (bench/cpu_inference.py), {date.today().isoformat()}\n\n"
+                    f"Command: `.venv/bin/python bench/cpu_inference.py --threads {args.threads} --tokens {args.tokens}`. Model: {model_desc}. "
+                    f"{args.threads} threads, batch 1, greedy, median of {args.repeats} runs after a warm-up; the machine's 2 cores were shared "
+                    f"with other engineers' processes (load average {os.getloadavg()[0]:.1f} at the end), so absolute figures are low and noisy; ratios are measured in the same run.\n\n"
+                    + text + "\n")
+
+
+if __name__ == "__main__":
+    main()
