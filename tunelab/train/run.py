@@ -220,7 +220,7 @@ def train_recipe(recipe: Recipe, resume: bool = False) -> Path:
         from tunelab.data.prepare import prepare_data
 
         card = prepare_data(recipe.data, run.data, model_ref=recipe.model, max_seq_length=recipe.train.max_seq_length)
-        run.mark_done("data", counts=card.get("counts"), hash=card.get("hash"))
+        run.mark_done("data", counts=card.get("counts"), hash=card.get("hashes", {}).get("all"))
 
     threads = set_threads(recipe.train.threads)
     max_len = recipe.train.max_seq_length
