@@ -215,13 +215,20 @@ def serve(
     runs: Path = typer.Option(Path("runs"), help="Folder searched for runs and exports"),
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(7860),
-    password: Optional[str] = typer.Option(None, envvar="TUNELAB_PASSWORD", help="Require this password (user 'tunelab')"),
+    password: Optional[str] = typer.Option(None, envvar="TUNELAB_PASSWORD", help="Require this password (user 'tunelab'; also the API key with --api)"),
     api: bool = typer.Option(False, help="Also mount the OpenAI-style API under /v1"),
+    max_tokens: int = typer.Option(512, help="Cap on new tokens per answer"),
+    max_prompt_tokens: int = typer.Option(2048, help="Longer prompts are refused"),
+    max_concurrent: int = typer.Option(2, help="Generations running at once"),
+    max_queue: int = typer.Option(16, help="Requests waiting beyond those; more are refused (429 / queue full)"),
+    cache_size: int = typer.Option(3, help="Loaded models kept in memory"),
 ):
     """Start the Gradio chat UI (streaming, model picker, side-by-side)."""
+    from tunelab.serve.generation import ServeLimits
     from tunelab.serve.run import serve_cli
 
-    serve_cli(models or [], runs=runs, host=host, port=port, password=password, api=api)
+    limits = ServeLimits(max_tokens=max_tokens, max_prompt_tokens=max_prompt_tokens, max_prompt_chars=8 * max_prompt_tokens, max_concurrent=max_concurrent, max_queue=max_queue)
+    serve_cli(models or [], runs=runs, host=host, port=port, password=password, api=api, limits=limits, cache_size=cache_size)
 
 
 @app.command()
@@ -231,12 +238,19 @@ def api(
     runs: Path = typer.Option(Path("runs")),
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8000),
-    api_key: Optional[str] = typer.Option(None, envvar="TUNELAB_API_KEY"),
+    api_key: Optional[str] = typer.Option(None, envvar="TUNELAB_API_KEY", help="Require 'Authorization: Bearer <key>'"),
+    max_tokens: int = typer.Option(512, help="Cap on new tokens per answer"),
+    max_prompt_tokens: int = typer.Option(2048, help="Longer prompts get 400 context_length_exceeded"),
+    max_concurrent: int = typer.Option(2, help="Generations running at once"),
+    max_queue: int = typer.Option(16, help="Requests waiting beyond those; more get 429"),
+    cache_size: int = typer.Option(3, help="Loaded models kept in memory"),
 ):
     """Start the OpenAI-style HTTP API (/v1/chat/completions, /v1/models)."""
+    from tunelab.serve.generation import ServeLimits
     from tunelab.serve.run import api_cli
 
-    api_cli(models or [], runs=runs, host=host, port=port, api_key=api_key)
+    limits = ServeLimits(max_tokens=max_tokens, max_prompt_tokens=max_prompt_tokens, max_prompt_chars=8 * max_prompt_tokens, max_concurrent=max_concurrent, max_queue=max_queue)
+    api_cli(models or [], runs=runs, host=host, port=port, api_key=api_key, limits=limits, cache_size=cache_size)
 
 
 # ---------------------------------------------------------------- experiments
