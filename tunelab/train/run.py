@@ -184,17 +184,37 @@ def training_arguments(recipe: Recipe, run: RunDir, steps_per_epoch: int, has_va
 
 
 def save_trained_model(trainer, tokenizer, recipe: Recipe, base_path: Path, run: RunDir) -> None:
-    """Write the final adapter (or full weights) with tokenizer and provenance into run/model/."""
-    with atomic_dir(run.model) as tmp:
-        trainer.model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        atomic_write_json(tmp / "tunelab_model.json", {
+    """Write the final adapter (or full weights) with tokenizer and provenance into run/model/.
+
+    Every process calls this: under FSDP or DeepSpeed `trainer.save_model` gathers the sharded
+    weights, and only the main process writes. The folder is built beside run/model and renamed.
+    """
+    from accelerate import PartialState
+
+    state = PartialState()
+    staging = run.root / ".model.staging"
+    if state.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+    state.wait_for_everyone()
+    trainer.save_model(str(staging))
+    if state.is_main_process:
+        tokenizer.save_pretrained(staging)
+        atomic_write_json(staging / "tunelab_model.json", {
             "base_model": recipe.model,
             "base_model_path": str(base_path),
             "method": recipe.train.method,
             "run": run.root.name,
             "recipe": recipe.model_dump(mode="json"),
         })
+        for leftover in ("training_args.bin",):  # a pickle; nothing in tunelab reads it
+            (staging / leftover).unlink(missing_ok=True)
+        old = run.root / ".model.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if run.model.exists():
+            os.replace(run.model, old)
+        os.replace(staging, run.model)
+        shutil.rmtree(old, ignore_errors=True)
+    state.wait_for_everyone()
 
 
 def train_recipe(recipe: Recipe, resume: bool = False) -> Path:
@@ -207,20 +227,24 @@ def train_recipe(recipe: Recipe, resume: bool = False) -> Path:
     from tunelab.train.callbacks import MetricsFileCallback, ProgressCallback, plot_losses
     from tunelab.train.collate import PackedCollator, PaddedCollator
 
+    from accelerate import PartialState
+
+    main_process = PartialState().is_main_process
     run = RunDir(recipe.run_dir())
     check_before_training(recipe, run, resume)
     base = resolve_model(recipe.model)
     tokenizer = load_tokenizer(base.path, trust_remote_code=recipe.trust_remote_code)
     check_sequence_length(tokenizer, recipe.train.max_seq_length)
     run.root.mkdir(parents=True, exist_ok=True)
-    write_recipe(run, recipe)
-    write_environment(run)
+    with PartialState().main_process_first():  # under `accelerate launch`, rank 0 prepares; the others then read
+        if main_process:
+            write_recipe(run, recipe)
+            write_environment(run)
+        if not run.stage_done("data"):
+            from tunelab.data.prepare import prepare_data
 
-    if not run.stage_done("data"):
-        from tunelab.data.prepare import prepare_data
-
-        card = prepare_data(recipe.data, run.data, model_ref=recipe.model, max_seq_length=recipe.train.max_seq_length)
-        run.mark_done("data", counts=card.get("counts"), hash=card.get("hashes", {}).get("all"))
+            card = prepare_data(recipe.data, run.data, model_ref=recipe.model, max_seq_length=recipe.train.max_seq_length)
+            run.mark_done("data", counts=card.get("counts"), hash=card.get("hashes", {}).get("all"))
 
     threads = set_threads(recipe.train.threads)
     max_len = recipe.train.max_seq_length
@@ -288,6 +312,8 @@ def train_recipe(recipe: Recipe, resume: bool = False) -> Path:
         "threads": threads,
         "resumed_from": str(checkpoint) if checkpoint else None,
     }
+    if not main_process:
+        return run.root
     atomic_write_json(run.train_summary, summary)
     plot_losses(run.metrics, run.loss_plot)
     run.mark_done("train", **{k: summary[k] for k in ("steps", "train_loss", "eval_loss", "tokens_per_second")})
