@@ -204,7 +204,8 @@ def config_reference() -> str:
     for model in [Recipe, DataConfig, DataSource, AugmentConfig, TrainConfig, LoraSettings, EvalConfig, ExportConfig]:
         out += [f"## `{model.__name__}`", "", "| field | type | default | description |", "|---|---|---|---|"]
         for name, f in model.model_fields.items():
-            ann = getattr(f.annotation, "__name__", None) or str(f.annotation).replace("typing.", "")
+            ann = getattr(f.annotation, "__name__", None) or str(f.annotation)
+            ann = ann.replace("typing.", "").replace("__main__.", "").replace("tunelab.config.", "")
             default = "required" if f.is_required() else (f.default_factory() if f.default_factory else f.default)
             if isinstance(default, BaseModel):
                 default = f"{type(default).__name__}()"
