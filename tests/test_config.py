@@ -36,3 +36,15 @@ def test_overrides_are_parsed_as_yaml(tmp_path):
 def test_configuration_reference_is_current():
     doc = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
     assert doc.read_text() == config_reference() + "\n", "run `make docs` to regenerate docs/configuration.md"
+
+
+def test_missing_shared_data_falls_back_to_builtin_stand_ins(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "r.yaml"
+    path.write_text("data:\n  sources:\n    - {path: ../nowhere/identity.json, placeholders: {name: Ada, author: Lab}}\n    - {path: ../nowhere/alpaca_en_demo.json}\n")
+    recipe = load_recipe(path)
+    from tunelab.data import load_source
+
+    identity = load_source(recipe.data.sources[0])
+    assert len(identity) >= 20 and "Ada" in identity[0]["messages"][-1]["content"]
+    assert len(load_source(recipe.data.sources[1])) >= 20

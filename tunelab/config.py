@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tunelab.errors import ConfigError
 from tunelab.models.catalog import DEFAULT_MODEL
+from tunelab.progress import console
 
 
 class Strict(BaseModel):
@@ -191,6 +192,13 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         p = Path(src.path)
         if not p.is_absolute() and not p.exists() and (path.parent / p).exists():
             src.path = str((path.parent / p).resolve())
+        elif not p.exists() and not (path.parent / p).exists():
+            from tunelab.data.builtin import builtin_path
+
+            stand_in = builtin_path(p.name)
+            if stand_in is not None:
+                console.print(f"[yellow]{src.path} not found (no ../shared/data here?): using tunelab's small built-in stand-in {stand_in}")
+                src.path = str(stand_in)
     return recipe
 
 
