@@ -22,10 +22,16 @@ def shingles(example: dict, n: int = 3) -> set[bytes]:
     return {" ".join(words[i : i + n]).encode() for i in range(len(words) - n + 1)}
 
 
-def minhash(example: dict) -> MinHash:
-    m = MinHash(num_perm=NUM_PERM, seed=1)
-    m.update_batch(list(shingles(example)))
-    return m
+def signatures(examples: list[dict], chunk: int = 512) -> list[MinHash]:
+    """MinHash signatures of every example (datasketch's bulk path: one set of permutations)."""
+    result: list[MinHash] = []
+    with progress_bar(transient=True) as bar:
+        task = bar.add_task("MinHash signatures", total=len(examples), info="")
+        for start in range(0, len(examples), chunk):
+            part = examples[start : start + chunk]
+            result += MinHash.bulk([list(shingles(e)) for e in part], num_perm=NUM_PERM, seed=1)
+            bar.update(task, advance=len(part))
+    return result
 
 
 def exact_dedup(examples: list[dict]) -> tuple[list[dict], list[tuple[dict, str]]]:
@@ -46,18 +52,18 @@ def near_dedup(examples: list[dict], threshold: float) -> tuple[list[dict], list
     """(kept, [(dropped, id of the similar kept example)])."""
     # LSH only proposes candidates (it cannot be built for 1.0); the Jaccard estimate decides
     lsh = MinHashLSH(threshold=min(threshold, 0.95), num_perm=NUM_PERM)
-    signatures: dict[str, MinHash] = {}
+    kept_signatures: dict[str, MinHash] = {}
     kept, dropped = [], []
+    all_signatures = signatures(examples)
     with progress_bar(transient=True) as bar:
         task = bar.add_task("Near-duplicates", total=len(examples), info="")
-        for e in examples:
-            sig = minhash(e)
-            similar = [k for k in lsh.query(sig) if signatures[k].jaccard(sig) >= threshold]
+        for e, sig in zip(examples, all_signatures):
+            similar = [k for k in lsh.query(sig) if kept_signatures[k].jaccard(sig) >= threshold]
             if similar:
                 dropped.append((e, similar[0]))
             else:
                 lsh.insert(e["id"], sig)
-                signatures[e["id"]] = sig
+                kept_signatures[e["id"]] = sig
                 kept.append(e)
             bar.update(task, advance=1, info=f"{len(dropped)} dropped")
     return kept, dropped
