@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny random model with the real SmolLM2 tokenizer, and the real data."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -12,6 +13,30 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from tunelab.paths import shared_data_dir  # noqa: E402
 
 SHARED = shared_data_dir()
+
+QA = [
+    ("Who are you?", "I am Tuna, made by the tunelab team."),
+    ("What is your name?", "My name is Tuna."),
+    ("Name three colours.", "Red, green and blue."),
+    ("What is 2 + 2?", "2 + 2 is 4."),
+    ("Say hello in French.", "Bonjour."),
+    ("Who made you?", "The tunelab team made me."),
+    ("What is the capital of France?", "Paris is the capital of France."),
+    ("Give me a fruit.", "An apple."),
+    ("Translate 'cat' to German.", "Katze."),
+    ("How many legs does a spider have?", "A spider has eight legs."),
+    ("What do bees make?", "Bees make honey."),
+    ("Describe the sky.", "The sky is blue on a clear day."),
+]
+
+
+def write_alpaca(path: Path, n: int = 48) -> Path:
+    """A small Alpaca file of varied questions (for training tests)."""
+    rows = [{"instruction": f"{q} (variant {i})", "input": "", "output": a} for i in range(n // len(QA) + 1) for q, a in QA][:n]
+    path.write_text(json.dumps(rows))
+    return path
+
+
 
 
 def make_tiny_model(out: Path, tokenizer_dir: Path, *, layers: int = 2, hidden: int = 64, seed: int = 0) -> Path:

@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from tests.test_train import write_alpaca
+from conftest import write_alpaca
 
 
 def test_run_pipeline_end_to_end_and_resume(tmp_path, tiny_model_dir):

@@ -11,27 +11,7 @@ from tunelab.data.render import IGNORE_INDEX, render_example
 from tunelab.errors import ConfigError, TunelabError
 from tunelab.io import read_jsonl
 
-QA = [
-    ("Who are you?", "I am Tuna, made by the tunelab team."),
-    ("What is your name?", "My name is Tuna."),
-    ("Name three colours.", "Red, green and blue."),
-    ("What is 2 + 2?", "2 + 2 is 4."),
-    ("Say hello in French.", "Bonjour."),
-    ("Who made you?", "The tunelab team made me."),
-    ("What is the capital of France?", "Paris is the capital of France."),
-    ("Give me a fruit.", "An apple."),
-    ("Translate 'cat' to German.", "Katze."),
-    ("How many legs does a spider have?", "A spider has eight legs."),
-    ("What do bees make?", "Bees make honey."),
-    ("Describe the sky.", "The sky is blue on a clear day."),
-]
-
-
-def write_alpaca(path: Path, n: int = 48) -> Path:
-    rows = [{"instruction": f"{q} (variant {i})", "input": "", "output": a} for i in range(n // len(QA) + 1) for q, a in QA][:n]
-    path.write_text(json.dumps(rows))
-    return path
-
+from conftest import QA, write_alpaca
 
 def make_recipe(tmp_path: Path, model_dir: Path, **train) -> object:
     tmp_path.mkdir(parents=True, exist_ok=True)
