@@ -148,8 +148,10 @@ def plan_runs(sweep: Sweep, heldout: Heldout) -> list[PlannedRun]:
     for v in sweep.variants:
         if v.recipe.model not in models:
             models.append(v.recipe.model)
+    eval_settings = eval_config(sweep, heldout).model_dump(mode="json")
     for model in models:
-        run_id = "base-" + hash_obj(model)[:10]
+        # The same model scored with other evaluation settings is another reference run.
+        run_id = "base-" + hash_obj([model, eval_settings])[:10]
         planned.append(PlannedRun(run_id, None, None, None, sweep.folder / "reference" / run_id, model))
     for v in sweep.variants:
         for seed in sweep.seeds:
