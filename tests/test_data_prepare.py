@@ -220,3 +220,23 @@ def test_cli_prepares_identity_with_placeholders(tmp_path, model, shared_data):
     assert "{{name}}" not in (out / "train.jsonl").read_text() and "Ada" in (out / "train.jsonl").read_text()
     bad = CliRunner().invoke(app, ["data", "prepare", str(tmp_path / "missing.json"), "--out", str(tmp_path / "o"), "--model", model])
     assert bad.exit_code == 2 and "missing.json: file not found" in " ".join(bad.output.split())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["alpaca_en_demo.json", "identity.json", "code_alpaca_2k.json", "gsm8k_train_alpaca.json",
+                                  "sharegpt_dummy_conversation.json", "alpaca_eval_gpt4_reference.json"])
+def test_cli_prepares_every_shared_file(tmp_path, shared_data, name):
+    """The documented command, as a user types it, on each real file (default model's tokenizer)."""
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["data", "prepare", str(shared_data / name), "--placeholder", "name=Ada",
+                                      "--placeholder", "author=Lab", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    card = json.loads((out / "card.json").read_text())
+    records = len(json.loads((shared_data / name).read_text()))
+    assert sum(card["counts"].values()) + card["dropped_total"] == records
+    assert card["counts"]["test"] > 0 and card["counts"]["train"] > 0.8 * (records - card["dropped_total"])
+    check_no_overlap(read_split(out, "train"), read_split(out, "test"))
