@@ -17,7 +17,7 @@ from tunelab.errors import TunelabError
 from tunelab.progress import console
 
 app = typer.Typer(help="Fine-tune small LLMs on a CPU or GPUs, measure them against their base, export and serve them.", no_args_is_help=True, pretty_exceptions_enable=False)
-models_app = typer.Typer(help="List, fetch and resolve base models.", no_args_is_help=True)
+models_app = typer.Typer(help="List (default), fetch and resolve base models.", invoke_without_command=True)
 data_app = typer.Typer(help="Prepare training data.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
@@ -52,9 +52,11 @@ def models_list():
     console.print(table)
 
 
-@app.command("models", hidden=True)
-def _models_alias():
-    models_list()
+@models_app.callback()
+def models_default(ctx: typer.Context):
+    """`tunelab models` alone lists the catalog."""
+    if ctx.invoked_subcommand is None:
+        models_list()
 
 
 @models_app.command("fetch")
@@ -101,11 +103,20 @@ def data_prepare(
     seed: int = typer.Option(42),
     test_fraction: float = typer.Option(0.1),
     validation_fraction: float = typer.Option(0.05),
-    max_tokens: Optional[int] = typer.Option(None),
+    max_tokens: Optional[int] = typer.Option(None, help="Drop examples longer than this (tokens, chat template applied; default 2048)"),
+    test_size: Optional[int] = typer.Option(None, help="Exact number of test examples (overrides --test-fraction)"),
+    validation_size: Optional[int] = typer.Option(None, help="Exact number of validation examples"),
+    eval_source: Optional[str] = typer.Option(None, "--eval", help="A separate held-out file: it becomes the test split"),
+    system_prompt: Optional[str] = typer.Option(None, help="System message added to examples that have none"),
+    quality_filter: bool = typer.Option(False, help="Drop refusals, boilerplate and too-short answers"),
+    max_examples: Optional[int] = typer.Option(None, help="Keep at most this many training examples (seeded sample)"),
 ):
     """Read, validate, clean, deduplicate and split data into the message schema, with a data card."""
-    from tunelab.config import DataConfig, DataSource, load_recipe
+    from pydantic import ValidationError
+
+    from tunelab.config import DataConfig, DataSource, format_validation_error, load_recipe
     from tunelab.data.prepare import prepare_data
+    from tunelab.errors import ConfigError
     from tunelab.models.catalog import DEFAULT_MODEL
 
     if recipe:
@@ -114,12 +125,20 @@ def data_prepare(
     else:
         if not inputs:
             raise TunelabError("give data files or --recipe")
+        bad = [p for p in placeholder if "=" not in p]
+        if bad:
+            raise TunelabError(f"--placeholder {bad[0]!r} must look like name=value")
         values = dict(p.split("=", 1) for p in placeholder)
-        data_cfg = DataConfig(
-            sources=[DataSource(path=i, format=format, placeholders=values) for i in inputs],
-            strict=strict, dedup=dedup, seed=seed, test_fraction=test_fraction,
-            validation_fraction=validation_fraction, max_tokens=max_tokens,
-        )
+        try:
+            data_cfg = DataConfig(
+                sources=[DataSource(path=i, format=format, placeholders=values, system_prompt=system_prompt) for i in inputs],
+                eval_source=DataSource(path=eval_source, placeholders=values, system_prompt=system_prompt) if eval_source else None,
+                strict=strict, dedup=dedup, seed=seed, test_fraction=test_fraction, test_size=test_size,
+                validation_fraction=validation_fraction, validation_size=validation_size, max_tokens=max_tokens,
+                quality_filter=quality_filter, max_examples=max_examples,
+            )
+        except ValidationError as err:
+            raise ConfigError(format_validation_error("data prepare options", err)) from None
         model_ref, max_len = model or DEFAULT_MODEL, 2048
     card = prepare_data(data_cfg, out, model_ref=model_ref, max_seq_length=max_len)
     console.print(f"[green]prepared[/] {out}: " + ", ".join(f"{k} {v}" for k, v in card["counts"].items()))
