@@ -1,0 +1,69 @@
+"""The model resolver: local paths, the offline default, split GGUF assembly, clear errors."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from tunelab.errors import ModelNotFound
+from tunelab.models import resolve_model
+from tunelab.models.catalog import CATALOG, OfflinePackage, lookup
+from tunelab.models.resolve import assemble_gguf
+
+
+def test_catalog_names_and_hub_ids():
+    assert set(CATALOG) == {"smollm2-135m-instruct", "gemma3-270m", "qwen2.5-coder-0.5b-instruct"}
+    assert lookup("HuggingFaceTB/SmolLM2-135M-Instruct").name == "smollm2-135m-instruct"
+
+
+def test_default_model_resolves_offline_to_a_complete_folder(smollm2_dir):
+    for name in ["config.json", "model.safetensors", "tokenizer.json", "tunelab_source.json"]:
+        assert (smollm2_dir / name).is_file(), name
+    assert json.loads((smollm2_dir / "config.json").read_text())["model_type"] == "llama"
+    assert "quantization_config" not in json.loads((smollm2_dir / "config.json").read_text())
+    again = resolve_model("smollm2-135m-instruct")
+    assert again.path == smollm2_dir and again.source == "cache"
+
+
+def test_local_folder_is_used_as_is(tiny_model_dir):
+    resolved = resolve_model(str(tiny_model_dir))
+    assert resolved.source == "local" and resolved.path == tiny_model_dir.resolve()
+
+
+def test_unknown_model_error_lists_where_it_looked(tmp_path):
+    with pytest.raises(ModelNotFound) as err:
+        resolve_model("nobody/no-such-model")
+    text = str(err.value)
+    assert "local path" in text and "tunelab cache" in text and "hub" in text and "To get it" in text
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFound, match="no config.json"):
+        resolve_model(str(tmp_path / "empty"))
+
+
+def test_split_gguf_is_joined_and_checksummed(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    whole = b"GGUF" + bytes(range(256)) * 10
+    parts = []
+    for i, chunk in enumerate([whole[:1000], whole[1000:2000], whole[2000:]]):
+        p = tmp_path / f"part{i}"
+        p.write_bytes(chunk)
+        parts.append(p)
+    good = OfflinePackage(pip_requirements=("x",), parts=(("m", "f"),) * 3, gguf_name="joined.gguf", sha256=hashlib.sha256(whole).hexdigest())
+    joined = assemble_gguf(good, parts)
+    assert joined.read_bytes() == whole
+    bad = OfflinePackage(pip_requirements=("x",), parts=(("m", "f"),) * 3, gguf_name="bad.gguf", sha256="0" * 64)
+    with pytest.raises(ModelNotFound, match="sha256"):
+        assemble_gguf(bad, parts)
+    assert not list((tmp_path / "cache" / "models" / "gguf").glob("bad*"))  # nothing half-written left
+
+
+def test_models_command_lists_the_catalog():
+    from tunelab.cli import app
+
+    result = CliRunner().invoke(app, ["models"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for name in CATALOG:
+        assert name in result.output
+    assert "installed" in result.output
