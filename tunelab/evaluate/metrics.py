@@ -102,8 +102,17 @@ def bertscore_scorer(model_type: str, num_layers: int):
     return scorer
 
 
-def bertscore_scores(predictions: list[str], references: list[str], model: str = DEFAULT_ENCODER, num_layers: int | None = None, batch_size: int = 64) -> tuple[dict[str, list[float]], str]:
-    """Per-example BERTScore precision, recall, F1 (no baseline rescaling, no idf) and the hash string."""
+def bertscore_scores(predictions: list[str], references: list[str], model: str = DEFAULT_ENCODER, num_layers: int | None = None,
+                     batch_size: int = 64, bf16: bool = False) -> tuple[dict[str, list[float]], str]:
+    """Per-example BERTScore precision, recall, F1 (no baseline rescaling, no idf) and the hash string.
+
+    `bf16` runs the encoder under bfloat16 autocast: about 2.5x faster on CPUs with AVX512-BF16,
+    scores within about 1e-3 of float32; the signature then ends in "+bf16-autocast".
+    """
+    import contextlib
+
+    import torch
+
     model_type = resolve_encoder(model)
     layers = num_layers or encoder_layers(model_type)
     scorer = bertscore_scorer(model_type, layers)
@@ -112,11 +121,14 @@ def bertscore_scores(predictions: list[str], references: list[str], model: str =
     keep = [i for i, (p, r) in enumerate(zip(predictions, references)) if p.strip() and r.strip()]
     out = {k: [0.0] * len(predictions) for k in BERTSCORE_KEYS}
     if keep:
-        P, R, F = scorer.score([predictions[i] for i in keep], [references[i] for i in keep], batch_size=batch_size)
+        device = "cuda" if str(scorer.device).startswith("cuda") else "cpu"
+        precision = torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with precision:
+            P, R, F = scorer.score([predictions[i] for i in keep], [references[i] for i in keep], batch_size=batch_size)
         for key, values in zip(BERTSCORE_KEYS, (P.tolist(), R.tolist(), F.tolist())):
             for i, v in zip(keep, values):
                 out[key][i] = v
-    signature = scorer.hash.replace(model_type, model)  # the name, not this machine's folder
+    signature = scorer.hash.replace(model_type, model) + ("+bf16-autocast" if bf16 else "")  # the name, not this machine's folder
     return out, signature
 
 
@@ -128,12 +140,15 @@ def score_predictions(
     bertscore_model: str = DEFAULT_ENCODER,
     *,
     bertscore_layers: int | None = None,
+    bertscore_bf16: bool = False,
 ) -> dict:
     """Score predictions against references with the requested text metrics.
 
     Returns {"per_example": {metric: [float]}, "corpus": {metric: float}, "signatures": {metric: str}}.
     `bleu` per example is sentence BLEU (for the bootstrap); `corpus["bleu"]` is corpus BLEU.
     `bertscore` gives three per-example lists: bertscore_precision, bertscore_recall, bertscore_f1.
+    `bertscore_layers` overrides the encoder layer used (default: bert-score's choice for the models
+    it knows, else the last layer); `bertscore_bf16` trades ~1e-3 of precision for speed.
     """
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
@@ -152,7 +167,7 @@ def score_predictions(
         per_example["rougeL"], signatures["rougeL"] = rouge_l_scores(predictions, references)
         corpus["rougeL"] = sum(per_example["rougeL"]) / len(predictions)
     if "bertscore" in metrics:
-        scores, signatures["bertscore"] = bertscore_scores(predictions, references, bertscore_model, bertscore_layers)
+        scores, signatures["bertscore"] = bertscore_scores(predictions, references, bertscore_model, bertscore_layers, bf16=bertscore_bf16)
         per_example.update(scores)
         corpus.update({k: sum(v) / len(v) for k, v in scores.items()})
     return {"per_example": per_example, "corpus": corpus, "signatures": signatures}

@@ -151,6 +151,8 @@ def metrics_png(result: dict, path: Path) -> Path:
         ax.bar(range(len(names)), means, yerr=errs, capsize=4, color=[colors[i % len(colors)] for i in range(len(names))])
         ax.set_xticks(range(len(names)), [n[:14] for n in names], rotation=20, ha="right", fontsize=8)
         ax.set_title(label(metric), fontsize=10)
+        if min(means) >= 0:
+            ax.set_ylim(bottom=0, top=None if max(m + e for m, e in zip(means, errs[1])) > 0 else 1)
     for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")
     fig.suptitle(f"{result['n_examples']} examples, mean with 95% bootstrap interval", fontsize=10)
