@@ -89,6 +89,9 @@ def test_csv_and_parquet_with_column_mapping(tmp_path):
     for name in ("t.csv", "t.parquet"):
         ex = load_source(DataSource(path=str(tmp_path / name), columns={"instruction": "question", "output": "answer"}))
         assert [e["messages"][-1]["content"] for e in ex] == ["2", "Paris"], name
+    (tmp_path / "t.txt").write_text((tmp_path / "t.csv").read_text())
+    ex = load_source(DataSource(path=str(tmp_path / "t.txt"), format="csv", columns={"prompt": "question", "completion": "answer"}))
+    assert ex[1]["messages"] == [{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris"}]
     with pytest.raises(DataError, match=r"t\.csv, record 0.*cannot tell the format"):
         load_source(DataSource(path=str(tmp_path / "t.csv")))
 

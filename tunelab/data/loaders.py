@@ -67,11 +67,13 @@ def read_jsonl_records(path: Path) -> list:
     return records
 
 
-def read_table_records(path: Path) -> list:
+def read_table_records(path: Path, kind: str | None = None) -> list:
+    """Rows of a CSV/TSV/Parquet table; `kind` ("csv"/"parquet") overrides the extension."""
     import pandas as pd
 
+    kind = kind or ("parquet" if path.suffix.lower() == ".parquet" else "csv")
     try:
-        if path.suffix == ".parquet":
+        if kind == "parquet":
             frame = pd.read_parquet(path)
         else:
             frame = pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
@@ -91,8 +93,10 @@ def _plain(value):
     return value
 
 
-def read_file_records(path: Path) -> list:
+def read_file_records(path: Path, format: str = "auto") -> list:
     suffix = path.suffix.lower()
+    if format in ("csv", "parquet"):
+        return read_table_records(path, format)
     if suffix == ".json":
         return read_json_records(path)
     if suffix == ".jsonl":
@@ -156,7 +160,7 @@ def read_source_records(source: DataSource) -> list[tuple[str, list]]:
     """[(file label, records)] for a source: one entry per file read."""
     path = Path(source.path).expanduser()
     if source.format != "hub" and path.is_file():
-        return [(path.name, read_file_records(path))]
+        return [(path.name, read_file_records(path, source.format))]
     if source.format != "hub" and path.is_dir():
         if is_saved_dataset(path):
             return [(path.name, read_saved_dataset(path, source.split))]
