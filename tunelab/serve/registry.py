@@ -247,7 +247,7 @@ def entries_for_path(path: Path) -> list[ModelEntry]:
     return out
 
 
-def discover(runs_dir: Path, max_depth: int = 3) -> list[ModelEntry]:
+def discover(runs_dir: Path, max_depth: int = 5) -> list[ModelEntry]:
     """Every run (a folder with model/tunelab_model.json) under `runs_dir`, newest first."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
