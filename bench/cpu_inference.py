@@ -82,12 +82,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--answer-tokens", type=int, default=64, help="answer length for the quality delta")
     ap.add_argument("--no-results", action="store_true", help="do not append to bench/RESULTS.md")
     args = ap.parse_args()
 
     import torch
 
-    from tunelab.config import ExportConfig
+    from tunelab.config import EvalConfig, ExportConfig
     from tunelab.export.llama_cpp import LlamaCppChatModel, require_llama_cpp
     from tunelab.export.run import export_run
     from tunelab.models.chat import GenerationSettings
@@ -104,7 +105,8 @@ def main() -> None:
         model_desc = "SmolLM2-135M-Instruct + random LoRA (r=16, all linear, B×0.05; no trained run used)"
 
     print(f"== exporting {run} (merged, Q8_0, Q4_K_M) with the faithfulness check")
-    report = export_run(run, ["merged", "gguf-q8_0", "gguf-q4_k_m"], config=ExportConfig(check_prompts=8, check_tokens=16, evaluate=True), threads=args.threads)
+    report = export_run(run, ["merged", "gguf-q8_0", "gguf-q4_k_m"], config=ExportConfig(check_prompts=8, check_tokens=16, evaluate=True),
+                        eval_config=EvalConfig(max_new_tokens=args.answer_tokens, metrics=["bleu", "rougeL", "bertscore"]), threads=args.threads)
     export = Path(report["out"])
 
     results: dict[str, tuple[float, int]] = {}

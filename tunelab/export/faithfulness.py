@@ -22,7 +22,7 @@ from tunelab.io import read_jsonl
 
 # A divergence at a step where the PyTorch model's top-2 logit gap is below this is a tie.
 TIE_MARGIN = {"merged": 1e-3, "gguf-f16": 0.05, "gguf-q8_0": 0.25}
-MIN_AGREEMENT = {"gguf-q4_k_m": 0.5}
+MIN_AGREEMENT = {"gguf-q4_k_m": 0.4}  # a sanity floor: a broken export (template, tokenizer, weights) scores near 0
 END = -1  # stands for "stopped at end of turn" in compared sequences
 
 FIXED_PROMPTS = [
