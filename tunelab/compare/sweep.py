@@ -64,12 +64,13 @@ def fix_heldout(sweep: Sweep, store: ResultsStore) -> Heldout:
     test_path, remainder_path = folder / "test.jsonl", folder / "train-source.jsonl"
     spec = sweep.spec.heldout
     base = sweep.baseline.recipe
-    spec_hash = hash_obj({"heldout": spec.model_dump(mode="json"), "sources": [s.model_dump(mode="json") for s in base.data.sources]})[:16]
+    carved_source = None if spec.path else base.data.sources[spec.from_source].model_dump(mode="json", include={"path", "format", "columns", "placeholders", "split", "system_prompt"})
+    spec_hash = hash_obj({"heldout": spec.model_dump(mode="json"), "carved_from": carved_source})[:16]
     stored_spec = store.get_meta("heldout_spec")
     if stored_spec is not None and stored_spec != spec_hash:
         raise ConfigError(
             f"{sweep.file}: the held-out set of sweep '{sweep.name}' was fixed by an earlier run (store {store.path}) "
-            "and the `heldout:` settings or the base recipe's sources have changed since; results would no longer be "
+            "and the `heldout:` settings or the source it is carved from have changed since; results would no longer be "
             "comparable. Give the sweep a new `name:` or remove its folder to start over."
         )
     carved_from = None if spec.path else base.data.sources[spec.from_source].path
