@@ -132,6 +132,7 @@ def test_export_merged_with_card_and_check(lora_run):
     for f in ["config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "README.md"]:
         assert (merged / f).is_file(), f
     assert json.loads((merged / "generation_config.json").read_text())["eos_token_id"] == 2
+    assert (merged / "README.md").stat().st_mode & 0o777 == 0o644  # shareable, not the temp file's 0600
     card = (merged / "README.md").read_text()
     assert "license:" in card and "lora" in card and "Export faithfulness" in card and "test" in card
     m = report["formats"]["merged"]

@@ -13,6 +13,9 @@ def base_licence(base_ref: str | None, base_dir: Path | None) -> str:
     from tunelab.models.catalog import lookup
 
     entry = lookup(base_ref) if base_ref else None
+    source = Path(base_dir) / "tunelab_source.json" if base_dir else None
+    if entry is None and source and source.is_file():  # a catalog model converted into tunelab's cache
+        entry = lookup(json.loads(source.read_text()).get("catalog") or "")
     if entry:
         return entry.license
     readme = Path(base_dir) / "README.md" if base_dir else None
@@ -34,7 +37,7 @@ def model_card(*, name: str, info: dict, licence: str, run_root: Path | None, fa
     front = {"license": licence, "base_model": base, "library_name": "transformers", "tags": ["tunelab", method, "text-generation"]}
     lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {name}", ""]
     lines += [
-        f"Fine-tuned from **{base}** with **{method}** by [tunelab](https://github.com/) "
+        f"Fine-tuned from **{base}** with **{method}** by tunelab "
         + ("(LoRA adapter merged into the base weights" + (", the 4-bit base dequantized first" if method == "qlora" else "") + ")." if method in ("lora", "qlora") else "."),
         "",
         f"Licence: **{licence}** (inherited from the base model; the training data's licence may add terms, see below).",

@@ -221,6 +221,8 @@ def export_run(
 
 def _publish(stage: Path, out: Path) -> None:
     """Move the finished artefacts from the staging folder into `out` (each move is a rename)."""
+    for p in stage.rglob("*"):  # temporary files and folders are private (0600/0700); artefacts are for sharing
+        p.chmod(0o755 if p.is_dir() else 0o644)
     out.mkdir(parents=True, exist_ok=True)
     merged = stage / "merged"
     if merged.is_dir():
