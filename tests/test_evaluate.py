@@ -247,3 +247,11 @@ def test_eval_command_errors_are_clear(tiny_model_dir, tmp_path):
     res = CliRunner().invoke(app, ["eval", str(tiny_model_dir), "--data", str(empty), "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "empty" in res.output
     assert not (tmp_path / "o").exists()
+
+
+def test_likelihood_batches_respect_size_and_token_budget():
+    lengths = [10, 10, 10, 300, 400, 2000]
+    groups = likelihood.batches(list(range(6)), lengths, batch_size=2, max_batch_tokens=800)
+    assert sorted(i for g in groups for i in g) == list(range(6))
+    assert all(len(g) <= 2 and (len(g) == 1 or len(g) * max(lengths[i] for i in g) <= 800) for g in groups)
+    assert groups == [[0, 1], [2, 3], [4], [5]]

@@ -8,6 +8,7 @@ import math
 from typing import Callable
 
 MAX_TOKENS = 2048
+MAX_BATCH_TOKENS = 4096
 
 
 def prompt_text(tokenizer, prompt_messages: list[dict]) -> str:
@@ -38,6 +39,18 @@ def max_tokens(model, tokenizer) -> int:
     return int(min(limit, tokenizer.model_max_length or limit, MAX_TOKENS))
 
 
+def batches(order: list[int], lengths: list[int], batch_size: int, max_batch_tokens: int = MAX_BATCH_TOKENS) -> list[list[int]]:
+    """Consecutive groups of `order` (sorted by length) with at most `batch_size` sequences and, padded,
+    at most `max_batch_tokens` tokens: the logits of a batch take batch × length × vocabulary floats."""
+    out: list[list[int]] = []
+    for i in order:
+        if out and len(out[-1]) < batch_size and (len(out[-1]) + 1) * max(lengths[i], *(lengths[j] for j in out[-1])) <= max_batch_tokens:
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
+
+
 def continuation_logprobs(model, tokenizer, pairs: list[tuple[list[int], list[int]]], batch_size: int = 8, on_batch: Callable[[int], None] | None = None) -> list[tuple[float, int]]:
     """For each (prompt ids, continuation ids): (sum of log-probabilities of the continuation, its token count).
 
@@ -58,8 +71,7 @@ def continuation_logprobs(model, tokenizer, pairs: list[tuple[list[int], list[in
     order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
+    for idx in batches(order, [len(r[0]) for r in rows], batch_size):
         width = max(len(rows[i][0]) for i in idx)
         input_ids = torch.full((len(idx), width), pad, dtype=torch.long)
         attention = torch.zeros((len(idx), width), dtype=torch.long)
