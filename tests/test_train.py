@@ -137,3 +137,16 @@ def test_full_finetune_and_sequence_length_error(tmp_path, tiny_model_dir):
     assert info["method"] == "full" and (run / "model" / "model.safetensors").is_file()
     with pytest.raises(TunelabError, match="max_seq_length"):
         train_recipe(make_recipe(tmp_path / "short", tiny_model_dir, max_seq_length=16, max_steps=2))
+
+
+def test_default_template_for_base_models(tiny_model_dir):
+    """Models without a template get tunelab's: BOS first, answers end with EOS, prefixes stay prefixes."""
+    from tunelab.models.load import DEFAULT_CHAT_TEMPLATE, load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir)
+    tok.chat_template = DEFAULT_CHAT_TEMPLATE
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
+    text = tok.apply_chat_template(messages, tokenize=False)
+    assert text == f"{tok.bos_token}### Instruction:\nHi\n\n### Response:\nHello.{tok.eos_token}\n\n"
+    ex = render_example(tok, messages)
+    assert tok.decode([t for t, lab in zip(ex["input_ids"], ex["labels"]) if lab != IGNORE_INDEX]) == f"Hello.{tok.eos_token}\n\n"

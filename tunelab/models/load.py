@@ -6,8 +6,10 @@ from pathlib import Path
 
 # The template a model without one (a base model) gets, at train and at serve time alike.
 # Plain-text markers any tokenizer can represent; each assistant turn ends with EOS so the
-# tuned model learns to stop. Documented in docs/data.md.
+# tuned model learns to stop; the text starts with BOS for models trained with one (Gemma
+# answers garbage without it). Documented in docs/data.md.
 DEFAULT_CHAT_TEMPLATE = (
+    "{{- bos_token if bos_token else '' -}}"
     "{%- for message in messages -%}"
     "{%- if message['role'] == 'system' -%}{{ message['content'] + '\\n\\n' }}"
     "{%- elif message['role'] == 'user' -%}{{ '### Instruction:\\n' + message['content'] + '\\n\\n' }}"
