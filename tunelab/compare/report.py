@@ -404,20 +404,34 @@ def build_report(store: ResultsStore, out: Path, config_ids: set[str] | None = N
 
 
 def print_table(result: dict) -> None:
+    """The results on the terminal: one narrow table per metric, then timings, then the findings."""
     from rich.table import Table
 
-    table = Table(title="sweep results (95% CI; Δ vs baseline, paired bootstrap)")
-    for c in result["header"]:
+    rows: list[Row] = result["rows"]
+    for m in result["metrics"]:
+        k = scale(m, rows)
+        unit = " (points)" if k == 100.0 else ""
+        table = Table(title=f"{metric_name(m)}{unit}: 95% CI; Δ vs baseline, paired bootstrap" + ("" if higher_is_better(m) else "; lower is better"))
+        for c in ["variant", "mean [95% CI]", "Δ [95% CI]", "p"]:
+            table.add_column(c, overflow="fold")
+        for r in rows:
+            s_ = r.stats.get(m)
+            d = r.deltas.get(m)
+            table.add_row(r.name, f"{s_['mean'] * k:.2f} [{s_['low'] * k:.2f}, {s_['high'] * k:.2f}]" if s_ else "-",
+                          f"{d['diff'] * k:+.2f} [{d['low'] * k:+.2f}, {d['high'] * k:+.2f}]" if d else "-", _p(d["p_value"]) if d else "-")
+        console.print(table)
+    table = Table(title="training")
+    for c in ["variant", "changed setting", "train s", "tokens/s", "seeds"]:
         table.add_column(c, overflow="fold")
-    for row in result["body"]:
-        table.add_row(*row)
+    for cells in result["body"]:
+        table.add_row(cells[0], cells[1], *cells[-3:])
     console.print(table)
     for title, summary, sentences in result["findings"]:
         console.print(f"[bold]{title}[/]")
-        for s in summary:
-            console.print("  " + s)
-        for s in sentences:
-            console.print("  - " + s)
+        for s_ in summary:
+            console.print("  " + s_.replace("`", ""))
+        for s_ in sentences:
+            console.print("  - " + s_)
 
 
 def compare_cli(sweep_file: str | Path, out: str | Path | None = None) -> dict:
