@@ -327,7 +327,12 @@ def plot_metric(metric: str, rows: list[Row], path: Path) -> Path:
     ax.set_xticklabels([r.name for r in shown], rotation=30, ha="right", fontsize=8)
     unit = " (points)" if k == 100.0 else ""
     ax.set_ylabel(metric_name(metric) + unit + ("" if higher_is_better(metric) else " — lower is better"))
-    ax.set_title(f"{metric_name(metric)} per variant, 95% CI (grey: base model, dark: baseline, blue: model-centric, green: data-centric)", fontsize=8)
+    ax.set_title(f"{metric_name(metric)} per variant (95% CI)", fontsize=10)
+    from matplotlib.patches import Patch
+
+    legend = {"reference": "base model", "baseline": "baseline", "model": "model-centric", "data": "data-centric", "both": "both kinds"}
+    used = {"reference" if r.kind == "reference" else "baseline" if r.is_baseline else section_of(r) for r in shown}
+    ax.legend(handles=[Patch(color=colours[k], label=label) for k, label in legend.items() if k in used], fontsize=7, loc="best")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
