@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import threading
 import time
 import uuid
@@ -265,8 +266,9 @@ async def stream_events(request: Request, gate: Gate, registry: ModelRegistry, e
             body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": entry.id, "choices": [], "usage": u}
             yield f"data: {json.dumps(body)}\n\n"
         yield "data: [DONE]\n\n"
-    except TunelabError as exc:  # the response has started: report the error as an event
-        yield f"data: {json.dumps({'error': {'message': str(exc), 'type': 'server_error', 'param': None, 'code': None}})}\n\n"
+    except Exception as exc:  # the response has started: report the error as an event, as OpenAI does
+        logging.getLogger("tunelab.serve").exception("generation failed for %s", entry.id)
+        yield f"data: {json.dumps({'error': {'message': f'{type(exc).__name__}: {exc}', 'type': 'server_error', 'param': None, 'code': None}})}\n\n"
     finally:
         cancel.set()
         gate.release(acquired)

@@ -203,7 +203,7 @@ def compare_in_browser(url: str, prompt: str, screenshot: Path, *, timeout: floa
     with Chromium() as browser:
         page = browser.open(url)
         page.wait_for(f"document.readyState === 'complete' && !!{CHAT_BOX}", timeout=90)
-        page.js("Array.from(document.querySelectorAll('button[role=\"tab\"], button')).find(b => b.innerText.trim() === 'Side by side').click()")
+        page.js("Array.from(document.querySelectorAll('button[role=tab]')).find(b => b.innerText.trim() === 'Side by side').click()")
         box = "Array.from(document.querySelectorAll('textarea')).find(t => t.placeholder.startsWith('One prompt') && t.offsetParent !== null)"
         page.wait_for(f"!!({box})", timeout=30)
         page.js(f"({box}).focus()")
@@ -237,13 +237,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--message", default="What is the capital of France?")
     parser.add_argument("--out", type=Path, default=Path("docs/screenshot-chat.png"))
     parser.add_argument("--compare-out", type=Path, default=None, help="Also screenshot the side-by-side tab here")
+    parser.add_argument("--compare-message", default=None, help="Prompt for the side-by-side tab (default: --message)")
+    parser.add_argument("--max-tokens", type=int, default=128, help="The UI's max-new-tokens cap (and default)")
     args = parser.parse_args(argv)
     registry = build_registry(args.models, runs=args.runs)
-    with ServerThread(build_app(registry, ServeLimits(), ui=True)) as url:
+    with ServerThread(build_app(registry, ServeLimits(max_tokens=args.max_tokens), ui=True)) as url:
         answer = chat_in_browser(url + "/", args.message, args.out)
         print(f"answer: {answer}\nscreenshot: {args.out}")
         if args.compare_out:
-            left, right = compare_in_browser(url + "/", args.message, args.compare_out)
+            left, right = compare_in_browser(url + "/", args.compare_message or args.message, args.compare_out)
             print(f"left: {left}\nright: {right}\nscreenshot: {args.compare_out}")
 
 

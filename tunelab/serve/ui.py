@@ -19,12 +19,17 @@ EXAMPLES = [
 
 
 def pick_defaults(registry: ModelRegistry) -> tuple[str, str, str]:
-    """(chat model, left model, right model): the newest tuned model against its base."""
+    """(chat model, left model, right model). The chat gets the newest run's GGUF export if it
+    has one (the fast CPU path), else its trained model; side by side puts the newest trained
+    model (as PyTorch runs it, like its base) against its base."""
     entries = list(registry.entries.values())
     tuned = [e for e in entries if e.kind != "base"]
-    chat = (tuned or entries)[0]
-    base = registry.base_of(chat) or next((e for e in entries if e.kind == "base"), None) or entries[0]
-    right = chat if chat is not base else (entries[1] if len(entries) > 1 else chat)
+    right = (tuned or entries)[0]
+    same_run = [e for e in tuned if right.run and e.run == right.run]
+    chat = next((e for e in same_run if e.kind == "gguf"), right)
+    base = registry.base_of(right) or next((e for e in entries if e.kind == "base"), None) or entries[0]
+    if right is base and len(entries) > 1:
+        right = next(e for e in entries if e is not base)
     return chat.label, base.label, right.label
 
 
