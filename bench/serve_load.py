@@ -144,7 +144,8 @@ def append_result(results: Path, section: str, line: str) -> None:
     start = text.index(section) + len(section)
     nxt = text.find("\n## ", start)
     end = len(text) if nxt == -1 else nxt + 1
-    body = text[start:end].rstrip("\n") + "\n" + line
+    body = text[start:end].rstrip("\n")
+    body += ("\n" if body.splitlines()[-1].startswith("- ") else "\n\n") + line
     atomic_write_text(results, text[:start] + body + ("\n" + text[end:] if end < len(text) else ""))
 
 
