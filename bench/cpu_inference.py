@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from datetime import date
@@ -65,17 +64,6 @@ def random_lora_run(root: Path, base_dir: Path, shared_data: Path | None) -> Pat
     return root
 
 
-def timed(fn, repeats: int) -> tuple[float, int]:
-    """(median seconds, tokens) of fn() -> tokens, after one warm-up call."""
-    fn()
-    runs = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        n = fn()
-        runs.append((time.perf_counter() - t, n))
-    return statistics.median(r[0] for r in runs), runs[0][1]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, help="a trained run directory (default: a random-LoRA stand-in of the default model)")
@@ -84,6 +72,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--answer-tokens", type=int, default=64, help="answer length for the quality delta")
     ap.add_argument("--no-results", action="store_true", help="do not append to bench/RESULTS.md")
+    ap.add_argument("--reexport", action="store_true", help="redo the export even if the run has one")
     args = ap.parse_args()
 
     import torch
@@ -104,12 +93,15 @@ def main() -> None:
         run = random_lora_run(cache_dir() / "bench" / "smollm2-random-lora", resolve_model("smollm2-135m-instruct").path, shared_data_dir())
         model_desc = "SmolLM2-135M-Instruct + random LoRA (r=16, all linear, B×0.05; no trained run used)"
 
-    print(f"== exporting {run} (merged, Q8_0, Q4_K_M) with the faithfulness check")
-    report = export_run(run, ["merged", "gguf-q8_0", "gguf-q4_k_m"], config=ExportConfig(check_prompts=8, check_tokens=16, evaluate=True),
-                        eval_config=EvalConfig(max_new_tokens=args.answer_tokens, metrics=["bleu", "rougeL", "bertscore"]), threads=args.threads)
-    export = Path(report["out"])
-
-    results: dict[str, tuple[float, int]] = {}
+    export = run / "export"
+    faith = export / "faithfulness.json"
+    if args.reexport or not faith.is_file() or not list((export / "gguf").glob("*-q4_k_m.gguf")) or not (export / "merged").is_dir():
+        print(f"== exporting {run} (merged, Q8_0, Q4_K_M) with the faithfulness check")
+        report = export_run(run, ["merged", "gguf-q8_0", "gguf-q4_k_m"], config=ExportConfig(check_prompts=8, check_tokens=16, evaluate=True),
+                            eval_config=EvalConfig(max_new_tokens=args.answer_tokens, metrics=["bleu", "rougeL", "bertscore"]), threads=args.threads)
+    else:
+        print(f"== reusing the export in {export} (--reexport to redo it)")
+        report = json.loads(faith.read_text())
     # transformers fp32, the notebook path
     tok = load_tokenizer(export / "merged")
     model = load_causal_lm(export / "merged").eval()
@@ -120,34 +112,40 @@ def main() -> None:
             out = model.generate(**enc, max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False, pad_token_id=tok.pad_token_id)
         return out.shape[1] - enc["input_ids"].shape[1]
 
-    print("== transformers fp32 generate")
-    results["transformers fp32"] = timed(hf, max(1, args.repeats - 1))
-    del model
-
+    paths = {"transformers fp32": hf}
     settings = GenerationSettings(max_new_tokens=args.tokens, temperature=0.0)
     for q in ("q8_0", "q4_k_m"):
         path = next((export / "gguf").glob(f"*-{q}.gguf"))
         chat = LlamaCppChatModel(path, n_threads=args.threads, n_ctx=2048)
-        n_tokens = len(list(chat.generate_ids(chat.prompt_tokens(PROMPT), settings)))
-
-        def via_tunelab() -> int:
-            chat.generate([PROMPT], settings)
-            return n_tokens
-
-        print(f"== GGUF {q} through tunelab")
-        results[f"GGUF {q} tunelab"] = timed(via_tunelab, args.repeats)
-        del chat
         llm = llama_cpp.Llama(model_path=str(path), n_ctx=2048, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
 
-        def direct() -> int:
+        n_new = len(list(chat.generate_ids(chat.prompt_tokens(PROMPT), settings)))  # greedy: the same every time
+
+        def via_tunelab(chat=chat, n_new=n_new) -> int:
+            chat.generate([PROMPT], settings)  # tunelab's public path, as `tunelab generate` and `serve` use it
+            return n_new
+
+        def direct(llm=llm) -> int:
             llm.reset()
-            res = llm.create_chat_completion(PROMPT, max_tokens=args.tokens, temperature=0.0)
-            return res["usage"]["completion_tokens"]
+            return llm.create_chat_completion(PROMPT, max_tokens=args.tokens, temperature=0.0)["usage"]["completion_tokens"]
 
-        print(f"== GGUF {q} llama-cpp-python directly")
-        results[f"GGUF {q} direct"] = timed(direct, args.repeats)
-        del llm
+        paths[f"GGUF {q} tunelab"] = via_tunelab
+        paths[f"GGUF {q} direct"] = direct
 
+    # Interleaved rounds, so every path sees the same background load; one warm-up each.
+    times: dict[str, list[float]] = {k: [] for k in paths}
+    tokens: dict[str, int] = {}
+    for k, fn in paths.items():
+        print(f"== warm-up: {k}")
+        tokens[k] = fn()
+    for r in range(args.repeats):
+        for k, fn in paths.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+        print(f"== round {r + 1}/{args.repeats}: " + ", ".join(f"{k} {tokens[k] / times[k][-1]:.1f} tok/s" for k in paths))
+    # best of the rounds: the run least disturbed by other processes
+    results = {k: (min(v), tokens[k]) for k, v in times.items()}
     tps = {k: n / s for k, (s, n) in results.items()}
     base = tps["transformers fp32"]
     lines = [f"| path | new tokens | seconds | tokens/s | vs transformers fp32 |", "|---|---|---|---|---|"]
@@ -172,7 +170,7 @@ def main() -> None:
         with open(ROOT / "bench" / "RESULTS.md", "a", encoding="utf-8") as f:
             f.write(f"\n## CPU inference (bench/cpu_inference.py), {date.today().isoformat()}\n\n"
                     f"Command: `.venv/bin/python bench/cpu_inference.py --threads {args.threads} --tokens {args.tokens}`. Model: {model_desc}. "
-                    f"{args.threads} threads, batch 1, greedy, median of {args.repeats} runs after a warm-up; the machine's 2 cores were shared "
+                    f"{args.threads} threads, batch 1, greedy, best of {args.repeats} interleaved rounds after a warm-up; the machine's 2 cores were shared "
                     f"with other engineers' processes (load average {os.getloadavg()[0]:.1f} at the end), so absolute figures are low and noisy; ratios are measured in the same run.\n\n"
                     + text + "\n")
 
