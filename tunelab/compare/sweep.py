@@ -310,9 +310,6 @@ def run_sweep(sweep: Sweep, shard: str | None = None, only: list[str] | None = N
         store.set_meta("baseline", sweep.baseline.name)
         store.set_meta("seeds", ",".join(map(str, sweep.seeds)))
         heldout = fix_heldout(sweep, store)
-        from tunelab.models.load import set_threads
-
-        set_threads(sweep.baseline.recipe.train.threads)
         runs = plan_runs(sweep, heldout)
         if only:
             unknown = set(only) - {v.name for v in sweep.variants}
@@ -330,6 +327,9 @@ def run_sweep(sweep: Sweep, shard: str | None = None, only: list[str] | None = N
         if skipped:
             console.print(f"sweep '{sweep.name}': {skipped} finished runs skipped, {len(todo)} to do")
 
+        from tunelab.models.load import set_threads
+
+        set_threads(sweep.baseline.recipe.train.threads)
         # Phase 1: every variant's data, and the overlap check, before any training.
         prepared: dict[str, Path] = {}
         for r in todo:
