@@ -264,3 +264,28 @@ def test_likelihood_batches_respect_size_and_token_budget():
     assert sorted(i for g in groups for i in g) == list(range(6))
     assert all(len(g) <= 2 and (len(g) == 1 or len(g) * max(lengths[i] for i in g) <= 800) for g in groups)
     assert groups == [[0, 1], [2, 3], [4], [5]]
+
+
+def test_lora_adapter_is_merged_without_changing_the_model(tiny_model_dir, tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from tunelab.evaluate.run import merge_adapter
+    from tunelab.models.chat import load_chat_model
+    from tunelab.models.load import load_causal_lm, load_tokenizer
+
+    torch.manual_seed(0)
+    peft_model = get_peft_model(load_causal_lm(tiny_model_dir), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"], init_lora_weights=False))
+    (tmp_path / "model").mkdir()
+    peft_model.save_pretrained(tmp_path / "model")
+    load_tokenizer(tiny_model_dir).save_pretrained(tmp_path / "model")
+    (tmp_path / "model" / "tunelab_model.json").write_text(json.dumps({"base_model": str(tiny_model_dir), "method": "lora"}))
+    chat = load_chat_model(tmp_path)
+    ids = chat.tokenizer("The quick brown fox", return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        before = chat.model(input_ids=ids).logits
+        assert merge_adapter(chat)
+        after = chat.model(input_ids=ids).logits
+    assert not hasattr(chat.model, "peft_config")
+    assert torch.allclose(before, after, atol=1e-4)
+    assert not merge_adapter(chat)  # nothing left to merge

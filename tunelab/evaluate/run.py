@@ -143,6 +143,20 @@ def likelihood_scores(chat, rows: list[dict], cfg: EvalConfig, label: str) -> tu
     return per_example, corpus, notes
 
 
+def merge_adapter(chat) -> bool:
+    """Fold a LoRA adapter into its (unquantized) base weights: same function, no adapter overhead
+    per token (generation ran about 3x faster here). Returns whether it merged."""
+    from tunelab.models.chat import HFChatModel
+
+    model = getattr(chat, "model", None)
+    if not isinstance(chat, HFChatModel) or not hasattr(model, "merge_and_unload"):
+        return False
+    if getattr(model.config, "quantization_config", None):  # 4-bit bases: merging would re-round the weights
+        return False
+    chat.model = model.merge_and_unload().eval()
+    return True
+
+
 def free_memory() -> None:
     """Return a deleted model's memory before the next one loads."""
     gc.collect()
@@ -260,7 +274,7 @@ def evaluate_models(models: list[str], examples: list[dict], cfg: EvalConfig, ou
         name = unique_names(model_names + [name])[-1]
         model_names.append(name)
         refs.append(str(ref))
-        backends[name] = type(chat).__name__
+        backends[name] = type(chat).__name__ + (" (LoRA adapter merged)" if merge_adapter(chat) else "")
         scores: dict[str, list] = {}
         corpus[name], notes[name] = {}, {}
         if need_answers:
