@@ -175,17 +175,22 @@ def recipe_from_dict(raw: dict, source: str = "recipe") -> Recipe:
         raise ConfigError(format_validation_error(source, err)) from None
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    path = Path(path)
+def read_yaml_mapping(path: Path, what: str, shape: str) -> dict:
+    """A YAML file that must hold a mapping; clear errors for a missing file, bad YAML, a wrong shape."""
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
-        raise ConfigError(f"{path}: recipe file not found") from None
+        raise ConfigError(f"{path}: {what} file not found") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a recipe must be a mapping of sections")
-    raw = apply_overrides(raw, overrides)
+        raise ConfigError(f"{path}: a {what} file must be a mapping ({shape})")
+    return raw
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    path = Path(path)
+    raw = apply_overrides(read_yaml_mapping(path, "recipe", "data, train, eval, export, ..."), overrides)
     recipe = recipe_from_dict(raw, str(path))
     # Relative data paths are relative to the recipe file, unless they exist from the cwd.
     for src in recipe.data.sources + ([recipe.data.eval_source] if recipe.data.eval_source else []):

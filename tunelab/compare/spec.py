@@ -35,7 +35,7 @@ from typing import Any, Union
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
-from tunelab.config import Recipe, Strict, format_validation_error, recipe_from_dict
+from tunelab.config import Recipe, Strict, format_validation_error, read_yaml_mapping, recipe_from_dict
 from tunelab.errors import ConfigError
 
 # Friendly names for common axes. `mix.N` / `weight.N` mean data.sources.N.weight.
@@ -315,14 +315,7 @@ def _variant_name(settings: dict[str, Any]) -> str:
 
 def load_sweep(path: str | Path) -> Sweep:
     path = Path(path)
-    try:
-        raw_spec = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: sweep file not found") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(raw_spec, dict):
-        raise ConfigError(f"{path}: a sweep file must be a mapping (base, grid/variants, ...)")
+    raw_spec = read_yaml_mapping(path, "sweep", "base, grid/variants, ...")
     try:
         spec = SweepSpec.model_validate(raw_spec)
     except ValidationError as err:
