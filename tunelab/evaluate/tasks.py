@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import string
 
-GENERATION_TASKS = ("exact_match", "contains", "gsm8k")
+GENERATION_TASKS = ("exact_match", "contains", "keywords", "gsm8k")
 TASKS = ("none", *GENERATION_TASKS, "multiple_choice")
 
 _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?|-?\.\d+")
@@ -52,10 +52,22 @@ def gsm8k(prediction: str, reference: str) -> float:
     return float(want is not None and got is not None and abs(want - got) < 1e-6 * max(1.0, abs(want)))
 
 
+def keywords_kept(prediction: str, reference: str, keywords: list[str]) -> float:
+    """1 when the answer contains every keyword (case-insensitive) that its reference contains.
+
+    For facts a model must learn, such as a new name: `keywords: [Tuna]` scores whether the
+    answer says "Tuna" wherever the reference does (a reference without any keyword scores 1).
+    """
+    pred, ref = prediction.lower(), reference.lower()
+    return float(all(k.lower() in pred for k in keywords if k.lower() in ref))
+
+
 SCORERS = {"exact_match": exact_match, "contains": contains, "gsm8k": gsm8k}
 
 
-def score_task(task: str, predictions: list[str], references: list[str]) -> list[float]:
+def score_task(task: str, predictions: list[str], references: list[str], keywords: list[str] | None = None) -> list[float]:
+    if task == "keywords":
+        return [keywords_kept(p, r, keywords or []) for p, r in zip(predictions, references)]
     fn = SCORERS[task]
     return [fn(p, r) for p, r in zip(predictions, references)]
 
