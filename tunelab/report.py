@@ -78,7 +78,7 @@ def export_section(faith: dict | None, run: RunDir) -> str:
         row += [f"{e['metrics'][m]['delta']:+.4f}" if m in e.get("metrics", {}) else "-" for m in metric_names]
         lines.append("| " + " | ".join(row) + " |")
     if faith.get("pytorch_tokens_per_second"):
-        lines.append(f"\nPyTorch (transformers) generation for comparison: {faith['pytorch_tokens_per_second']:.1f} tokens/s.")
+        lines.append(f"\nThe PyTorch fp32 model generated {faith['pytorch_tokens_per_second']:.1f} tokens/s on the same prompts (while also recording logit margins); `bench/cpu_inference.py` measures generation speed properly.")
     if faith.get("metrics_note"):
         lines.append(f"\n{faith['metrics_note']}")
     return "\n".join(lines)
@@ -87,6 +87,7 @@ def export_section(faith: dict | None, run: RunDir) -> str:
 def build_markdown(run: RunDir) -> str:
     recipe_text = run.recipe.read_text() if run.recipe.is_file() else ""
     card_md = (run.data / "card.md").read_text() if (run.data / "card.md").is_file() else "_no data card_"
+    card_md = re.sub(r"^!\[[^\]]*\]\(lengths\.png\)\s*$", "", card_md, flags=re.M)  # its image path is relative to data/
     summary = _load_json(run.train_summary) or {}
     ev = _load_json(run.eval / "eval.json")
     faith = _load_json(run.export / "faithfulness.json")

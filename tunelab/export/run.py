@@ -116,7 +116,9 @@ def export_run(
 
             model, tokenizer, info = load_pytorch_model(model_dir)
             step("PyTorch model: greedy answers" if check else "merging")
+            t_ref = time.time()
             reference = fc.hf_greedy(model, tokenizer, conversations, answer_tokens, on_done=step) if check else None
+            t_ref = time.time() - t_ref
 
             merged_dir = stage / "merged"
             merged_dir.mkdir()
@@ -147,6 +149,9 @@ def export_run(
                 "prompts": len(conversations), "prompt_source": prompt_source, "check_tokens": config.check_tokens, "answer_tokens": answer_tokens,
             }
             if check:
+                # greedy generation speed of the PyTorch fp32 model in this check (it also records
+                # logit margins per step), next to each GGUF's own speed on the same prompts
+                report["pytorch_tokens_per_second"] = round(sum(len(g.ids) for g in reference) / max(t_ref, 1e-9), 1)
                 report["pytorch"] = {"answers": [g.text for g in reference], "prompt_ids": [g.prompt_ids for g in reference], "ids": [g.ids for g in reference]}
             for fmt in formats:
                 entry: dict = {}
@@ -172,7 +177,9 @@ def export_run(
                         del merged
                     else:
                         chat = LlamaCppChatModel(files[fmt], n_threads=n_threads, n_ctx=4096)
+                        t_gen = time.time()
                         gens = fc.gguf_greedy(chat, conversations, answer_tokens, on_done=step)
+                        entry["tokens_per_second"] = round(sum(len(g.ids) for g in gens) / max(time.time() - t_gen, 1e-9), 1)
                         del chat
                     gc.collect()
                     entry.update(fc.compare_tokens(fmt, reference, gens, config.check_tokens))
