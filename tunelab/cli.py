@@ -228,6 +228,14 @@ def generate(
 
 
 # ---------------------------------------------------------------- serve
+def serve_limits(max_tokens: int, max_prompt_tokens: int, max_concurrent: int, max_queue: int):
+    """The limits `serve` and `api` share (a prompt may hold about 8 characters per token)."""
+    from tunelab.serve.generation import ServeLimits
+
+    return ServeLimits(max_tokens=max_tokens, max_prompt_tokens=max_prompt_tokens, max_prompt_chars=8 * max_prompt_tokens,
+                       max_concurrent=max_concurrent, max_queue=max_queue)
+
+
 @app.command()
 @friendly
 def serve(
@@ -244,10 +252,9 @@ def serve(
     cache_size: int = typer.Option(3, help="Loaded models kept in memory"),
 ):
     """Start the Gradio chat UI (streaming, model picker, side-by-side)."""
-    from tunelab.serve.generation import ServeLimits
     from tunelab.serve.run import serve_cli
 
-    limits = ServeLimits(max_tokens=max_tokens, max_prompt_tokens=max_prompt_tokens, max_prompt_chars=8 * max_prompt_tokens, max_concurrent=max_concurrent, max_queue=max_queue)
+    limits = serve_limits(max_tokens, max_prompt_tokens, max_concurrent, max_queue)
     serve_cli(models or [], runs=runs, host=host, port=port, password=password, api=api, limits=limits, cache_size=cache_size)
 
 
@@ -266,10 +273,9 @@ def api(
     cache_size: int = typer.Option(3, help="Loaded models kept in memory"),
 ):
     """Start the OpenAI-style HTTP API (/v1/chat/completions, /v1/models)."""
-    from tunelab.serve.generation import ServeLimits
     from tunelab.serve.run import api_cli
 
-    limits = ServeLimits(max_tokens=max_tokens, max_prompt_tokens=max_prompt_tokens, max_prompt_chars=8 * max_prompt_tokens, max_concurrent=max_concurrent, max_queue=max_queue)
+    limits = serve_limits(max_tokens, max_prompt_tokens, max_concurrent, max_queue)
     api_cli(models or [], runs=runs, host=host, port=port, api_key=api_key, limits=limits, cache_size=cache_size)
 
 
