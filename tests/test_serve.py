@@ -214,10 +214,18 @@ def test_requests_past_the_queue_get_429_not_a_crash(server):
     def call():
         codes.append(httpx.post(f"{url}/v1/chat/completions", json=body, headers=AUTH, timeout=120).status_code)
 
+    # Hold the model's generation lock so the admitted request cannot finish early (a random
+    # tiny model may stop at EOS at once): one runs, one waits in the queue, two are refused.
+    model_lock = registry._locks[registry.find("demo-merged").id]
     threads = [threading.Thread(target=call) for _ in range(4)]
-    for t in threads:
-        t.start()
-        time.sleep(0.2)
+    with model_lock:
+        for t in threads:
+            t.start()
+            time.sleep(0.2)
+        deadline = time.time() + 60
+        while len(codes) < 2 and time.time() < deadline:
+            time.sleep(0.1)
+        assert sorted(codes) == [429, 429], codes  # refused at once, while the others wait
     for t in threads:
         t.join(timeout=120)
     # one running + one queued (LIMITS), the others refused politely
