@@ -29,16 +29,12 @@ def assistant_char_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tup
             continue
         before = _render(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
         through = _render(tokenizer, messages[: i + 1], add_generation_prompt=False)
-        if not text.startswith(through) or not through.startswith(before[: len(before)]) or len(before) > len(through):
+        if not text.startswith(through) or not through.startswith(before):
             raise TunelabError(
                 "the chat template does not render conversation prefixes as prefixes of the whole "
                 "conversation, so answer tokens cannot be located; use a template that does (see docs/data.md)"
             )
-        # Whitespace a template strips from the generation prompt's end belongs to the prompt.
-        start = len(before)
-        while start > 0 and not through.startswith(before[:start]):
-            start -= 1
-        spans.append((start, len(through)))
+        spans.append((len(before), len(through)))
     return text, spans
 
 

@@ -20,6 +20,7 @@ from tunelab.evaluate import likelihood, report, tasks
 from tunelab.evaluate.metrics import BERTSCORE_KEYS, TEXT_METRICS, bertscore_scorer, encoder_layers, resolve_encoder, score_predictions
 from tunelab.evaluate.stats import bootstrap_ci, paired_bootstrap
 from tunelab.io import atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text
+from tunelab.models.load import wants_bf16
 from tunelab.progress import console, progress_bar
 
 SEED = 0
@@ -230,13 +231,6 @@ def prepare_rows(examples: list[dict], cfg: EvalConfig, source: str = "evaluatio
     return [split_example(e, i, source, cfg.task) for i, e in enumerate(examples)]
 
 
-def bertscore_bf16(cfg: EvalConfig) -> bool:
-    """bf16 autocast for the BERTScore encoder: asked for, or `auto` on hardware that has it."""
-    from tunelab.models.load import bf16_supported
-
-    return cfg.bertscore_precision == "bf16" or (cfg.bertscore_precision == "auto" and bf16_supported())
-
-
 def check_metrics(cfg: EvalConfig) -> None:
     """Fail before any generation if the BERTScore encoder cannot be loaded."""
     if "bertscore" in cfg.metrics:
@@ -294,7 +288,7 @@ def evaluate_models(models: list[str], examples: list[dict], cfg: EvalConfig, ou
         t0 = time.perf_counter()
         if text_metrics:
             with console.status(f"Scoring {name}: {', '.join(text_metrics)}"):
-                scored = score_predictions(answers[name], references, text_metrics, cfg.bertscore_model, bertscore_bf16=bertscore_bf16(cfg))
+                scored = score_predictions(answers[name], references, text_metrics, cfg.bertscore_model, bertscore_bf16=wants_bf16(cfg.bertscore_precision))
             scores.update(scored["per_example"])
             corpus[name].update(scored["corpus"])
             signatures.update(scored["signatures"])

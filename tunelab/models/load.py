@@ -55,6 +55,11 @@ def bf16_supported() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def wants_bf16(precision: str) -> bool:
+    """`bf16` always; `auto` where the hardware supports it (see bf16_supported); `fp32` never."""
+    return precision == "bf16" or (precision == "auto" and bf16_supported())
+
+
 def load_causal_lm(path: str | Path, *, dtype: str = "float32", load_in_4bit: bool = False, trust_remote_code: bool = False, device: str | None = None):
     """A causal LM from a local folder. `load_in_4bit` uses bitsandbytes NF4 (QLoRA)."""
     import torch

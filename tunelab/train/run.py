@@ -68,7 +68,7 @@ def last_complete_checkpoint(checkpoints: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def tokenize_split(tokenizer, rows: list[dict], max_seq_length: int, split: str) -> tuple[list[dict], int]:
+def tokenize_split(tokenizer, rows: list[dict], max_seq_length: int) -> tuple[list[dict], int]:
     """Render and mask each example; drop those left with no answer token after truncation."""
     out, dropped = [], 0
     for row in rows:
@@ -108,12 +108,6 @@ def check_sequence_length(tokenizer, max_seq_length: int) -> None:
         raise TunelabError(f"train.max_seq_length={max_seq_length} is too short: this model's chat template alone takes {overhead} tokens before any question or answer; use at least {overhead + 64}")
 
 
-def use_bf16(precision: str) -> bool:
-    from tunelab.models.load import bf16_supported
-
-    return precision == "bf16" or (precision == "auto" and bf16_supported())
-
-
 def build_model(recipe: Recipe, base_path: Path):
     """The base model, wrapped for the chosen method (LoRA, QLoRA or full)."""
     from tunelab.models.load import load_causal_lm
@@ -140,6 +134,8 @@ def training_arguments(recipe: Recipe, run: RunDir, steps_per_epoch: int, has_va
     import torch
     from transformers import TrainingArguments
 
+    from tunelab.models.load import wants_bf16
+
     t = recipe.train
     total_steps = t.max_steps or max(1, int(steps_per_epoch * t.epochs))
     every = max(1, total_steps // 4)
@@ -164,7 +160,7 @@ def training_arguments(recipe: Recipe, run: RunDir, steps_per_epoch: int, has_va
         max_grad_norm=t.max_grad_norm,
         seed=t.seed,
         data_seed=t.seed,
-        bf16=use_bf16(t.precision),
+        bf16=wants_bf16(t.precision),
         use_cpu=not torch.cuda.is_available(),
         logging_steps=t.logging_steps,
         eval_strategy="steps" if has_validation else "no",
@@ -252,12 +248,12 @@ def train_recipe(recipe: Recipe, resume: bool = False) -> Path:
     val_rows = read_jsonl(run.split("validation")) if run.split("validation").is_file() else []
     if not train_rows:
         raise TunelabError(f"no training examples left after preparing the data (see {run.data / 'card.md'})")
-    train_set, dropped = tokenize_split(tokenizer, train_rows, max_len, "train")
+    train_set, dropped = tokenize_split(tokenizer, train_rows, max_len)
     if not train_set:
         raise TunelabError(f"train.max_seq_length={max_len} is shorter than the prompt of every training example: no answer token would be trained on; raise max_seq_length")
     if dropped:
         console.print(f"[yellow]{dropped} training examples have no answer token within max_seq_length={max_len} and are skipped")
-    val_set, _ = tokenize_split(tokenizer, val_rows, max_len, "validation")
+    val_set, _ = tokenize_split(tokenizer, val_rows, max_len)
 
     torch.manual_seed(recipe.train.seed)
     model = build_model(recipe, base.path)
