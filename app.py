@@ -8,6 +8,7 @@ as GGUF through llama.cpp when llama-cpp-python is installed, else through trans
 On a Space (SPACE_ID is set) it listens on 0.0.0.0:7860 as Spaces expect; elsewhere on
 127.0.0.1. TUNELAB_PASSWORD, if set, puts the UI behind a login (user `tunelab`).
 """
+
 from __future__ import annotations
 
 import os
@@ -24,7 +25,9 @@ from tunelab.serve.ui import build_ui  # noqa: E402
 
 models = [m.strip() for m in os.environ.get("TUNELAB_MODELS", "").split(",") if m.strip()]
 runs = Path(os.environ.get("TUNELAB_RUNS", HERE / "runs"))
-limits = ServeLimits(max_tokens=int(os.environ.get("TUNELAB_MAX_TOKENS", "512")), max_concurrent=int(os.environ.get("TUNELAB_MAX_CONCURRENT", "2")))
+limits = ServeLimits(
+    max_tokens=int(os.environ.get("TUNELAB_MAX_TOKENS", "512")), max_concurrent=int(os.environ.get("TUNELAB_MAX_CONCURRENT", "2"))
+)
 
 registry = build_registry(models, runs=runs, cache_size=int(os.environ.get("TUNELAB_CACHE_SIZE", "2")))
 demo = build_ui(registry, limits, title=os.environ.get("TUNELAB_TITLE", "tunelab chat"))

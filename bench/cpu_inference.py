@@ -16,6 +16,7 @@ then times 128 greedy new tokens at batch 1 with 2 threads:
 Targets: tunelab's GGUF path >= 6x transformers fp32, and within 10% of llama.cpp directly.
 Appends the figures to bench/RESULTS.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,12 +55,27 @@ def random_lora_run(root: Path, base_dir: Path, shared_data: Path | None) -> Pat
     (root / "model").mkdir(parents=True, exist_ok=True)
     model.save_pretrained(root / "model")
     load_tokenizer(base_dir).save_pretrained(root / "model")
-    (root / "model" / "tunelab_model.json").write_text(json.dumps({"base_model": "smollm2-135m-instruct", "base_model_path": str(base_dir), "method": "lora", "note": "random LoRA stand-in for bench/cpu_inference.py"}))
+    (root / "model" / "tunelab_model.json").write_text(
+        json.dumps(
+            {
+                "base_model": "smollm2-135m-instruct",
+                "base_model_path": str(base_dir),
+                "method": "lora",
+                "note": "random LoRA stand-in for bench/cpu_inference.py",
+            }
+        )
+    )
     rows = []
     ref_file = shared_data / "alpaca_eval_gpt4_reference.json" if shared_data else None
     if ref_file and ref_file.is_file():
         for i, r in enumerate(json.loads(ref_file.read_text())[:8]):
-            rows.append({"id": f"alpacaeval-{i}", "messages": [{"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": r["output"]}], "source": ref_file.name})
+            rows.append(
+                {
+                    "id": f"alpacaeval-{i}",
+                    "messages": [{"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": r["output"]}],
+                    "source": ref_file.name,
+                }
+            )
         atomic_write_jsonl(root / "data" / "test.jsonl", rows)
     return root
 
@@ -78,9 +94,9 @@ def main() -> None:
     import torch
 
     from tunelab.config import EvalConfig, ExportConfig
-    from tunelab.export.llama_cpp import LlamaCppChatModel, require_llama_cpp
     from tunelab.export.run import export_run
     from tunelab.models.chat import GenerationSettings
+    from tunelab.models.llama_cpp import LlamaCppChatModel, require_llama_cpp
     from tunelab.models.load import load_causal_lm, load_tokenizer
     from tunelab.models.resolve import resolve_model
     from tunelab.paths import cache_dir, shared_data_dir
@@ -97,8 +113,13 @@ def main() -> None:
     faith = export / "faithfulness.json"
     if args.reexport or not faith.is_file() or not list((export / "gguf").glob("*-q4_k_m.gguf")) or not (export / "merged").is_dir():
         print(f"== exporting {run} (merged, Q8_0, Q4_K_M) with the faithfulness check")
-        report = export_run(run, ["merged", "gguf-q8_0", "gguf-q4_k_m"], config=ExportConfig(check_prompts=8, check_tokens=16, evaluate=True),
-                            eval_config=EvalConfig(max_new_tokens=args.answer_tokens, metrics=["bleu", "rougeL", "bertscore"]), threads=args.threads)
+        report = export_run(
+            run,
+            ["merged", "gguf-q8_0", "gguf-q4_k_m"],
+            config=ExportConfig(check_prompts=8, check_tokens=16, evaluate=True),
+            eval_config=EvalConfig(max_new_tokens=args.answer_tokens, metrics=["bleu", "rougeL", "bertscore"]),
+            threads=args.threads,
+        )
     else:
         print(f"== reusing the export in {export} (--reexport to redo it)")
         report = json.loads(faith.read_text())
@@ -109,7 +130,9 @@ def main() -> None:
 
     def hf() -> int:
         with torch.inference_mode():
-            out = model.generate(**enc, max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+            out = model.generate(
+                **enc, max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False, pad_token_id=tok.pad_token_id
+            )
         return out.shape[1] - enc["input_ids"].shape[1]
 
     paths = {"transformers fp32": hf}
@@ -148,31 +171,52 @@ def main() -> None:
     results = {k: (min(v), tokens[k]) for k, v in times.items()}
     tps = {k: n / s for k, (s, n) in results.items()}
     base = tps["transformers fp32"]
-    lines = [f"| path | new tokens | seconds | tokens/s | vs transformers fp32 |", "|---|---|---|---|---|"]
+    lines = ["| path | new tokens | seconds | tokens/s | vs transformers fp32 |", "|---|---|---|---|---|"]
     for k, (s, n) in results.items():
         lines.append(f"| {k} | {n} | {s:.2f} | {tps[k]:.1f} | {tps[k] / base:.2f}x |")
     ratios = []
     for q in ("q8_0", "q4_k_m"):
         t, d = tps[f"GGUF {q} tunelab"], tps[f"GGUF {q} direct"]
-        ratios.append(f"GGUF {q}: tunelab / transformers fp32 = {t / base:.2f}x (target >= 6x: {'met' if t / base >= 6 else 'NOT met'}); "
-                      f"tunelab / llama.cpp direct = {t / d:.3f} (target >= 0.90: {'met' if t / d >= 0.9 else 'NOT met'})")
-    quality = ["| format | token agreement (first 16) | prompts equal | " + " | ".join(f"Δ {m}" for m in sorted(report.get("pytorch_metrics", {}))) + " |",
-               "|---|---|---|" + "---|" * len(report.get("pytorch_metrics", {}))]
+        ratios.append(
+            f"GGUF {q}: tunelab / transformers fp32 = {t / base:.2f}x (target >= 6x: {'met' if t / base >= 6 else 'NOT met'}); "
+            f"tunelab / llama.cpp direct = {t / d:.3f} (target >= 0.90: {'met' if t / d >= 0.9 else 'NOT met'})"
+        )
+    quality = [
+        "| format | token agreement (first 16) | prompts equal | "
+        + " | ".join(f"Δ {m}" for m in sorted(report.get("pytorch_metrics", {})))
+        + " |",
+        "|---|---|---|" + "---|" * len(report.get("pytorch_metrics", {})),
+    ]
     for fmt, e in report["formats"].items():
-        quality.append(f"| {fmt} | {e['agreement']:.1%} | {e['prompts_equal']}/{e['prompts']} | "
-                       + " | ".join(f"{e['metrics'][m]['delta']:+.4f}" if m in e.get("metrics", {}) else "-" for m in sorted(report.get("pytorch_metrics", {}))) + " |")
+        quality.append(
+            f"| {fmt} | {e['agreement']:.1%} | {e['prompts_equal']}/{e['prompts']} | "
+            + " | ".join(
+                f"{e['metrics'][m]['delta']:+.4f}" if m in e.get("metrics", {}) else "-" for m in sorted(report.get("pytorch_metrics", {}))
+            )
+            + " |"
+        )
     pyt = ", ".join(f"{m} {v:.4f}" for m, v in report.get("pytorch_metrics", {}).items())
 
-    text = "\n".join(lines) + "\n\n" + "\n".join(ratios) + "\n\nQuality of each export vs the PyTorch model (" + f"{report['prompts']} prompts from {Path(report['prompt_source']).name}; PyTorch: {pyt or 'not scored'}):\n\n" + "\n".join(quality)
+    text = (
+        "\n".join(lines)
+        + "\n\n"
+        + "\n".join(ratios)
+        + "\n\nQuality of each export vs the PyTorch model ("
+        + f"{report['prompts']} prompts from {Path(report['prompt_source']).name}; PyTorch: {pyt or 'not scored'}):\n\n"
+        + "\n".join(quality)
+    )
     print()
     print(text)
     if not args.no_results:
         with open(ROOT / "bench" / "RESULTS.md", "a", encoding="utf-8") as f:
-            f.write(f"\n## CPU inference (bench/cpu_inference.py), {date.today().isoformat()}\n\n"
-                    f"Command: `.venv/bin/python bench/cpu_inference.py --threads {args.threads} --tokens {args.tokens}`. Model: {model_desc}. "
-                    f"{args.threads} threads, batch 1, greedy, best of {args.repeats} interleaved rounds after a warm-up; the machine's 2 cores were shared "
-                    f"with other engineers' processes (load average {os.getloadavg()[0]:.1f} at the end), so absolute figures are low and noisy; ratios are measured in the same run.\n\n"
-                    + text + "\n")
+            f.write(
+                f"\n## CPU inference (bench/cpu_inference.py), {date.today().isoformat()}\n\n"
+                f"Command: `.venv/bin/python bench/cpu_inference.py --threads {args.threads} --tokens {args.tokens}`. Model: {model_desc}. "
+                f"{args.threads} threads, batch 1, greedy, best of {args.repeats} interleaved rounds after a warm-up; the machine's 2 cores were shared "
+                f"with other engineers' processes (load average {os.getloadavg()[0]:.1f} at the end), so absolute figures are low and noisy; ratios are measured in the same run.\n\n"
+                + text
+                + "\n"
+            )
 
 
 if __name__ == "__main__":

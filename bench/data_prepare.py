@@ -5,6 +5,7 @@ Both ways are measured in the same run, on the same examples, and must give the 
 Run: `.venv/bin/python bench/data_prepare.py` (HF_HUB_OFFLINE=1). Other processes may be
 running on this machine: compare only the ratio.
 """
+
 from __future__ import annotations
 
 import os
@@ -64,10 +65,16 @@ def main() -> None:
         card = prepare_data(DataConfig(sources=[DataSource(path=str(path))]), Path(tmp) / "out", "smollm2-135m-instruct", 2048)
         t_prepare = time.perf_counter() - start
     n = len(examples)
-    print(f"token lengths, {n} examples: per-example apply_chat_template {t_base:.2f} s ({n / t_base:.0f}/s), "
-          f"batched render+tokenize {t_batched:.2f} s ({n / t_batched:.0f}/s): ratio {t_base / t_batched:.2f}x")
-    print(f"MinHash signatures, {n} examples: one MinHash object each {t_sig_base:.2f} s, MinHash.bulk {t_sig_bulk:.2f} s: ratio {t_sig_base / t_sig_bulk:.2f}x")
-    print(f"prepare_data gsm8k (load, clean, tokens, near-dedup, split, card): {t_prepare:.1f} s, {n / t_prepare:.0f} examples/s; counts {card['counts']}")
+    print(
+        f"token lengths, {n} examples: per-example apply_chat_template {t_base:.2f} s ({n / t_base:.0f}/s), "
+        f"batched render+tokenize {t_batched:.2f} s ({n / t_batched:.0f}/s): ratio {t_base / t_batched:.2f}x"
+    )
+    print(
+        f"MinHash signatures, {n} examples: one MinHash object each {t_sig_base:.2f} s, MinHash.bulk {t_sig_bulk:.2f} s: ratio {t_sig_base / t_sig_bulk:.2f}x"
+    )
+    print(
+        f"prepare_data gsm8k (load, clean, tokens, near-dedup, split, card): {t_prepare:.1f} s, {n / t_prepare:.0f} examples/s; counts {card['counts']}"
+    )
 
 
 if __name__ == "__main__":

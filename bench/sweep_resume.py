@@ -6,6 +6,7 @@ train and evaluate nothing (asserted).
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/sweep_resume.py
 """
+
 from __future__ import annotations
 
 import os

@@ -11,6 +11,7 @@ the speed-up is not bought with a worse model. Prints the ratio; target >= 2.5x.
 
     .venv/bin/python bench/train_throughput.py [--examples 96] [--threads 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,11 +82,25 @@ def worker(kind: str, n_train: int, n_val: int, threads: int, out: Path) -> None
 
         model = AutoModelForCausalLM.from_pretrained(str(path))
         ds = Dataset.from_list([{"messages": r["messages"]} for r in train_rows])
-        cfg = SFTConfig(output_dir=str(tmp), per_device_train_batch_size=BATCH, num_train_epochs=1, learning_rate=LR,
-                        max_length=MAX_LEN, bf16=False, fp16=False, use_cpu=True, report_to="none", save_strategy="no",
-                        logging_steps=1000, disable_tqdm=True, seed=0, lr_scheduler_type="constant")
-        trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tokenizer,
-                             peft_config=LoraConfig(task_type="CAUSAL_LM", **LORA))
+        cfg = SFTConfig(
+            output_dir=str(tmp),
+            per_device_train_batch_size=BATCH,
+            num_train_epochs=1,
+            learning_rate=LR,
+            max_length=MAX_LEN,
+            bf16=False,
+            fp16=False,
+            use_cpu=True,
+            report_to="none",
+            save_strategy="no",
+            logging_steps=1000,
+            disable_tqdm=True,
+            seed=0,
+            lr_scheduler_type="constant",
+        )
+        trainer = SFTTrainer(
+            model=model, args=cfg, train_dataset=ds, processing_class=tokenizer, peft_config=LoraConfig(task_type="CAUSAL_LM", **LORA)
+        )
         t0 = time.time()
         trainer.train()
         seconds = time.time() - t0
@@ -97,14 +112,34 @@ def worker(kind: str, n_train: int, n_val: int, threads: int, out: Path) -> None
 
         data_file = tmp / "train.jsonl"
         atomic_write_jsonl(data_file, train_rows)
-        recipe = recipe_from_dict({
-            "name": "bench", "output_dir": str(tmp / "runs"), "model": str(path),
-            "data": {"sources": [{"path": str(data_file), "format": "messages"}], "dedup": "none", "test_fraction": 0,
-                     "validation_fraction": 0, "clean": False, "max_tokens": 100000},
-            "train": {"epochs": 1, "batch_size": BATCH, "learning_rate": LR, "max_seq_length": MAX_LEN, "threads": threads,
-                      "lr_scheduler": "constant", "warmup_ratio": 0, "save_steps": 100000, "tensorboard": False, "seed": 0,
-                      "lora": {"r": LORA["r"], "alpha": LORA["lora_alpha"], "dropout": 0.0, "target_modules": "all_linear"}},
-        })
+        recipe = recipe_from_dict(
+            {
+                "name": "bench",
+                "output_dir": str(tmp / "runs"),
+                "model": str(path),
+                "data": {
+                    "sources": [{"path": str(data_file), "format": "messages"}],
+                    "dedup": "none",
+                    "test_fraction": 0,
+                    "validation_fraction": 0,
+                    "clean": False,
+                    "max_tokens": 100000,
+                },
+                "train": {
+                    "epochs": 1,
+                    "batch_size": BATCH,
+                    "learning_rate": LR,
+                    "max_seq_length": MAX_LEN,
+                    "threads": threads,
+                    "lr_scheduler": "constant",
+                    "warmup_ratio": 0,
+                    "save_steps": 100000,
+                    "tensorboard": False,
+                    "seed": 0,
+                    "lora": {"r": LORA["r"], "alpha": LORA["lora_alpha"], "dropout": 0.0, "target_modules": "all_linear"},
+                },
+            }
+        )
         run = train_recipe(recipe)
         summary = json.loads((run / "train" / "summary.json").read_text())
         seconds = summary["train_seconds"]
@@ -113,8 +148,18 @@ def worker(kind: str, n_train: int, n_val: int, threads: int, out: Path) -> None
         model, _, _ = load_hf_model(run)
     val = answer_loss(model, tokenizer, val_rows)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out.write_text(json.dumps({"kind": kind, "tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds,
-                               "val_loss": val, "peak_rss_mib": peak_mib}))
+    out.write_text(
+        json.dumps(
+            {
+                "kind": kind,
+                "tokens": tokens,
+                "seconds": seconds,
+                "tokens_per_second": tokens / seconds,
+                "val_loss": val,
+                "peak_rss_mib": peak_mib,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -131,16 +176,36 @@ def main() -> None:
     results = {}
     for kind in ["baseline", "tunelab"]:
         out = Path(tempfile.mkdtemp()) / f"{kind}.json"
-        subprocess.run([sys.executable, __file__, "--worker", kind, "--examples", str(a.examples), "--val", str(a.val),
-                        "--threads", str(a.threads), "--out", str(out)], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--worker",
+                kind,
+                "--examples",
+                str(a.examples),
+                "--val",
+                str(a.val),
+                "--threads",
+                str(a.threads),
+                "--out",
+                str(out),
+            ],
+            check=True,
+        )
         results[kind] = json.loads(out.read_text())
         r = results[kind]
-        print(f"{kind:9s} {r['tokens']} tokens in {r['seconds']:.1f} s = {r['tokens_per_second']:.1f} tok/s, "
-              f"validation loss {r['val_loss']:.4f}, peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
+        print(
+            f"{kind:9s} {r['tokens']} tokens in {r['seconds']:.1f} s = {r['tokens_per_second']:.1f} tok/s, "
+            f"validation loss {r['val_loss']:.4f}, peak RSS {r['peak_rss_mib']:.0f} MiB",
+            flush=True,
+        )
     b, t = results["baseline"], results["tunelab"]
-    print(f"RATIO tokens/s tunelab/baseline = {t['tokens_per_second'] / b['tokens_per_second']:.2f}x (target >= 2.5x); "
-          f"validation loss {t['val_loss']:.4f} vs {b['val_loss']:.4f} ({'no worse' if t['val_loss'] <= b['val_loss'] + 0.01 else 'WORSE'}); "
-          f"peak memory ratio {t['peak_rss_mib'] / b['peak_rss_mib']:.2f}x")
+    print(
+        f"RATIO tokens/s tunelab/baseline = {t['tokens_per_second'] / b['tokens_per_second']:.2f}x (target >= 2.5x); "
+        f"validation loss {t['val_loss']:.4f} vs {b['val_loss']:.4f} ({'no worse' if t['val_loss'] <= b['val_loss'] + 0.01 else 'WORSE'}); "
+        f"peak memory ratio {t['peak_rss_mib'] / b['peak_rss_mib']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

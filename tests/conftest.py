@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny random model with the real SmolLM2 tokenizer, and the real data."""
+
 from __future__ import annotations
 
 import json
@@ -37,6 +38,21 @@ def write_alpaca(path: Path, n: int = 48) -> Path:
     return path
 
 
+def tiny_sizes(tokenizer, *, layers: int = 2, hidden: int = 64) -> dict:
+    """Config fields of a tiny decoder (any architecture's config class takes them) for `tokenizer`."""
+    return dict(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
 
 
 def make_tiny_model(out: Path, tokenizer_dir: Path, *, layers: int = 2, hidden: int = 64, seed: int = 0) -> Path:
@@ -47,11 +63,7 @@ def make_tiny_model(out: Path, tokenizer_dir: Path, *, layers: int = 2, hidden: 
     from tunelab.models.load import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_dir)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
+    config = LlamaConfig(**tiny_sizes(tokenizer, layers=layers, hidden=hidden))
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id

@@ -1,4 +1,5 @@
 """Sweep files: grid and list expansion, axis checks, identical-variant refusal."""
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,10 @@ from tunelab.errors import ConfigError
 
 
 def write_data(folder: Path, n: int = 40, name: str = "d.json", offset: int = 0) -> Path:
-    rows = [{"instruction": f"Question number {i + offset}: what is {i + offset} plus one?", "input": "", "output": f"It is {i + offset + 1}."} for i in range(n)]
+    rows = [
+        {"instruction": f"Question number {i + offset}: what is {i + offset} plus one?", "input": "", "output": f"It is {i + offset + 1}."}
+        for i in range(n)
+    ]
     path = folder / name
     path.write_text(json.dumps(rows))
     return path
@@ -37,17 +41,27 @@ def test_grid_expands_to_every_combination(tmp_path):
     last = sweep.variants[-1]
     assert last.recipe.train.lora.r == 8 and last.recipe.data.clean is False
     assert last.kinds == {"model", "data"}
-    assert sweep.variants[1].kinds == {"data"}   # only clean differs from the first combination
+    assert sweep.variants[1].kinds == {"data"}  # only clean differs from the first combination
     assert sweep.variants[2].kinds == {"model"}  # only rank differs
     assert len({v.name for v in sweep.variants}) == 8
 
 
 def test_listed_variants_baseline_seeds_and_aliases(tmp_path):
-    sweep = load_sweep(write_sweep(tmp_path, {
-        "set": {"steps": 3},
-        "variants": [{"name": "rank-32", "set": {"train.lora.r": 32}}, {"name": "base"}, {"name": "dedup-0.7", "set": {"near_dup_threshold": 0.7}}],
-        "baseline": "base", "seeds": [1, 2],
-    }))
+    sweep = load_sweep(
+        write_sweep(
+            tmp_path,
+            {
+                "set": {"steps": 3},
+                "variants": [
+                    {"name": "rank-32", "set": {"train.lora.r": 32}},
+                    {"name": "base"},
+                    {"name": "dedup-0.7", "set": {"near_dup_threshold": 0.7}},
+                ],
+                "baseline": "base",
+                "seeds": [1, 2],
+            },
+        )
+    )
     assert [v.name for v in sweep.variants] == ["rank-32", "base", "dedup-0.7"]
     assert sweep.baseline.name == "base" and sweep.seeds == [1, 2]
     assert all(v.recipe.train.max_steps == 3 for v in sweep.variants)  # `set:` applies to every variant
@@ -64,14 +78,17 @@ def test_mixing_axis_on_a_second_source(tmp_path):
     assert sweep.variants[1].kinds == {"data"}
 
 
-@pytest.mark.parametrize("axis, message", [
-    ("train.lora.rank", "the recipe has no 'train.lora.rank'"),
-    ("trian.learning_rate", "the recipe has no 'trian'"),
-    ("data.sources.3.weight", "has 1 entries, so index 3 does not exist"),
-    ("data.sources.weight", "is a list; use an index"),
-    ("train.learning_rate.x", "is a value, not a section"),
-    ("eval.max_new_tokens", "evaluation settings are fixed"),
-])
+@pytest.mark.parametrize(
+    "axis, message",
+    [
+        ("train.lora.rank", "the recipe has no 'train.lora.rank'"),
+        ("trian.learning_rate", "the recipe has no 'trian'"),
+        ("data.sources.3.weight", "has 1 entries, so index 3 does not exist"),
+        ("data.sources.weight", "is a list; use an index"),
+        ("train.learning_rate.x", "is a value, not a section"),
+        ("eval.max_new_tokens", "evaluation settings are fixed"),
+    ],
+)
 def test_unknown_axis_is_refused(tmp_path, axis, message):
     path = write_sweep(tmp_path, {"grid": {axis: [1, 2]}})
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):

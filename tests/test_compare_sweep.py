@@ -1,4 +1,5 @@
 """A real sweep with the tiny model: held-out fixing, overlap refusal, store skip and resume, report."""
+
 from __future__ import annotations
 
 import json
@@ -9,14 +10,19 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tunelab.compare import sweep as sweep_stage
 from tunelab.compare.report import compare_cli
-from tunelab.compare.sweep import store_path, sweep_cli
+from tunelab.compare.store import store_path
+from tunelab.compare.sweep import sweep_cli
 from tunelab.errors import ConfigError, DataError
 from tunelab.io import read_jsonl
 
 
 def write_data(folder: Path) -> Path:
-    rows = [{"instruction": f"What is the capital of country number {i}?", "input": "", "output": f"The capital of country {i} is City{i}."} for i in range(30)]
+    rows = [
+        {"instruction": f"What is the capital of country number {i}?", "input": "", "output": f"The capital of country {i} is City{i}."}
+        for i in range(30)
+    ]
     path = folder / "facts.json"
     path.write_text(json.dumps(rows))
     return path
@@ -27,15 +33,28 @@ def write_sweep(folder: Path, model_dir: Path, **extra) -> Path:
     recipe = {
         "model": str(model_dir),
         "data": {"sources": [{"path": str(data)}], "dedup": "exact", "validation_fraction": 0.1},
-        "train": {"max_steps": 2, "batch_size": 2, "max_seq_length": 64, "save_steps": 1, "save_total_limit": 3,
-                  "logging_steps": 1, "tensorboard": False, "threads": 1, "learning_rate": 1e-3},
+        "train": {
+            "max_steps": 2,
+            "batch_size": 2,
+            "max_seq_length": 64,
+            "save_steps": 1,
+            "save_total_limit": 3,
+            "logging_steps": 1,
+            "tensorboard": False,
+            "threads": 1,
+            "learning_rate": 1e-3,
+        },
         "eval": {"max_new_tokens": 6, "batch_size": 8, "metrics": ["bleu", "rougeL"], "task": "none"},
     }
     (folder / "base.yaml").write_text(yaml.safe_dump(recipe))
-    spec = {"name": "tiny", "base": "base.yaml", "output_dir": str(folder / "sweeps"),
-            "heldout": {"from_source": 0, "size": 6},
-            "variants": [{"name": "baseline"}, {"name": "rank-4", "set": {"rank": 4}}, {"name": "no-clean", "set": {"clean": False}}],
-            **extra}
+    spec = {
+        "name": "tiny",
+        "base": "base.yaml",
+        "output_dir": str(folder / "sweeps"),
+        "heldout": {"from_source": 0, "size": 6},
+        "variants": [{"name": "baseline"}, {"name": "rank-4", "set": {"rank": 4}}, {"name": "no-clean", "set": {"clean": False}}],
+        **extra,
+    }
     path = folder / "sweep.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
@@ -62,7 +81,7 @@ def test_sweep_runs_every_variant_on_the_same_heldout_set(finished_sweep):
     runs = db.execute("SELECT variant, kind, status, run_dir, data_hash, train_seconds FROM runs ORDER BY rowid").fetchall()
     assert [r[:3] for r in runs][1:] == [("baseline", "variant", "done"), ("rank-4", "variant", "done"), ("no-clean", "variant", "done")]
     assert runs[0][1] == "reference" and runs[0][2] == "done"
-    for variant, kind, status, run_dir, data_hash, train_seconds in runs[1:]:
+    for _variant, _kind, _status, run_dir, data_hash, train_seconds in runs[1:]:
         run_dir = Path(run_dir)
         card = json.loads((run_dir / "data" / "card.json").read_text())  # each variant has its own data card and hash
         assert data_hash and card["counts"]["test"] == 6 and train_seconds is not None
@@ -76,14 +95,12 @@ def test_sweep_runs_every_variant_on_the_same_heldout_set(finished_sweep):
 
 def test_second_run_does_no_work_and_compare_reports(finished_sweep, monkeypatch):
     folder, path, _ = finished_sweep
-    import tunelab.evaluate.run
-    import tunelab.train.run
 
     def forbidden(*args, **kwargs):
         raise AssertionError("a finished sweep must not train or evaluate again")
 
-    monkeypatch.setattr(tunelab.train.run, "train_recipe", forbidden)
-    monkeypatch.setattr(tunelab.evaluate.run, "evaluate_models", forbidden)
+    monkeypatch.setattr(sweep_stage, "train_recipe", forbidden)
+    monkeypatch.setattr(sweep_stage, "evaluate_models", forbidden)
     assert sweep_cli(path) == {"done": 0, "skipped": 4, "failed": []}
 
     result = compare_cli(path)
@@ -109,16 +126,14 @@ def test_half_finished_variant_resumes_from_its_checkpoint(finished_sweep, monke
     db.execute("UPDATE runs SET status='prepared' WHERE id=?", (run_id,))
     db.commit()
 
-    import tunelab.train.run
-
     calls = []
-    real = tunelab.train.run.train_recipe
+    real = sweep_stage.train_recipe
 
     def spy(recipe, resume=False):
         calls.append((recipe.name, resume))
         return real(recipe, resume=resume)
 
-    monkeypatch.setattr(tunelab.train.run, "train_recipe", spy)
+    monkeypatch.setattr(sweep_stage, "train_recipe", spy)
     assert sweep_cli(path) == {"done": 1, "skipped": 3, "failed": []}
     assert len(calls) == 1 and calls[0][0].startswith("rank-4") and calls[0][1] is True
     summary = json.loads((run_dir / "train" / "summary.json").read_text())
@@ -143,8 +158,15 @@ def test_heldout_overlapping_training_data_is_refused(tmp_path, tiny_model_dir, 
     spec = yaml.safe_load(path.read_text())
     spec["heldout"] = {"path": "leaky.json"}
     path.write_text(yaml.safe_dump(spec))
-    import tunelab.train.run
-
-    monkeypatch.setattr(tunelab.train.run, "train_recipe", lambda *a, **k: pytest.fail("must refuse before training"))
+    monkeypatch.setattr(sweep_stage, "train_recipe", lambda *a, **k: pytest.fail("must refuse before training"))
     with pytest.raises(DataError, match=r"variant 'baseline': 3 training example\(s\) are also in the held-out set"):
         sweep_cli(path)
+
+
+def test_shard_selection_checks_its_input():
+    runs = list(range(7))
+    assert sweep_stage.select_shard(runs, None) == runs
+    assert sweep_stage.select_shard(runs, "1/3") == [1, 4]
+    for bad in ("3/3", "-1/3", "0/0", "a/b", "1", "1/2/3"):
+        with pytest.raises(ConfigError, match="must look like INDEX/COUNT"):
+            sweep_stage.select_shard(runs, bad)

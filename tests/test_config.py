@@ -1,11 +1,12 @@
 """Recipes: every shipped example validates, typos are refused, overrides apply."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from tunelab.config import config_reference, load_recipe
+from tunelab.config import EvalConfig, TrainConfig, config_reference, eval_config_from_options, load_recipe
 from tunelab.errors import ConfigError
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -41,10 +42,48 @@ def test_configuration_reference_is_current():
 def test_missing_shared_data_falls_back_to_builtin_stand_ins(tmp_path, monkeypatch):
     monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
     path = tmp_path / "r.yaml"
-    path.write_text("data:\n  sources:\n    - {path: ../nowhere/identity.json, placeholders: {name: Ada, author: Lab}}\n    - {path: ../nowhere/alpaca_en_demo.json}\n")
+    path.write_text(
+        "data:\n  sources:\n    - {path: ../nowhere/identity.json, placeholders: {name: Ada, author: Lab}}\n    - {path: ../nowhere/alpaca_en_demo.json}\n"
+    )
     recipe = load_recipe(path)
     from tunelab.data import load_source
 
     identity = load_source(recipe.data.sources[0])
     assert len(identity) >= 20 and "Ada" in identity[0]["messages"][-1]["content"]
     assert len(load_source(recipe.data.sources[1])) >= 20
+
+
+def test_eval_options_fall_back_to_evalconfig_and_take_set():
+    cfg = eval_config_from_options({"max_examples": None, "batch_size": 2}, ["bertscore_precision=fp32", "eval.top_p=0.9"])
+    assert cfg.max_examples is None and cfg.batch_size == 2 and cfg.top_p == 0.9 and cfg.bertscore_precision == "fp32"
+    defaults = EvalConfig()
+    assert (cfg.max_new_tokens, cfg.metrics, cfg.compare_base) == (defaults.max_new_tokens, defaults.metrics, defaults.compare_base)
+    with pytest.raises(ConfigError, match="(?s)tunelab eval: invalid options.*nope"):
+        eval_config_from_options({}, ["nope=1"])
+    with pytest.raises(ConfigError, match="must look like section.key=value"):
+        eval_config_from_options({}, ["batch_size"])
+
+
+def test_cli_eval_refuses_a_bad_setting_before_loading_anything(tmp_path):
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app
+
+    res = CliRunner().invoke(app, ["eval", str(tmp_path / "no-model"), "--data", str(tmp_path / "x.jsonl"), "--set", "temperature=-1"])
+    assert res.exit_code == 2 and "temperature" in res.output
+
+
+def test_data_prepare_length_limit_is_the_training_default(tmp_path, monkeypatch):
+    """Without a recipe, `tunelab data prepare` drops what training (max_seq_length) would cut."""
+    from typer.testing import CliRunner
+
+    import tunelab.data.prepare
+    from tunelab.cli import app
+
+    seen = {}
+    monkeypatch.setattr(
+        tunelab.data.prepare, "prepare_data", lambda cfg, out, model_ref, max_seq_length: seen.update(n=max_seq_length) or {"counts": {}}
+    )
+    res = CliRunner().invoke(app, ["data", "prepare", str(tmp_path / "any.json"), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    assert seen["n"] == TrainConfig().max_seq_length

@@ -1,4 +1,5 @@
 """Augmentation: template variation and model paraphrases, on the training split only."""
+
 from __future__ import annotations
 
 import json
@@ -10,10 +11,18 @@ from tunelab.io import read_jsonl
 
 
 def examples(n: int) -> list[dict]:
-    return [{"id": f"e-{i}", "source": f"f.json:{i}", "messages": [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": f"Tell me one thing about the number {i}."},
-        {"role": "assistant", "content": f"The number {i} comes after {i - 1}."}]} for i in range(n)]
+    return [
+        {
+            "id": f"e-{i}",
+            "source": f"f.json:{i}",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": f"Tell me one thing about the number {i}."},
+                {"role": "assistant", "content": f"The number {i} comes after {i - 1}."},
+            ],
+        }
+        for i in range(n)
+    ]
 
 
 def test_template_variation_counts_and_keeps_answers():
@@ -58,12 +67,17 @@ def test_paraphrase_with_a_real_model_keeps_originals(tiny_model_dir):
 
 
 def test_prepare_augments_only_training_split(tmp_path, tiny_model_dir):
-    rows = [{"instruction": f"Give a fact about item {i} in the {w} collection.", "output": f"Item {i} of {w} is blue and weighs {i} grams."}
-            for i in range(15) for w in ("red", "green")]
+    rows = [
+        {"instruction": f"Give a fact about item {i} in the {w} collection.", "output": f"Item {i} of {w} is blue and weighs {i} grams."}
+        for i in range(15)
+        for w in ("red", "green")
+    ]
     (tmp_path / "d.json").write_text(json.dumps(rows))
     base = dict(sources=[DataSource(path=str(tmp_path / "d.json"))], dedup="exact", test_size=5, validation_size=3)
     plain = prepare_data(DataConfig(**base), tmp_path / "plain", str(tiny_model_dir), 512)
-    aug = AugmentConfig(template_variation=True, template_fraction=0.5, paraphrase=True, paraphrase_fraction=0.2, paraphrase_model=str(tiny_model_dir))
+    aug = AugmentConfig(
+        template_variation=True, template_fraction=0.5, paraphrase=True, paraphrase_fraction=0.2, paraphrase_model=str(tiny_model_dir)
+    )
     card = prepare_data(DataConfig(**base, augment=aug), tmp_path / "aug", str(tiny_model_dir), 512)
     assert card["augmentation"]["template_variation"] == 11  # half of 22 training examples
     made = card["augmentation"]["paraphrase"]

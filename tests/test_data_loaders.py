@@ -1,4 +1,5 @@
 """Loaders: every input format into the one message schema, with clear errors for bad input."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,14 @@ from tunelab.data import content_hash, load_examples, load_source
 from tunelab.data.loaders import read_source
 from tunelab.errors import DataError
 
-SHARED_FILES = ["alpaca_en_demo.json", "identity.json", "code_alpaca_2k.json", "gsm8k_train_alpaca.json",
-                "sharegpt_dummy_conversation.json", "alpaca_eval_gpt4_reference.json"]
+SHARED_FILES = [
+    "alpaca_en_demo.json",
+    "identity.json",
+    "code_alpaca_2k.json",
+    "gsm8k_train_alpaca.json",
+    "sharegpt_dummy_conversation.json",
+    "alpaca_eval_gpt4_reference.json",
+]
 
 
 def write_json(path: Path, obj) -> Path:
@@ -31,14 +38,21 @@ def roles(example):
 
 # ---------------------------------------------------------------- formats
 
+
 def test_alpaca_json_with_input_system_and_history(tmp_path):
-    f = write_json(tmp_path / "a.json", [
-        {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"},
-        {"instruction": "And now?", "input": "", "output": "Still 5.", "system": "Be brief.", "history": [["Hi", "Hello!"]]},
-    ])
+    f = write_json(
+        tmp_path / "a.json",
+        [
+            {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"},
+            {"instruction": "And now?", "input": "", "output": "Still 5.", "system": "Be brief.", "history": [["Hi", "Hello!"]]},
+        ],
+    )
     ex = load_source(DataSource(path=str(f)))
-    assert ex[0] == {"id": "a-0", "source": "a.json:0", "messages": [
-        {"role": "user", "content": "Add the numbers.\n\n2 and 3"}, {"role": "assistant", "content": "5"}]}
+    assert ex[0] == {
+        "id": "a-0",
+        "source": "a.json:0",
+        "messages": [{"role": "user", "content": "Add the numbers.\n\n2 and 3"}, {"role": "assistant", "content": "5"}],
+    }
     assert roles(ex[1]) == ["system", "user", "assistant", "user", "assistant"]
     assert ex[1]["messages"][0]["content"] == "Be brief." and ex[1]["messages"][1]["content"] == "Hi"
 
@@ -50,10 +64,22 @@ def test_alpaca_jsonl_and_wrapped_json(tmp_path):
 
 
 def test_sharegpt_multi_turn_roles_and_system(tmp_path):
-    f = write_json(tmp_path / "s.json", [{"id": "x", "system": "You are terse.", "conversations": [
-        {"from": "human", "value": "Who are you?"}, {"from": "gpt", "value": "A bot."},
-        {"from": "user", "value": "Sure?"}, {"from": "assistant", "value": "Yes."}]},
-        {"conversations": [{"from": "system", "value": "Sys"}, {"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]}])
+    f = write_json(
+        tmp_path / "s.json",
+        [
+            {
+                "id": "x",
+                "system": "You are terse.",
+                "conversations": [
+                    {"from": "human", "value": "Who are you?"},
+                    {"from": "gpt", "value": "A bot."},
+                    {"from": "user", "value": "Sure?"},
+                    {"from": "assistant", "value": "Yes."},
+                ],
+            },
+            {"conversations": [{"from": "system", "value": "Sys"}, {"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]},
+        ],
+    )
     ex = load_source(DataSource(path=str(f)))
     assert roles(ex[0]) == ["system", "user", "assistant", "user", "assistant"]
     assert ex[0]["messages"][0]["content"] == "You are terse."
@@ -61,20 +87,35 @@ def test_sharegpt_multi_turn_roles_and_system(tmp_path):
 
 
 def test_messages_jsonl_with_content_parts_and_prepared_ids_kept(tmp_path):
-    f = write_jsonl(tmp_path / "m.jsonl", [
-        {"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}]}, {"role": "assistant", "content": "Hello"}]},
-        {"id": "train-7", "source": "orig.json:7", "messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]},
-    ])
+    f = write_jsonl(
+        tmp_path / "m.jsonl",
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}]},
+                    {"role": "assistant", "content": "Hello"},
+                ]
+            },
+            {
+                "id": "train-7",
+                "source": "orig.json:7",
+                "messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}],
+            },
+        ],
+    )
     ex = load_examples(f)
     assert ex[0]["messages"][0]["content"] == "Hi there" and ex[0]["id"] == "m-0"
     assert ex[1]["id"] == "train-7" and ex[1]["source"] == "orig.json:7"
 
 
 def test_prompt_completion_text_and_conversational(tmp_path):
-    f = write_jsonl(tmp_path / "pc.jsonl", [
-        {"prompt": "2+2=", "completion": "4"},
-        {"prompt": [{"role": "user", "content": "Hi"}], "completion": [{"role": "assistant", "content": "Hey"}]},
-    ])
+    f = write_jsonl(
+        tmp_path / "pc.jsonl",
+        [
+            {"prompt": "2+2=", "completion": "4"},
+            {"prompt": [{"role": "user", "content": "Hi"}], "completion": [{"role": "assistant", "content": "Hey"}]},
+        ],
+    )
     ex = load_source(DataSource(path=str(f)))
     assert ex[0]["messages"] == [{"role": "user", "content": "2+2="}, {"role": "assistant", "content": "4"}]
     assert roles(ex[1]) == ["user", "assistant"]
@@ -131,11 +172,19 @@ def test_hub_name_without_mirror_offline_is_a_clear_error(monkeypatch, tmp_path)
 
 
 def test_placeholders_and_system_prompt(tmp_path):
-    f = write_json(tmp_path / "id.json", [{"instruction": "Who are you?", "output": "I am {{name}}, made by {{ author }}."},
-                                          {"instruction": "Hi", "output": "Hello", "system": "Own system"}])
+    f = write_json(
+        tmp_path / "id.json",
+        [
+            {"instruction": "Who are you?", "output": "I am {{name}}, made by {{ author }}."},
+            {"instruction": "Hi", "output": "Hello", "system": "Own system"},
+        ],
+    )
     ex = load_source(DataSource(path=str(f), placeholders={"name": "Ada", "author": "Lab"}, system_prompt="Be kind."))
-    assert ex[0]["messages"] == [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Who are you?"},
-                                 {"role": "assistant", "content": "I am Ada, made by Lab."}]
+    assert ex[0]["messages"] == [
+        {"role": "system", "content": "Be kind."},
+        {"role": "user", "content": "Who are you?"},
+        {"role": "assistant", "content": "I am Ada, made by Lab."},
+    ]
     assert ex[1]["messages"][0] == {"role": "system", "content": "Own system"}
 
 
@@ -159,6 +208,7 @@ def test_every_shared_file_loads(shared_data, name):
 
 # ---------------------------------------------------------------- validation and errors
 
+
 def test_bad_json_names_the_line(tmp_path):
     f = tmp_path / "bad.json"
     f.write_text('[\n{"instruction": "q", "output": "a"},\n{"instruction": "q" "output": "a"}\n]')
@@ -181,15 +231,35 @@ def test_error_names_file_record_and_field(tmp_path):
         load_source(DataSource(path=str(f2)), strict=True)
 
 
-@pytest.mark.parametrize("record, message", [
-    ({"conversations": [{"from": "human", "value": "q"}, {"from": "bot", "value": "a"}]}, r"record 1, field 'conversations\[1\]\.from': unknown role 'bot'"),
-    ({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": ""}]}, r"record 1, field 'conversations\[1\]\.value': empty answer"),
-    ({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}, {"from": "human", "value": "more?"}]},
-     r"record 1, field 'messages\[2\]\.role': the last turn is 'user', not the assistant's answer"),
-    ({"conversations": [{"from": "gpt", "value": "a"}]}, r"record 1, field 'messages': no user turn"),
-    ({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}, {"from": "system", "value": "s"}, {"from": "gpt", "value": "b"}]},
-     r"record 1, field 'messages\[2\]\.role': a system message may only come first"),
-])
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        (
+            {"conversations": [{"from": "human", "value": "q"}, {"from": "bot", "value": "a"}]},
+            r"record 1, field 'conversations\[1\]\.from': unknown role 'bot'",
+        ),
+        (
+            {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": ""}]},
+            r"record 1, field 'conversations\[1\]\.value': empty answer",
+        ),
+        (
+            {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}, {"from": "human", "value": "more?"}]},
+            r"record 1, field 'messages\[2\]\.role': the last turn is 'user', not the assistant's answer",
+        ),
+        ({"conversations": [{"from": "gpt", "value": "a"}]}, r"record 1, field 'messages': no user turn"),
+        (
+            {
+                "conversations": [
+                    {"from": "human", "value": "q"},
+                    {"from": "gpt", "value": "a"},
+                    {"from": "system", "value": "s"},
+                    {"from": "gpt", "value": "b"},
+                ]
+            },
+            r"record 1, field 'messages\[2\]\.role': a system message may only come first",
+        ),
+    ],
+)
 def test_validation_errors_strict_and_dropped(tmp_path, record, message):
     good = {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}
     f = write_json(tmp_path / "c.json", [good, record, good])
@@ -213,3 +283,87 @@ def test_content_hash_ignores_ids_whitespace_and_case():
     b = {"id": "2", "source": "y:5", "messages": [{"role": "user", "content": "hello world "}, {"role": "assistant", "content": "hi"}]}
     c = {"id": "3", "source": "y:6", "messages": [{"role": "user", "content": "hello world"}, {"role": "assistant", "content": "bye"}]}
     assert content_hash(a) == content_hash(b) != content_hash(c)
+
+
+# ---------------------------------------------------------------- row templates (tables with no instruction)
+TRANSLATE = {"system": "You translate English into German.", "user": "Translate into German: {english}", "assistant": "{german}"}
+
+
+def test_csv_rows_become_conversations_through_a_template(tmp_path):
+    csv = tmp_path / "pairs.csv"
+    csv.write_text('english,german,year\n"Hello, world.",Hallo Welt.,2020\nThank you.,Danke.,2021\n', encoding="utf-8")
+    examples, invalid, info = read_source(DataSource(path=str(csv), template=TRANSLATE))
+    assert info["format"] == "template" and not invalid and len(examples) == 2
+    assert examples[0]["messages"] == [
+        {"role": "system", "content": "You translate English into German."},
+        {"role": "user", "content": "Translate into German: Hello, world."},
+        {"role": "assistant", "content": "Hallo Welt."},
+    ]
+    # numbers are text too; literal braces are written doubled
+    tpl = {"user": "In {year} {{braces}}: {english}", "assistant": "{german}"}
+    second = load_source(DataSource(path=str(csv), template=tpl))[1]
+    assert second["messages"][0]["content"] == "In 2021 {braces}: Thank you."
+
+
+def test_template_on_parquet_and_jsonl_records(tmp_path):
+    import pandas as pd
+
+    rows = [{"english": "Good night.", "german": "Gute Nacht."}, {"english": "Yes.", "german": "Ja."}]
+    pd.DataFrame(rows).to_parquet(tmp_path / "pairs.parquet")
+    write_jsonl(tmp_path / "pairs.jsonl", rows)
+    for name in ("pairs.parquet", "pairs.jsonl"):
+        examples = load_source(DataSource(path=str(tmp_path / name), template={"user": "{english}", "assistant": "{german}"}))
+        assert [e["messages"][1]["content"] for e in examples] == ["Gute Nacht.", "Ja."]
+
+
+def test_template_unknown_column_names_file_and_column(tmp_path):
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("english,german\nYes.,Ja.\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"pairs\.csv, field 'deutsch': the template names column 'deutsch'.*its columns: english, german"):
+        load_source(DataSource(path=str(csv), template={"user": "{english}", "assistant": "{deutsch}"}))
+
+
+@pytest.mark.parametrize(
+    "template, message",
+    [
+        ({"user": "Translate: {}", "assistant": "{german}"}, r"field 'template.user': '\{\}' is not a column name"),
+        ({"user": "Translate: {english.upper}", "assistant": "{german}"}, r"is not a column name"),
+        ({"user": "Translate: {english", "assistant": "{german}"}, r"not a valid template.*literal braces"),
+        ({"user": "Translate this", "assistant": "Fixed"}, r"names no column"),
+    ],
+)
+def test_template_bad_templates_are_clear_errors(tmp_path, template, message):
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("english,german\nYes.,Ja.\n", encoding="utf-8")
+    with pytest.raises(DataError, match=message):
+        load_source(DataSource(path=str(csv), template=template))
+
+
+def test_template_empty_cell_drops_the_row_or_fails_when_strict(tmp_path):
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("english,german\nYes.,Ja.\nNo.,\n", encoding="utf-8")
+    source = DataSource(path=str(csv), template={"user": "{english}", "assistant": "{german}"})
+    examples, invalid, _ = read_source(source)
+    assert len(examples) == 1 and len(invalid) == 1
+    assert "pairs.csv, record 1, field 'german': empty value" in str(invalid[0])
+    with pytest.raises(DataError, match="record 1, field 'german'"):
+        read_source(source, strict=True)
+
+
+def test_template_in_a_recipe_and_a_missing_template_key(tmp_path):
+    from tunelab.config import load_recipe
+    from tunelab.errors import ConfigError
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data:\n  sources:\n    - path: p.csv\n      template: {user: 'Translate: {english}', assistant: '{german}'}\n")
+    assert load_recipe(recipe).data.sources[0].template.assistant == "{german}"
+    recipe.write_text("data:\n  sources:\n    - path: p.csv\n      template: {user: 'Translate: {english}'}\n")
+    with pytest.raises(ConfigError, match="data.sources.0.template.assistant"):
+        load_recipe(recipe)
+
+
+def test_real_tatoeba_and_flores_through_a_template(shared_data):
+    for name in ("tatoeba_en_de.csv", "flores200_devtest_en_de.csv"):
+        examples, invalid, _ = read_source(DataSource(path=str(shared_data / name), template=TRANSLATE))
+        assert not invalid and len(examples) in (17565, 1012)
+        assert examples[0]["messages"][1]["content"].startswith("Translate into German: ")

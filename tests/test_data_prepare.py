@@ -1,4 +1,5 @@
 """prepare_data: filters, dedup, leak-free deterministic splits, mixing, the card, atomic output."""
+
 from __future__ import annotations
 
 import json
@@ -14,13 +15,39 @@ from tunelab.data.split import split_examples
 from tunelab.errors import DataError, TunelabError
 from tunelab.io import read_jsonl
 
-TOPICS = ["apples", "rivers", "engines", "violins", "glaciers", "comets", "bridges", "forests", "deserts", "lanterns",
-          "volcanoes", "harbors", "orchids", "castles", "satellites", "pianos", "beetles", "canyons", "lighthouses", "tulips"]
+TOPICS = [
+    "apples",
+    "rivers",
+    "engines",
+    "violins",
+    "glaciers",
+    "comets",
+    "bridges",
+    "forests",
+    "deserts",
+    "lanterns",
+    "volcanoes",
+    "harbors",
+    "orchids",
+    "castles",
+    "satellites",
+    "pianos",
+    "beetles",
+    "canyons",
+    "lighthouses",
+    "tulips",
+]
 
 
 def alpaca_rows(n: int, prefix: str = "") -> list[dict]:
-    return [{"instruction": f"{prefix}Write one fact about {TOPICS[i % 20]} number {i}.",
-             "input": "", "output": f"Fact {i}: {TOPICS[i % 20]} are interesting in way {i * 7}."} for i in range(n)]
+    return [
+        {
+            "instruction": f"{prefix}Write one fact about {TOPICS[i % 20]} number {i}.",
+            "input": "",
+            "output": f"Fact {i}: {TOPICS[i % 20]} are interesting in way {i * 7}.",
+        }
+        for i in range(n)
+    ]
 
 
 def write(path: Path, rows) -> str:
@@ -84,11 +111,11 @@ def test_split_sizes_and_exact_counts():
 
 def test_drops_counted_by_reason_and_strict_raises(tmp_path, model):
     rows = alpaca_rows(30)
-    rows[3]["output"] = ""                       # empty answer
-    rows[5]["output"] = "\x00\x01 \u200b"          # empty once cleaned
-    rows[7] = dict(rows[8])                      # exact duplicate of 8
+    rows[3]["output"] = ""  # empty answer
+    rows[5]["output"] = "\x00\x01 \u200b"  # empty once cleaned
+    rows[7] = dict(rows[8])  # exact duplicate of 8
     rows[9]["output"] = "As an AI language model, I cannot have opinions about rivers."
-    rows[11]["output"] = " word" * 400           # over-long
+    rows[11]["output"] = " word" * 400  # over-long
     src = write(tmp_path / "mixed.json", rows)
     card = prepare_data(cfg(src, quality_filter=True, max_tokens=200), tmp_path / "out", model, 512)
     drops = card["drops"]
@@ -122,7 +149,12 @@ def test_exact_and_near_dedup():
         return {"id": str(i), "source": f"x:{i}", "messages": [{"role": "user", "content": text}, {"role": "assistant", "content": answer}]}
 
     base = "Explain in simple words how a steam engine turns heat from burning coal into useful motion for trains"
-    examples = [ex(0, base), ex(1, base.upper() + "  "), ex(2, base + " please"), ex(3, "Name three colours of the rainbow", "Red, orange and yellow.")]
+    examples = [
+        ex(0, base),
+        ex(1, base.upper() + "  "),
+        ex(2, base + " please"),
+        ex(3, "Name three colours of the rainbow", "Red, orange and yellow."),
+    ]
     kept, dropped = exact_dedup(examples)
     assert [e["id"] for e in kept] == ["0", "2", "3"] and dropped[0][0]["id"] == "1" and dropped[0][1] == "0"
     kept, dropped = near_dedup(kept, threshold=0.8)
@@ -165,6 +197,19 @@ def test_eval_source_becomes_test_split(tmp_path, model):
     assert card["counts"]["train"] + card["counts"]["validation"] == 27
     assert all(e["source"].startswith("held.json:") for e in read_split(tmp_path / "out", "test"))
     assert card["sources"][1]["eval"] is True
+
+
+def test_training_filters_leave_the_eval_source_whole(tmp_path, model):
+    """Length and quality filters choose training data; the held-out set a change is measured on stays as it is."""
+    short = [{"instruction": f"Say {i}.", "input": "", "output": "Ok."} for i in range(20)]
+    long = [{"instruction": f"Tell me a story number {i}.", "input": "", "output": "Once upon a time " * 10} for i in range(20)]
+    src = write(tmp_path / "train.json", short + long)
+    held = write(tmp_path / "held.json", [{"instruction": f"Hi {i}.", "input": "", "output": "Ok."} for i in range(5)])
+    card = prepare_data(
+        cfg(src, eval_source=DataSource(path=held), validation_size=0, min_tokens=40, quality_filter=True), tmp_path / "out", model, 512
+    )
+    assert card["drops"]["too_short"]["count"] == 20 and card["counts"]["train"] == 20  # the short training pairs left
+    assert card["counts"]["test"] == 5  # the short held-out examples stayed
 
 
 def test_mixing_by_weight_and_caps(tmp_path, model):
@@ -212,8 +257,22 @@ def test_cli_prepares_identity_with_placeholders(tmp_path, model, shared_data):
     from tunelab.cli import app
 
     out = tmp_path / "identity"
-    result = CliRunner().invoke(app, ["data", "prepare", str(shared_data / "identity.json"), "--placeholder", "name=Ada",
-                                      "--placeholder", "author=Lab", "--out", str(out), "--model", model])
+    result = CliRunner().invoke(
+        app,
+        [
+            "data",
+            "prepare",
+            str(shared_data / "identity.json"),
+            "--placeholder",
+            "name=Ada",
+            "--placeholder",
+            "author=Lab",
+            "--out",
+            str(out),
+            "--model",
+            model,
+        ],
+    )
     assert result.exit_code == 0, result.output
     card = json.loads((out / "card.json").read_text())
     assert sum(card["counts"].values()) + card["dropped_total"] == 91
@@ -223,8 +282,17 @@ def test_cli_prepares_identity_with_placeholders(tmp_path, model, shared_data):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["alpaca_en_demo.json", "identity.json", "code_alpaca_2k.json", "gsm8k_train_alpaca.json",
-                                  "sharegpt_dummy_conversation.json", "alpaca_eval_gpt4_reference.json"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "alpaca_en_demo.json",
+        "identity.json",
+        "code_alpaca_2k.json",
+        "gsm8k_train_alpaca.json",
+        "sharegpt_dummy_conversation.json",
+        "alpaca_eval_gpt4_reference.json",
+    ],
+)
 def test_cli_prepares_every_shared_file(tmp_path, shared_data, name):
     """The documented command, as a user types it, on each real file (default model's tokenizer)."""
     from typer.testing import CliRunner
@@ -232,8 +300,9 @@ def test_cli_prepares_every_shared_file(tmp_path, shared_data, name):
     from tunelab.cli import app
 
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["data", "prepare", str(shared_data / name), "--placeholder", "name=Ada",
-                                      "--placeholder", "author=Lab", "--out", str(out)])
+    result = CliRunner().invoke(
+        app, ["data", "prepare", str(shared_data / name), "--placeholder", "name=Ada", "--placeholder", "author=Lab", "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     card = json.loads((out / "card.json").read_text())
     records = len(json.loads((shared_data / name).read_text()))

@@ -1,5 +1,6 @@
 """The evaluation stage end to end on tiny models: perplexity by hand, multiple choice, the
 output files, the command, and clear errors that leave no files behind."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,8 @@ import math
 from pathlib import Path
 
 import pytest
-
 from conftest import make_tiny_model
+
 from tunelab.config import EvalConfig
 from tunelab.errors import DataError, ModelNotFound, TunelabError
 from tunelab.evaluate import likelihood
@@ -25,7 +26,11 @@ QA = [
 
 def examples(n: int = len(QA)) -> list[dict]:
     return [
-        {"id": f"ex{i}", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": q}, {"role": "assistant", "content": a}], "source": "test"}
+        {
+            "id": f"ex{i}",
+            "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": q}, {"role": "assistant", "content": a}],
+            "source": "test",
+        }
         for i, (q, a) in enumerate(QA[:n])
     ]
 
@@ -53,7 +58,7 @@ def _nll_by_hand(model, tokenizer, prompt_messages, answer) -> tuple[float, int]
     full = tokenizer.apply_chat_template([*prompt_messages, {"role": "assistant", "content": answer}], tokenize=False)
     assert full.startswith(prompt)
     p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    a_ids = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+    a_ids = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
     ids = torch.tensor([p_ids + a_ids])
     labels = ids.clone()
     labels[0, : len(p_ids)] = -100
@@ -67,7 +72,7 @@ def test_perplexity_equals_exp_mean_nll_by_hand(tiny_chat):
     prompts = [r["messages"][:-1] for r in rows]
     answers = [r["messages"][-1]["content"] for r in rows]
     # batched, padded and sorted by length inside
-    per_example, corpus = likelihood.perplexities(tiny_chat.model, tiny_chat.tokenizer, prompts, answers, batch_size=3)
+    per_example, corpus = likelihood.perplexities(tiny_chat, prompts, answers, batch_size=3)
     by_hand = [_nll_by_hand(tiny_chat.model, tiny_chat.tokenizer, p, a) for p, a in zip(prompts, answers)]
     assert all(p > 1 for p in per_example)
     assert per_example == pytest.approx([math.exp(nll / n) for nll, n in by_hand], rel=1e-4)
@@ -79,7 +84,7 @@ def test_multiple_choice_picks_the_most_likely_choice(tiny_chat):
 
     prompts = [[{"role": "user", "content": "Which colour is the sky?"}], [{"role": "user", "content": "2+2?"}]]
     choices = [["blue", "green", "a banana"], ["4", "five", "22"]]
-    picks = likelihood.choose(tiny_chat.model, tiny_chat.tokenizer, prompts, choices, batch_size=4)
+    picks = likelihood.choose(tiny_chat, prompts, choices, batch_size=4)
     for prompt, options, pick in zip(prompts, choices, picks):
         scores = []
         for c in options:
@@ -134,19 +139,48 @@ def test_evaluate_two_models_writes_every_file(tiny_model_dir, second_tiny_dir, 
     assert result["models"]["tuned"]["metrics"] == saved["models"]["tuned"]["metrics"]
 
 
-def test_losses_against_the_base():
-    from tunelab.evaluate.run import losses_against_base
+def test_per_source_breakdown_with_intervals(tiny_model_dir, second_tiny_dir, tmp_path):
+    rows = examples()
+    for i, row in enumerate(rows):  # a mixed test split: prepared examples say `<file>:<record>`
+        row["source"] = f"identity.json:{i}" if i < 3 else f"alpaca_en_demo.json:{i}"
+    cfg = EvalConfig(max_new_tokens=6, batch_size=4, bootstrap_samples=200, metrics=["bleu", "chrf", "perplexity"])
+    result = evaluate_models([str(tiny_model_dir), str(second_tiny_dir)], rows, cfg, tmp_path / "eval", names=["base", "tuned"])
+    parts = result["by_source"]
+    assert list(parts) == ["identity.json", "alpaca_en_demo.json"] and [p["n"] for p in parts.values()] == [3, 2]
+    scores = [json.loads(line)["scores"]["tuned"]["chrf"] for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    identity = parts["identity.json"]
+    assert identity["models"]["tuned"]["metrics"]["chrf"]["mean"] == pytest.approx(sum(scores[:3]) / 3)
+    m = identity["models"]["base"]["metrics"]["perplexity"]
+    assert m["n"] == 3 and m["low"] <= m["mean"] <= m["high"]
+    assert identity["differences"]["tuned"]["chrf"].keys() >= {"diff", "low", "high", "p_value"}
+    summary = (tmp_path / "eval" / "summary.md").read_text()
+    assert (
+        "## By data source" in summary
+        and "### `identity.json` (3 examples)" in summary
+        and "### `alpaca_en_demo.json` (2 examples)" in summary
+    )
+    assert "Corpus chrF: base" in summary
+    # a single source gives no breakdown
+    single = evaluate_models([str(tiny_model_dir)], examples(3), FAST, tmp_path / "one")
+    assert single["by_source"] is None and "By data source" not in (tmp_path / "one" / "summary.md").read_text()
 
-    per_model = {"a": {"rougeL": [0.5, 0.9, 0.1]}, "b": {"rougeL": [0.5, 0.2, 0.3]}}
-    metric, losses = losses_against_base(per_model, ["a", "b"])
+
+def test_losses_against_the_base():
+    from tunelab.evaluate.run import ModelEval, losses_against_base
+
+    def pair(a: dict, b: dict) -> list:
+        return [ModelEval("a", "a", "x", None, scores=a), ModelEval("b", "b", "x", None, scores=b)]
+
+    metric, losses = losses_against_base(pair({"rougeL": [0.5, 0.9, 0.1]}, {"rougeL": [0.5, 0.2, 0.3]}))
     assert metric == "rougeL" and losses == pytest.approx([0.0, 0.7, -0.2])
-    per_model = {"a": {"perplexity": [5.0, 9.0]}, "b": {"perplexity": [7.0, 3.0]}}
-    assert losses_against_base(per_model, ["a", "b"])[1] == pytest.approx([2.0, -6.0])  # higher perplexity is a loss
+    # higher perplexity is a loss
+    assert losses_against_base(pair({"perplexity": [5.0, 9.0]}, {"perplexity": [7.0, 3.0]}))[1] == pytest.approx([2.0, -6.0])
     # a task both models always fail says nothing: the next metric ranks
-    per_model = {"a": {"contains": [0.0, 0.0], "bertscore_f1": [0.5, 0.6]}, "b": {"contains": [0.0, 0.0], "bertscore_f1": [0.4, 0.7]}}
-    metric, losses = losses_against_base(per_model, ["a", "b"])
+    metric, losses = losses_against_base(
+        pair({"contains": [0.0, 0.0], "bertscore_f1": [0.5, 0.6]}, {"contains": [0.0, 0.0], "bertscore_f1": [0.4, 0.7]})
+    )
     assert metric == "bertscore_f1" and losses == pytest.approx([0.1, -0.1])
-    assert losses_against_base({"a": {"bleu": [1.0]}, "b": {"bleu": [1.0]}}, ["a", "b"]) == (None, None)
+    assert losses_against_base(pair({"bleu": [1.0]}, {"bleu": [1.0]})) == (None, None)
 
 
 def test_multiple_choice_task_end_to_end(tiny_model_dir, tmp_path):
@@ -244,6 +278,19 @@ def test_eval_command_on_a_run_directory(tiny_model_dir, second_tiny_dir, tmp_pa
     assert "Δ my-run" in res.output and "ROUGE-L" in res.output
 
 
+def test_a_task_alone_needs_no_metrics(tiny_model_dir, second_tiny_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app
+
+    run = make_full_run(tmp_path / "my-run", second_tiny_dir, str(tiny_model_dir))
+    res = CliRunner().invoke(app, ["eval", str(run), "--task", "contains", "--max-new-tokens", "4", "--no-base"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((run / "eval" / "eval.json").read_text())["metric_order"] == ["contains"]
+    res = CliRunner().invoke(app, ["eval", str(run), "--metrics", "none", "--no-base"])
+    assert res.exit_code == 2 and "nothing to evaluate: give metrics" in res.output
+
+
 def test_eval_command_errors_are_clear(tiny_model_dir, tmp_path):
     from typer.testing import CliRunner
 
@@ -258,24 +305,19 @@ def test_eval_command_errors_are_clear(tiny_model_dir, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_likelihood_batches_respect_size_and_token_budget():
-    lengths = [10, 10, 10, 300, 400, 2000]
-    groups = likelihood.batches(list(range(6)), lengths, batch_size=2, max_batch_tokens=800)
-    assert sorted(i for g in groups for i in g) == list(range(6))
-    assert all(len(g) <= 2 and (len(g) == 1 or len(g) * max(lengths[i] for i in g) <= 800) for g in groups)
-    assert groups == [[0, 1], [2, 3], [4], [5]]
-
-
 def test_lora_adapter_is_merged_without_changing_the_model(tiny_model_dir, tmp_path):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from tunelab.evaluate.run import merge_adapter
+    from tunelab.evaluate.loading import merge_adapter
     from tunelab.models.chat import load_chat_model
     from tunelab.models.load import load_causal_lm, load_tokenizer
 
     torch.manual_seed(0)
-    peft_model = get_peft_model(load_causal_lm(tiny_model_dir), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"], init_lora_weights=False))
+    peft_model = get_peft_model(
+        load_causal_lm(tiny_model_dir),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"], init_lora_weights=False),
+    )
     (tmp_path / "model").mkdir()
     peft_model.save_pretrained(tmp_path / "model")
     load_tokenizer(tiny_model_dir).save_pretrained(tmp_path / "model")

@@ -2,6 +2,7 @@
 
 The text metrics must equal sacrebleu, rouge-score and bert-score called by hand on the same strings.
 """
+
 from __future__ import annotations
 
 import math

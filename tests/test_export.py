@@ -1,4 +1,5 @@
 """Export stage: merge correctness, GGUF conversion, faithfulness, Modelfile, clear errors, atomicity."""
+
 from __future__ import annotations
 
 import json
@@ -51,7 +52,12 @@ def make_lora_run(root: Path, base_dir: Path, method: str = "lora", b_scale: flo
 
     torch.manual_seed(1)
     model = load_causal_lm(base_dir)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], init_lora_weights=False)
+    config = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        init_lora_weights=False,
+    )
     peft_model = get_peft_model(model, config)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
@@ -60,11 +66,20 @@ def make_lora_run(root: Path, base_dir: Path, method: str = "lora", b_scale: flo
     (root / "model").mkdir(parents=True)
     peft_model.save_pretrained(root / "model")
     load_tokenizer(base_dir).save_pretrained(root / "model")
-    (root / "model" / "tunelab_model.json").write_text(json.dumps({"base_model": str(base_dir), "base_model_path": str(base_dir), "method": method}))
+    (root / "model" / "tunelab_model.json").write_text(
+        json.dumps({"base_model": str(base_dir), "base_model_path": str(base_dir), "method": method})
+    )
     (root / "data").mkdir()
     rows = [
         {"id": str(i), "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}], "source": "test"}
-        for i, (q, a) in enumerate([("What is the capital of France?", "Paris."), ("Name a primary colour.", "Red."), ("What is 2+2?", "4"), ("Say hello.", "Hello!")])
+        for i, (q, a) in enumerate(
+            [
+                ("What is the capital of France?", "Paris."),
+                ("Name a primary colour.", "Red."),
+                ("What is 2+2?", "4"),
+                ("Say hello.", "Hello!"),
+            ]
+        )
     ]
     (root / "data" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (root / "data" / "card.json").write_text(json.dumps({"counts": {"train": 10, "validation": 1, "test": 4}}))
@@ -126,8 +141,12 @@ def test_qlora_merge_adds_adapter_to_dequantized_base(peaked_tiny_dir, tmp_path)
 def test_export_merged_with_card_and_check(lora_run):
     from tunelab.export.run import export_run
 
-    report = export_run(lora_run, ["merged"], config=ExportConfig(check_prompts=3, check_tokens=8, evaluate=True),
-                        eval_config=EvalConfig(metrics=["bleu", "rougeL"], max_new_tokens=10))
+    report = export_run(
+        lora_run,
+        ["merged"],
+        config=ExportConfig(check_prompts=3, check_tokens=8, evaluate=True),
+        eval_config=EvalConfig(metrics=["bleu", "rougeL"], max_new_tokens=10),
+    )
     merged = lora_run / "export" / "merged"
     for f in ["config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "README.md"]:
         assert (merged / f).is_file(), f
@@ -156,8 +175,8 @@ def gguf_export(lora_run) -> dict:
 @pytest.mark.gguf
 @needs_llama
 def test_export_gguf_f16_faithful(lora_run, gguf_export):
-    from tunelab.export.llama_cpp import LlamaCppChatModel, gguf_metadata
     from tunelab.models.chat import GenerationSettings, load_chat_model
+    from tunelab.models.llama_cpp import LlamaCppChatModel, gguf_metadata
 
     report = gguf_export
     gguf_dir = lora_run / "export" / "gguf"
@@ -209,7 +228,15 @@ def _tiny_opt_run(root: Path, tokenizer_dir: Path) -> Path:
     from tunelab.models.load import load_tokenizer
 
     tok = load_tokenizer(tokenizer_dir)
-    config = OPTConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, ffn_dim=64, num_attention_heads=2, word_embed_proj_dim=32, max_position_embeddings=128)
+    config = OPTConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=1,
+        ffn_dim=64,
+        num_attention_heads=2,
+        word_embed_proj_dim=32,
+        max_position_embeddings=128,
+    )
     (root / "model").mkdir(parents=True)
     OPTForCausalLM(config).save_pretrained(root / "model")
     tok.save_pretrained(root / "model")
@@ -229,8 +256,8 @@ def test_unsupported_architecture_is_a_clear_error(tmp_path, tiny_model_dir):
 
 
 def test_missing_llama_cpp_is_a_clear_error(lora_run, tmp_path, monkeypatch):
-    from tunelab.export.llama_cpp import LlamaCppMissing
     from tunelab.export.run import export_run
+    from tunelab.models.llama_cpp import LlamaCppMissing
 
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # makes `import llama_cpp` fail
     out = tmp_path / "out"
@@ -252,10 +279,10 @@ def test_missing_converter_source_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_no_disk_room_is_a_clear_error(lora_run, tmp_path, monkeypatch):
-    from tunelab.export import llama_cpp
+    from tunelab.export import run as export_stage
     from tunelab.export.run import export_run
 
-    monkeypatch.setattr(llama_cpp, "disk_free", lambda path: 10 * 2**20)
+    monkeypatch.setattr(export_stage, "disk_free", lambda path: 10 * 2**20)
     out = tmp_path / "out"
     with pytest.raises(TunelabError, match="not enough disk space.*needs about"):
         export_run(lora_run, ["merged"], out=out, config=QUICK)
@@ -266,13 +293,13 @@ def test_no_disk_room_is_a_clear_error(lora_run, tmp_path, monkeypatch):
 @needs_llama
 def test_failing_conversion_leaves_previous_export_intact(lora_run, tmp_path, monkeypatch):
     """The converter really fails (the merged folder lost its tokenizer): no half-written export."""
-    from tunelab.export import merge
+    from tunelab.export import run as export_stage
     from tunelab.export.run import export_run
 
     out = tmp_path / "export"
     out.mkdir()
     (out / "keep.txt").write_text("an earlier export")
-    real_save = merge.save_merged
+    real_save = export_stage.save_merged
 
     def save_without_tokenizer(model, tokenizer, out_dir):
         real_save(model, tokenizer, out_dir)
@@ -280,7 +307,7 @@ def test_failing_conversion_leaves_previous_export_intact(lora_run, tmp_path, mo
             f.unlink()
         return out_dir
 
-    monkeypatch.setattr(merge, "save_merged", save_without_tokenizer)
+    monkeypatch.setattr(export_stage, "save_merged", save_without_tokenizer)
     with pytest.raises(TunelabError, match="converter failed"):
         export_run(lora_run, ["merged", "gguf-f16"], out=out, config=QUICK)
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
@@ -335,7 +362,9 @@ def test_real_default_model_exports_to_all_formats(smollm2_dir, tmp_path):
 
     # a random LoRA on a real model is scaled down so it perturbs the model as training would, not drowns it
     run = make_lora_run(tmp_path / "smol-run", smollm2_dir, b_scale=0.05)
-    report = export_run(run, ["merged", "gguf-f16", "gguf-q8_0", "gguf-q4_k_m"], config=ExportConfig(check_prompts=4, check_tokens=16, evaluate=False))
+    report = export_run(
+        run, ["merged", "gguf-f16", "gguf-q8_0", "gguf-q4_k_m"], config=ExportConfig(check_prompts=4, check_tokens=16, evaluate=False)
+    )
     for fmt, r in report["formats"].items():
         assert r["passed"], (fmt, r)
     assert (run / "export" / "gguf" / "Modelfile").is_file()

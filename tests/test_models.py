@@ -1,4 +1,5 @@
-"""The model resolver: local paths, the offline default, split GGUF assembly, clear errors."""
+"""The model resolver (local paths, the offline default, split GGUF assembly, clear errors) and likelihood batching."""
+
 from __future__ import annotations
 
 import hashlib
@@ -10,6 +11,7 @@ from typer.testing import CliRunner
 from tunelab.errors import ModelNotFound
 from tunelab.models import resolve_model
 from tunelab.models.catalog import CATALOG, OfflinePackage, lookup
+from tunelab.models.likelihood import batches
 from tunelab.models.resolve import assemble_gguf
 
 
@@ -50,7 +52,9 @@ def test_split_gguf_is_joined_and_checksummed(tmp_path, monkeypatch):
         p = tmp_path / f"part{i}"
         p.write_bytes(chunk)
         parts.append(p)
-    good = OfflinePackage(pip_requirements=("x",), parts=(("m", "f"),) * 3, gguf_name="joined.gguf", sha256=hashlib.sha256(whole).hexdigest())
+    good = OfflinePackage(
+        pip_requirements=("x",), parts=(("m", "f"),) * 3, gguf_name="joined.gguf", sha256=hashlib.sha256(whole).hexdigest()
+    )
     joined = assemble_gguf(good, parts)
     assert joined.read_bytes() == whole
     bad = OfflinePackage(pip_requirements=("x",), parts=(("m", "f"),) * 3, gguf_name="bad.gguf", sha256="0" * 64)
@@ -62,8 +66,40 @@ def test_split_gguf_is_joined_and_checksummed(tmp_path, monkeypatch):
 def test_models_command_lists_the_catalog():
     from tunelab.cli import app
 
-    result = CliRunner().invoke(app, ["models"], env={"COLUMNS": "200"})
+    result = CliRunner().invoke(app, ["models"])  # piped: no terminal width, no COLUMNS
     assert result.exit_code == 0, result.output
-    for name in CATALOG:
-        assert name in result.output
+    for name, entry in CATALOG.items():  # whole names and hub ids on one line, as `tunelab models | grep gemma` needs
+        assert any(name in line and entry.hub_id in line for line in result.stdout.splitlines()), result.stdout
     assert "installed" in result.output
+
+
+def test_likelihood_batches_respect_size_and_token_budget():
+    lengths = [10, 10, 10, 300, 400, 2000]
+    groups = batches(list(range(6)), lengths, batch_size=2, max_batch_tokens=800)
+    assert sorted(i for g in groups for i in g) == list(range(6))
+    assert all(len(g) <= 2 and (len(g) == 1 or len(g) * max(lengths[i] for i in g) <= 800) for g in groups)
+    assert groups == [[0, 1], [2, 3], [4], [5]]
+
+
+def test_third_party_noise_is_filtered_precisely(caplog):
+    """bitsandbytes' `kernels` warning and one transformers FutureWarning are dropped; their neighbours are not."""
+    import logging
+    import warnings
+
+    from tunelab import filter_third_party_noise
+    from tunelab.models.load import _no_weight_loading_bars
+
+    log = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    with caplog.at_level(logging.WARNING):
+        log.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please ...", "No module named 'kernels'")
+        log.warning("a real bitsandbytes problem")
+    assert [r.getMessage() for r in caplog.records] == ["a real bitsandbytes problem"]
+    with warnings.catch_warnings(record=True) as seen:
+        filter_third_party_noise()  # pytest restores the warning filters of each test's import time; put ours back
+        warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning, stacklevel=1)
+        warnings.warn("another FutureWarning", FutureWarning, stacklevel=1)
+    assert [str(w.message) for w in seen] == ["another FutureWarning"]
+    # transformers' per-model 'Loading weights' bar is disabled, other bars are left alone
+    made = lambda *args, **kwargs: kwargs  # noqa: E731
+    assert _no_weight_loading_bars(made, (), {"desc": "Loading weights"}) == {"desc": "Loading weights", "disable": True}
+    assert _no_weight_loading_bars(made, (), {"desc": "Downloading"}) == {"desc": "Downloading"}

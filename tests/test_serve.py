@@ -1,5 +1,6 @@
 """The serving stage: model discovery and safety, the OpenAI-style API and the Gradio UI,
 each tested against a real server on 127.0.0.1 (tiny random model; GGUF tests need llama_cpp)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -34,7 +35,9 @@ def make_run(runs: Path, name: str, base_dir: Path, *, merged: bool = True) -> P
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     peft_model.save_pretrained(run / "model")
     AutoTokenizer.from_pretrained(base_dir).save_pretrained(run / "model")
-    (run / "model" / "tunelab_model.json").write_text(json.dumps({"base_model": str(base_dir), "base_model_path": str(base_dir), "method": "lora"}))
+    (run / "model" / "tunelab_model.json").write_text(
+        json.dumps({"base_model": str(base_dir), "base_model_path": str(base_dir), "method": "lora"})
+    )
     if merged:
         merged_model = peft_model.merge_and_unload()
         merged_model.save_pretrained(run / "export" / "merged")
@@ -124,9 +127,18 @@ def test_history_from_gradio_becomes_messages_for_the_template(tiny_model_dir):
 
     history = [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}, {"role": "assistant", "content": "Hello!"}]
     messages = clean_messages([*history, {"role": "user", "content": "Name a colour."}], "Be brief.")
-    assert messages == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Name a colour."}]
+    assert messages == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Name a colour."},
+    ]
     prompt = load_tokenizer(tiny_model_dir).apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    assert prompt.count("<|im_start|>user") == 2 and "<|im_start|>assistant\nHello!<|im_end|>" in prompt and prompt.endswith("<|im_start|>assistant\n")
+    assert (
+        prompt.count("<|im_start|>user") == 2
+        and "<|im_start|>assistant\nHello!<|im_end|>" in prompt
+        and prompt.endswith("<|im_start|>assistant\n")
+    )
 
 
 # ---------------------------------------------------------------- HTTP API
@@ -159,7 +171,15 @@ def test_openai_client_streams(server):
 
     url, _ = server
     client = OpenAI(base_url=f"{url}/v1", api_key="secret", max_retries=0, timeout=120)
-    stream = client.chat.completions.create(model="demo", messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}], max_tokens=16, temperature=0.8, seed=3, stream=True, stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model="demo",
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+        max_tokens=16,
+        temperature=0.8,
+        seed=3,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     pieces, finish, usage = [], None, None
     for chunk in stream:
         if chunk.usage:
@@ -178,9 +198,13 @@ def test_too_long_prompt_gets_400(server):
     url, _ = server
     client = OpenAI(base_url=f"{url}/v1", api_key="secret", max_retries=0)
     with pytest.raises(BadRequestError) as err:
-        client.chat.completions.create(model="demo", messages=[{"role": "user", "content": "word " * 500}], max_tokens=4)  # 2500 chars, > 300 tokens
+        client.chat.completions.create(
+            model="demo", messages=[{"role": "user", "content": "word " * 500}], max_tokens=4
+        )  # 2500 chars, > 300 tokens
     assert err.value.body["code"] == "context_length_exceeded" and "300" in err.value.body["message"]
-    r = httpx.post(f"{url}/v1/chat/completions", json={"model": "demo", "messages": [{"role": "user", "content": "x" * 5000}]}, headers=AUTH)
+    r = httpx.post(
+        f"{url}/v1/chat/completions", json={"model": "demo", "messages": [{"role": "user", "content": "x" * 5000}]}, headers=AUTH
+    )
     assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
     bad = httpx.post(f"{url}/v1/chat/completions", json={"model": "nope", "messages": [{"role": "user", "content": "hi"}]}, headers=AUTH)
     assert bad.status_code == 404 and bad.json()["error"]["code"] == "model_not_found"
@@ -190,7 +214,13 @@ def test_too_long_prompt_gets_400(server):
 
 def test_cancelled_stream_stops_generation(server):
     url, registry = server
-    body = {"model": "demo-merged", "messages": [{"role": "user", "content": "Count"}], "max_tokens": 2000, "temperature": 0, "stream": True}
+    body = {
+        "model": "demo-merged",
+        "messages": [{"role": "user", "content": "Count"}],
+        "max_tokens": 2000,
+        "temperature": 0,
+        "stream": True,
+    }
     t0 = time.time()
     with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, headers=AUTH, timeout=60) as r:
         assert r.status_code == 200
@@ -292,7 +322,13 @@ def test_cli_api_binds_loopback_and_serves(tiny_model_dir, tmp_path):
 
     port = free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", TUNELAB_API_KEY="k")
-    proc = subprocess.Popen([sys.executable, "-m", "tunelab.cli", "api", str(tiny_model_dir), "--runs", str(tmp_path), "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tunelab.cli", "api", str(tiny_model_dir), "--runs", str(tmp_path), "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.time() + 120
         while True:
@@ -307,7 +343,13 @@ def test_cli_api_binds_loopback_and_serves(tiny_model_dir, tmp_path):
         if listening:  # the local address column: bound to loopback only
             assert listening.split()[3] == f"127.0.0.1:{port}", listening
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0, timeout=60)
-        text = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(model=tiny_model_dir.name.lower(), messages=[{"role": "user", "content": "hi"}], max_tokens=6, stream=True) if c.choices)
+        text = "".join(
+            c.choices[0].delta.content or ""
+            for c in client.chat.completions.create(
+                model=tiny_model_dir.name.lower(), messages=[{"role": "user", "content": "hi"}], max_tokens=6, stream=True
+            )
+            if c.choices
+        )
         assert text.strip()
     finally:
         proc.terminate()
@@ -328,7 +370,17 @@ def test_gguf_default_model_streams_a_real_answer():
     app = build_app(registry, ServeLimits(), ui=False, api=True)
     with ServerThread(app) as url:
         client = OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=120)
-        stream = client.chat.completions.create(model=entry.id, messages=[{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "What is the capital of France?"}], max_tokens=24, temperature=0, stream=True, stream_options={"include_usage": True})
+        stream = client.chat.completions.create(
+            model=entry.id,
+            messages=[
+                {"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": "What is the capital of France?"},
+            ],
+            max_tokens=24,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
         pieces, usage = [], None
         for chunk in stream:
             usage = chunk.usage or usage
@@ -347,10 +399,19 @@ def test_space_app_py_runs_unchanged(tiny_model_dir, tmp_path):
     from gradio_client import Client
 
     port = free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TUNELAB_MODELS=str(tiny_model_dir), TUNELAB_RUNS=str(tmp_path), GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False")
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        TUNELAB_MODELS=str(tiny_model_dir),
+        TUNELAB_RUNS=str(tmp_path),
+        GRADIO_SERVER_PORT=str(port),
+        GRADIO_ANALYTICS_ENABLED="False",
+    )
     env.pop("SPACE_ID", None)
     root = Path(__file__).resolve().parent.parent
-    proc = subprocess.Popen([sys.executable, str(root / "app.py")], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(root / "app.py")], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         deadline = time.time() + 120
         while True:

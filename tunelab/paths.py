@@ -1,4 +1,5 @@
 """Where tunelab keeps its cache and finds the shared example data."""
+
 from __future__ import annotations
 
 import os

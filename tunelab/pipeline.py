@@ -4,6 +4,7 @@ Each stage records completion in the run's state.json; running the same recipe a
 finished stages and resumes training from its last checkpoint. A recipe that changed what
 training computes is refused unless `--restart` is given.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -13,32 +14,64 @@ import yaml
 
 from tunelab.config import Recipe, load_recipe, recipe_from_dict
 from tunelab.errors import TunelabError
+from tunelab.evaluate import report as eval_report
+from tunelab.evaluate.benchmark import benchmark_name, benchmark_path, forgetting_verdict, rich_table, run_benchmark
+from tunelab.evaluate.preference import preference_stage
+from tunelab.evaluate.run import evaluate_models
+from tunelab.export.run import export_run
 from tunelab.io import read_jsonl
-from tunelab.progress import console
+from tunelab.models.load import wants_bf16
+from tunelab.progress import console, print_table
+from tunelab.report import write_report
 from tunelab.runs import RunDir
+from tunelab.train.run import last_complete_checkpoint, train_recipe, training_fingerprint
 
 
 def check_same_recipe(run: RunDir, recipe: Recipe) -> None:
-    from tunelab.train.run import training_fingerprint
-
     if not run.recipe.is_file():
         return
     old = recipe_from_dict(yaml.safe_load(run.recipe.read_text()), str(run.recipe))
     if training_fingerprint(old) != training_fingerprint(recipe):
-        raise TunelabError(f"{run.root} was started with a different recipe (model, data or training settings changed); "
-                           f"pass --restart to start over, or give the run another name")
+        raise TunelabError(
+            f"{run.root} was started with a different recipe (model, data or training settings changed); "
+            f"pass --restart to start over, or give the run another name"
+        )
+
+
+def general_ability(recipe: Recipe, run: RunDir) -> None:
+    """The forgetting check: a multiple-choice benchmark (ARC-Easy by default), base against tuned."""
+    cfg = recipe.eval.general_ability
+    try:
+        benchmark_path(cfg.benchmark)
+    except TunelabError as err:  # no shared data here: the run goes on without the check, and says so
+        console.print(f"[yellow]general-ability check skipped:[/] {err}")
+        run.mark_done("general", skipped=str(err))
+        return
+    name = benchmark_name(cfg.benchmark)
+    result = run_benchmark(
+        [recipe.model, str(run.root)],
+        cfg.benchmark,
+        run.benchmark(name),
+        names=["base", "tuned"],
+        max_questions=cfg.max_questions,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        bf16=wants_bf16(cfg.precision),
+    )
+    print_table(rich_table(result))
+    verdict = forgetting_verdict(result)
+    console.print(verdict.replace("**", ""))
+    run.mark_done("general", benchmark=name, verdict=verdict)
 
 
 def run_pipeline(recipe_path: Path, overrides: list[str] | None = None, restart: bool = False) -> Path:
-    from tunelab.train.run import last_complete_checkpoint, train_recipe
-
     recipe = load_recipe(recipe_path, overrides)
     run = RunDir(recipe.run_dir())
     if restart and run.root.exists():
         console.print(f"--restart: removing {run.root}")
         shutil.rmtree(run.root)
     check_same_recipe(run, recipe)
-    done = [s for s in ("data", "train", "eval", "export", "report") if run.stage_done(s)]
+    done = [s for s in ("data", "train", "eval", "preference", "general", "export", "report") if run.stage_done(s)]
     if done:
         console.print(f"resuming {run.root}: already done: {', '.join(done)}")
 
@@ -49,34 +82,38 @@ def run_pipeline(recipe_path: Path, overrides: list[str] | None = None, restart:
 
     console.rule("[bold]3. evaluation: base against tuned")
     if not run.stage_done("eval"):
-        from tunelab.evaluate.run import evaluate_models
-
         examples = read_jsonl(run.split("test"))
         if not examples:
             raise TunelabError(f"{run.split('test')} is empty: set data.test_fraction or data.eval_source to evaluate")
         models, names = ([recipe.model, str(run.root)], ["base", "tuned"]) if recipe.eval.compare_base else ([str(run.root)], ["tuned"])
         result = evaluate_models(models, examples, recipe.eval, run.eval, names=names, source=str(run.split("test")))
-        from tunelab.evaluate import report as eval_report
-
-        console.print(eval_report.rich_table(result))
+        print_table(eval_report.rich_table(result))
         run.mark_done("eval", n_examples=result["n_examples"])
+
+    if recipe.eval.compare_base and not run.stage_done("preference"):  # the test split holds preference pairs (evaluate/preference.py)
+        console.rule("[bold]3a. preferences: does the tuned model prefer the chosen answers?")
+        result = preference_stage(recipe, run)
+        run.mark_done("preference", n_pairs=result["n_examples"] if result else 0)
+
+    if recipe.eval.general_ability is not None and recipe.eval.compare_base and not run.stage_done("general"):
+        console.rule("[bold]3b. general ability: did fine-tuning keep it?")
+        general_ability(recipe, run)
 
     console.rule("[bold]4. export")
     if recipe.export.formats and not run.stage_done("export"):
-        from tunelab.export.run import export_run
-
         report = export_run(run.root, list(recipe.export.formats), config=recipe.export, eval_config=recipe.eval)
         if not report["passed"]:
-            console.print(f"[red]faithfulness check failed[/] for some formats: see {run.export / 'faithfulness.md'}")
+            console.print(f"[red]faithfulness check failed[/] for some formats: see {run.export_dir.faithfulness_md}")
         run.mark_done("export", passed=report["passed"], formats=list(report["formats"]))
 
     console.rule("[bold]5. report")
-    from tunelab.report import write_report
-
     md, html = write_report(run)
     run.mark_done("report")
-    serve_target = next(iter(sorted((run.export / "gguf").glob("*.gguf"))), None) if (run.export / "gguf").is_dir() else None
+    serve_target = next(iter(run.export_dir.gguf_files()), None)
     console.print(f"\n[bold green]Done.[/] Report: {html} (and {md.name})")
-    console.print(f"Chat with the tuned model:  tunelab serve {run.root}" + (f"   (fast CPU path: tunelab serve {serve_target})" if serve_target else ""))
-    console.print(f"One-off answer:             tunelab generate {run.root} \"Who are you?\"")
+    console.print(
+        f"Chat with the tuned model:  tunelab serve {run.root}"
+        + (f"   (fast CPU path: tunelab serve {serve_target})" if serve_target else "")
+    )
+    console.print(f'One-off answer:             tunelab generate {run.root} "Who are you?"')
     return run.root

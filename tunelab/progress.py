@@ -1,4 +1,6 @@
-"""One progress bar style for all long work: rich, with rate and ETA."""
+"""Where tunelab writes: progress bars and messages to stderr (`console`), result tables to stdout
+(`print_table`), so results can be piped (`tunelab models | grep gemma`) while progress stays visible."""
+
 from __future__ import annotations
 
 from rich.console import Console
@@ -10,8 +12,19 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
 
 console = Console(stderr=True)
+results = Console()
+if not results.is_terminal:
+    # Piped or redirected there is no terminal width to fit: a table keeps its natural width, so no
+    # name or path is folded over several lines and `grep` finds it whole.
+    results.width = 10_000
+
+
+def print_table(table: Table) -> None:
+    """A result table, on stdout."""
+    results.print(table)
 
 
 def progress_bar(transient: bool = False) -> Progress:

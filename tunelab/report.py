@@ -1,10 +1,12 @@
 """The lab report of a run: report.md and a self-contained report.html (images inlined).
 
 Sections: summary, data card, training, base against tuned with intervals, sample answers
-side by side, exports (size, speed, faithfulness and quality delta), and how to serve.
+side by side, preference accuracy on held-out pairs (preference data only), people's blind A/B votes,
+exports (size, speed, faithfulness and quality delta), and how to serve.
 The HTML is the Markdown rendered by markdown-it, with PNGs embedded as data URIs, so it
 opens in a browser with no network.
 """
+
 from __future__ import annotations
 
 import base64
@@ -13,8 +15,13 @@ import json
 import re
 from pathlib import Path
 
+from markdown_it import MarkdownIt
+
+from tunelab.evaluate import human
+from tunelab.evaluate.benchmark import forgetting_verdict
+from tunelab.evaluate.metric_facts import label, verdict
 from tunelab.io import atomic_write_text, read_jsonl
-from tunelab.runs import RunDir
+from tunelab.runs import BenchmarkDir, RunDir
 
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
 table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
@@ -45,12 +52,49 @@ def headline(ev: dict) -> list[str]:
         for metric, d in diffs.items():
             if not isinstance(d, dict) or d.get("diff") is None:
                 continue
-            lower_is_better = metric == "perplexity"
-            better = (d["diff"] < 0) if lower_is_better else (d["diff"] > 0)
-            real = d["low"] > 0 or d["high"] < 0
-            verdict = ("improved" if better else "worsened") if real else "did not change measurably"
-            lines.append(f"- **{metric}**: {name} {verdict} against {base}: Δ {d['diff']:+.4f} (95% CI {d['low']:+.4f} … {d['high']:+.4f}, p = {d['p_value']:.3f})")
+            words = {"better": "improved", "worse": "worsened", "same": "did not change measurably"}[verdict(metric, d)]
+            lines.append(
+                f"- **{label(metric)}**: {name} {words} against {base}: Δ {d['diff']:+.4f} "
+                f"(95% CI {d['low']:+.4f} … {d['high']:+.4f}, p = {d['p_value']:.3f})"
+            )
     return lines
+
+
+def benchmark_results(run: RunDir) -> list[tuple[Path, dict]]:
+    """(folder, benchmark.json) of every multiple-choice benchmark scored for this run."""
+    folders = sorted(p for p in run.benchmarks.iterdir() if BenchmarkDir(p).benchmark_json.is_file()) if run.benchmarks.is_dir() else []
+    return [(f, json.loads(BenchmarkDir(f).benchmark_json.read_text())) for f in folders]
+
+
+def general_headline(run: RunDir) -> list[str]:
+    lines = []
+    for _, result in benchmark_results(run):
+        verdict_line = forgetting_verdict(result)
+        if verdict_line:
+            lines.append(f"- General ability: {verdict_line}")
+    return lines
+
+
+def general_section(run: RunDir) -> list[str]:
+    """Did fine-tuning keep general reasoning? The benchmark table, base against tuned, with its verdict."""
+    results = benchmark_results(run)
+    skipped = run.read_state().get("general", {}).get("skipped")
+    if not results and not skipped:
+        return []
+    out = ["## General ability (forgetting check)", ""]
+    if skipped:
+        out += [f"_skipped: {skipped}_", ""]
+    for folder, _ in results:
+        out += [_demote(BenchmarkDir(folder).summary_md.read_text(), 2), ""]
+    return out
+
+
+def preference_section(run: RunDir) -> list[str]:
+    """Held-out preference accuracy, base against tuned (evaluate/preference.py), for runs on preference pairs."""
+    summary = run.preference_eval_dir.summary_md
+    if not summary.is_file():
+        return []
+    return [_demote(summary.read_text(), 1), "Per pair: `eval/preference/pairs.jsonl`.", ""]
 
 
 def samples_table(predictions: list[dict], names: list[str], n: int = 6) -> str:
@@ -60,7 +104,9 @@ def samples_table(predictions: list[dict], names: list[str], n: int = 6) -> str:
     rows = []
     for p in predictions[:n]:
         prompt = p["prompt"][-1]["content"] if isinstance(p["prompt"], list) else p["prompt"]
-        rows.append(f"| {_cell(prompt, 200)} | {_cell(p['reference'])} | " + " | ".join(_cell(p["predictions"].get(m)) for m in names) + " |")
+        rows.append(
+            f"| {_cell(prompt, 200)} | {_cell(p['reference'])} | " + " | ".join(_cell(p["predictions"].get(m)) for m in names) + " |"
+        )
     return header + "\n" + "\n".join(rows)
 
 
@@ -72,60 +118,110 @@ def export_section(faith: dict | None, run: RunDir) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for fmt, e in faith["formats"].items():
         tps = e.get("tokens_per_second")
-        row = [fmt, f"`{Path(e['path']).name}`", f"{e['bytes'] / 2**20:.0f} MiB", f"{tps:.1f}" if tps else "-",
-               f"{e.get('prompts_equal', '-')}/{e.get('prompts', '-')}", f"{e['agreement']:.1%}" if "agreement" in e else "-",
-               ("yes" if e.get("passed") else "**no**") if "passed" in e else "-"]
+        row = [
+            fmt,
+            f"`{Path(e['path']).name}`",
+            f"{e['bytes'] / 2**20:.0f} MiB",
+            f"{tps:.1f}" if tps else "-",
+            f"{e.get('prompts_equal', '-')}/{e.get('prompts', '-')}",
+            f"{e['agreement']:.1%}" if "agreement" in e else "-",
+            ("yes" if e.get("passed") else "**no**") if "passed" in e else "-",
+        ]
         row += [f"{e['metrics'][m]['delta']:+.4f}" if m in e.get("metrics", {}) else "-" for m in metric_names]
         lines.append("| " + " | ".join(row) + " |")
     if faith.get("pytorch_tokens_per_second"):
-        lines.append(f"\nThe PyTorch fp32 model generated {faith['pytorch_tokens_per_second']:.1f} tokens/s on the same prompts (while also recording logit margins); `bench/cpu_inference.py` measures generation speed properly.")
+        lines.append(
+            f"\nThe PyTorch fp32 model generated {faith['pytorch_tokens_per_second']:.1f} tokens/s on the same prompts (while also recording logit margins); `bench/cpu_inference.py` measures generation speed properly."
+        )
     if faith.get("metrics_note"):
         lines.append(f"\n{faith['metrics_note']}")
     return "\n".join(lines)
 
 
+TRAINING_KEYS = [
+    "method",
+    "base_model",
+    "steps",
+    "epochs",
+    "train_examples",
+    "tokens_seen",
+    "train_seconds",
+    "tokens_per_second",
+    "train_loss",
+    "eval_loss",
+    "precision",
+    "threads",
+]
+
+
+def _image(run: RunDir, path: Path, alt: str) -> list[str]:
+    """A Markdown image of a run file, linked relative to the run (where report.md lives)."""
+    return [f"![{alt}]({path.relative_to(run.root).as_posix()})", ""] if path.is_file() else []
+
+
 def build_markdown(run: RunDir) -> str:
+    data, evaluation, export = run.data_dir, run.eval_dir, run.export_dir
     recipe_text = run.recipe.read_text() if run.recipe.is_file() else ""
-    card_md = (run.data / "card.md").read_text() if (run.data / "card.md").is_file() else "_no data card_"
+    card_md = data.card_md.read_text() if data.card_md.is_file() else "_no data card_"
     card_md = re.sub(r"^!\[[^\]]*\]\(lengths\.png\)\s*$", "", card_md, flags=re.M)  # its image path is relative to data/
-    summary = _load_json(run.train_summary) or {}
-    ev = _load_json(run.eval / "eval.json")
-    faith = _load_json(run.export / "faithfulness.json")
-    preds = read_jsonl(run.eval / "predictions.jsonl") if (run.eval / "predictions.jsonl").is_file() else []
-    gguf = sorted((run.export / "gguf").glob("*.gguf")) if (run.export / "gguf").is_dir() else []
+    ev = _load_json(evaluation.eval_json)
+    preferences = _load_json(run.preference_eval_dir.preference_json)
 
     out = [f"# tunelab report: {run.root.name}", ""]
     if ev:
-        out += ["## Summary", "", *(headline(ev) or ["- only one model was evaluated"]), ""]
-    out += ["## Data", "", _demote(card_md, 2), ""]
-    if (run.data / "lengths.png").is_file():
-        out += ["![token lengths](data/lengths.png)", ""]
-    out += ["## Training", ""]
-    if summary:
-        keys = ["method", "base_model", "steps", "epochs", "train_examples", "tokens_seen", "train_seconds", "tokens_per_second", "train_loss", "eval_loss", "precision", "threads"]
-        out += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys),
-                "| " + " | ".join(f"{summary.get(k):.4g}" if isinstance(summary.get(k), float) else str(summary.get(k)) for k in keys) + " |", ""]
-    if run.loss_plot.is_file():
-        out += ["![loss curves](train/loss.png)", ""]
-    out += ["## Base model against tuned model", ""]
-    if ev:
-        summary_md = (run.eval / "summary.md").read_text() if (run.eval / "summary.md").is_file() else ""
-        out += [_demote(summary_md, 2), ""]
-        if (run.eval / "metrics.png").is_file():
-            out += ["![metrics with 95% intervals](eval/metrics.png)", ""]
-        out += ["### Sample answers side by side", "", samples_table(preds, list(ev["models"])), "",
-                "All answers: `eval/predictions.jsonl`; worst regressions first: `eval/samples.html`.", ""]
-    else:
-        out += ["_not evaluated yet_", ""]
-    out += ["## Exports", "", export_section(faith, run), ""]
-    out += ["## Serve it", "", "```bash", f"tunelab serve {run.root}            # chat UI with base vs tuned side by side"]
-    if gguf:
-        out += [f"tunelab serve {gguf[0]}   # the GGUF through llama.cpp (fast CPU path)", f"tunelab api {gguf[0]}     # OpenAI-style API on 127.0.0.1:8000"]
-        if (run.export / "gguf" / "Modelfile").is_file():
-            out += [f"ollama create {run.root.name} -f {run.export / 'gguf' / 'Modelfile'}"]
-    out += [f"tunelab generate {run.root} \"Who are you?\"", "```", ""]
+        lines = headline(ev) + (headline(preferences) if preferences else [])
+        out += ["## Summary", "", *(lines or ["- only one model was evaluated"]), *general_headline(run), ""]
+    out += ["## Data", "", _demote(card_md, 2), "", *_image(run, data.lengths_plot, "token lengths")]
+    out += ["## Training", "", *training_section(run)]
+    out += ["## Base model against tuned model", "", *evaluation_section(run, ev)]
+    out += preference_section(run)
+    out += general_section(run)
+    out += ["## Human evaluation: blind A/B votes", "", human.report_section(run), ""]
+    out += ["## Exports", "", export_section(_load_json(export.faithfulness_json), run), ""]
+    out += ["## Serve it", "", *serve_section(run)]
     out += ["## Recipe", "", "```yaml", recipe_text.rstrip(), "```", ""]
     return "\n".join(out)
+
+
+def training_section(run: RunDir) -> list[str]:
+    summary = _load_json(run.train_summary) or {}
+    out = []
+    if summary:
+        cells = [f"{summary.get(k):.4g}" if isinstance(summary.get(k), float) else str(summary.get(k)) for k in TRAINING_KEYS]
+        out += ["| " + " | ".join(TRAINING_KEYS) + " |", "|" + "---|" * len(TRAINING_KEYS), "| " + " | ".join(cells) + " |", ""]
+    return out + _image(run, run.loss_plot, "loss curves")
+
+
+def evaluation_section(run: RunDir, ev: dict | None) -> list[str]:
+    if not ev:
+        return ["_not evaluated yet_", ""]
+    evaluation = run.eval_dir
+    preds = read_jsonl(evaluation.predictions) if evaluation.predictions.is_file() else []
+    summary_md = evaluation.summary_md.read_text() if evaluation.summary_md.is_file() else ""
+    return [
+        _demote(summary_md, 2),
+        "",
+        *_image(run, evaluation.metrics_plot, "metrics with 95% intervals"),
+        "### Sample answers side by side",
+        "",
+        samples_table(preds, list(ev["models"])),
+        "",
+        "All answers: `eval/predictions.jsonl`; worst regressions first: `eval/samples.html`.",
+        "",
+    ]
+
+
+def serve_section(run: RunDir) -> list[str]:
+    gguf = run.export_dir.gguf_files()
+    out = ["```bash", f"tunelab serve {run.root}            # chat UI with base vs tuned side by side"]
+    if gguf:
+        out += [
+            f"tunelab serve {gguf[0]}   # the GGUF through llama.cpp (fast CPU path)",
+            f"tunelab api {gguf[0]}     # OpenAI-style API on 127.0.0.1:8000",
+        ]
+        if run.export_dir.modelfile.is_file():
+            out += [f"ollama create {run.root.name} -f {run.export_dir.modelfile}"]
+    return out + [f'tunelab generate {run.root} "Who are you?"', "```", ""]
 
 
 def _inline_images(html_text: str, root: Path) -> str:
@@ -141,10 +237,10 @@ def _inline_images(html_text: str, root: Path) -> str:
 
 
 def write_report(run: RunDir) -> tuple[Path, Path]:
-    from markdown_it import MarkdownIt
-
     md = build_markdown(run)
     body = MarkdownIt("commonmark", {"html": True}).enable("table").render(md)
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>tunelab report: {html.escape(run.root.name)}</title>"
-            f"<style>{CSS}</style></head><body>{_inline_images(body, run.root)}</body></html>")
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>tunelab report: {html.escape(run.root.name)}</title>"
+        f"<style>{CSS}</style></head><body>{_inline_images(body, run.root)}</body></html>"
+    )
     return atomic_write_text(run.report_md, md), atomic_write_text(run.report_html, page)

@@ -1,7 +1,16 @@
-"""The run directory: every stage reads and writes here. Layout in docs/run-directory.md."""
+"""The run directory: every stage reads and writes here. Layout in docs/run-directory.md.
+
+This module is the one place that names the run's files. Stages that build a folder in a
+staging location first (data, eval, export) use the folder layouts `DataDir`, `EvalDir` and
+`ExportDir` on that location; `RunDir` gives the same layouts at their final place. It also
+owns the trained model's provenance file (`tunelab_model.json`): read it with
+`read_model_info`, write it with `write_model_info`, find the folder with `trained_model_dir`.
+"""
+
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 from dataclasses import dataclass
@@ -9,9 +18,200 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from tunelab.io import atomic_write_json, atomic_write_text
+from tunelab.errors import TunelabError
+from tunelab.io import atomic_write_json
+
+MODEL_INFO = "tunelab_model.json"  # beside the trained weights: base model, method, recipe
 
 
+# ---------------------------------------------------------------- the trained model's folder
+def trained_model_dir(ref: str | Path) -> Path | None:
+    """The `model/` folder of a run directory, or the folder itself if it holds tunelab_model.json; else None."""
+    path = Path(ref)
+    if (path / "model" / MODEL_INFO).is_file():
+        return path / "model"
+    if (path / MODEL_INFO).is_file():
+        return path
+    return None
+
+
+def read_model_info(model_dir: str | Path) -> dict:
+    """tunelab_model.json of a trained model folder ({} for a folder without one, e.g. a plain Hugging Face model)."""
+    path = Path(model_dir) / MODEL_INFO
+    if not path.is_file():
+        return {}
+    try:
+        info = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise TunelabError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(info, dict):
+        raise TunelabError(f"{path}: must hold a JSON object (base_model, method, ...), not {type(info).__name__}")
+    return info
+
+
+def write_model_info(model_dir: str | Path, info: dict) -> Path:
+    path = Path(model_dir) / MODEL_INFO
+    atomic_write_json(path, info)
+    return path
+
+
+def require_base_model(model_dir: str | Path, info: dict) -> str:
+    """The base model reference recorded for a trained model; a clear error when it is missing."""
+    ref = info.get("base_model")
+    if not ref or not isinstance(ref, str):
+        raise TunelabError(f"{Path(model_dir) / MODEL_INFO}: field 'base_model' is missing, so the model's base is unknown")
+    return ref
+
+
+def is_adapter(model_dir: str | Path) -> bool:
+    """A LoRA/QLoRA adapter (peft's adapter_config.json) rather than full weights."""
+    return (Path(model_dir) / "adapter_config.json").is_file()
+
+
+# ---------------------------------------------------------------- folder layouts
+@dataclass(frozen=True)
+class DataDir:
+    """data/: the prepared splits and the data card."""
+
+    root: Path
+
+    def split(self, name: str) -> Path:
+        return self.root / f"{name}.jsonl"
+
+    @property
+    def card_json(self) -> Path:
+        return self.root / "card.json"
+
+    @property
+    def card_md(self) -> Path:
+        return self.root / "card.md"
+
+    @property
+    def lengths_plot(self) -> Path:
+        return self.root / "lengths.png"
+
+
+@dataclass(frozen=True)
+class EvalDir:
+    """eval/: scores with intervals, per-example predictions, the summary and plots."""
+
+    root: Path
+
+    @property
+    def eval_json(self) -> Path:
+        return self.root / "eval.json"
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / "predictions.jsonl"
+
+    @property
+    def summary_md(self) -> Path:
+        return self.root / "summary.md"
+
+    @property
+    def samples_html(self) -> Path:
+        return self.root / "samples.html"
+
+    @property
+    def metrics_plot(self) -> Path:
+        return self.root / "metrics.png"
+
+    # people's blind A/B votes (serve UI, Evaluate tab) and their statistics; the evaluate stage
+    # carries these over when it rebuilds eval/ (tunelab.evaluate.human.keep_votes)
+    @property
+    def human_votes(self) -> Path:
+        """Append-only, one JSON line per vote."""
+        return self.root / "human_votes.jsonl"
+
+    @property
+    def human_json(self) -> Path:
+        """`tunelab eval --human`'s statistics of those votes."""
+        return self.root / "human.json"
+
+    @property
+    def human_md(self) -> Path:
+        return self.root / "human.md"
+
+
+@dataclass(frozen=True)
+class BenchmarkDir:
+    """eval/benchmarks/<name>/ (or `tunelab eval --benchmark --out`): a multiple-choice benchmark's scores."""
+
+    root: Path
+
+    @property
+    def benchmark_json(self) -> Path:
+        return self.root / "benchmark.json"
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / "predictions.jsonl"
+
+    @property
+    def summary_md(self) -> Path:
+        return self.root / "summary.md"
+
+
+@dataclass(frozen=True)
+class PreferenceEvalDir:
+    """eval/preference/: held-out preference accuracy of preference pairs, base against tuned."""
+
+    root: Path
+
+    @property
+    def preference_json(self) -> Path:
+        return self.root / "preference.json"
+
+    @property
+    def pairs(self) -> Path:
+        return self.root / "pairs.jsonl"
+
+    @property
+    def summary_md(self) -> Path:
+        return self.root / "summary.md"
+
+
+@dataclass(frozen=True)
+class ExportDir:
+    """export/ (or `tunelab export --out`): merged folder, GGUF files, the faithfulness check, logs."""
+
+    root: Path
+
+    @property
+    def merged(self) -> Path:
+        return self.root / "merged"
+
+    @property
+    def gguf(self) -> Path:
+        return self.root / "gguf"
+
+    def gguf_files(self) -> list[Path]:
+        return sorted(self.gguf.glob("*.gguf")) if self.gguf.is_dir() else []
+
+    @property
+    def modelfile(self) -> Path:
+        return self.gguf / "Modelfile"
+
+    @property
+    def faithfulness_json(self) -> Path:
+        return self.root / "faithfulness.json"
+
+    @property
+    def faithfulness_md(self) -> Path:
+        return self.root / "faithfulness.md"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def space(self) -> Path:
+        """`tunelab export --format space`: a folder to push to a Hugging Face Space (tunelab/export/space.py)."""
+        return self.root / "space"
+
+
+# ---------------------------------------------------------------- the run directory
 @dataclass(frozen=True)
 class RunDir:
     root: Path
@@ -19,49 +219,142 @@ class RunDir:
     def __post_init__(self):
         object.__setattr__(self, "root", Path(self.root))
 
+    @classmethod
+    def of_model(cls, ref: str | Path) -> RunDir | None:
+        """The run directory a trained model belongs to: `ref` itself or its `model/` folder's parent."""
+        model_dir = trained_model_dir(ref)
+        if model_dir is None or model_dir.name != "model":
+            return None
+        return cls(model_dir.parent)
+
     # top level
     @property
-    def recipe(self) -> Path: return self.root / "recipe.yaml"
+    def recipe(self) -> Path:
+        return self.root / "recipe.yaml"
+
     @property
-    def environment(self) -> Path: return self.root / "environment.json"
+    def environment(self) -> Path:
+        return self.root / "environment.json"
+
     @property
-    def state(self) -> Path: return self.root / "state.json"
+    def state(self) -> Path:
+        return self.root / "state.json"
+
     @property
-    def report_md(self) -> Path: return self.root / "report.md"
+    def report_md(self) -> Path:
+        return self.root / "report.md"
+
     @property
-    def report_html(self) -> Path: return self.root / "report.html"
+    def report_html(self) -> Path:
+        return self.root / "report.html"
+
     # data/
     @property
-    def data(self) -> Path: return self.root / "data"
-    def split(self, name: str) -> Path: return self.data / f"{name}.jsonl"
+    def data(self) -> Path:
+        return self.root / "data"
+
     @property
-    def data_card(self) -> Path: return self.data / "card.json"
+    def data_dir(self) -> DataDir:
+        return DataDir(self.data)
+
+    def split(self, name: str) -> Path:
+        return self.data_dir.split(name)
+
+    @property
+    def data_card(self) -> Path:
+        return self.data_dir.card_json
+
     # train/
     @property
-    def train(self) -> Path: return self.root / "train"
+    def train(self) -> Path:
+        return self.root / "train"
+
     @property
-    def checkpoints(self) -> Path: return self.train / "checkpoints"
+    def checkpoints(self) -> Path:
+        return self.train / "checkpoints"
+
     @property
-    def metrics(self) -> Path: return self.train / "metrics.jsonl"
+    def metrics(self) -> Path:
+        return self.train / "metrics.jsonl"
+
     @property
-    def train_summary(self) -> Path: return self.train / "summary.json"
+    def train_summary(self) -> Path:
+        return self.train / "summary.json"
+
     @property
-    def loss_plot(self) -> Path: return self.train / "loss.png"
+    def loss_plot(self) -> Path:
+        return self.train / "loss.png"
+
     # model/ (final adapter or full weights, with tunelab_model.json)
     @property
-    def model(self) -> Path: return self.root / "model"
+    def model(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def model_info_file(self) -> Path:
+        return self.model / MODEL_INFO
+
+    def has_model(self) -> bool:
+        """Training finished and wrote model/ (with its tunelab_model.json)."""
+        return self.model_info_file.is_file()
+
+    def model_info(self) -> dict:
+        return read_model_info(self.model)
+
+    def base_model(self) -> str:
+        """The base model this run was tuned from (as the recipe named it)."""
+        return require_base_model(self.model, self.model_info())
+
     # eval/
     @property
-    def eval(self) -> Path: return self.root / "eval"
+    def eval(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def eval_dir(self) -> EvalDir:
+        return EvalDir(self.eval)
+
+    @property
+    def human_votes(self) -> Path:
+        return self.eval_dir.human_votes
+
+    @property
+    def benchmarks(self) -> Path:
+        """eval/benchmarks/: one folder per multiple-choice benchmark (ARC) scored base against tuned."""
+        return self.eval / "benchmarks"
+
+    def benchmark(self, name: str) -> Path:
+        return self.benchmarks / name
+
+    @property
+    def preference_eval(self) -> Path:
+        """eval/preference/: held-out preference accuracy, when the test split holds preference pairs."""
+        return self.eval / "preference"
+
+    @property
+    def preference_eval_dir(self) -> PreferenceEvalDir:
+        return PreferenceEvalDir(self.preference_eval)
+
     # export/
     @property
-    def export(self) -> Path: return self.root / "export"
+    def export(self) -> Path:
+        return self.root / "export"
 
+    @property
+    def export_dir(self) -> ExportDir:
+        return ExportDir(self.export)
+
+    # state.json: which stages finished
     def stage_done(self, stage: str) -> bool:
         return self.read_state().get(stage, {}).get("done", False)
 
     def read_state(self) -> dict:
-        return json.loads(self.state.read_text()) if self.state.is_file() else {}
+        if not self.state.is_file():
+            return {}
+        try:
+            return json.loads(self.state.read_text())
+        except json.JSONDecodeError as err:
+            raise TunelabError(f"{self.state}: not valid JSON ({err}); remove it (or pass --restart) to start the run over") from None
 
     def mark_done(self, stage: str, **info) -> None:
         state = self.read_state()
@@ -74,7 +367,22 @@ def now() -> str:
 
 
 def package_versions() -> dict[str, str]:
-    names = ["tunelab", "torch", "transformers", "peft", "trl", "datasets", "accelerate", "bitsandbytes", "sacrebleu", "rouge-score", "bert-score", "gguf", "llama_cpp_python", "gradio"]
+    names = [
+        "tunelab",
+        "torch",
+        "transformers",
+        "peft",
+        "trl",
+        "datasets",
+        "accelerate",
+        "bitsandbytes",
+        "sacrebleu",
+        "rouge-score",
+        "bert-score",
+        "gguf",
+        "llama_cpp_python",
+        "gradio",
+    ]
     out = {}
     for n in names:
         try:
@@ -85,10 +393,15 @@ def package_versions() -> dict[str, str]:
 
 
 def machine_info() -> dict:
-    import os
-
-    info = {"python": sys.version.split()[0], "platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0))}
+    info = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cpus": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),
+    }
     try:
+        # imported here, not at the top: runs.py sits below every stage, and most (compare, report) never need torch
         import torch
 
         info["cuda"] = torch.cuda.is_available()
@@ -105,9 +418,3 @@ def machine_info() -> dict:
 
 def write_environment(run: RunDir) -> None:
     atomic_write_json(run.environment, {"written": now(), "argv": sys.argv, "packages": package_versions(), "machine": machine_info()})
-
-
-def write_recipe(run: RunDir, recipe) -> None:
-    from tunelab.config import dump_recipe
-
-    atomic_write_text(run.recipe, dump_recipe(recipe))

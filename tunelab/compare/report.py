@@ -6,6 +6,7 @@ with the baseline variant on the same held-out example ids (paired bootstrap); r
 seeds are averaged per example first, so a variant's interval covers example noise and the
 seed spread is shown beside it.
 """
+
 from __future__ import annotations
 
 import base64
@@ -16,43 +17,36 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean, stdev
-from typing import Any
 
-from tunelab.compare.spec import AXIS_LABELS
-from tunelab.compare.store import ResultsStore
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from rich.table import Table
+
+from tunelab.compare.spec import load_sweep
+from tunelab.compare.store import ResultsStore, store_path
+from tunelab.compare.wording import change_phrase, changes_phrase
 from tunelab.errors import ConfigError
+from tunelab.evaluate import human
+from tunelab.evaluate.metric_facts import ALPHA, higher_is_better, verdict
+from tunelab.evaluate.metric_facts import display_scale as scale
+from tunelab.evaluate.metric_facts import label as metric_name
+from tunelab.evaluate.stats import bootstrap_ci, paired_bootstrap
 from tunelab.io import atomic_write_text
-from tunelab.progress import console
+from tunelab.progress import console, print_table, results
 
-LOWER_IS_BETTER = {"perplexity", "ppl", "loss", "nll", "eval_loss"}
-METRIC_NAMES = {"bleu": "BLEU", "rougeL": "ROUGE-L", "rouge_l": "ROUGE-L", "bertscore": "BERTScore", "bertscore_f1": "BERTScore",
-                "perplexity": "perplexity", "exact_match": "exact match", "contains": "contains-answer", "gsm8k": "GSM8K accuracy",
-                "accuracy": "accuracy", "multiple_choice": "multiple-choice accuracy"}
-ALPHA = 0.05
 BOOTSTRAP_SAMPLES = 2000
+HUMAN_COLUMN = "human win rate vs model 1"
 SEED = 0
-
-
-def metric_name(metric: str) -> str:
-    return METRIC_NAMES.get(metric, metric)
-
-
-def higher_is_better(metric: str) -> bool:
-    return metric.lower() not in LOWER_IS_BETTER
 
 
 # ---------------------------------------------------------------- statistics (the evaluate stage's)
 def interval(values: list[float]) -> tuple[float, float]:
-    from tunelab.evaluate.stats import bootstrap_ci
-
     ci = bootstrap_ci(values, n=BOOTSTRAP_SAMPLES, seed=SEED)
     return ci["low"], ci["high"]
 
 
 def paired(variant: list[float], baseline: list[float]) -> dict:
     """Paired bootstrap of variant − baseline over the same examples: diff, low, high, p_value."""
-    from tunelab.evaluate.stats import paired_bootstrap
-
     return paired_bootstrap(baseline, variant, n=BOOTSTRAP_SAMPLES, seed=SEED)
 
 
@@ -60,17 +54,20 @@ def paired(variant: list[float], baseline: list[float]) -> dict:
 @dataclass
 class Row:
     name: str
-    kind: str                        # "variant" or "reference"
+    kind: str  # "variant" or "reference"
     is_baseline: bool
-    kinds: list[str]                 # ["model"], ["data"], both, or [] for the baseline/reference
-    changes: dict[str, list]         # path -> [baseline value, this value]
+    kinds: list[str]  # ["model"], ["data"], both, or [] for the baseline/reference
+    changes: dict[str, list]  # path -> [baseline value, this value]
     seeds: list[int]
-    per_example: dict[str, dict[str, float]]   # metric -> example id -> value (mean over seeds)
-    seed_means: dict[str, list[float]]         # metric -> the mean of each seed
+    per_example: dict[str, dict[str, float]]  # metric -> example id -> value (mean over seeds)
+    seed_means: dict[str, list[float]]  # metric -> the mean of each seed
     train_seconds: float | None
     tokens_per_second: float | None
-    stats: dict[str, dict] = field(default_factory=dict)   # metric -> mean, low, high, seed_sd
+    model: str | None = None  # the base model (a variant's recipe model, or the reference model)
+    stats: dict[str, dict] = field(default_factory=dict)  # metric -> mean, low, high, seed_sd
     deltas: dict[str, dict] = field(default_factory=dict)  # metric -> diff, low, high, p_value, n
+    vs_untuned: dict[str, dict] = field(default_factory=dict)  # metric -> paired difference against its untuned base
+    run_dirs: list[str] = field(default_factory=list)  # where people's votes on this variant are (eval/human_votes.jsonl)
 
 
 def _avg(values: list) -> float | None:
@@ -101,14 +98,48 @@ def load_rows(store: ResultsStore, config_ids: set[str] | None = None) -> tuple[
             ids = set.intersection(*[set(s[m]) for s in per_seed])
             per_example[m] = {i: mean(s[m][i] for s in per_seed) for i in sorted(ids)}
             seed_means[m] = [mean(s[m].values()) for s in per_seed if s[m]]
-        rows.append(Row(
-            name=first["variant"], kind=first["kind"], is_baseline=bool(settings.get("baseline")),
-            kinds=settings.get("kinds", []), changes=settings.get("changes", {}),
-            seeds=sorted(r["seed"] for r in runs if r["seed"] is not None), per_example=per_example, seed_means=seed_means,
-            train_seconds=_avg([r["train_seconds"] for r in runs]), tokens_per_second=_avg([r["tokens_per_second"] for r in runs]),
-        ))
+        rows.append(
+            Row(
+                name=first["variant"],
+                kind=first["kind"],
+                is_baseline=bool(settings.get("baseline")),
+                kinds=settings.get("kinds", []),
+                changes=settings.get("changes", {}),
+                seeds=sorted(r["seed"] for r in runs if r["seed"] is not None),
+                per_example=per_example,
+                seed_means=seed_means,
+                train_seconds=_avg([r["train_seconds"] for r in runs]),
+                tokens_per_second=_avg([r["tokens_per_second"] for r in runs]),
+                model=settings.get("model") if first["kind"] == "reference" else (first.get("recipe") or {}).get("model"),
+                run_dirs=[r["run_dir"] for r in runs if r.get("run_dir")],
+            )
+        )
     rows.sort(key=lambda r: (r.kind != "reference", not r.is_baseline))
     return rows, unfinished
+
+
+def paired_on_shared_ids(row: Row, other: Row, metric: str) -> dict | None:
+    """Paired difference row − other over the example ids both have (None with fewer than two)."""
+    values, base_values = row.per_example[metric], other.per_example.get(metric, {})
+    ids = sorted(set(values) & set(base_values))
+    if len(ids) < 2:
+        return None
+    d = paired([values[i] for i in ids], [base_values[i] for i in ids])
+    return {"diff": d["diff"], "low": d["low"], "high": d["high"], "p_value": d["p_value"], "n": len(ids)}
+
+
+def fine_tuning_effects(rows: list[Row], baseline: Row | None) -> None:
+    """Each tuned variant that differs from the baseline at most in its base model, against that model untuned."""
+    references = {r.model: r for r in rows if r.kind == "reference" and r.model}
+    for row in rows:
+        untuned = references.get(row.model)
+        same_recipe = row is baseline or set(row.changes) <= {"model"}
+        if row.kind != "variant" or untuned is None or not same_recipe:
+            continue
+        for m in row.per_example:
+            d = paired_on_shared_ids(row, untuned, m)
+            if d:
+                row.vs_untuned[m] = d
 
 
 def compute_stats(rows: list[Row]) -> Row | None:
@@ -118,79 +149,24 @@ def compute_stats(rows: list[Row]) -> Row | None:
         for m, values in row.per_example.items():
             vals = list(values.values())
             low, high = interval(vals) if len(vals) > 1 else (math.nan, math.nan)
-            row.stats[m] = {"mean": mean(vals), "low": low, "high": high, "n": len(vals),
-                            "seed_sd": stdev(row.seed_means[m]) if len(row.seed_means.get(m, [])) > 1 else None}
+            row.stats[m] = {
+                "mean": mean(vals),
+                "low": low,
+                "high": high,
+                "n": len(vals),
+                "seed_sd": stdev(row.seed_means[m]) if len(row.seed_means.get(m, [])) > 1 else None,
+            }
         if baseline is None or row is baseline:
             continue
-        for m, values in row.per_example.items():
-            base_values = baseline.per_example.get(m, {})
-            ids = sorted(set(values) & set(base_values))
-            if len(ids) < 2:
-                continue
-            d = paired([values[i] for i in ids], [base_values[i] for i in ids])
-            row.deltas[m] = {"diff": d["diff"], "low": d["low"], "high": d["high"], "p_value": d["p_value"], "n": len(ids)}
+        for m in row.per_example:
+            d = paired_on_shared_ids(row, baseline, m)
+            if d:
+                row.deltas[m] = d
+    fine_tuning_effects(rows, baseline)
     return baseline
 
 
 # ---------------------------------------------------------------- words
-def _fmt_value(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:g}"
-    if isinstance(v, list):
-        return "[" + ", ".join(map(str, v)) + "]"
-    if v is None:
-        return "none"
-    return str(v)
-
-
-def change_phrase(path: str, old: Any, new: Any, plain: bool = False) -> str:
-    """'Raising LoRA rank 8→32', 'Turning on paraphrase augmentation', ..."""
-    label = AXIS_LABELS.get(path)
-    if label is None:
-        parts = path.split(".")
-        if path.startswith("data.sources.") and len(parts) == 4:
-            label = f"the {parts[3].replace('_', ' ')} of source {parts[2]}"
-            if parts[3] == "weight":
-                label = f"the mixing weight of source {parts[2]}"
-        else:
-            label = path
-    if plain:
-        return f"{path}: {_fmt_value(old)} → {_fmt_value(new)}"
-    if isinstance(old, bool) or isinstance(new, bool):
-        return f"turning {'on' if new else 'off'} {label}"
-    if isinstance(old, (int, float)) and isinstance(new, (int, float)):
-        verb = "raising" if new > old else "lowering"
-        return f"{verb} {label} {_fmt_value(old)}→{_fmt_value(new)}"
-    if old is None:
-        return f"setting {label} to {_fmt_value(new)}"
-    if new is None:
-        return f"removing {label} ({_fmt_value(old)})"
-    return f"changing {label} from {_fmt_value(old)} to {_fmt_value(new)}"
-
-
-def changes_phrase(changes: dict[str, list]) -> str:
-    if not changes:
-        return "the same settings"
-    phrases = [change_phrase(k, a, b) for k, (a, b) in changes.items()]
-    text = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
-    return text
-
-
-def scale(metric: str, rows: list[Row] | None = None) -> float:
-    """Scores kept as fractions (ROUGE-L, BERTScore, accuracies) are shown as points out of 100;
-    BLEU is already out of 100 and perplexity has its own unit."""
-    m = metric.lower()
-    if m in LOWER_IS_BETTER or m.startswith("bleu") or m.startswith("chrf"):
-        return 1.0
-    return 100.0
-
-
-def verdict(metric: str, d: dict) -> str:
-    """'better', 'worse' or 'same' from the paired difference's interval and p-value."""
-    excludes_zero = d["low"] > 0 or d["high"] < 0
-    if d["p_value"] < ALPHA and excludes_zero:
-        return "better" if (d["diff"] > 0) == higher_is_better(metric) else "worse"
-    return "same"
 
 
 def _p(p: float) -> str:
@@ -235,9 +211,31 @@ def section_of(row: Row) -> str:
     return "both" if kinds == {"model", "data"} else (next(iter(kinds)) if kinds else "model")
 
 
-def findings(rows: list[Row], baseline: Row) -> list[tuple[str, list[str], list[str]]]:
-    """(section title, summary lines, per-metric sentences) for each kind of change."""
-    out = []
+def fine_tuning_sentence(row: Row, metric: str) -> str:
+    d, k = row.vs_untuned[metric], scale(metric)
+    unit = " points" if k == 100.0 else ""
+    ci = f"(95% CI {d['low'] * k:+.2f}..{d['high'] * k:+.2f}, {_p(d['p_value'])})"
+    words = {"better": "a real improvement", "worse": "a real degradation", "same": "no measurable difference"}[verdict(metric, d)]
+    return f"Fine-tuning {row.model} (`{row.name}`) changed {metric_name(metric)} by {d['diff'] * k:+.2f}{unit} over the untuned model {ci}: {words}."
+
+
+def fine_tuning_findings(rows: list[Row]) -> tuple[str, list[str], list[tuple[str, str]]] | None:
+    """Did fine-tuning itself beat the untuned base model (the baseline, and each base-model variant)?"""
+    tuned = [r for r in rows if r.vs_untuned]
+    if not tuned:
+        return None
+    summary = []
+    for r in tuned:
+        verdicts = {verdict(m, d) for m, d in r.vs_untuned.items()}
+        state = "beat" if verdicts == {"better"} else "did not beat" if "better" not in verdicts else "partly beat"
+        summary.append(f"The tuned `{r.name}` {state} its untuned base model {r.model}.")
+    sentences = [(verdict(m, r.vs_untuned[m]), fine_tuning_sentence(r, m)) for r in tuned for m in sorted(r.vs_untuned)]
+    return "Fine-tuning itself: tuned against the untuned base model", summary, sentences
+
+
+def findings(rows: list[Row], baseline: Row) -> list[tuple[str, list[str], list[tuple[str, str]]]]:
+    """(section title, summary lines, per-metric (verdict, sentence)): fine-tuning itself, then each kind of change."""
+    out = [section for section in [fine_tuning_findings(rows)] if section]
     for key, title in SECTIONS:
         members = [r for r in rows if r.kind == "variant" and r is not baseline and section_of(r) == key and r.deltas]
         if not members:
@@ -247,14 +245,24 @@ def findings(rows: list[Row], baseline: Row) -> list[tuple[str, list[str], list[
         for r in members:
             groups[overall(r)].append(r)
         if groups["improved"]:
-            summary.append("Improved the model: " + "; ".join(f"{changes_phrase(r.changes)} (`{r.name}`)" for r in groups["improved"]) + ".")
+            summary.append(
+                "Improved the model: " + "; ".join(f"{changes_phrase(r.changes)} (`{r.name}`)" for r in groups["improved"]) + "."
+            )
         if groups["worse"]:
             summary.append("Made it worse: " + "; ".join(f"{changes_phrase(r.changes)} (`{r.name}`)" for r in groups["worse"]) + ".")
         if groups["mixed"]:
-            summary.append("Mixed (better on some metrics, worse on others): " + "; ".join(f"{changes_phrase(r.changes)} (`{r.name}`)" for r in groups["mixed"]) + ".")
+            summary.append(
+                "Mixed (better on some metrics, worse on others): "
+                + "; ".join(f"{changes_phrase(r.changes)} (`{r.name}`)" for r in groups["mixed"])
+                + "."
+            )
         if groups["no difference"]:
-            summary.append("Did not measurably change it: " + "; ".join(f"{changes_phrase(r.changes)} (`{r.name}`)" for r in groups["no difference"]) + ".")
-        sentences = [sentence(r, m, scale(m, rows)) for r in members for m in sorted(r.deltas)]
+            summary.append(
+                "Did not measurably change it: "
+                + "; ".join(f"{changes_phrase(r.changes)} (`{r.name}`)" for r in groups["no difference"])
+                + "."
+            )
+        sentences = [(verdict(m, r.deltas[m]), sentence(r, m, scale(m))) for r in members for m in sorted(r.deltas)]
         out.append((title, summary, sentences))
     return out
 
@@ -273,6 +281,9 @@ def table_rows(rows: list[Row], metrics: list[str]) -> tuple[list[str], list[lis
     header = ["variant", "changed setting"]
     for m in metrics:
         header += [f"{metric_name(m)} (95% CI)", f"Δ {metric_name(m)} vs baseline (p)"]
+    people = {r.name: human.run_win_rate(r.run_dirs) for r in rows}
+    if any(people.values()):
+        header.append(HUMAN_COLUMN)
     header += ["train s", "tokens/s", "seeds"]
     body = []
     for r in rows:
@@ -284,7 +295,7 @@ def table_rows(rows: list[Row], metrics: list[str]) -> tuple[list[str], list[lis
             changed = "; ".join(change_phrase(k, a, b, plain=True) for k, (a, b) in r.changes.items())
         cells = [r.name, changed]
         for m in metrics:
-            k = scale(m, rows)
+            k = scale(m)
             s = r.stats.get(m)
             if s:
                 sd = f" ±{s['seed_sd'] * k:.2f} sd" if s.get("seed_sd") is not None else ""
@@ -293,6 +304,8 @@ def table_rows(rows: list[Row], metrics: list[str]) -> tuple[list[str], list[lis
                 cells.append("-")
             d = r.deltas.get(m)
             cells.append(f"{d['diff'] * k:+.2f} [{d['low'] * k:+.2f}, {d['high'] * k:+.2f}] ({_p(d['p_value'])})" if d else "-")
+        if HUMAN_COLUMN in header:
+            cells.append(human.format_win_rate(people[r.name]) if people[r.name] else "-")
         cells.append(f"{r.train_seconds:.0f}" if r.train_seconds is not None else "-")
         cells.append(f"{r.tokens_per_second:.0f}" if r.tokens_per_second is not None else "-")
         cells.append(",".join(map(str, r.seeds)) or "-")
@@ -309,27 +322,28 @@ def markdown_table(header: list[str], body: list[list[str]]) -> str:
 
 # ---------------------------------------------------------------- plots
 def plot_metric(metric: str, rows: list[Row], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    k = scale(metric, rows)
+    k = scale(metric)
     shown = [r for r in rows if metric in r.stats]
     colours = {"reference": "#9e9e9e", "baseline": "#455a64", "model": "#1e88e5", "data": "#43a047", "both": "#8e24aa"}
     means = [r.stats[metric]["mean"] * k for r in shown]
-    lows = [max(0.0, (r.stats[metric]["mean"] - r.stats[metric]["low"]) * k) if not math.isnan(r.stats[metric]["low"]) else 0 for r in shown]
-    highs = [max(0.0, (r.stats[metric]["high"] - r.stats[metric]["mean"]) * k) if not math.isnan(r.stats[metric]["high"]) else 0 for r in shown]
-    colour = [colours["reference"] if r.kind == "reference" else colours["baseline"] if r.is_baseline else colours[section_of(r)] for r in shown]
-    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(shown) + 2), 4))
+    lows = [
+        max(0.0, (r.stats[metric]["mean"] - r.stats[metric]["low"]) * k) if not math.isnan(r.stats[metric]["low"]) else 0 for r in shown
+    ]
+    highs = [
+        max(0.0, (r.stats[metric]["high"] - r.stats[metric]["mean"]) * k) if not math.isnan(r.stats[metric]["high"]) else 0 for r in shown
+    ]
+    colour = [
+        colours["reference"] if r.kind == "reference" else colours["baseline"] if r.is_baseline else colours[section_of(r)] for r in shown
+    ]
+    # a Figure of its own (not pyplot's global state): no GUI backend, safe in any thread
+    fig = Figure(figsize=(max(5, 1.2 * len(shown) + 2), 4))
+    ax = fig.subplots()
     ax.bar(range(len(shown)), means, yerr=[lows, highs], capsize=4, color=colour)
     ax.set_xticks(range(len(shown)))
     ax.set_xticklabels([r.name for r in shown], rotation=30, ha="right", fontsize=8)
     unit = " (points)" if k == 100.0 else ""
     ax.set_ylabel(metric_name(metric) + unit + ("" if higher_is_better(metric) else " — lower is better"))
     ax.set_title(f"{metric_name(metric)} per variant (95% CI)", fontsize=10)
-    from matplotlib.patches import Patch
-
     legend = {"reference": "base model", "baseline": "baseline", "model": "model-centric", "data": "data-centric", "both": "both kinds"}
     used = {"reference" if r.kind == "reference" else "baseline" if r.is_baseline else section_of(r) for r in shown}
     ax.legend(handles=[Patch(color=colours[k], label=label) for k, label in legend.items() if k in used], fontsize=7, loc="best")
@@ -337,7 +351,6 @@ def plot_metric(metric: str, rows: list[Row], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(buf.getvalue())
     tmp.replace(path)
@@ -362,40 +375,64 @@ def build_report(store: ResultsStore, out: Path, config_ids: set[str] | None = N
     plots = {m: plot_metric(m, rows, out / "plots" / f"{m}.png") for m in metrics}
     found = findings(rows, baseline) if baseline else []
 
+    intro = _intro(store, baseline)
+    atomic_write_text(out / "report.md", _markdown(name, intro, unfinished, found, header, body, metrics))
+    atomic_write_text(out / "report.html", _html(name, intro, unfinished, found, header, body, plots))
+    return {
+        "rows": rows,
+        "baseline": baseline,
+        "metrics": metrics,
+        "header": header,
+        "body": body,
+        "findings": found,
+        "unfinished": unfinished,
+        "out": out,
+    }
+
+
+def _intro(store: ResultsStore, baseline: Row | None) -> str:
     heldout_n = store.get_meta("heldout_size")
     heldout_hash = store.get_meta("heldout_hash") or ""
-    intro = (f"Every variant was trained with the same base recipe except the settings shown, and scored on the same "
-             f"{heldout_n} held-out examples (content hash `{heldout_hash[:12]}`), fixed before any variant ran. "
-             f"Intervals are 95% bootstrap intervals over examples; Δ is the paired difference against the baseline "
-             f"variant `{baseline.name if baseline else '?'}` on the same examples, with a paired-bootstrap p-value. "
-             f"A change counts as real when p < {ALPHA} and its interval excludes zero.")
+    return (
+        f"Every variant was trained with the same base recipe except the settings shown, and scored on the same "
+        f"{heldout_n} held-out examples (content hash `{heldout_hash[:12]}`), fixed before any variant ran. "
+        f"Intervals are 95% bootstrap intervals over examples; Δ is the paired difference against the baseline "
+        f"variant `{baseline.name if baseline else '?'}` on the same examples, with a paired-bootstrap p-value. "
+        f"A change counts as real when p < {ALPHA} and its interval excludes zero."
+    )
+
+
+def _markdown(name, intro, unfinished, found, header, body, metrics) -> str:
     md = [f"# Sweep report: {name}", "", intro, ""]
     if unfinished:
         md += [f"Not finished yet (left out): {', '.join(unfinished)}.", ""]
     md += ["## Findings", ""]
     if not found:
         md += ["Only the baseline has finished; nothing to compare yet.", ""]
-    for title_, summary, sentences in found:
-        md += [f"### {title_}", ""] + [line for s in summary for line in (f"**{s}**", "")] + [f"- {s}" for s in sentences] + [""]
+    for title, summary, sentences in found:
+        md += [f"### {title}", ""] + [line for s in summary for line in (f"**{s}**", "")] + [f"- {text}" for _, text in sentences] + [""]
     md += ["## Results", "", markdown_table(header, body), ""]
     md += ["## Plots", ""] + [f"![{metric_name(m)}](plots/{m}.png)" for m in metrics] + [""]
-    atomic_write_text(out / "report.md", "\n".join(md))
+    return "\n".join(md)
 
-    h = [f"<!doctype html><html><head><meta charset='utf-8'><title>Sweep report: {html.escape(name)}</title>",
-         "<style>body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
-         "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:4px 6px;text-align:left}"
-         "th{background:#f3f3f3}.better{color:#1b5e20}.worse{color:#b71c1c}img{max-width:100%}</style></head><body>",
-         f"<h1>Sweep report: {html.escape(name)}</h1><p>{html.escape(intro)}</p>"]
+
+HTML_CLASS = {"better": "better", "worse": "worse", "same": ""}  # verdict -> CSS class of its sentence
+
+
+def _html(name, intro, unfinished, found, header, body, plots: dict[str, Path]) -> str:
+    h = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>Sweep report: {html.escape(name)}</title>",
+        "<style>body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:4px 6px;text-align:left}"
+        "th{background:#f3f3f3}.better{color:#1b5e20}.worse{color:#b71c1c}img{max-width:100%}</style></head><body>",
+        f"<h1>Sweep report: {html.escape(name)}</h1><p>{html.escape(intro)}</p>",
+    ]
     if unfinished:
         h.append(f"<p>Not finished yet (left out): {html.escape(', '.join(unfinished))}.</p>")
     h.append("<h2>Findings</h2>")
-    for title_, summary, sentences in found:
-        h.append(f"<h3>{html.escape(title_)}</h3>" + "".join(f"<p><b>{html.escape(s.replace('`', ''))}</b></p>" for s in summary))
-        items = []
-        for s in sentences:
-            cls = "better" if "real improvement" in s else "worse" if "real degradation" in s else ""
-            items.append(f"<li class='{cls}'>{html.escape(s)}</li>")
-        h.append("<ul>" + "".join(items) + "</ul>")
+    for title, summary, sentences in found:
+        h.append(f"<h3>{html.escape(title)}</h3>" + "".join(f"<p><b>{html.escape(s.replace('`', ''))}</b></p>" for s in summary))
+        h.append("<ul>" + "".join(f"<li class='{HTML_CLASS[v]}'>{html.escape(text)}</li>" for v, text in sentences) + "</ul>")
     h.append("<h2>Results</h2><table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr>")
     h += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body]
     h.append("</table><h2>Plots</h2>")
@@ -403,47 +440,55 @@ def build_report(store: ResultsStore, out: Path, config_ids: set[str] | None = N
         data = base64.b64encode(p.read_bytes()).decode()
         h.append(f"<p><img alt='{html.escape(metric_name(m))}' src='data:image/png;base64,{data}'></p>")
     h.append("</body></html>")
-    atomic_write_text(out / "report.html", "\n".join(h))
-    return {"rows": rows, "baseline": baseline, "metrics": metrics, "header": header, "body": body,
-            "findings": found, "unfinished": unfinished, "out": out}
+    return "\n".join(h)
 
 
-def print_table(result: dict) -> None:
+def print_results(result: dict) -> None:
     """The results on the terminal: one narrow table per metric, then timings, then the findings."""
-    from rich.table import Table
 
     rows: list[Row] = result["rows"]
     for m in result["metrics"]:
-        k = scale(m, rows)
+        k = scale(m)
         unit = " (points)" if k == 100.0 else ""
-        table = Table(title=f"{metric_name(m)}{unit}: 95% CI; Δ vs baseline, paired bootstrap" + ("" if higher_is_better(m) else "; lower is better"))
+        table = Table(
+            title=f"{metric_name(m)}{unit}: 95% CI; Δ vs baseline, paired bootstrap" + ("" if higher_is_better(m) else "; lower is better")
+        )
         for c in ["variant", "mean [95% CI]", "Δ [95% CI]", "p"]:
             table.add_column(c, overflow="fold")
         for r in rows:
             s_ = r.stats.get(m)
             d = r.deltas.get(m)
-            table.add_row(r.name, f"{s_['mean'] * k:.2f} [{s_['low'] * k:.2f}, {s_['high'] * k:.2f}]" if s_ else "-",
-                          f"{d['diff'] * k:+.2f} [{d['low'] * k:+.2f}, {d['high'] * k:+.2f}]" if d else "-", _p(d["p_value"]) if d else "-")
-        console.print(table)
+            table.add_row(
+                r.name,
+                f"{s_['mean'] * k:.2f} [{s_['low'] * k:.2f}, {s_['high'] * k:.2f}]" if s_ else "-",
+                f"{d['diff'] * k:+.2f} [{d['low'] * k:+.2f}, {d['high'] * k:+.2f}]" if d else "-",
+                _p(d["p_value"]) if d else "-",
+            )
+        print_table(table)
     table = Table(title="training")
     for c in ["variant", "changed setting", "train s", "tokens/s", "seeds"]:
         table.add_column(c, overflow="fold")
     for cells in result["body"]:
         table.add_row(cells[0], cells[1], *cells[-3:])
-    console.print(table)
-    for title, summary, sentences in result["findings"]:
-        console.print(f"[bold]{title}[/]")
+    print_table(table)
+    if HUMAN_COLUMN in result["header"]:
+        column = result["header"].index(HUMAN_COLUMN)
+        table = Table(title=f"{HUMAN_COLUMN}: blind votes cast in `tunelab serve`'s Evaluate tab ({human.INTERVAL})")
+        for c in ["variant", "win rate [95% CI] (votes)"]:
+            table.add_column(c, overflow="fold")
+        for cells in result["body"]:
+            table.add_row(cells[0], cells[column])
+        print_table(table)
+    for title, summary, sentences in result["findings"]:  # results too: stdout, beside the tables
+        results.print(f"[bold]{title}[/]")
         for s_ in summary:
-            console.print("  " + s_.replace("`", ""))
-        for s_ in sentences:
-            console.print("  - " + s_)
+            results.print("  " + s_.replace("`", ""))
+        for _, text in sentences:
+            results.print("  - " + text)
 
 
 def compare_cli(sweep_file: str | Path, out: str | Path | None = None) -> dict:
     """Report on a sweep, given its YAML file or its output folder (which holds results.sqlite)."""
-    from tunelab.compare.spec import load_sweep
-    from tunelab.compare.sweep import store_path
-
     target = Path(sweep_file)
     config_ids = None
     if target.is_dir():
@@ -457,6 +502,8 @@ def compare_cli(sweep_file: str | Path, out: str | Path | None = None) -> dict:
     out_dir = Path(out) if out else folder / "report"
     with ResultsStore(store_path(folder)) as store:
         result = build_report(store, out_dir, config_ids=config_ids, title=title)
-    print_table(result)
-    console.print(f"[green]report:[/] {out_dir / 'report.md'}, {out_dir / 'report.html'}, {out_dir / 'results.csv'}, plots in {out_dir / 'plots'}")
+    print_results(result)
+    console.print(
+        f"[green]report:[/] {out_dir / 'report.md'}, {out_dir / 'report.html'}, {out_dir / 'results.csv'}, plots in {out_dir / 'plots'}"
+    )
     return result

@@ -19,6 +19,7 @@ Axes are dotted recipe paths (`train.lora.r`, `data.sources.1.weight`) or friend
 aliases (`rank`, `lr`, `mix.1`). Every axis is checked against the recipe's pydantic model
 and every variant is validated as a full recipe before anything runs.
 """
+
 from __future__ import annotations
 
 import copy
@@ -35,7 +36,7 @@ from typing import Any, Union
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
-from tunelab.config import Recipe, Strict, format_validation_error, read_yaml_mapping, recipe_from_dict
+from tunelab.config import Recipe, RowTemplate, Strict, format_validation_error, read_yaml_mapping, recipe_from_dict
 from tunelab.errors import ConfigError
 
 # Friendly names for common axes. `mix.N` / `weight.N` mean data.sources.N.weight.
@@ -48,6 +49,7 @@ AXIS_ALIASES: dict[str, str] = {
     "epochs": "train.epochs",
     "steps": "train.max_steps",
     "max_steps": "train.max_steps",
+    "beta": "train.preference.beta",
     "rank": "train.lora.r",
     "lora_rank": "train.lora.r",
     "alpha": "train.lora.alpha",
@@ -70,6 +72,8 @@ AXIS_ALIASES: dict[str, str] = {
 AXIS_LABELS: dict[str, str] = {
     "model": "the base model",
     "train.method": "the fine-tuning method",
+    "train.preference.beta": "the DPO/ORPO β",
+    "train.preference.weights": "what preference tuning updates",
     "train.learning_rate": "learning rate",
     "train.epochs": "epochs",
     "train.max_steps": "training steps",
@@ -96,6 +100,7 @@ class HeldoutSpec(Strict):
     path: str | None = Field(None, description="A held-out file (any supported format); default: carve it out of a training source.")
     format: str = "auto"
     placeholders: dict[str, str] = Field(default_factory=dict)
+    template: RowTemplate | None = Field(None, description="With `path`: how a table row becomes an example (as for a data source).")
     max_examples: int | None = Field(None, gt=0, description="With `path`: take at most this many examples (seeded sample).")
     from_source: int = Field(0, ge=0, description="Without `path`: index of the base recipe's source the held-out set is carved from.")
     size: int = Field(30, gt=0, description="Without `path`: number of examples carved out (removed from that source for every variant).")
@@ -123,10 +128,10 @@ class SweepSpec(Strict):
 @dataclass
 class Variant:
     name: str
-    settings: dict[str, Any]          # canonical axis path -> value, as written in the sweep
-    raw: dict                          # the full recipe as a dict (before the sweep's run placement)
-    recipe: Recipe                     # validated
-    config_id: str                     # hash of the resolved recipe without the seed
+    settings: dict[str, Any]  # canonical axis path -> value, as written in the sweep
+    raw: dict  # the full recipe as a dict (before the sweep's run placement)
+    recipe: Recipe  # validated
+    config_id: str  # hash of the resolved recipe without the seed
     kinds: set[str] = field(default_factory=set)  # {"model", "data"}
 
 
@@ -191,7 +196,9 @@ def check_axis(path: str, raw: dict, where: str, allow_eval: bool = False) -> No
                 choices = ", ".join(model.model_fields)
                 raise ConfigError(f"{where}: axis '{path}': the recipe has no '{sofar}' (choices at this level: {choices})")
             if not allow_eval and (part == "eval" or sofar.startswith("eval.")):
-                raise ConfigError(f"{where}: axis '{path}': evaluation settings are fixed for the whole sweep (every variant is scored the same way)")
+                raise ConfigError(
+                    f"{where}: axis '{path}': evaluation settings are fixed for the whole sweep (every variant is scored the same way)"
+                )
             kind, item = _unwrap(model.model_fields[part].annotation)
             if kind == "model":
                 model = item
@@ -201,7 +208,9 @@ def check_axis(path: str, raw: dict, where: str, allow_eval: bool = False) -> No
                 raise ConfigError(f"{where}: axis '{path}': '{'.'.join(parts[:i])}' is a list; use an index like {'.'.join(parts[:i])}.0")
             length = len(node) if isinstance(node, list) else 0
             if int(part) >= length:
-                raise ConfigError(f"{where}: axis '{path}': the base recipe's '{'.'.join(parts[:i])}' has {length} entries, so index {part} does not exist")
+                raise ConfigError(
+                    f"{where}: axis '{path}': the base recipe's '{'.'.join(parts[:i])}' has {length} entries, so index {part} does not exist"
+                )
             node = node[int(part)]
             kind, item = _unwrap(item)
             if kind == "model":
@@ -225,18 +234,6 @@ def set_path(raw: dict, path: str, value: Any) -> None:
         node[int(last)] = copy.deepcopy(value)
     else:
         node[last] = copy.deepcopy(value)
-
-
-def get_path(raw: Any, path: str, default: Any = None) -> Any:
-    node = raw
-    for part in path.split("."):
-        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        elif isinstance(node, dict) and part in node:
-            node = node[part]
-        else:
-            return default
-    return node
 
 
 # ---------------------------------------------------------------- identity
@@ -366,7 +363,25 @@ def build_sweep(spec: SweepSpec, file: Path) -> Sweep:
         set_path(base_raw, path, value)
     _resolve_source_paths(base_raw, file.parent)
 
-    # Expand the grid, then the listed variants.
+    variants = [_make_variant(vname, settings, base_raw, file) for vname, settings in _planned_variants(spec, base_raw, file)]
+    _check_distinct(variants, file)
+    baseline = _pick_baseline(spec, variants, file)
+    for v in variants:
+        v.kinds = {axis_kind(p) for p in recipe_changes(baseline.recipe, v.recipe)}
+
+    seeds = spec.seeds or [baseline.recipe.train.seed]
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{file}: seeds repeat a value: {seeds}")
+    held = spec.heldout
+    if held.path is None:
+        sources = baseline.recipe.data.sources
+        if held.from_source >= len(sources):
+            raise ConfigError(f"{file}: heldout.from_source is {held.from_source} but the base recipe has {len(sources)} source(s)")
+    return Sweep(name=name, file=file, spec=spec, base_raw=base_raw, variants=variants, baseline=baseline, seeds=seeds)
+
+
+def _planned_variants(spec: SweepSpec, base_raw: dict, file: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(name, {axis path: value}) of every variant: the grid expanded, then the listed variants; names checked."""
     planned: list[tuple[str, dict[str, Any]]] = []
     if spec.grid:
         axes = []
@@ -388,23 +403,27 @@ def build_sweep(spec: SweepSpec, file: Path) -> Sweep:
         planned.append((v.name, settings))
     if not planned:
         raise ConfigError(f"{file}: no variants; give `grid:` axes and/or a `variants:` list")
-
-    variants: list[Variant] = []
-    seen_names: dict[str, int] = {}
-    for vname, settings in planned:
+    seen_names: set[str] = set()
+    for vname, _ in planned:
         if not re.fullmatch(r"[A-Za-z0-9._=,+-]+", vname):
             raise ConfigError(f"{file}: variant name '{vname}' may hold only letters, digits and . _ = , + -")
         if vname in seen_names:
             raise ConfigError(f"{file}: two variants are named '{vname}'")
-        seen_names[vname] = 1
-        raw = copy.deepcopy(base_raw)
-        for path, value in settings.items():
-            set_path(raw, path, value)
-        _resolve_source_paths(raw, file.parent)
-        raw["name"] = vname
-        recipe = recipe_from_dict(copy.deepcopy(raw), f"{file}: variant '{vname}'")
-        variants.append(Variant(name=vname, settings=settings, raw=raw, recipe=recipe, config_id=config_id(recipe)))
+        seen_names.add(vname)
+    return planned
 
+
+def _make_variant(vname: str, settings: dict[str, Any], base_raw: dict, file: Path) -> Variant:
+    raw = copy.deepcopy(base_raw)
+    for path, value in settings.items():
+        set_path(raw, path, value)
+    _resolve_source_paths(raw, file.parent)
+    raw["name"] = vname
+    recipe = recipe_from_dict(copy.deepcopy(raw), f"{file}: variant '{vname}'")
+    return Variant(name=vname, settings=settings, raw=raw, recipe=recipe, config_id=config_id(recipe))
+
+
+def _check_distinct(variants: list[Variant], file: Path) -> None:
     by_id: dict[str, Variant] = {}
     for v in variants:
         if v.config_id in by_id:
@@ -415,22 +434,11 @@ def build_sweep(spec: SweepSpec, file: Path) -> Sweep:
             )
         by_id[v.config_id] = v
 
-    if spec.baseline is None:
-        baseline = variants[0]
-    else:
-        matches = [v for v in variants if v.name == spec.baseline]
-        if not matches:
-            raise ConfigError(f"{file}: baseline '{spec.baseline}' is not one of the variants ({', '.join(v.name for v in variants)})")
-        baseline = matches[0]
-    for v in variants:
-        v.kinds = {axis_kind(p) for p in recipe_changes(baseline.recipe, v.recipe)}
 
-    seeds = spec.seeds or [baseline.recipe.train.seed]
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"{file}: seeds repeat a value: {seeds}")
-    held = spec.heldout
-    if held.path is None:
-        sources = baseline.recipe.data.sources
-        if held.from_source >= len(sources):
-            raise ConfigError(f"{file}: heldout.from_source is {held.from_source} but the base recipe has {len(sources)} source(s)")
-    return Sweep(name=name, file=file, spec=spec, base_raw=base_raw, variants=variants, baseline=baseline, seeds=seeds)
+def _pick_baseline(spec: SweepSpec, variants: list[Variant], file: Path) -> Variant:
+    if spec.baseline is None:
+        return variants[0]
+    matches = [v for v in variants if v.name == spec.baseline]
+    if not matches:
+        raise ConfigError(f"{file}: baseline '{spec.baseline}' is not one of the variants ({', '.join(v.name for v in variants)})")
+    return matches[0]

@@ -12,13 +12,15 @@ Tables:
   metrics(run_id, metric, mean, low, high, n)
   scores(run_id, example_id, metric, value)  per-example scores for paired comparisons
 """
+
 from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from tunelab.runs import now
 
@@ -52,8 +54,28 @@ CREATE TABLE IF NOT EXISTS scores (
 );
 """
 
-FIELDS = ["variant", "seed", "config_id", "kind", "status", "settings", "recipe", "run_dir", "data_hash",
-          "train_seconds", "tokens_per_second", "eval_seconds", "started", "finished", "error"]
+FIELDS = [
+    "variant",
+    "seed",
+    "config_id",
+    "kind",
+    "status",
+    "settings",
+    "recipe",
+    "run_dir",
+    "data_hash",
+    "train_seconds",
+    "tokens_per_second",
+    "eval_seconds",
+    "started",
+    "finished",
+    "error",
+]
+
+
+def store_path(folder: Path) -> Path:
+    """The results store of the sweep whose output folder is `folder`."""
+    return Path(folder) / "results.sqlite"
 
 
 class ResultsStore:
@@ -101,7 +123,9 @@ class ResultsStore:
         unknown = set(values) - set(FIELDS)
         if unknown:
             raise KeyError(f"unknown run fields: {unknown}")
-        values = {k: (json.dumps(v, default=str) if k in ("settings", "recipe") and not isinstance(v, str) else v) for k, v in values.items()}
+        values = {
+            k: (json.dumps(v, default=str) if k in ("settings", "recipe") and not isinstance(v, str) else v) for k, v in values.items()
+        }
         with self.transaction() as db:
             if db.execute("SELECT 1 FROM runs WHERE id=?", (run_id,)).fetchone():
                 if values:
@@ -131,12 +155,15 @@ class ResultsStore:
                 "INSERT INTO metrics(run_id, metric, mean, low, high, n) VALUES(?,?,?,?,?,?)",
                 [(run_id, m, v.get("mean"), v.get("low"), v.get("high"), v.get("n")) for m, v in metrics.items()],
             )
-            db.executemany("INSERT INTO scores(run_id, example_id, metric, value) VALUES(?,?,?,?)",
-                           [(run_id, ex, m, val) for ex, m, val in scores])
+            db.executemany(
+                "INSERT INTO scores(run_id, example_id, metric, value) VALUES(?,?,?,?)", [(run_id, ex, m, val) for ex, m, val in scores]
+            )
 
     def metrics(self, run_id: str) -> dict[str, dict]:
-        return {r["metric"]: {"mean": r["mean"], "low": r["low"], "high": r["high"], "n": r["n"]}
-                for r in self.db.execute("SELECT * FROM metrics WHERE run_id=?", (run_id,))}
+        return {
+            r["metric"]: {"mean": r["mean"], "low": r["low"], "high": r["high"], "n": r["n"]}
+            for r in self.db.execute("SELECT * FROM metrics WHERE run_id=?", (run_id,))
+        }
 
     def scores(self, run_id: str) -> dict[str, dict[str, float]]:
         """metric -> {example_id: value}."""

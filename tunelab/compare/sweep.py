@@ -10,6 +10,7 @@ Order of work, so that no variant can see the test data and errors surface befor
    variant × seed on the identical held-out examples, storing per-example scores.
 Finished runs are skipped; a run stopped half-way resumes from its last checkpoint.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,50 +22,59 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.table import Table
+
 from tunelab.compare.spec import Sweep, Variant, hash_obj, load_sweep, recipe_changes, resolved_dict
-from tunelab.compare.store import ResultsStore
+from tunelab.compare.store import ResultsStore, store_path
+from tunelab.compare.wording import change_phrase
 from tunelab.config import DataSource, Recipe, recipe_from_dict
+from tunelab.data.loaders import load_examples
+from tunelab.data.prepare import prepare_data
+from tunelab.data.schema import content_hash, split_hash
 from tunelab.errors import ConfigError, DataError, TunelabError
+from tunelab.evaluate.preference import evaluate_preferences, has_pairs, store_rows
+from tunelab.evaluate.run import evaluate_models
 from tunelab.io import atomic_dir, atomic_write_json, atomic_write_jsonl, read_jsonl
-from tunelab.progress import console, progress_bar
-from tunelab.runs import RunDir, now
+from tunelab.models.load import set_threads
+from tunelab.progress import console, print_table, progress_bar
+from tunelab.runs import EvalDir, RunDir, now
+from tunelab.train.run import train_recipe
 
 
 @dataclass
 class Heldout:
-    path: Path                  # <sweep>/heldout/test.jsonl, the only file any variant is scored on
+    path: Path  # <sweep>/heldout/test.jsonl, the only file any variant is scored on
     examples: list[dict]
     hashes: set[str]
     split_hash: str
-    carved_from: str | None     # path of the source the set was carved from (None: a separate file)
-    remainder: Path | None      # that source without the held-out examples, in the message schema
+    carved_from: str | None  # path of the source the set was carved from (None: a separate file)
+    remainder: Path | None  # that source without the held-out examples, in the message schema
 
 
 @dataclass
 class PlannedRun:
     run_id: str
-    variant: Variant | None     # None for a reference row (an untuned base model)
+    variant: Variant | None  # None for a reference row (an untuned base model)
     seed: int | None
     recipe: Recipe | None
     run_dir: Path
-    model_ref: str              # what is evaluated: the run directory, or the base model
-
-
-def store_path(folder: Path) -> Path:
-    return Path(folder) / "results.sqlite"
+    model_ref: str  # what is evaluated: the run directory, or the base model
 
 
 # ---------------------------------------------------------------- held-out set
 def fix_heldout(sweep: Sweep, store: ResultsStore) -> Heldout:
     """Create the sweep's held-out set once; afterwards reload it and check it is unchanged."""
-    from tunelab.data.loaders import load_examples
-    from tunelab.data.schema import content_hash, split_hash
-
     folder = sweep.folder / "heldout"
     test_path, remainder_path = folder / "test.jsonl", folder / "train-source.jsonl"
     spec = sweep.spec.heldout
     base = sweep.baseline.recipe
-    carved_source = None if spec.path else base.data.sources[spec.from_source].model_dump(mode="json", include={"path", "format", "columns", "placeholders", "split", "system_prompt"})
+    carved_source = (
+        None
+        if spec.path
+        else base.data.sources[spec.from_source].model_dump(
+            mode="json", include={"path", "format", "columns", "placeholders", "split", "system_prompt", "template"}
+        )
+    )
     spec_hash = hash_obj({"heldout": spec.model_dump(mode="json"), "carved_from": carved_source})[:16]
     stored_spec = store.get_meta("heldout_spec")
     if stored_spec is not None and stored_spec != spec_hash:
@@ -77,7 +87,9 @@ def fix_heldout(sweep: Sweep, store: ResultsStore) -> Heldout:
 
     if not test_path.is_file():
         if spec.path:
-            source = DataSource(path=_resolve_near(spec.path, sweep.file), format=spec.format, placeholders=spec.placeholders)
+            source = DataSource(
+                path=_resolve_near(spec.path, sweep.file), format=spec.format, placeholders=spec.placeholders, template=spec.template
+            )
             examples = load_examples(source)
             if spec.max_examples and spec.max_examples < len(examples):
                 examples = random.Random(spec.seed).sample(examples, spec.max_examples)
@@ -86,7 +98,9 @@ def fix_heldout(sweep: Sweep, store: ResultsStore) -> Heldout:
             source = base.data.sources[spec.from_source]
             everything = load_examples(source)
             if spec.size >= len(everything):
-                raise ConfigError(f"{sweep.file}: heldout.size {spec.size} leaves no training data in {source.path} ({len(everything)} examples)")
+                raise ConfigError(
+                    f"{sweep.file}: heldout.size {spec.size} leaves no training data in {source.path} ({len(everything)} examples)"
+                )
             picked = set(random.Random(spec.seed).sample(range(len(everything)), spec.size))
             examples = [e for i, e in enumerate(everything) if i in picked]
             # Anything equal in content to a held-out example leaves the training source too.
@@ -96,18 +110,32 @@ def fix_heldout(sweep: Sweep, store: ResultsStore) -> Heldout:
         if remainder is not None:
             atomic_write_jsonl(remainder_path, remainder)
         atomic_write_jsonl(test_path, examples)
-        console.print(f"[green]held-out set fixed:[/] {test_path} ({len(examples)} examples"
-                      + (f", carved out of {Path(carved_from).name}" if carved_from else "") + ")")
+        console.print(
+            f"[green]held-out set fixed:[/] {test_path} ({len(examples)} examples"
+            + (f", carved out of {Path(carved_from).name}" if carved_from else "")
+            + ")"
+        )
     examples = read_jsonl(test_path)
     digest = split_hash(examples)
     stored = store.get_meta("heldout_hash")
     if stored is not None and stored != digest:
-        raise DataError(str(test_path), None, None, f"the held-out set changed since the sweep started (hash {digest[:12]} ≠ stored {stored[:12]}); results would not be comparable")
+        raise DataError(
+            str(test_path),
+            None,
+            None,
+            f"the held-out set changed since the sweep started (hash {digest[:12]} ≠ stored {stored[:12]}); results would not be comparable",
+        )
     store.set_meta("heldout_hash", digest)
     store.set_meta("heldout_spec", spec_hash)
     store.set_meta("heldout_size", str(len(examples)))
-    return Heldout(path=test_path, examples=examples, hashes={content_hash(e) for e in examples}, split_hash=digest,
-                   carved_from=carved_from, remainder=remainder_path if carved_from else None)
+    return Heldout(
+        path=test_path,
+        examples=examples,
+        hashes={content_hash(e) for e in examples},
+        split_hash=digest,
+        carved_from=carved_from,
+        remainder=remainder_path if carved_from else None,
+    )
 
 
 def _resolve_near(path: str, sweep_file: Path) -> str:
@@ -138,7 +166,7 @@ def variant_recipe(sweep: Sweep, variant: Variant, seed: int, heldout: Heldout) 
         for src in raw["data"]["sources"]:
             if Path(src["path"]).resolve() == carved:
                 # The same examples, already in the message schema, minus the held-out ones.
-                src.update(path=str(heldout.remainder.resolve()), format="messages", columns={}, placeholders={})
+                src.update(path=str(heldout.remainder.resolve()), format="messages", columns={}, placeholders={}, template=None)
                 src["system_prompt"] = None  # already applied when the source was carved
     return recipe_from_dict(raw, f"{sweep.file}: variant '{variant.name}'")
 
@@ -164,23 +192,35 @@ def plan_runs(sweep: Sweep, heldout: Heldout) -> list[PlannedRun]:
 def register(store: ResultsStore, sweep: Sweep, run: PlannedRun) -> None:
     """Record a planned run in the store (name, settings, kind) without touching its status."""
     if run.variant is None:
-        store.upsert_run(run.run_id, variant=f"base model ({Path(run.model_ref).name})", kind="reference",
-                         settings={"model": run.model_ref}, run_dir=str(run.run_dir))
+        store.upsert_run(
+            run.run_id,
+            variant=f"base model ({Path(run.model_ref).name})",
+            kind="reference",
+            settings={"model": run.model_ref},
+            run_dir=str(run.run_dir),
+        )
         return
     changes = recipe_changes(sweep.baseline.recipe, run.variant.recipe)
     store.upsert_run(
-        run.run_id, variant=run.variant.name, seed=run.seed, config_id=run.variant.config_id, kind="variant",
-        settings={"set": run.variant.settings, "changes": {k: list(v) for k, v in changes.items()},
-                  "kinds": sorted(run.variant.kinds), "baseline": run.variant is sweep.baseline},
-        recipe=run.recipe.model_dump(mode="json"), run_dir=str(run.run_dir),
+        run.run_id,
+        variant=run.variant.name,
+        seed=run.seed,
+        config_id=run.variant.config_id,
+        kind="variant",
+        settings={
+            "set": run.variant.settings,
+            "changes": {k: list(v) for k, v in changes.items()},
+            "kinds": sorted(run.variant.kinds),
+            "baseline": run.variant is sweep.baseline,
+        },
+        recipe=run.recipe.model_dump(mode="json"),
+        run_dir=str(run.run_dir),
     )
 
 
 # ---------------------------------------------------------------- data
 def prepare_variant_data(run: PlannedRun, heldout: Heldout, store: ResultsStore, prepared: dict[str, Path]) -> None:
     """Prepare the run's data (its own card and hash) unless done; refuse any overlap with the held-out set."""
-    from tunelab.data.prepare import prepare_data
-
     recipe = run.recipe
     rd = RunDir(run.run_dir)
     key = hash_obj([recipe.data.model_dump(mode="json"), recipe.model, recipe.train.max_seq_length])
@@ -209,13 +249,13 @@ def check_overlap(run: PlannedRun, card: dict, heldout: Heldout) -> None:
     The data stage drops such examples from training ("overlaps_test"); a sweep refuses them
     instead, because the variant would silently train on different data than its recipe says.
     """
-    from tunelab.data.schema import content_hash
-
     rd = RunDir(run.run_dir)
     leaked = (card.get("drops") or {}).get("overlaps_test")
     if leaked and leaked.get("count"):
         raise DataError(
-            ", ".join(s.path for s in run.recipe.data.sources), None, None,
+            ", ".join(s.path for s in run.recipe.data.sources),
+            None,
+            None,
             f"variant '{run.variant.name}': {leaked['count']} training example(s) are also in the held-out set {heldout.path} "
             f"(same content hash; e.g. {', '.join(map(str, leaked.get('examples', [])[:3]))}). A model must never train on its "
             "test data: remove them from the training sources, or let the sweep carve the held-out set out of a source "
@@ -227,30 +267,31 @@ def check_overlap(run: PlannedRun, card: dict, heldout: Heldout) -> None:
             continue
         for i, example in enumerate(read_jsonl(path)):
             if content_hash(example) in heldout.hashes:
-                raise DataError(str(path), i, "messages",
-                                f"variant '{run.variant.name}': this {split} example is also in the held-out set {heldout.path} "
-                                f"(same content hash, source {example.get('source')}); a model must never train on its test data")
+                raise DataError(
+                    str(path),
+                    i,
+                    "messages",
+                    f"variant '{run.variant.name}': this {split} example is also in the held-out set {heldout.path} "
+                    f"(same content hash, source {example.get('source')}); a model must never train on its test data",
+                )
 
 
 # ---------------------------------------------------------------- train + evaluate
 def train_done(run_dir: Path) -> bool:
     rd = RunDir(run_dir)
-    return rd.train_summary.is_file() and (rd.model / "tunelab_model.json").is_file()
+    return rd.train_summary.is_file() and rd.has_model()
 
 
 def train_run(run: PlannedRun, store: ResultsStore) -> None:
-    from tunelab.train.run import train_recipe
-
     rd = RunDir(run.run_dir)
     if not train_done(run.run_dir):
         # A run that started before resumes from its last checkpoint (train_recipe checks the recipe matches).
         resume = rd.checkpoints.is_dir() and any(rd.checkpoints.glob("checkpoint-*"))
         if resume:
             console.print(f"resuming [bold]{run.recipe.name}[/] from its last checkpoint")
-        train_recipe(run.recipe, resume=resume or (rd.model / "tunelab_model.json").is_file())
+        train_recipe(run.recipe, resume=resume or rd.has_model())
     summary = json.loads(rd.train_summary.read_text())
-    store.set_status(run.run_id, "trained", train_seconds=summary.get("train_seconds"),
-                     tokens_per_second=summary.get("tokens_per_second"))
+    store.set_status(run.run_id, "trained", train_seconds=summary.get("train_seconds"), tokens_per_second=summary.get("tokens_per_second"))
 
 
 def eval_config(sweep: Sweep, heldout: Heldout):
@@ -259,14 +300,25 @@ def eval_config(sweep: Sweep, heldout: Heldout):
 
 
 def evaluate_run(run: PlannedRun, sweep: Sweep, heldout: Heldout, store: ResultsStore) -> None:
-    from tunelab.evaluate.run import evaluate_models
-
-    out = run.run_dir / "eval"
+    out = RunDir(run.run_dir).eval
     start = time.perf_counter()
     name = run.variant.name if run.variant else "base"
     result = evaluate_models([run.model_ref], heldout.examples, eval_config(sweep, heldout), out, names=[name])
     seconds = time.perf_counter() - start
     metrics, scores = collect_scores(result, out, name)
+    if has_pairs(heldout.examples):  # preference pairs: held-out preference accuracy too (evaluate/preference.py)
+        cfg, pref_out = eval_config(sweep, heldout), RunDir(run.run_dir).preference_eval
+        pref = evaluate_preferences(
+            [run.model_ref],
+            [name],
+            heldout.examples,
+            pref_out,
+            source=str(heldout.path),
+            batch_size=cfg.batch_size,
+            bootstrap_samples=cfg.bootstrap_samples,
+        )
+        pref_metrics, pref_scores = store_rows(pref, name, pref_out)
+        metrics, scores = {**metrics, **pref_metrics}, scores + pref_scores
     store.save_results(run.run_id, metrics, scores)
     store.set_status(run.run_id, "done", eval_seconds=seconds, error=None)
 
@@ -280,7 +332,7 @@ def collect_scores(result: dict, out: Path, name: str) -> tuple[dict[str, dict],
             continue  # BERTScore F1 is the one compared; metrics the backend could not compute are left out
         metrics[metric] = {"mean": m.get("mean"), "low": m.get("low"), "high": m.get("high"), "n": m.get("n")}
     scores = []
-    for row in read_jsonl(out / "predictions.jsonl"):
+    for row in read_jsonl(EvalDir(out).predictions):
         for metric, value in row["scores"][name].items():
             if metric in metrics and isinstance(value, (int, float)) and math.isfinite(value):
                 scores.append((str(row["id"]), metric, float(value)))
@@ -292,11 +344,13 @@ def select_shard(runs: list[PlannedRun], shard: str | None) -> list[PlannedRun]:
     """`--shard i/n`: this worker's share of the runs (every n-th, starting at i)."""
     if not shard:
         return runs
+    error = ConfigError(f"--shard '{shard}' must look like INDEX/COUNT with 0 <= INDEX < COUNT, e.g. 0/4")
     try:
         index, count = (int(x) for x in shard.split("/"))
-        assert count > 0 and 0 <= index < count
-    except (ValueError, AssertionError):
-        raise ConfigError(f"--shard '{shard}' must look like INDEX/COUNT with 0 <= INDEX < COUNT, e.g. 0/4") from None
+    except ValueError:
+        raise error from None
+    if not (count > 0 and 0 <= index < count):
+        raise error
     return [r for i, r in enumerate(runs) if i % count == index]
 
 
@@ -310,13 +364,7 @@ def run_sweep(sweep: Sweep, shard: str | None = None, only: list[str] | None = N
         store.set_meta("baseline", sweep.baseline.name)
         store.set_meta("seeds", ",".join(map(str, sweep.seeds)))
         heldout = fix_heldout(sweep, store)
-        runs = plan_runs(sweep, heldout)
-        if only:
-            unknown = set(only) - {v.name for v in sweep.variants}
-            if unknown:
-                raise ConfigError(f"--only: no variant named {', '.join(sorted(unknown))}")
-            runs = [r for r in runs if r.variant is None or r.variant.name in only]
-        runs = select_shard(runs, shard)
+        runs = select_shard(select_only(plan_runs(sweep, heldout), sweep, only), shard)
         for r in runs:
             register(store, sweep, r)
         todo = [r for r in runs if (store.get_run(r.run_id) or {}).get("status") != "done"]
@@ -326,57 +374,81 @@ def run_sweep(sweep: Sweep, shard: str | None = None, only: list[str] | None = N
             return {"done": 0, "skipped": skipped, "failed": []}
         if skipped:
             console.print(f"sweep '{sweep.name}': {skipped} finished runs skipped, {len(todo)} to do")
-
-        from tunelab.models.load import set_threads
-
         set_threads(sweep.baseline.recipe.train.threads)
-        # Phase 1: every variant's data, and the overlap check, before any training.
-        prepared: dict[str, Path] = {}
-        for r in todo:
-            if r.variant is not None:
-                prepare_variant_data(r, heldout, store, prepared)
-                if (store.get_run(r.run_id) or {}).get("status") in (None, "pending", "failed"):
-                    store.set_status(r.run_id, "prepared")
-
-        # Phase 2: reference rows, then train + evaluate each run.
-        failed: list[str] = []
-        done = 0
-        with progress_bar() as bar:
-            task = bar.add_task(f"Sweep {sweep.name}", total=len(todo), info="")
-            for r in todo:
-                label = r.recipe.name if r.recipe else f"base model {r.model_ref}"
-                bar.update(task, info=label)
-                if not (store.get_run(r.run_id) or {}).get("started"):
-                    store.upsert_run(r.run_id, started=now())
-                try:
-                    if r.variant is not None:
-                        train_run(r, store)
-                    evaluate_run(r, sweep, heldout, store)
-                    done += 1
-                except (KeyboardInterrupt, SystemExit):
-                    raise
-                except Exception as err:  # one broken variant must not lose the others' results
-                    store.set_status(r.run_id, "failed", error=f"{type(err).__name__}: {err}")
-                    failed.append(label)
-                    console.print(f"[bold red]{label} failed:[/] {err}")
-                    if not isinstance(err, TunelabError):
-                        console.print(traceback.format_exc())
-                bar.update(task, advance=1)
-        atomic_write_json(folder / "sweep.json", {
-            "name": sweep.name, "file": str(sweep.file), "baseline": sweep.baseline.name, "seeds": sweep.seeds,
-            "variants": [{"name": v.name, "set": v.settings, "config_id": v.config_id, "kinds": sorted(v.kinds)} for v in sweep.variants],
-            "heldout": {"path": str(heldout.path), "examples": len(heldout.examples), "hash": heldout.split_hash,
-                        "carved_from": heldout.carved_from},
-            "updated": now(),
-        })
+        prepare_all(todo, heldout, store)  # every variant's data, and the overlap check, before any training
+        done, failed = train_and_evaluate_all(todo, sweep, heldout, store)
+        write_sweep_summary(sweep, heldout)
         return {"done": done, "skipped": skipped, "failed": failed}
 
 
+def select_only(runs: list[PlannedRun], sweep: Sweep, only: list[str] | None) -> list[PlannedRun]:
+    """`--only NAME`: those variants' runs, and every reference row."""
+    if not only:
+        return runs
+    unknown = set(only) - {v.name for v in sweep.variants}
+    if unknown:
+        raise ConfigError(f"--only: no variant named {', '.join(sorted(unknown))}")
+    return [r for r in runs if r.variant is None or r.variant.name in only]
+
+
+def prepare_all(todo: list[PlannedRun], heldout: Heldout, store: ResultsStore) -> None:
+    prepared: dict[str, Path] = {}
+    for r in todo:
+        if r.variant is not None:
+            prepare_variant_data(r, heldout, store, prepared)
+            if (store.get_run(r.run_id) or {}).get("status") in (None, "pending", "failed"):
+                store.set_status(r.run_id, "prepared")
+
+
+def train_and_evaluate_all(todo: list[PlannedRun], sweep: Sweep, heldout: Heldout, store: ResultsStore) -> tuple[int, list[str]]:
+    """Reference rows are evaluated, variants trained then evaluated; one failure does not stop the others."""
+    failed: list[str] = []
+    done = 0
+    with progress_bar() as bar:
+        task = bar.add_task(f"Sweep {sweep.name}", total=len(todo), info="")
+        for r in todo:
+            label = r.recipe.name if r.recipe else f"base model {r.model_ref}"
+            bar.update(task, info=label)
+            if not (store.get_run(r.run_id) or {}).get("started"):
+                store.upsert_run(r.run_id, started=now())
+            try:
+                if r.variant is not None:
+                    train_run(r, store)
+                evaluate_run(r, sweep, heldout, store)
+                done += 1
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as err:  # one broken variant must not lose the others' results
+                store.set_status(r.run_id, "failed", error=f"{type(err).__name__}: {err}")
+                failed.append(label)
+                console.print(f"[bold red]{label} failed:[/] {err}")
+                if not isinstance(err, TunelabError):
+                    console.print(traceback.format_exc())
+            bar.update(task, advance=1)
+    return done, failed
+
+
+def write_sweep_summary(sweep: Sweep, heldout: Heldout) -> None:
+    atomic_write_json(
+        sweep.folder / "sweep.json",
+        {
+            "name": sweep.name,
+            "file": str(sweep.file),
+            "baseline": sweep.baseline.name,
+            "seeds": sweep.seeds,
+            "variants": [{"name": v.name, "set": v.settings, "config_id": v.config_id, "kinds": sorted(v.kinds)} for v in sweep.variants],
+            "heldout": {
+                "path": str(heldout.path),
+                "examples": len(heldout.examples),
+                "hash": heldout.split_hash,
+                "carved_from": heldout.carved_from,
+            },
+            "updated": now(),
+        },
+    )
+
+
 def describe_plan(sweep: Sweep) -> None:
-    from rich.table import Table
-
-    from tunelab.compare.report import change_phrase
-
     status: dict[str, str] = {}
     if store_path(sweep.folder).is_file():
         with ResultsStore(store_path(sweep.folder)) as store:
@@ -389,7 +461,7 @@ def describe_plan(sweep: Sweep) -> None:
         text = "(baseline)" if v is sweep.baseline else "; ".join(change_phrase(k, a, b, plain=True) for k, (a, b) in changes.items())
         states = [status.get(f"{v.config_id}-s{s}", "new") for s in sweep.seeds]
         table.add_row(v.name, "+".join(sorted(v.kinds)) or "-", text, ",".join(map(str, sweep.seeds)), ",".join(states))
-    console.print(table)
+    print_table(table)
 
 
 def sweep_cli(sweep_file: str | Path, dry_run: bool = False, shard: str | None = None, only: list[str] | None = None) -> dict | None:
@@ -399,8 +471,12 @@ def sweep_cli(sweep_file: str | Path, dry_run: bool = False, shard: str | None =
         return None
     result = run_sweep(sweep, shard=shard, only=only)
     if result["failed"]:
-        raise TunelabError(f"{len(result['failed'])} run(s) failed: {', '.join(result['failed'])} (details in {store_path(sweep.folder)}; "
-                           "fix and re-run the sweep: finished runs are kept)")
-    console.print(f"[green]sweep '{sweep.name}' complete[/]: {result['done']} run(s) done, {result['skipped']} already in the store. "
-                  f"Next: tunelab compare {sweep_file}")
+        raise TunelabError(
+            f"{len(result['failed'])} run(s) failed: {', '.join(result['failed'])} (details in {store_path(sweep.folder)}; "
+            "fix and re-run the sweep: finished runs are kept)"
+        )
+    console.print(
+        f"[green]sweep '{sweep.name}' complete[/]: {result['done']} run(s) done, {result['skipped']} already in the store. "
+        f"Next: tunelab compare {sweep_file}"
+    )
     return result

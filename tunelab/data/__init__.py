@@ -7,15 +7,10 @@ Other stages use:
 - `check_no_overlap(train, test)`: raise when held-out examples occur in training data;
 - `prepare_data(data_cfg, out_dir, model_ref, max_seq_length)`: the whole stage.
 """
+
 from tunelab.data.loaders import load_examples, load_source
+from tunelab.data.prepare import prepare_data
 from tunelab.data.schema import content_hash, validate_example
 from tunelab.data.split import check_no_overlap
-
-
-def prepare_data(*args, **kwargs):
-    from tunelab.data.prepare import prepare_data as run
-
-    return run(*args, **kwargs)
-
 
 __all__ = ["load_examples", "load_source", "content_hash", "validate_example", "check_no_overlap", "prepare_data"]

@@ -7,6 +7,7 @@
   (echoes, refusals, runaway repetition, far too long or short) are dropped and counted.
 Copies get the id `<id>~template` / `<id>~paraphrase` and keep the original's `source`.
 """
+
 from __future__ import annotations
 
 import random
@@ -14,6 +15,8 @@ import re
 
 from tunelab.data.clean import REFUSAL
 from tunelab.data.schema import last_user_index, normalise_text
+from tunelab.models.chat import load_chat_model
+from tunelab.models.interface import GenerationSettings
 from tunelab.progress import progress_bar
 
 TEMPLATES = [
@@ -44,7 +47,10 @@ def _with_user_turn(example: dict, text: str, kind: str) -> dict:
     i = last_user_index(example)
     messages = [dict(m) for m in example["messages"]]
     messages[i]["content"] = text
-    return {"id": f"{example['id']}~{kind}", "messages": messages, "source": example["source"]}
+    copy = {"id": f"{example['id']}~{kind}", "messages": messages}
+    if "rejected" in example:  # a preference pair stays a pair: the same two answers to the reworded prompt
+        copy["rejected"] = example["rejected"]
+    return {**copy, "source": example["source"]}
 
 
 def template_variation(examples: list[dict], fraction: float, seed: int) -> list[dict]:
@@ -62,7 +68,9 @@ def template_variation(examples: list[dict], fraction: float, seed: int) -> list
 def clean_paraphrase(text: str) -> str:
     """Strip the wrappers small models add: 'Rewritten instruction:', quotes."""
     text = text.strip()
-    text = re.sub(r"^(?:here is |here's )?(?:the )?(?:rewritten|paraphrased|new) (?:instruction|version|text)\s*:?\s*", "", text, flags=re.IGNORECASE)
+    text = re.sub(
+        r"^(?:here is |here's )?(?:the )?(?:rewritten|paraphrased|new) (?:instruction|version|text)\s*:?\s*", "", text, flags=re.IGNORECASE
+    )
     text = re.sub(r"^instruction\s*:\s*", "", text, flags=re.IGNORECASE).strip()
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
         text = text[1:-1].strip()
@@ -85,14 +93,13 @@ def paraphrase_problem(original: str, new: str) -> str | None:
     return None
 
 
-def paraphrase(examples: list[dict], model_ref: str, fraction: float, seed: int, *, batch_size: int = 8,
-               max_new_tokens: int = 128, chat_model=None) -> tuple[list[dict], dict[str, int]]:
+def paraphrase(
+    examples: list[dict], model_ref: str, fraction: float, seed: int, *, batch_size: int = 8, max_new_tokens: int = 128, chat_model=None
+) -> tuple[list[dict], dict[str, int]]:
     """(new paraphrased copies, {drop reason: count}) for round(fraction × n) examples.
 
     `chat_model` may be given to reuse a loaded model; otherwise `load_chat_model(model_ref)`.
     """
-    from tunelab.models.chat import GenerationSettings, load_chat_model
-
     eligible = lambda e: last_user_index(e) is not None and len(e["messages"][last_user_index(e)]["content"]) <= MAX_PARAPHRASE_CHARS  # noqa: E731
     chosen = _choose(examples, fraction, seed, eligible)
     if not chosen:
@@ -104,8 +111,10 @@ def paraphrase(examples: list[dict], model_ref: str, fraction: float, seed: int,
         task = bar.add_task("Paraphrasing", total=len(chosen), info="")
         for start in range(0, len(chosen), batch_size):
             batch = originals[start : start + batch_size]
-            conversations = [[{"role": "system", "content": PARAPHRASE_SYSTEM},
-                              {"role": "user", "content": PARAPHRASE_PROMPT.format(text=t)}] for t in batch]
+            conversations = [
+                [{"role": "system", "content": PARAPHRASE_SYSTEM}, {"role": "user", "content": PARAPHRASE_PROMPT.format(text=t)}]
+                for t in batch
+            ]
             # a paraphrase needs about as many tokens as the original (~4 characters a token); allow twice that
             budget = min(max_new_tokens, max(len(t) for t in batch) // 2 + 16)
             settings = GenerationSettings(max_new_tokens=budget, temperature=0.0, seed=seed)

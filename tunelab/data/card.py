@@ -1,11 +1,14 @@
 """The data card: card.json (for programs), card.md (for people) and lengths.png."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from tunelab.io import atomic_write_json, atomic_write_text
+from tunelab.runs import DataDir
 
 HISTOGRAM_BINS = 20
 
@@ -16,8 +19,13 @@ def token_stats(lengths: list[int], bins: np.ndarray | None = None) -> dict:
     a = np.asarray(lengths)
     counts, edges = np.histogram(a, bins=bins if bins is not None else HISTOGRAM_BINS)
     return {
-        "count": int(a.size), "total": int(a.sum()), "min": int(a.min()), "max": int(a.max()),
-        "mean": round(float(a.mean()), 1), "median": float(np.median(a)), "p95": float(np.percentile(a, 95)),
+        "count": int(a.size),
+        "total": int(a.sum()),
+        "min": int(a.min()),
+        "max": int(a.max()),
+        "mean": round(float(a.mean()), 1),
+        "median": float(np.median(a)),
+        "p95": float(np.percentile(a, 95)),
         "histogram": {"edges": [round(float(x), 1) for x in edges], "counts": [int(c) for c in counts]},
     }
 
@@ -28,12 +36,9 @@ def shared_bins(lengths_by_split: dict[str, list[int]]) -> np.ndarray:
 
 
 def plot_lengths(lengths_by_split: dict[str, list[int]], bins: np.ndarray, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    # a Figure of its own (not pyplot's global state): no GUI backend, safe in any thread
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     for name, lengths in lengths_by_split.items():
         if lengths:
             ax.hist(lengths, bins=bins, alpha=0.6, label=f"{name} ({len(lengths)})")
@@ -43,26 +48,46 @@ def plot_lengths(lengths_by_split: dict[str, list[int]], bins: np.ndarray, path:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def card_markdown(card: dict) -> str:
     c = card["counts"]
     lines = [
-        "# Data card", "",
-        f"Model tokenizer: `{card['model']}` · max tokens: {card['max_tokens']} · seed: {card['config']['seed']}", "",
-        "| split | examples | tokens | mean | median | p95 | max | sha256 |", "|---|---|---|---|---|---|---|---|",
+        "# Data card",
+        "",
+        f"Model tokenizer: `{card['model']}` · max tokens: {card['max_tokens']} · seed: {card['config']['seed']}",
+        "",
+        "| split | examples | tokens | mean | median | p95 | max | sha256 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for split in ("train", "validation", "test"):
         t = card["tokens"][split]
         if t["count"]:
-            lines.append(f"| {split} | {c[split]} | {t['total']} | {t['mean']} | {t['median']:.0f} | {t['p95']:.0f} | {t['max']} | `{card['hashes'][split][:12]}` |")
+            lines.append(
+                f"| {split} | {c[split]} | {t['total']} | {t['mean']} | {t['median']:.0f} | {t['p95']:.0f} | {t['max']} | `{card['hashes'][split][:12]}` |"
+            )
         else:
             lines.append(f"| {split} | 0 | | | | | | |")
-    lines += ["", f"All splits: sha256 `{card['hashes']['all']}`", "", "## Sources", "",
-              "| source | format | records | valid | train |", "|---|---|---|---|---|"]
+    pairs = card.get("pairs")
+    if pairs:
+        lines += [
+            "",
+            "Preference pairs (a prompt with a chosen and a rejected answer; tokens count the longer side): "
+            + ", ".join(f"{pairs[s]} of {c[s]} {s}" for s in ("train", "validation", "test")),
+        ]
+    lines += [
+        "",
+        f"All splits: sha256 `{card['hashes']['all']}`",
+        "",
+        "## Sources",
+        "",
+        "| source | format | records | valid | train |",
+        "|---|---|---|---|---|",
+    ]
     for s in card["sources"]:
-        lines.append(f"| `{s['path']}`{' (eval)' if s.get('eval') else ''} | {s['format']} | {s['records']} | {s['loaded']} | {s.get('train', '')} |")
+        lines.append(
+            f"| `{s['path']}`{' (eval)' if s.get('eval') else ''} | {s['format']} | {s['records']} | {s['loaded']} | {s.get('train', '')} |"
+        )
     lines += ["", "## Dropped", ""]
     if card["drops"]:
         lines += ["| reason | count | examples |", "|---|---|---|"]
@@ -82,6 +107,8 @@ def card_markdown(card: dict) -> str:
 
 
 def write_card(folder: Path, card: dict, lengths_by_split: dict[str, list[int]], bins: np.ndarray) -> None:
-    atomic_write_json(folder / "card.json", card)
-    atomic_write_text(folder / "card.md", card_markdown(card))
-    plot_lengths(lengths_by_split, bins, folder / "lengths.png")
+    """card.json, card.md and lengths.png into a data folder (the run's data/, or its staging copy)."""
+    files = DataDir(Path(folder))
+    atomic_write_json(files.card_json, card)
+    atomic_write_text(files.card_md, card_markdown(card))
+    plot_lengths(lengths_by_split, bins, files.lengths_plot)

@@ -4,6 +4,7 @@ Cleaning keeps code intact: it never collapses spaces inside a line (indentation
 it only normalises unicode (NFC), line endings, trailing spaces, runs of blank lines and
 removes control and zero-width characters.
 """
+
 from __future__ import annotations
 
 import re
@@ -33,7 +34,10 @@ def clean_text(text: str) -> str:
 
 
 def clean_example(example: dict) -> dict:
-    return {**example, "messages": [{"role": m["role"], "content": clean_text(m["content"])} for m in example["messages"]]}
+    cleaned = {**example, "messages": [{"role": m["role"], "content": clean_text(m["content"])} for m in example["messages"]]}
+    if "rejected" in example:  # a preference pair's other answer
+        cleaned["rejected"] = {"role": example["rejected"]["role"], "content": clean_text(example["rejected"]["content"])}
+    return cleaned
 
 
 def quality_problem(example: dict, min_answer_chars: int, quality_filter: bool) -> str | None:

@@ -1,10 +1,12 @@
 """Exact and near-duplicate removal.
 
-Exact: two examples are duplicates when their normalised messages are equal (content_hash).
-Near: MinHash signatures of word 3-grams (system prompts left out), indexed with datasketch's
+Exact: two examples are duplicates when their normalised messages (and a preference pair's
+rejected answer) are equal (content_hash).
+Near: MinHash signatures of word 3-grams (system prompts left out, rejected answers in), indexed with datasketch's
 LSH; an example is dropped when an earlier kept one has an estimated Jaccard similarity of
 at least `threshold`. The first occurrence is always the one kept.
 """
+
 from __future__ import annotations
 
 from datasketch import MinHash, MinHashLSH
@@ -16,7 +18,8 @@ NUM_PERM = 128
 
 
 def shingles(example: dict, n: int = 3) -> set[bytes]:
-    words = normalise_text(" ".join(m["content"] for m in example["messages"] if m["role"] != "system")).split()
+    turns = [m for m in example["messages"] if m["role"] != "system"] + ([example["rejected"]] if "rejected" in example else [])
+    words = normalise_text(" ".join(m["content"] for m in turns)).split()
     if len(words) < n:
         return {" ".join(words).encode()}
     return {" ".join(words[i : i + n]).encode() for i in range(len(words) - n + 1)}

@@ -12,26 +12,28 @@ Order of work (each step's drops are counted by reason in the card):
 8. write {train,validation,test}.jsonl, card.json, card.md, lengths.png into a temporary
    folder that is renamed to `out_dir` at the end.
 """
+
 from __future__ import annotations
 
 import math
-import random
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tunelab.config import DataConfig
+from tunelab.config import DataConfig, DataSource
 from tunelab.data.augment import paraphrase, template_variation
 from tunelab.data.card import shared_bins, token_stats, write_card
 from tunelab.data.clean import clean_example, quality_problem
 from tunelab.data.dedup import exact_dedup, near_dedup
 from tunelab.data.loaders import read_source
-from tunelab.data.schema import InvalidRecord, split_hash, validate_example, where
+from tunelab.data.schema import InvalidRecord, conversations, is_pair, split_hash, validate_example, where
 from tunelab.data.split import check_no_overlap, overlapping, seeded_sample, split_examples
 from tunelab.errors import DataError
 from tunelab.io import atomic_dir, atomic_write_jsonl
+from tunelab.models.load import load_tokenizer
+from tunelab.models.resolve import resolve_model
 from tunelab.progress import console, progress_bar
-
-SPLITS = ("train", "validation", "test")
+from tunelab.runs import DataDir
 
 
 class Drops:
@@ -54,20 +56,32 @@ class Drops:
 
 
 def token_lengths(tokenizer, examples: list[dict], batch: int = 512) -> list[int]:
-    """Tokens of each example rendered with the model's chat template."""
+    """Tokens of each example rendered with the model's chat template (a preference pair: its longer side)."""
     lengths: list[int] = []
     with progress_bar(transient=True) as bar:
         task = bar.add_task("Measuring tokens", total=len(examples), info="")
         for start in range(0, len(examples), batch):
             chunk = examples[start : start + batch]
-            texts = [tokenizer.apply_chat_template(e["messages"], tokenize=False) for e in chunk]
-            lengths += [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+            owners, texts = [], []
+            for k, e in enumerate(chunk):
+                for conversation in conversations(e):
+                    owners.append(k)
+                    texts.append(tokenizer.apply_chat_template(conversation, tokenize=False))
+            longest = [0] * len(chunk)
+            for k, ids in zip(owners, tokenizer(texts, add_special_tokens=False)["input_ids"]):
+                longest[k] = max(longest[k], len(ids))
+            lengths += longest
             bar.update(task, advance=len(chunk))
     return lengths
 
 
-def filter_examples(examples: list[dict], cfg: DataConfig, tokenizer, max_tokens: int, drops: Drops) -> tuple[list[dict], dict[str, int]]:
-    """Clean, re-validate, quality and length filters. Returns (kept, {id: tokens})."""
+def filter_examples(
+    examples: list[dict], cfg: DataConfig, tokenizer, max_tokens: int, drops: Drops, held_out: bool = False
+) -> tuple[list[dict], dict[str, int]]:
+    """Clean, re-validate, quality and length filters. Returns (kept, {id: tokens}).
+
+    A separate held-out set (`eval_source`) is cleaned and validated only: the quality and length
+    filters choose training data, and must not change the test set a change is measured on."""
     kept = []
     for e in examples:
         if cfg.clean:
@@ -79,7 +93,7 @@ def filter_examples(examples: list[dict], cfg: DataConfig, tokenizer, max_tokens
                     raise
                 drops.add_invalid(err)
                 continue
-        problem = quality_problem(e, cfg.min_answer_chars, cfg.quality_filter)
+        problem = None if held_out else quality_problem(e, cfg.min_answer_chars, cfg.quality_filter)
         if problem:
             drops.add(problem, e["id"])
             continue
@@ -88,7 +102,9 @@ def filter_examples(examples: list[dict], cfg: DataConfig, tokenizer, max_tokens
     result = []
     for e in kept:
         n = lengths[e["id"]]
-        if n > max_tokens:
+        if held_out:
+            result.append(e)
+        elif n > max_tokens:
             file, record = where(e)
             err = InvalidRecord(file, record, None, f"{n} tokens with the chat template, over the limit of {max_tokens}", "too_long")
             if cfg.strict:
@@ -129,149 +145,207 @@ def mix_by_weight(train_by_source: list[list[dict]], weights: list[float], seed:
     return mixed
 
 
+@dataclass
+class Preparation:
+    """What the steps of prepare_data share: the settings, the tokenizer, and what they counted so far."""
+
+    cfg: DataConfig
+    tokenizer: object
+    max_tokens: int
+    drops: Drops = field(default_factory=Drops)
+    seen_ids: set[str] = field(default_factory=set)
+    lengths: dict[str, int] = field(default_factory=dict)  # example id -> tokens, chat template applied
+    source_of: dict[str, int] = field(default_factory=dict)  # example id -> index in cfg.sources
+    infos: list[dict] = field(default_factory=list)  # one per source (and the eval source), for the card
+
+
 def prepare_data(data_cfg: DataConfig, out_dir: Path, model_ref: str, max_seq_length: int) -> dict:
-    """Build the data splits and card in `out_dir` (atomically); return the card."""
-    from tunelab.models.load import load_tokenizer
-    from tunelab.models.resolve import resolve_model
-
+    """Build the data splits and card in `out_dir` (atomically); return the card. Steps as in the module docstring."""
     cfg = data_cfg
-    out_dir = Path(out_dir)
-    max_tokens = cfg.max_tokens or max_seq_length
     resolved = resolve_model(model_ref)
-    tokenizer = load_tokenizer(resolved.path)
-    drops = Drops()
-    seen_ids: set[str] = set()
-    lengths: dict[str, int] = {}
-
-    def load(source, is_eval: bool = False):
-        examples, invalid, info = read_source(source, strict=cfg.strict)
-        for err in invalid:
-            drops.add_invalid(err)
-        unique_ids(examples, seen_ids)
-        examples, source_lengths = filter_examples(examples, cfg, tokenizer, max_tokens, drops)
-        lengths.update(source_lengths)
-        info.update(eval=is_eval, valid=len(examples))
-        return examples, info
-
-    # 1–2: read, clean, filter
-    pool: list[dict] = []
-    source_of: dict[str, int] = {}
-    infos = []
-    for i, source in enumerate(cfg.sources):
-        examples, info = load(source)
-        infos.append(info)
-        pool += examples
-        source_of.update((e["id"], i) for e in examples)
-    eval_examples = None
-    if cfg.eval_source is not None:
-        eval_examples, info = load(cfg.eval_source, is_eval=True)
-        infos.append(info)
-
-    # 3: deduplicate
-    def dedup(examples: list[dict], mode: str) -> list[dict]:
-        if mode == "none":
-            return examples
-        examples, dropped = exact_dedup(examples)
-        for e, kept_id in dropped:
-            drops.add("exact_duplicate", e["id"], f"{e['id']} repeats {kept_id}")
-        if mode == "near":
-            examples, dropped = near_dedup(examples, cfg.near_dup_threshold)
-            for e, kept_id in dropped:
-                drops.add("near_duplicate", e["id"], f"{e['id']} is a near copy of {kept_id}")
-        return examples
-
-    pool = dedup(pool, cfg.dedup)
+    prep = Preparation(cfg, load_tokenizer(resolved.path), cfg.max_tokens or max_seq_length)
+    pool, eval_examples = read_sources(prep)
+    pool = deduplicate(prep, pool, cfg.dedup)
     if eval_examples is not None:
-        eval_examples = dedup(eval_examples, "exact" if cfg.dedup != "none" else "none")
+        eval_examples = deduplicate(prep, eval_examples, "exact" if cfg.dedup != "none" else "none")
+    pool = cap_sources(prep, pool)
+    train, validation, test = split_without_leaks(prep, pool, eval_examples)
+    train = mix_and_cap(prep, train)
+    train, augmentation = augment_training(prep, train)
+    check_no_overlap(train, test)
+    check_no_overlap(validation, test)
 
-    # 4: per-source caps
+    splits = {"train": train, "validation": validation, "test": test}
+    lengths_by_split = {
+        name: [prep.lengths.get(e["id"]) or prep.lengths[e["id"].split("~rep")[0]] for e in rows] for name, rows in splits.items()
+    }
+    bins = shared_bins(lengths_by_split)
+    card = build_card(prep, splits, lengths_by_split, bins, augmentation, model_ref, resolved.path)
+    with atomic_dir(Path(out_dir)) as tmp:
+        for name, rows in splits.items():
+            atomic_write_jsonl(DataDir(tmp).split(name), (split_row(e) for e in rows))
+        write_card(tmp, card, lengths_by_split, bins)
+    reasons = ", ".join(f"{reason} {d['count']}" for reason, d in prep.drops.by_reason.items())
+    counts = card["counts"]
+    console.print(
+        f"data: {counts['train']} train, {counts['validation']} validation, {counts['test']} test"
+        + (" (preference pairs)" if card.get("pairs", {}).get("train") == counts["train"] else "")
+        + "; "
+        f"{prep.drops.total()} dropped" + (f" ({reasons})" if reasons else "")
+    )
+    return card
+
+
+def split_row(example: dict) -> dict:
+    """A line of a prepared split: id, messages, a preference pair's rejected answer, source."""
+    row = {"id": example["id"], "messages": example["messages"]}
+    if is_pair(example):
+        row["rejected"] = example["rejected"]
+    return {**row, "source": example["source"]}
+
+
+# ---------------------------------------------------------------- the steps
+def load_source_examples(prep: Preparation, source: DataSource, is_eval: bool = False) -> tuple[list[dict], dict]:
+    """One source read (invalid records counted), ids made unique, cleaned and filtered."""
+    examples, invalid, info = read_source(source, strict=prep.cfg.strict)
+    for err in invalid:
+        prep.drops.add_invalid(err)
+    unique_ids(examples, prep.seen_ids)
+    examples, source_lengths = filter_examples(examples, prep.cfg, prep.tokenizer, prep.max_tokens, prep.drops, held_out=is_eval)
+    prep.lengths.update(source_lengths)
+    info.update(eval=is_eval, valid=len(examples))
+    prep.infos.append(info)
+    return examples, info
+
+
+def read_sources(prep: Preparation) -> tuple[list[dict], list[dict] | None]:
+    """Steps 1-2: every training source into one pool, and the separate held-out source if any."""
+    pool: list[dict] = []
+    for i, source in enumerate(prep.cfg.sources):
+        examples, _ = load_source_examples(prep, source)
+        pool += examples
+        prep.source_of.update((e["id"], i) for e in examples)
+    eval_examples = None
+    if prep.cfg.eval_source is not None:
+        eval_examples, _ = load_source_examples(prep, prep.cfg.eval_source, is_eval=True)
+    return pool, eval_examples
+
+
+def deduplicate(prep: Preparation, examples: list[dict], mode: str) -> list[dict]:
+    """Step 3: exact, or exact then near duplicates removed (the first copy is kept)."""
+    if mode == "none":
+        return examples
+    examples, dropped = exact_dedup(examples)
+    for e, kept_id in dropped:
+        prep.drops.add("exact_duplicate", e["id"], f"{e['id']} repeats {kept_id}")
+    if mode == "near":
+        examples, dropped = near_dedup(examples, prep.cfg.near_dup_threshold)
+        for e, kept_id in dropped:
+            prep.drops.add("near_duplicate", e["id"], f"{e['id']} is a near copy of {kept_id}")
+    return examples
+
+
+def cap_sources(prep: Preparation, pool: list[dict]) -> list[dict]:
+    """Step 4: each source's `max_examples` (a seeded sample)."""
+    cfg = prep.cfg
     for i, source in enumerate(cfg.sources):
-        mine = [e for e in pool if source_of[e["id"]] == i]
+        mine = [e for e in pool if prep.source_of[e["id"]] == i]
         if source.max_examples and len(mine) > source.max_examples:
             keep = {e["id"] for e in seeded_sample(mine, source.max_examples, cfg.seed + i)}
-            drops.add("source_max_examples", source.path, count=len(mine) - len(keep))
-            pool = [e for e in pool if source_of[e["id"]] != i or e["id"] in keep]
+            prep.drops.add("source_max_examples", source.path, count=len(mine) - len(keep))
+            pool = [e for e in pool if prep.source_of[e["id"]] != i or e["id"] in keep]
+    return pool
 
-    # 5: split, and keep test data out of training
+
+def split_without_leaks(prep: Preparation, pool: list[dict], eval_examples: list[dict] | None) -> tuple[list[dict], list[dict], list[dict]]:
+    """Step 5: train/validation/test; training and validation examples equal to a test example are dropped."""
+    cfg = prep.cfg
     if eval_examples is None:
-        train, validation, test = split_examples(pool, seed=cfg.seed, test_size=cfg.test_size, test_fraction=cfg.test_fraction,
-                                                 validation_size=cfg.validation_size, validation_fraction=cfg.validation_fraction)
+        train, validation, test = split_examples(
+            pool,
+            seed=cfg.seed,
+            test_size=cfg.test_size,
+            test_fraction=cfg.test_fraction,
+            validation_size=cfg.validation_size,
+            validation_fraction=cfg.validation_fraction,
+        )
     else:
-        train, validation, _ = split_examples(pool, seed=cfg.seed, validation_size=cfg.validation_size, validation_fraction=cfg.validation_fraction)
+        train, validation, _ = split_examples(
+            pool, seed=cfg.seed, validation_size=cfg.validation_size, validation_fraction=cfg.validation_fraction
+        )
         test = seeded_sample(eval_examples, cfg.test_size, cfg.seed) if cfg.test_size is not None else eval_examples
-    for name in ("train", "validation"):
-        split = train if name == "train" else validation
-        leaked = {e["id"] for e in overlapping(split, test)}
-        for e in split:
-            if e["id"] in leaked:
-                drops.add("overlaps_test", e["id"], f"{e['id']} ({name}) equals a held-out test example")
-        if name == "train":
-            train = [e for e in train if e["id"] not in leaked]
-        else:
-            validation = [e for e in validation if e["id"] not in leaked]
+    train, validation = (drop_test_overlap(prep, split, test, name) for name, split in (("train", train), ("validation", validation)))
     if not train:
-        raise DataError(", ".join(s.path for s in cfg.sources), None, None, "no training examples left after filtering (see the drops above)")
+        raise DataError(
+            ", ".join(s.path for s in cfg.sources), None, None, "no training examples left after filtering (see the drops above)"
+        )
+    return train, validation, test
 
-    # 6: mixing by weight, then the total cap
-    weights = [s.weight for s in cfg.sources]
-    train = mix_by_weight([[e for e in train if source_of[e["id"]] == i] for i in range(len(cfg.sources))], weights, cfg.seed)
+
+def drop_test_overlap(prep: Preparation, split: list[dict], test: list[dict], name: str) -> list[dict]:
+    leaked = {e["id"] for e in overlapping(split, test)}
+    for e in split:
+        if e["id"] in leaked:
+            prep.drops.add("overlaps_test", e["id"], f"{e['id']} ({name}) equals a held-out test example")
+    return [e for e in split if e["id"] not in leaked]
+
+
+def mix_and_cap(prep: Preparation, train: list[dict]) -> list[dict]:
+    """Step 6: the training split mixed by source weight, then the total `max_examples`."""
+    cfg = prep.cfg
+    by_source = [[e for e in train if prep.source_of[e["id"]] == i] for i in range(len(cfg.sources))]
+    train = mix_by_weight(by_source, [s.weight for s in cfg.sources], cfg.seed)
     if cfg.max_examples and len(train) > cfg.max_examples:
-        drops.add("max_examples", f"{len(train) - cfg.max_examples} of {len(train)}", count=len(train) - cfg.max_examples)
+        prep.drops.add("max_examples", f"{len(train) - cfg.max_examples} of {len(train)}", count=len(train) - cfg.max_examples)
         train = seeded_sample(train, cfg.max_examples, cfg.seed)
-    for info_index, info in enumerate(infos[: len(cfg.sources)]):
-        info["train"] = sum(1 for e in train if source_of.get(e["id"].split("~rep")[0]) == info_index)
+    for index, info in enumerate(prep.infos[: len(cfg.sources)]):
+        info["train"] = sum(1 for e in train if prep.source_of.get(e["id"].split("~rep")[0]) == index)
+    return train
 
-    # 7: augmentation of the training split only
+
+def augment_training(prep: Preparation, train: list[dict]) -> tuple[list[dict], dict]:
+    """Step 7: template variations and paraphrases of training examples; copies over the length limit are dropped."""
     augmentation: dict = {}
-    aug = cfg.augment
+    aug = prep.cfg.augment
     copies: list[dict] = []
     if aug.template_variation and aug.template_fraction > 0:
-        made = template_variation(train, aug.template_fraction, cfg.seed)
+        made = template_variation(train, aug.template_fraction, prep.cfg.seed)
         augmentation["template_variation"] = len(made)
         copies += made
     if aug.paraphrase and aug.paraphrase_fraction > 0:
-        made, bad = paraphrase(train, aug.paraphrase_model, aug.paraphrase_fraction, cfg.seed)
+        made, bad = paraphrase(train, aug.paraphrase_model, aug.paraphrase_fraction, prep.cfg.seed)
         augmentation["paraphrase"] = len(made)
         if bad:
             augmentation["paraphrase_dropped"] = bad
         copies += made
-    if copies:
-        copy_lengths = dict(zip((e["id"] for e in copies), token_lengths(tokenizer, copies)))
-        too_long = [e for e in copies if copy_lengths[e["id"]] > max_tokens]
-        if too_long:
-            augmentation["dropped_too_long"] = len(too_long)
-        copies = [e for e in copies if copy_lengths[e["id"]] <= max_tokens]
-        lengths.update(copy_lengths)
-        train = train + copies
-    check_no_overlap(train, test)
-    check_no_overlap(validation, test)
+    if not copies:
+        return train, augmentation
+    copy_lengths = dict(zip((e["id"] for e in copies), token_lengths(prep.tokenizer, copies)))
+    too_long = [e for e in copies if copy_lengths[e["id"]] > prep.max_tokens]
+    if too_long:
+        augmentation["dropped_too_long"] = len(too_long)
+    prep.lengths.update(copy_lengths)
+    return train + [e for e in copies if copy_lengths[e["id"]] <= prep.max_tokens], augmentation
 
-    # 8: card and files
-    splits = {"train": train, "validation": validation, "test": test}
-    lengths_by_split = {name: [lengths.get(e["id"]) or lengths[e["id"].split("~rep")[0]] for e in rows] for name, rows in splits.items()}
-    bins = shared_bins(lengths_by_split)
+
+def build_card(prep: Preparation, splits: dict, lengths_by_split: dict, bins, augmentation: dict, model_ref: str, tokenizer_path) -> dict:
+    """Step 8: the data card: counts, drops by reason, token statistics, content hashes, sources, settings."""
     hashes = {name: split_hash(rows) for name, rows in splits.items()}
-    hashes["all"] = split_hash(train + validation + test)
+    hashes["all"] = split_hash(splits["train"] + splits["validation"] + splits["test"])
     card = {
         "counts": {name: len(rows) for name, rows in splits.items()},
-        "drops": drops.by_reason,
-        "dropped_total": drops.total(),
+        "drops": prep.drops.by_reason,
+        "dropped_total": prep.drops.total(),
         "tokens": {name: token_stats(values, bins) for name, values in lengths_by_split.items()},
         "hashes": hashes,
-        "sources": infos,
+        "sources": prep.infos,
         "augmentation": augmentation,
         "model": model_ref,
-        "tokenizer_path": str(resolved.path),
-        "max_tokens": max_tokens,
-        "config": cfg.model_dump(mode="json"),
+        "tokenizer_path": str(tokenizer_path),
+        "max_tokens": prep.max_tokens,
+        "config": prep.cfg.model_dump(mode="json"),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    with atomic_dir(out_dir) as tmp:
-        for name, rows in splits.items():
-            atomic_write_jsonl(tmp / f"{name}.jsonl", ({"id": e["id"], "messages": e["messages"], "source": e["source"]} for e in rows))
-        write_card(tmp, card, lengths_by_split, bins)
-    reasons = ", ".join(f"{reason} {d['count']}" for reason, d in drops.by_reason.items())
-    counts = card["counts"]
-    console.print(f"data: {counts['train']} train, {counts['validation']} validation, {counts['test']} test; "
-                  f"{drops.total()} dropped" + (f" ({reasons})" if reasons else ""))
+    if any(is_pair(e) for rows in splits.values() for e in rows):  # preference pairs (the rest: plain conversations)
+        card["pairs"] = {name: sum(1 for e in rows if is_pair(e)) for name, rows in splits.items()}
     return card

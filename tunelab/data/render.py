@@ -9,6 +9,7 @@ This works for any template whose renderings of a conversation's prefixes are pr
 the whole rendering, which holds for ChatML (SmolLM2, Qwen), Gemma, Llama 3 and tunelab's
 default template; a template that breaks it gets a clear error.
 """
+
 from __future__ import annotations
 
 from tunelab.errors import TunelabError
@@ -53,9 +54,3 @@ def render_example(tokenizer, messages: list[dict], max_seq_length: int | None =
     if max_seq_length is not None and len(input_ids) > max_seq_length:
         input_ids, labels = input_ids[:max_seq_length], labels[:max_seq_length]
     return {"input_ids": input_ids, "labels": labels}
-
-
-def prompt_length(tokenizer, messages: list[dict]) -> int:
-    """Tokens before the last answer starts (the prompt the model must see in full)."""
-    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-    return len(tokenizer(_render(tokenizer, messages[:last], add_generation_prompt=True), add_special_tokens=False)["input_ids"])

@@ -1,4 +1,5 @@
 """Deterministic train/validation/test splits, and the check that test data never reaches training."""
+
 from __future__ import annotations
 
 import random
@@ -16,8 +17,15 @@ def split_count(n: int, size: int | None, fraction: float) -> int:
     return max(1, round(n * fraction))
 
 
-def split_examples(examples: list[dict], *, seed: int, test_size: int | None = None, test_fraction: float = 0.0,
-                   validation_size: int | None = None, validation_fraction: float = 0.0) -> tuple[list[dict], list[dict], list[dict]]:
+def split_examples(
+    examples: list[dict],
+    *,
+    seed: int,
+    test_size: int | None = None,
+    test_fraction: float = 0.0,
+    validation_size: int | None = None,
+    validation_fraction: float = 0.0,
+) -> tuple[list[dict], list[dict], list[dict]]:
     """(train, validation, test): a seeded shuffle, then test and validation taken off the front.
 
     The same examples in the same order and the same seed always give the same split;
@@ -56,5 +64,7 @@ def check_no_overlap(train: list[dict], test: list[dict]) -> None:
     found = overlapping(train, test)
     if found:
         ids = ", ".join(e["id"] for e in found[:5])
-        raise TunelabError(f"{len(found)} held-out test examples also occur in the training data (e.g. {ids}); "
-                           "remove them from training or use another eval set")
+        raise TunelabError(
+            f"{len(found)} held-out test examples also occur in the training data (e.g. {ids}); "
+            "remove them from training or use another eval set"
+        )

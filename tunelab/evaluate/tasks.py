@@ -3,6 +3,7 @@
 Multiple-choice accuracy needs the model's log-likelihoods and lives in likelihood.py; the
 choice/answer fields are read here.
 """
+
 from __future__ import annotations
 
 import re

@@ -1,5 +1,6 @@
 """The model card (README.md) of a merged export: what it is, what it was trained on, how it scores,
 how faithful each export is, under which licence, and how to run it."""
+
 from __future__ import annotations
 
 import json
@@ -7,13 +8,15 @@ from pathlib import Path
 
 import yaml
 
+from tunelab.models.catalog import lookup
+from tunelab.models.resolve import MARKER
+from tunelab.runs import RunDir
+
 
 def base_licence(base_ref: str | None, base_dir: Path | None) -> str:
     """The base model's licence: from tunelab's catalog, else the base folder's model card front matter."""
-    from tunelab.models.catalog import lookup
-
     entry = lookup(base_ref) if base_ref else None
-    source = Path(base_dir) / "tunelab_source.json" if base_dir else None
+    source = Path(base_dir) / MARKER if base_dir else None
     if entry is None and source and source.is_file():  # a catalog model converted into tunelab's cache
         entry = lookup(json.loads(source.read_text()).get("catalog") or "")
     if entry:
@@ -38,7 +41,11 @@ def model_card(*, name: str, info: dict, licence: str, run_root: Path | None, fa
     lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {name}", ""]
     lines += [
         f"Fine-tuned from **{base}** with **{method}** by tunelab "
-        + ("(LoRA adapter merged into the base weights" + (", the 4-bit base dequantized first" if method == "qlora" else "") + ")." if method in ("lora", "qlora") else "."),
+        + (
+            "(LoRA adapter merged into the base weights" + (", the 4-bit base dequantized first" if method == "qlora" else "") + ")."
+            if method in ("lora", "qlora")
+            else "."
+        ),
         "",
         f"Licence: **{licence}** (inherited from the base model; the training data's licence may add terms, see below).",
         "",
@@ -47,14 +54,13 @@ def model_card(*, name: str, info: dict, licence: str, run_root: Path | None, fa
     if isinstance(recipe, dict) and recipe.get("train"):
         lines += ["## Training", "", "```yaml", yaml.safe_dump({"train": recipe["train"]}, sort_keys=False).strip(), "```", ""]
     if run_root:
-        card_md = Path(run_root) / "data" / "card.md"
-        card_json = Path(run_root) / "data" / "card.json"
+        data, evaluation = RunDir(run_root).data_dir, RunDir(run_root).eval_dir
+        card_md, card_json = data.card_md, data.card_json
         if card_md.is_file():
             lines += ["## Training data", "", _demote(card_md.read_text()), ""]
         elif card_json.is_file():
             lines += ["## Training data", "", "```json", json.dumps(json.loads(card_json.read_text()), indent=2)[:4000], "```", ""]
-        summary = Path(run_root) / "eval" / "summary.md"
-        eval_json = Path(run_root) / "eval" / "eval.json"
+        summary, eval_json = evaluation.summary_md, evaluation.eval_json
         if summary.is_file():
             lines += ["## Evaluation", "", _demote(summary.read_text()), ""]
         elif eval_json.is_file():
@@ -72,11 +78,15 @@ def model_card(*, name: str, info: dict, licence: str, run_root: Path | None, fa
         "print(tok.decode(model.generate(ids, max_new_tokens=64)[0, ids.shape[1]:], skip_special_tokens=True))",
         "```",
         "",
-        f"or `tunelab generate PATH/merged \"Hello\"`.",
+        'or `tunelab generate PATH/merged "Hello"`.',
     ]
     if gguf_files:
-        lines += ["", "GGUF files (llama.cpp, Ollama): " + ", ".join(f"`gguf/{f}`" for f in gguf_files)
-                  + "; `ollama create NAME -f gguf/Modelfile`, or `tunelab generate gguf/FILE.gguf \"Hello\"`."]
+        lines += [
+            "",
+            "GGUF files (llama.cpp, Ollama): "
+            + ", ".join(f"`gguf/{f}`" for f in gguf_files)
+            + '; `ollama create NAME -f gguf/Modelfile`, or `tunelab generate gguf/FILE.gguf "Hello"`.',
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -13,12 +13,18 @@ PyTorch model (base + adapter, unmerged) and every export generate greedily. We 
 - metrics: BLEU / ROUGE-L / BERTScore of the full greedy answers against the references, scored
   by tunelab.evaluate.metrics.score_predictions, and the delta of each export to PyTorch.
 """
+
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
+from tunelab.evaluate.metrics import score_predictions
 from tunelab.io import read_jsonl
+from tunelab.models.interface import GenerationSettings
+from tunelab.runs import RunDir
 
 # A divergence at a step where the PyTorch model's top-2 logit gap is below this is a tie.
 TIE_MARGIN = {"merged": 1e-3, "gguf-f16": 0.05, "gguf-q8_0": 0.25}
@@ -51,7 +57,7 @@ class Generation:
 
 def check_prompts(run_root: Path | None, n: int) -> tuple[list[list[dict]], list[str] | None, str]:
     """(conversations, references or None, source) for the check."""
-    test = Path(run_root) / "data" / "test.jsonl" if run_root else None
+    test = RunDir(run_root).split("test") if run_root else None
     if test is not None and test.is_file():
         convs, refs = [], []
         for row in read_jsonl(test):
@@ -69,8 +75,6 @@ def check_prompts(run_root: Path | None, n: int) -> tuple[list[list[dict]], list
 
 def hf_greedy(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, on_done=None) -> list[Generation]:
     """Greedy answers of a transformers model, one prompt at a time (no padding), with logit margins."""
-    import torch
-
     eos = {tokenizer.eos_token_id}
     gen_eos = model.generation_config.eos_token_id
     eos |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
@@ -81,10 +85,18 @@ def hf_greedy(model, tokenizer, conversations: list[list[dict]], max_new_tokens:
         enc = tokenizer(text, return_tensors="pt", add_special_tokens=False)
         with torch.inference_mode():
             res = model.generate(
-                **enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
-                eos_token_id=sorted(eos), pad_token_id=tokenizer.pad_token_id, output_scores=True, return_dict_in_generate=True,
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                eos_token_id=sorted(eos),
+                pad_token_id=tokenizer.pad_token_id,
+                output_scores=True,
+                return_dict_in_generate=True,
             )
-        ids = res.sequences[0, enc["input_ids"].shape[1]:].tolist()
+        ids = res.sequences[0, enc["input_ids"].shape[1] :].tolist()
         margins = []
         for step in res.scores:
             top2 = torch.topk(step[0].float(), 2).values
@@ -100,8 +112,6 @@ def hf_greedy(model, tokenizer, conversations: list[list[dict]], max_new_tokens:
 
 def gguf_greedy(chat, conversations: list[list[dict]], max_new_tokens: int, on_done=None) -> list[Generation]:
     """Greedy answers of a LlamaCppChatModel, from its own chat template and tokenizer."""
-    from tunelab.models.chat import GenerationSettings
-
     settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=0.0)
     out = []
     for conv in conversations:
@@ -123,14 +133,16 @@ def compare_tokens(fmt: str, reference: list[Generation], export: list[Generatio
             same += 1
         equal = a == b
         margin = ref.margins[same] if not equal and same < len(ref.margins) else None
-        prompts.append({
-            "equal": equal,
-            "matched": same,
-            "compared": len(a),
-            "prompt_tokens_equal": ref.prompt_ids == exp.prompt_ids,
-            "diverged_at": None if equal else same,
-            "pytorch_margin_at_divergence": None if margin is None else round(margin, 4),
-        })
+        prompts.append(
+            {
+                "equal": equal,
+                "matched": same,
+                "compared": len(a),
+                "prompt_tokens_equal": ref.prompt_ids == exp.prompt_ids,
+                "diverged_at": None if equal else same,
+                "pytorch_margin_at_divergence": None if margin is None else round(margin, 4),
+            }
+        )
     agreement = sum(p["matched"] / max(p["compared"], 1) for p in prompts) / max(len(prompts), 1)
     result = {
         "format": fmt,
@@ -146,18 +158,22 @@ def compare_tokens(fmt: str, reference: list[Generation], export: list[Generatio
         result["passed"] = agreement >= MIN_AGREEMENT[fmt]
     else:
         tie = TIE_MARGIN.get(fmt, 0.0)
-        ties = [p for p in prompts if not p["equal"] and p["pytorch_margin_at_divergence"] is not None and p["pytorch_margin_at_divergence"] < tie]
+        ties = [
+            p
+            for p in prompts
+            if not p["equal"] and p["pytorch_margin_at_divergence"] is not None and p["pytorch_margin_at_divergence"] < tie
+        ]
         for p in ties:
             p["near_tie"] = True
-        result["rule"] = f"first {n} tokens equal on every prompt (a divergence where PyTorch's top-2 logits are within {tie} counts as a tie)"
+        result["rule"] = (
+            f"first {n} tokens equal on every prompt (a divergence where PyTorch's top-2 logits are within {tie} counts as a tie)"
+        )
         result["passed"] = result["prompt_tokens_equal"] and all(p["equal"] or p.get("near_tie") for p in prompts)
     return result
 
 
 def score_answers(answers: list[str], references: list[str], metrics: list[str], bertscore_model: str) -> dict:
     """Corpus scores of answers against references, by the evaluation stage's scorer."""
-    from tunelab.evaluate.metrics import score_predictions
-
     wanted = [m for m in metrics if m != "perplexity"]  # perplexity needs the model, not its answers
     return score_predictions(answers, references, wanted, bertscore_model)["corpus"]
 
@@ -197,13 +213,21 @@ def markdown_table(report: dict) -> str:
     ]
     for fmt, r in report["formats"].items():
         row = [
-            fmt, _size(r.get("bytes")), f"{r['prompts_equal']}/{r['prompts']}", f"{r['agreement']:.1%}",
-            "yes" if r["prompt_tokens_equal"] else "no", "yes" if r["passed"] else "**no**",
+            fmt,
+            _size(r.get("bytes")),
+            f"{r['prompts_equal']}/{r['prompts']}",
+            f"{r['agreement']:.1%}",
+            "yes" if r["prompt_tokens_equal"] else "no",
+            "yes" if r["passed"] else "**no**",
         ]
         row += [f"{r['metrics'][m]['delta']:+.4f}" if m in r.get("metrics", {}) else "-" for m in metrics]
         lines.append("| " + " | ".join(row) + " |")
     if report.get("pytorch_metrics"):
-        lines += ["", "PyTorch model: " + ", ".join(f"{m} {v:.4f}" for m, v in ((m, _scalar(v)) for m, v in report["pytorch_metrics"].items()) if v is not None)]
+        lines += [
+            "",
+            "PyTorch model: "
+            + ", ".join(f"{m} {v:.4f}" for m, v in ((m, _scalar(v)) for m, v in report["pytorch_metrics"].items()) if v is not None),
+        ]
     if report.get("metrics_note"):
         lines += ["", report["metrics_note"]]
     lines += ["", "Rules: " + "; ".join(f"{fmt}: {r['rule']}" for fmt, r in report["formats"].items()), ""]
@@ -214,7 +238,3 @@ def _size(n: int | None) -> str:
     if not n:
         return "-"
     return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
-
-
-def generations_json(gens: list[Generation]) -> list[dict]:
-    return [{k: v for k, v in asdict(g).items() if k != "margins"} for g in gens]

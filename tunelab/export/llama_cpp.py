@@ -1,4 +1,5 @@
-"""llama.cpp: its converter (HF folder -> GGUF), its quantizer, and a chat backend for GGUF files.
+"""llama.cpp's converter (HF folder -> GGUF) and quantizer. Running a GGUF is the models stage's
+job (tunelab/models/llama_cpp.py: LlamaCppChatModel, metadata, llama-cpp-python itself).
 
 - The converter is llama.cpp's own `convert_hf_to_gguf.py` with its `conversion/` package and
   `gguf-py`. The `gguf` wheel does not carry them; the llama-cpp-python source distribution
@@ -6,55 +7,29 @@
   with this Python as a subprocess.
 - Quantizing (Q8_0, Q4_K_M) goes through `llama_cpp.llama_model_quantize`, the same C function
   llama.cpp's `llama-quantize` binary calls.
-- `LlamaCppChatModel` serves a GGUF behind tunelab's ChatModel interface. It formats prompts with
-  the chat template stored in the GGUF (llama-cpp-python's Jinja2ChatFormatter, the same jinja
-  settings as transformers) and stops on the model's end-of-generation tokens.
 """
+
 from __future__ import annotations
 
-import codecs
 import contextlib
 import ctypes
 import json
+import logging
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
-import threading
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator
 
 from tunelab.errors import TunelabError
 from tunelab.io import atomic_dir
+from tunelab.models.llama_cpp import LLAMA_CPP_VERSION, LlamaCppMissing, require_llama_cpp
+from tunelab.models.load import default_threads
 from tunelab.paths import cache_dir
 
-LLAMA_CPP_VERSION = "0.3.36"
 SDIST_NAME = f"llama_cpp_python-{LLAMA_CPP_VERSION}.tar.gz"
 QUANT_TYPES = {"f16": "LLAMA_FTYPE_MOSTLY_F16", "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
-
-
-class LlamaCppMissing(TunelabError):
-    pass
-
-
-def require_llama_cpp():
-    """Import llama_cpp, or explain how to get it."""
-    try:
-        import llama_cpp
-    except ImportError:
-        raise LlamaCppMissing(
-            f"llama-cpp-python is not installed, and GGUF export, quantization and GGUF generation need it. "
-            f"Run `make setup-gguf` (builds llama-cpp-python {LLAMA_CPP_VERSION} once, about 11 minutes, and caches "
-            f"the wheel in ~/.cache/tunelab/wheels), or `pip install llama-cpp-python=={LLAMA_CPP_VERSION}`. "
-            f"The `merged` format works without it."
-        ) from None
-    return llama_cpp
-
-
-def default_threads() -> int:
-    return int(os.environ.get("TUNELAB_THREADS", "0")) or len(os.sched_getaffinity(0))
 
 
 # ------------------------------------------------------------------ the converter
@@ -71,7 +46,19 @@ def find_sdist() -> Path:
             return d / SDIST_NAME
     target = wheel_dirs()[0]
     target.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", f"llama-cpp-python=={LLAMA_CPP_VERSION}", "-d", str(target)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "-q",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        f"llama-cpp-python=={LLAMA_CPP_VERSION}",
+        "-d",
+        str(target),
+    ]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.TimeoutExpired) as err:
@@ -101,7 +88,7 @@ def converter_dir() -> Path:
         for m in tar.getmembers():
             if not m.name.startswith(prefix) or not (m.isfile() or m.isdir()):
                 continue
-            rel = m.name[len(prefix):]
+            rel = m.name[len(prefix) :]
             if rel.startswith(wanted):
                 m.name = rel
                 members.append(m)
@@ -121,7 +108,9 @@ def _converter_env() -> dict:
 def supported_architectures() -> frozenset[str]:
     """The text-model architectures (config.json `architectures`) llama.cpp's converter knows."""
     script = converter_dir() / "convert_hf_to_gguf.py"
-    done = subprocess.run([sys.executable, str(script), "--print-supported-models"], capture_output=True, text=True, env=_converter_env(), timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(script), "--print-supported-models"], capture_output=True, text=True, env=_converter_env(), timeout=300
+    )
     names, in_text = set(), False
     for line in (done.stdout + "\n" + done.stderr).splitlines():
         if line.strip().endswith("models:"):
@@ -146,7 +135,18 @@ def check_gguf_architecture(hf_dir: Path) -> str:
     arch = model_architecture(hf_dir)
     supported = supported_architectures()
     if arch not in supported:
-        examples = ", ".join(a for a in ["LlamaForCausalLM", "Qwen2ForCausalLM", "Gemma3ForCausalLM", "MistralForCausalLM", "Phi3ForCausalLM", "GPT2LMHeadModel"] if a in supported)
+        examples = ", ".join(
+            a
+            for a in [
+                "LlamaForCausalLM",
+                "Qwen2ForCausalLM",
+                "Gemma3ForCausalLM",
+                "MistralForCausalLM",
+                "Phi3ForCausalLM",
+                "GPT2LMHeadModel",
+            ]
+            if a in supported
+        )
         raise TunelabError(
             f"{hf_dir}/config.json: architecture '{arch}' cannot be converted to GGUF by llama.cpp's converter "
             f"(llama-cpp-python {LLAMA_CPP_VERSION}; it supports {len(supported)} text architectures, e.g. {examples}). "
@@ -202,8 +202,6 @@ def quantize_gguf(src: Path, dst: Path, qtype: str, *, threads: int | None = Non
 @contextlib.contextmanager
 def _stderr_to(log_file: Path | None):
     """Send the C library's stderr (llama.cpp logs every tensor it quantizes) to a file."""
-    import logging
-
     py_logger = logging.getLogger("llama-cpp-python")  # llama-cpp-python's log callback prints below ERROR unless raised
     old_level = py_logger.level
     py_logger.setLevel(logging.ERROR)
@@ -218,126 +216,3 @@ def _stderr_to(log_file: Path | None):
         os.close(saved)
         target.close()
         py_logger.setLevel(old_level)
-
-
-def gguf_metadata(path: Path) -> dict:
-    """The key/value metadata of a GGUF file (strings, numbers; arrays left out), read with gguf-py."""
-    from gguf import GGUFReader
-    from gguf.constants import GGUFValueType
-
-    reader = GGUFReader(str(path))
-    meta = {}
-    for key, field in reader.fields.items():
-        if not field.types or field.types[0] == GGUFValueType.ARRAY:
-            continue
-        value = field.parts[field.data[0]]
-        if field.types[0] == GGUFValueType.STRING:
-            meta[key] = bytes(value).decode("utf-8", errors="replace")
-        else:
-            meta[key] = value.tolist()[0] if hasattr(value, "tolist") else value
-    return meta
-
-
-def disk_free(path: Path) -> int:
-    path = Path(path)
-    while not path.exists():
-        path = path.parent
-    return shutil.disk_usage(path).free
-
-
-# ------------------------------------------------------------------ the chat backend
-class LlamaCppChatModel:
-    """A GGUF file served by llama.cpp behind tunelab's ChatModel interface."""
-
-    def __init__(self, path: str | Path, n_threads: int | None = None, n_ctx: int = 4096, name: str | None = None):
-        require_llama_cpp()
-        from llama_cpp import Llama
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        from tunelab.models.load import DEFAULT_CHAT_TEMPLATE
-
-        self.path = Path(path)
-        self.name = name or self.path.stem
-        threads = n_threads or default_threads()
-        meta = gguf_metadata(self.path)
-        trained_ctx = meta.get(f"{meta.get('general.architecture')}.context_length")
-        if trained_ctx:
-            n_ctx = min(n_ctx, int(trained_ctx))
-        self.llm = Llama(model_path=str(self.path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False)
-        self.tokenizer = self.llm.tokenizer()
-        self.n_ctx = self.llm.n_ctx()
-        self.eos_id = self.llm.token_eos()
-        self.bos_id = self.llm.token_bos()
-        self.chat_template = self.llm.metadata.get("tokenizer.chat_template") or DEFAULT_CHAT_TEMPLATE
-        self.formatter = Jinja2ChatFormatter(
-            template=self.chat_template,
-            eos_token=self._token_text(self.eos_id),
-            bos_token=self._token_text(self.bos_id),
-            add_generation_prompt=True,
-        )
-        self._lock = threading.Lock()  # one generation at a time per llama.cpp context
-
-    def _token_text(self, token: int) -> str:
-        if token is None or token < 0:
-            return ""
-        return self.llm.detokenize([token], special=True).decode("utf-8", errors="replace")
-
-    def prompt_text(self, messages: list[dict]) -> str:
-        return self.formatter(messages=messages).prompt
-
-    def prompt_tokens(self, messages: list[dict]) -> list[int]:
-        # The template writes every special token itself (as transformers' apply_chat_template
-        # does), so no BOS is added here: the same ids as tokenizer(text, add_special_tokens=False).
-        return self.llm.tokenize(self.prompt_text(messages).encode("utf-8"), add_bos=False, special=True)
-
-    def is_end(self, token: int) -> bool:
-        import llama_cpp
-
-        return token == self.eos_id or bool(llama_cpp.llama_vocab_is_eog(self.llm._model.vocab, token))
-
-    def generate_ids(self, prompt_ids: list[int], settings=None) -> Iterator[int]:
-        """Token ids after `prompt_ids`, stopping at end-of-generation or max_new_tokens (greedy at temperature 0)."""
-        from tunelab.models.chat import GenerationSettings
-
-        s = settings or GenerationSettings()
-        if len(prompt_ids) >= self.n_ctx:
-            raise TunelabError(f"{self.path.name}: the prompt has {len(prompt_ids)} tokens, more than the context of {self.n_ctx}")
-        budget = min(s.max_new_tokens, self.n_ctx - len(prompt_ids))
-        greedy = not (s.temperature and s.temperature > 0)
-        with self._lock:
-            self.llm.reset()  # no prefix reuse: each generation starts from the same state
-            self.llm.set_seed(s.seed)
-            gen = self.llm.generate(
-                prompt_ids, temp=0.0 if greedy else s.temperature, top_p=1.0 if greedy else s.top_p, top_k=0, min_p=0.0,
-                repeat_penalty=s.repetition_penalty, reset=True,
-            )
-            try:
-                for n, token in enumerate(gen):
-                    if self.is_end(token):
-                        break
-                    yield token
-                    if n + 1 >= budget:
-                        break
-            finally:
-                gen.close()
-
-    def decode(self, ids: list[int]) -> str:
-        return self.llm.detokenize(ids).decode("utf-8", errors="replace")
-
-    def generate(self, conversations: list[list[dict]], settings=None, batch_size: int = 8) -> list[str]:
-        """One answer per conversation (llama.cpp runs them one after another; batch_size is ignored)."""
-        return [self.decode(list(self.generate_ids(self.prompt_tokens(msgs), settings))).strip() for msgs in conversations]
-
-    def stream(self, messages: list[dict], settings=None) -> Iterator[str]:
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        started = False
-        for token in self.generate_ids(self.prompt_tokens(messages), settings):
-            piece = decoder.decode(self.llm.detokenize([token]))
-            if not started:
-                piece = piece.lstrip()
-                started = bool(piece)
-            if piece:
-                yield piece
-        tail = decoder.decode(b"", final=True)
-        if tail:
-            yield tail

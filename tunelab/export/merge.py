@@ -5,35 +5,30 @@ trained against the 4-bit (NF4) base, so its base is loaded in 4 bit and dequant
 merged weights are then the weights the adapter was trained on, not the original full-precision
 ones. Full fine-tuned weights are loaded as they are.
 """
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import torch
+from peft import PeftModel
+from safetensors import safe_open
+
 from tunelab.errors import ModelNotFound, TunelabError
-
-
-def model_info(model_dir: Path) -> dict:
-    """tunelab_model.json of a trained model folder ({} for a plain Hugging Face folder)."""
-    path = Path(model_dir) / "tunelab_model.json"
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise TunelabError(f"{path}: not valid JSON ({err})") from None
+from tunelab.models.load import load_causal_lm, load_tokenizer
+from tunelab.models.resolve import resolve_model
+from tunelab.runs import MODEL_INFO, is_adapter, read_model_info
 
 
 def base_model_path(model_dir: Path) -> Path | None:
     """The resolved base model folder of an adapter (None for full weights)."""
-    from tunelab.models.resolve import resolve_model
-
-    if not (Path(model_dir) / "adapter_config.json").is_file():
+    if not is_adapter(model_dir):
         return None
-    info = model_info(model_dir)
+    info = read_model_info(model_dir)
     ref = info.get("base_model") or json.loads((Path(model_dir) / "adapter_config.json").read_text()).get("base_model_name_or_path")
     if not ref:
-        raise TunelabError(f"{model_dir}/tunelab_model.json: field 'base_model' is missing, so the adapter's base is unknown")
+        raise TunelabError(f"{Path(model_dir) / MODEL_INFO}: field 'base_model' is missing, so the adapter's base is unknown")
     try:
         return resolve_model(ref).path
     except ModelNotFound:
@@ -50,19 +45,13 @@ def weights_config_dir(model_dir: Path) -> Path:
 
 def load_pytorch_model(model_dir: Path):
     """(model, tokenizer, info): the trained model in fp32 as PyTorch runs it; adapters stay unmerged."""
-    import torch
-
-    from tunelab.models.load import load_causal_lm, load_tokenizer
-
     model_dir = Path(model_dir)
-    info = model_info(model_dir)
+    info = read_model_info(model_dir)
     tokenizer = load_tokenizer(model_dir)
     base = base_model_path(model_dir)
     if base is None:
         model = load_causal_lm(model_dir)
     else:
-        from peft import PeftModel
-
         if info.get("method") == "qlora":
             quantized = load_causal_lm(base, load_in_4bit=True)
             model = quantized.dequantize().to(torch.float32)
@@ -74,11 +63,7 @@ def load_pytorch_model(model_dir: Path):
 
 def merged_model(model):
     """Fold LoRA weights into the base (no-op for a plain model)."""
-    from peft import PeftModel
-
-    if isinstance(model, PeftModel):
-        return model.merge_and_unload()
-    return model
+    return model.merge_and_unload() if isinstance(model, PeftModel) else model
 
 
 def save_merged(model, tokenizer, out_dir: Path) -> Path:
@@ -113,8 +98,6 @@ def _fill_converter_fields(config_path: Path) -> None:
 
 def count_parameters(hf_dir: Path) -> int:
     """Parameters of a saved model, read from its safetensors headers (no weights loaded)."""
-    from safetensors import safe_open
-
     total = 0
     for f in Path(hf_dir).glob("*.safetensors"):
         with safe_open(str(f), "pt") as st:

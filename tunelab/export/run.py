@@ -4,47 +4,79 @@ a faithfulness check of every export against the PyTorch model.
 Everything is built in a hidden staging folder beside `<run>/export/` and moved into place only
 when the whole export succeeded, so a failure (unsupported architecture, missing llama.cpp, full
 disk, converter error, Ctrl-C) leaves no half-written export behind.
+
+`export_run` reads top to bottom as its steps: plan, check before any heavy work, answer with the
+PyTorch model, write the merged folder, convert and quantize, check each format, score, write the
+check files, Modelfile and model card, publish.
 """
+
 from __future__ import annotations
 
 import gc
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from tunelab.config import EvalConfig, ExportConfig
+from rich.table import Table
+
+from tunelab.config import EvalConfig, ExportConfig, load_recipe
 from tunelab.errors import ConfigError, TunelabError
+from tunelab.export import faithfulness as fc
+from tunelab.export.card import base_licence, model_card
+from tunelab.export.llama_cpp import check_gguf_architecture, convert_hf_to_gguf, converter_dir, quantize_gguf
+from tunelab.export.merge import base_model_path, count_parameters, load_pytorch_model, merged_model, save_merged, weights_config_dir
+from tunelab.export.modelfile import modelfile_text
 from tunelab.io import atomic_write_json, atomic_write_text
-from tunelab.progress import console, progress_bar
+from tunelab.models.llama_cpp import LlamaCppChatModel, gguf_metadata, require_llama_cpp
+from tunelab.models.load import load_causal_lm, load_tokenizer, set_threads
+from tunelab.models.resolve import resolve_model
+from tunelab.progress import console, print_table, progress_bar
+from tunelab.runs import ExportDir, RunDir, trained_model_dir
 
 FORMATS = ("merged", "gguf-f16", "gguf-q8_0", "gguf-q4_k_m")
 # bytes per parameter of each artefact, for the free-space check (Q8_0: 34 bytes per 32 weights)
 BYTES_PER_PARAM = {"merged": 4.0, "gguf-f16": 2.0, "gguf-q8_0": 1.07, "gguf-q4_k_m": 0.62}
+# preference order of the GGUF the Modelfile points at
+MODELFILE_PREFERENCE = ("gguf-q8_0", "gguf-q4_k_m", "gguf-f16")
+
+
+@dataclass
+class ExportPlan:
+    """What to export, from where, to where, and with which settings."""
+
+    model_dir: Path
+    run: RunDir | None  # None when exporting a plain model or a model folder outside a run
+    name: str
+    formats: list[str]
+    out: Path
+    config: ExportConfig
+    eval_config: EvalConfig
+    check: bool
+
+    @property
+    def ggufs(self) -> list[str]:
+        return [f for f in self.formats if f.startswith("gguf-")]
 
 
 def locate(run: str | Path) -> tuple[Path, Path | None, str]:
     """(model folder, run root or None, export name) for a run directory, a trained model folder or any model."""
-    from tunelab.models.chat import trained_model_dir
-    from tunelab.models.resolve import resolve_model
-
-    run = Path(run)
     model_dir = trained_model_dir(run)
     if model_dir is not None:
-        root = model_dir.parent if model_dir.name == "model" else None
+        run_dir = RunDir.of_model(run)
+        root = run_dir.root if run_dir else None
         name = (root or model_dir).resolve().name
         return model_dir, root, name
     resolved = resolve_model(str(run))
     return resolved.path, None, resolved.name
 
 
-def _configs(run_root: Path | None) -> tuple[ExportConfig, EvalConfig]:
-    recipe_file = run_root / "recipe.yaml" if run_root else None
-    if recipe_file and recipe_file.is_file():
-        from tunelab.config import load_recipe
-
+def _configs(run: RunDir | None) -> tuple[ExportConfig, EvalConfig]:
+    if run is not None and run.recipe.is_file():
         try:
-            recipe = load_recipe(recipe_file)
+            recipe = load_recipe(run.recipe)
             return recipe.export, recipe.eval
         except ConfigError as err:
             console.print(f"[yellow]warning:[/] {err}; using default export settings")
@@ -59,6 +91,42 @@ def _check_formats(formats) -> list[str]:
     return formats
 
 
+def plan_export(run, formats, out, check, config, eval_config) -> ExportPlan:
+    model_dir, run_root, name = locate(run)
+    run_dir = RunDir(run_root) if run_root else None
+    recipe_export, recipe_eval = _configs(run_dir)
+    config = config or recipe_export
+    formats = _check_formats(formats or config.formats)
+    out = Path(out) if out else (run_dir.export if run_dir else Path("exports") / name)
+    return ExportPlan(model_dir, run_dir, name, formats, out, config, eval_config or recipe_eval, check)
+
+
+def disk_free(path: Path) -> int:
+    path = Path(path)
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def check_can_export(plan: ExportPlan) -> None:
+    """Fail fast, before any heavy work, on what would fail later: llama.cpp, the architecture, disk space."""
+    ggufs = plan.ggufs
+    if ggufs:
+        require_llama_cpp()
+        converter_dir()
+        check_gguf_architecture(weights_config_dir(plan.model_dir))
+    params = count_parameters(weights_config_dir(plan.model_dir))
+    # the merged folder is always written (the converter reads it); an f16 GGUF is an intermediate of any quantization
+    per_param = BYTES_PER_PARAM["merged"] + sum(BYTES_PER_PARAM[f] for f in ggufs) + (2.0 if ggufs and "gguf-f16" not in ggufs else 0)
+    need = int(per_param * params * 1.1) + 50 * 2**20
+    free = disk_free(plan.out.parent)
+    if free < need:
+        raise TunelabError(
+            f"not enough disk space for the export in {plan.out.parent}: it needs about {need / 2**30:.2f} GiB "
+            f"({params / 1e6:.0f}M parameters, formats {', '.join(plan.formats)}), {free / 2**30:.2f} GiB are free"
+        )
+
+
 def export_run(
     run: str | Path,
     formats: list[str] | None = None,
@@ -71,193 +139,235 @@ def export_run(
 ) -> dict:
     """Export a trained run (or any model) to `formats`; returns the faithfulness report (also in
     `<out>/faithfulness.json`). Formats default to the recipe's `export.formats`."""
-    from tunelab.export import faithfulness as fc
-    from tunelab.export.card import base_licence, model_card
-    from tunelab.export.llama_cpp import (LlamaCppChatModel, check_gguf_architecture, convert_hf_to_gguf, converter_dir,
-                                         disk_free, gguf_metadata, quantize_gguf, require_llama_cpp)
-    from tunelab.export.merge import base_model_path, count_parameters, load_pytorch_model, merged_model, save_merged, weights_config_dir
-    from tunelab.export.modelfile import modelfile_text
-    from tunelab.models.load import load_causal_lm, load_tokenizer, set_threads
-
     t0 = time.time()
-    model_dir, run_root, name = locate(run)
-    recipe_export, recipe_eval = _configs(run_root)
-    config = config or recipe_export
-    eval_config = eval_config or recipe_eval
-    formats = _check_formats(formats or config.formats)
-    ggufs = [f for f in formats if f.startswith("gguf-")]
-    out = Path(out) if out else (run_root / "export" if run_root else Path("exports") / name)
-
-    # Fail fast, before any heavy work, on what would fail later.
-    if ggufs:
-        require_llama_cpp()
-        converter_dir()
-        check_gguf_architecture(weights_config_dir(model_dir))
-    params = count_parameters(weights_config_dir(model_dir))
-    need = int((BYTES_PER_PARAM["merged"] + sum(BYTES_PER_PARAM[f] for f in ggufs) + (2.0 if ggufs and "gguf-f16" not in ggufs else 0)) * params * 1.1) + 50 * 2**20
-    free = disk_free(out.parent)
-    if free < need:
-        raise TunelabError(f"not enough disk space for the export in {out.parent}: it needs about {need / 2**30:.2f} GiB "
-                           f"({params / 1e6:.0f}M parameters, formats {', '.join(formats)}), {free / 2**30:.2f} GiB are free")
-
+    plan = plan_export(run, formats, out, check, config, eval_config)
+    check_can_export(plan)
     n_threads = set_threads(threads)
-    conversations, references, prompt_source = fc.check_prompts(run_root, config.check_prompts)
-    score = check and config.evaluate and references is not None
-    answer_tokens = max(config.check_tokens, eval_config.max_new_tokens) if score else config.check_tokens
+    conversations, references, prompt_source = fc.check_prompts(plan.run.root if plan.run else None, plan.config.check_prompts)
+    score = check and plan.config.evaluate and references is not None
+    answer_tokens = max(plan.config.check_tokens, plan.eval_config.max_new_tokens) if score else plan.config.check_tokens
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    plan.out.parent.mkdir(parents=True, exist_ok=True)
+    stage = ExportDir(Path(tempfile.mkdtemp(prefix=f".{plan.out.name}.staging-", dir=plan.out.parent)))
     try:
-        n_prompts = len(conversations)
-        total = 2 + (n_prompts if check else 0) + len(ggufs) + (1 if ggufs else 0) + (n_prompts * len(formats) if check else 0)
+        n_prompts = len(conversations) if check else 0
+        total = 2 + n_prompts + len(plan.ggufs) + (1 if plan.ggufs else 0) + n_prompts * len(plan.formats)
         with progress_bar() as bar:
-            task = bar.add_task(f"Export {name}", total=total, info="loading the PyTorch model")
-            step = lambda info=None: bar.update(task, advance=1, **({"info": info} if info else {}))  # noqa: E731
+            task = bar.add_task(f"Export {plan.name}", total=total, info="loading the PyTorch model")
 
-            model, tokenizer, info = load_pytorch_model(model_dir)
+            def step(info: str | None = None, advance: int = 1) -> None:
+                bar.update(task, advance=advance, **({"info": info} if info else {}))
+
+            model, tokenizer, info = load_pytorch_model(plan.model_dir)
             step("PyTorch model: greedy answers" if check else "merging")
-            t_ref = time.time()
-            reference = fc.hf_greedy(model, tokenizer, conversations, answer_tokens, on_done=step) if check else None
-            t_ref = time.time() - t_ref
-
-            merged_dir = stage / "merged"
-            merged_dir.mkdir()
-            save_merged(merged_model(model), tokenizer, merged_dir)
+            reference, t_ref = _pytorch_answers(model, tokenizer, conversations, answer_tokens, step) if check else (None, 0.0)
+            _write_merged(model, tokenizer, stage)
             del model
             gc.collect()
-            step("merged" + ("; converting to GGUF" if ggufs else ""))
+            step("merged" + ("; converting to GGUF" if plan.ggufs else ""))
+            files = _write_ggufs(plan, stage, n_threads, step)
 
-            gguf_dir = stage / "gguf"
-            files: dict[str, Path] = {}
-            if ggufs:
-                f16 = gguf_dir / f"{name}-f16.gguf"
-                convert_hf_to_gguf(merged_dir, f16, "f16", log_file=stage / "logs" / "convert.log")
-                step("converted to f16")
-                for fmt in ggufs:
-                    if fmt == "gguf-f16":
-                        files[fmt] = f16
-                    else:
-                        q = fmt.removeprefix("gguf-")
-                        files[fmt] = quantize_gguf(f16, gguf_dir / f"{name}-{q}.gguf", q, threads=n_threads, log_file=stage / "logs" / "quantize.log")
-                    step(f"{fmt} written")
-                if "gguf-f16" not in ggufs:
-                    f16.unlink()
-
-            report = {
-                "model": name, "model_dir": str(model_dir.resolve()), "method": info.get("method", "pretrained"),
-                "base_model": info.get("base_model"), "out": str(out), "formats": {}, "checked": check, "passed": True,
-                "prompts": len(conversations), "prompt_source": prompt_source, "check_tokens": config.check_tokens, "answer_tokens": answer_tokens,
-            }
-            if check:
-                # greedy generation speed of the PyTorch fp32 model in this check (it also records
-                # logit margins per step), next to each GGUF's own speed on the same prompts
-                report["pytorch_tokens_per_second"] = round(sum(len(g.ids) for g in reference) / max(t_ref, 1e-9), 1)
-                report["pytorch"] = {"answers": [g.text for g in reference], "prompt_ids": [g.prompt_ids for g in reference], "ids": [g.ids for g in reference]}
-            for fmt in formats:
-                entry: dict = {}
-                if fmt == "merged":
-                    entry["path"] = str(out / "merged")
-                    entry["bytes"] = sum(p.stat().st_size for p in merged_dir.rglob("*") if p.is_file())
-                else:
-                    entry["path"] = str(out / "gguf" / files[fmt].name)
-                    entry["bytes"] = files[fmt].stat().st_size
-                    meta = gguf_metadata(files[fmt])
-                    entry["gguf"] = {
-                        "architecture": meta.get("general.architecture"),
-                        "file_type": meta.get("general.file_type"),
-                        "chat_template_equal": meta.get("tokenizer.chat_template") == tokenizer.chat_template,
-                        "eos_token_id": meta.get("tokenizer.ggml.eos_token_id"),
-                        "eos_token_id_equal": meta.get("tokenizer.ggml.eos_token_id") == tokenizer.eos_token_id,
-                    }
+            report = _new_report(plan, info, prompt_source, len(conversations), answer_tokens, reference, t_ref)
+            for fmt in plan.formats:
+                entry = _artefact_entry(fmt, plan.out, stage, files, tokenizer)
                 if check:
-                    bar.update(task, info=f"checking {fmt}")
-                    if fmt == "merged":
-                        merged = load_causal_lm(merged_dir).eval()
-                        gens = fc.hf_greedy(merged, load_tokenizer(merged_dir), conversations, answer_tokens, on_done=step)
-                        del merged
-                    else:
-                        chat = LlamaCppChatModel(files[fmt], n_threads=n_threads, n_ctx=4096)
-                        t_gen = time.time()
-                        gens = fc.gguf_greedy(chat, conversations, answer_tokens, on_done=step)
-                        entry["tokens_per_second"] = round(sum(len(g.ids) for g in gens) / max(time.time() - t_gen, 1e-9), 1)
-                        del chat
-                    gc.collect()
-                    entry.update(fc.compare_tokens(fmt, reference, gens, config.check_tokens))
-                    if "gguf" in entry and not (entry["gguf"]["chat_template_equal"] and entry["gguf"]["eos_token_id_equal"]):
-                        entry["passed"] = False
-                        entry["rule"] += "; the GGUF must carry the chat template and EOS token"
-                    entry["answers"] = [g.text for g in gens]
-                    entry["prompt_ids"] = [g.prompt_ids for g in gens]
-                    entry["ids"] = [g.ids for g in gens]
+                    step(f"checking {fmt}", advance=0)
+                    entry.update(_check_format(fmt, stage, files, conversations, reference, answer_tokens, plan.config, n_threads, step))
+                    _require_template_and_eos(entry)
                     report["passed"] = report["passed"] and entry["passed"]
                 report["formats"][fmt] = entry
-
             if score:
-                bar.update(task, info="scoring answers")
-                try:
-                    metrics, bert = eval_config.metrics, eval_config.bertscore_model
-                    report["pytorch_metrics"] = fc.score_answers(report["pytorch"]["answers"], references, metrics, bert)
-                    for fmt, entry in report["formats"].items():
-                        entry["metrics"] = fc.metric_deltas(report["pytorch_metrics"], fc.score_answers(entry["answers"], references, metrics, bert))
-                except ImportError as err:
-                    report["metrics_note"] = f"metric deltas skipped: the evaluation stage is not available ({err})"
+                step("scoring answers", advance=0)
+                _score_formats(report, references, plan.eval_config)
 
             report["seconds"] = round(time.time() - t0, 1)
             faith_md = fc.markdown_table(report) if check else None
             if check:
-                atomic_write_json(stage / "faithfulness.json", report)
-                atomic_write_text(stage / "faithfulness.md", faith_md)
-            if ggufs:
-                chosen = next(files[f] for f in ("gguf-q8_0", "gguf-q4_k_m", "gguf-f16") if f in files)
-                others = [p.name for p in files.values() if p != chosen]
-                user_only = tokenizer.apply_chat_template([{"role": "user", "content": "X"}], tokenize=False, add_generation_prompt=True)
-                atomic_write_text(gguf_dir / "Modelfile", modelfile_text(chosen.name, tokenizer.chat_template, tokenizer.eos_token or "", user_only, other_files=others))
-            if "merged" in formats:
-                base_dir = base_model_path(model_dir)
-                card = model_card(name=name, info=info, licence=base_licence(info.get("base_model"), base_dir or model_dir), run_root=run_root,
-                                  faithfulness_md=faith_md, gguf_files=[p.name for p in files.values()])
-                atomic_write_text(merged_dir / "README.md", card)
-            else:
-                shutil.rmtree(merged_dir)
+                atomic_write_json(stage.faithfulness_json, report)
+                atomic_write_text(stage.faithfulness_md, faith_md)
+            if files:
+                _write_modelfile(stage, files, tokenizer)
+            _finish_merged(plan, stage, info, faith_md, files)
             bar.update(task, completed=total, info=f"done in {time.time() - t0:.0f} s")
-        _publish(stage, out)
+        _publish(stage, ExportDir(plan.out))
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(stage.root, ignore_errors=True)
     return report
 
 
-def _publish(stage: Path, out: Path) -> None:
+# ---------------------------------------------------------------- the steps
+def _pytorch_answers(model, tokenizer, conversations, answer_tokens: int, step: Callable) -> tuple[list[fc.Generation], float]:
+    """The reference: greedy answers of the unmerged PyTorch model, and the seconds they took."""
+    start = time.time()
+    reference = fc.hf_greedy(model, tokenizer, conversations, answer_tokens, on_done=step)
+    return reference, time.time() - start
+
+
+def _write_merged(model, tokenizer, stage: ExportDir) -> None:
+    """The merged folder is always written: the GGUF converter reads it (removed at the end if not asked for)."""
+    stage.merged.mkdir()
+    save_merged(merged_model(model), tokenizer, stage.merged)
+
+
+def _write_ggufs(plan: ExportPlan, stage: ExportDir, n_threads: int, step: Callable) -> dict[str, Path]:
+    """f16 by llama.cpp's converter, then each quantization from it; the f16 file stays only if asked for."""
+    files: dict[str, Path] = {}
+    if not plan.ggufs:
+        return files
+    f16 = stage.gguf / f"{plan.name}-f16.gguf"
+    convert_hf_to_gguf(stage.merged, f16, "f16", log_file=stage.logs / "convert.log")
+    step("converted to f16")
+    for fmt in plan.ggufs:
+        if fmt == "gguf-f16":
+            files[fmt] = f16
+        else:
+            q = fmt.removeprefix("gguf-")
+            files[fmt] = quantize_gguf(
+                f16, stage.gguf / f"{plan.name}-{q}.gguf", q, threads=n_threads, log_file=stage.logs / "quantize.log"
+            )
+        step(f"{fmt} written")
+    if "gguf-f16" not in plan.ggufs:
+        f16.unlink()
+    return files
+
+
+def _new_report(plan: ExportPlan, info: dict, prompt_source: str, n_prompts: int, answer_tokens: int, reference, t_ref: float) -> dict:
+    report = {
+        "model": plan.name,
+        "model_dir": str(plan.model_dir.resolve()),
+        "method": info.get("method", "pretrained"),
+        "base_model": info.get("base_model"),
+        "out": str(plan.out),
+        "formats": {},
+        "checked": plan.check,
+        "passed": True,
+        "prompts": n_prompts,
+        "prompt_source": prompt_source,
+        "check_tokens": plan.config.check_tokens,
+        "answer_tokens": answer_tokens,
+    }
+    if reference is not None:
+        # greedy generation speed of the PyTorch fp32 model in this check (it also records
+        # logit margins per step), next to each GGUF's own speed on the same prompts
+        report["pytorch_tokens_per_second"] = round(sum(len(g.ids) for g in reference) / max(t_ref, 1e-9), 1)
+        report["pytorch"] = {
+            "answers": [g.text for g in reference],
+            "prompt_ids": [g.prompt_ids for g in reference],
+            "ids": [g.ids for g in reference],
+        }
+    return report
+
+
+def _artefact_entry(fmt: str, out: Path, stage: ExportDir, files: dict[str, Path], tokenizer) -> dict:
+    """Where the artefact will live, its size and, for a GGUF, whether it carries the chat template and EOS."""
+    if fmt == "merged":
+        return {"path": str(ExportDir(out).merged), "bytes": sum(p.stat().st_size for p in stage.merged.rglob("*") if p.is_file())}
+    meta = gguf_metadata(files[fmt])
+    return {
+        "path": str(ExportDir(out).gguf / files[fmt].name),
+        "bytes": files[fmt].stat().st_size,
+        "gguf": {
+            "architecture": meta.get("general.architecture"),
+            "file_type": meta.get("general.file_type"),
+            "chat_template_equal": meta.get("tokenizer.chat_template") == tokenizer.chat_template,
+            "eos_token_id": meta.get("tokenizer.ggml.eos_token_id"),
+            "eos_token_id_equal": meta.get("tokenizer.ggml.eos_token_id") == tokenizer.eos_token_id,
+        },
+    }
+
+
+def _check_format(fmt, stage: ExportDir, files, conversations, reference, answer_tokens, config: ExportConfig, n_threads, step) -> dict:
+    """Greedy answers of one export on the check prompts, compared token by token with the PyTorch model's."""
+    result: dict = {}
+    if fmt == "merged":
+        merged = load_causal_lm(stage.merged).eval()
+        gens = fc.hf_greedy(merged, load_tokenizer(stage.merged), conversations, answer_tokens, on_done=step)
+        del merged
+    else:
+        chat = LlamaCppChatModel(files[fmt], n_threads=n_threads, n_ctx=4096)
+        start = time.time()
+        gens = fc.gguf_greedy(chat, conversations, answer_tokens, on_done=step)
+        result["tokens_per_second"] = round(sum(len(g.ids) for g in gens) / max(time.time() - start, 1e-9), 1)
+        del chat
+    gc.collect()
+    result.update(fc.compare_tokens(fmt, reference, gens, config.check_tokens))
+    result["answers"] = [g.text for g in gens]
+    result["prompt_ids"] = [g.prompt_ids for g in gens]
+    result["ids"] = [g.ids for g in gens]
+    return result
+
+
+def _require_template_and_eos(entry: dict) -> None:
+    """A GGUF that lost the chat template or the EOS token fails, whatever its tokens."""
+    if "gguf" in entry and not (entry["gguf"]["chat_template_equal"] and entry["gguf"]["eos_token_id_equal"]):
+        entry["passed"] = False
+        entry["rule"] += "; the GGUF must carry the chat template and EOS token"
+
+
+def _score_formats(report: dict, references: list[str], eval_config: EvalConfig) -> None:
+    """Metric deltas of each export's full answers against the PyTorch model's, by the evaluation stage's scorer."""
+    try:
+        metrics, bert = eval_config.metrics, eval_config.bertscore_model
+        report["pytorch_metrics"] = fc.score_answers(report["pytorch"]["answers"], references, metrics, bert)
+        for entry in report["formats"].values():
+            entry["metrics"] = fc.metric_deltas(report["pytorch_metrics"], fc.score_answers(entry["answers"], references, metrics, bert))
+    except ImportError as err:
+        report["metrics_note"] = f"metric deltas skipped: the evaluation stage is not available ({err})"
+
+
+def _write_modelfile(stage: ExportDir, files: dict[str, Path], tokenizer) -> None:
+    """An Ollama Modelfile beside the GGUF files, pointing at the preferred one."""
+    chosen = next(files[f] for f in MODELFILE_PREFERENCE if f in files)
+    others = [p.name for p in files.values() if p != chosen]
+    user_only = tokenizer.apply_chat_template([{"role": "user", "content": "X"}], tokenize=False, add_generation_prompt=True)
+    atomic_write_text(
+        stage.modelfile, modelfile_text(chosen.name, tokenizer.chat_template, tokenizer.eos_token or "", user_only, other_files=others)
+    )
+
+
+def _finish_merged(plan: ExportPlan, stage: ExportDir, info: dict, faith_md: str | None, files: dict[str, Path]) -> None:
+    """Give the merged folder its model card, or remove it when only GGUF files were asked for."""
+    if "merged" not in plan.formats:
+        shutil.rmtree(stage.merged)
+        return
+    card = model_card(
+        name=plan.name,
+        info=info,
+        licence=base_licence(info.get("base_model"), base_model_path(plan.model_dir) or plan.model_dir),
+        run_root=plan.run.root if plan.run else None,
+        faithfulness_md=faith_md,
+        gguf_files=[p.name for p in files.values()],
+    )
+    atomic_write_text(stage.merged / "README.md", card)
+
+
+def _publish(stage: ExportDir, out: ExportDir) -> None:
     """Move the finished artefacts from the staging folder into `out` (each move is a rename)."""
-    for p in stage.rglob("*"):  # temporary files and folders are private (0600/0700); artefacts are for sharing
+    for p in stage.root.rglob("*"):  # temporary files and folders are private (0600/0700); artefacts are for sharing
         p.chmod(0o755 if p.is_dir() else 0o644)
-    out.mkdir(parents=True, exist_ok=True)
-    merged = stage / "merged"
-    if merged.is_dir():
-        target = out / "merged"
-        old = out / ".merged.old"
+    out.root.mkdir(parents=True, exist_ok=True)
+    if stage.merged.is_dir():
+        old = out.root / ".merged.old"
         shutil.rmtree(old, ignore_errors=True)
-        if target.exists():
-            target.rename(old)
-        merged.rename(target)
+        if out.merged.exists():
+            out.merged.rename(old)
+        stage.merged.rename(out.merged)
         shutil.rmtree(old, ignore_errors=True)
-    gguf = stage / "gguf"
-    if gguf.is_dir():
-        (out / "gguf").mkdir(exist_ok=True)
-        for f in sorted(gguf.iterdir()):
-            f.replace(out / "gguf" / f.name)
-    for name in ("faithfulness.json", "faithfulness.md"):
-        if (stage / name).is_file():
-            (stage / name).replace(out / name)
-    if (stage / "logs").is_dir():
-        (out / "logs").mkdir(exist_ok=True)
-        for f in (stage / "logs").iterdir():
-            f.replace(out / "logs" / f.name)
+    if stage.gguf.is_dir():
+        out.gguf.mkdir(exist_ok=True)
+        for f in sorted(stage.gguf.iterdir()):
+            f.replace(out.gguf / f.name)
+    for staged, final in ((stage.faithfulness_json, out.faithfulness_json), (stage.faithfulness_md, out.faithfulness_md)):
+        if staged.is_file():
+            staged.replace(final)
+    if stage.logs.is_dir():
+        out.logs.mkdir(exist_ok=True)
+        for f in stage.logs.iterdir():
+            f.replace(out.logs / f.name)
 
 
 def export_cli(run: str | Path, formats: list[str] | None = None, out: Path | None = None, check: bool = True) -> dict:
     """The `tunelab export` command: export, print the faithfulness table, fail if a check failed."""
-    from rich.table import Table
-
     report = export_run(run, formats, out=out, check=check)
     table = Table(title=f"export of {report['model']}")
     cols = ["format", "artefact", "size"] + (["prompts equal", "agreement", "passed"] if check else [])
@@ -270,11 +380,13 @@ def export_cli(run: str | Path, formats: list[str] | None = None, out: Path | No
             row += [f"{e['prompts_equal']}/{e['prompts']}", f"{e['agreement']:.1%}", "[green]yes[/]" if e["passed"] else "[red]no[/]"]
         row += [f"{e['metrics'][m]['delta']:+.4f}" if m in e.get("metrics", {}) else "-" for m in metric_names]
         table.add_row(*row)
-    console.print(table)
+    print_table(table)
     if report.get("metrics_note"):
         console.print(report["metrics_note"])
     if check and not report["passed"]:
         failed = [f for f, e in report["formats"].items() if not e["passed"]]
-        raise TunelabError(f"faithfulness check failed for {', '.join(failed)}: see {report['out']}/faithfulness.md "
-                           f"(the artefacts were written; rules in faithfulness.json)")
+        raise TunelabError(
+            f"faithfulness check failed for {', '.join(failed)}: see {ExportDir(Path(report['out'])).faithfulness_md} "
+            f"(the artefacts were written; rules in faithfulness.json)"
+        )
     return report

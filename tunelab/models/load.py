@@ -1,8 +1,13 @@
 """Load tokenizers and models from a resolved folder, with the settings tunelab relies on."""
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+from transformers.utils import logging as transformers_logging
 
 # The template a model without one (a base model) gets, at train and at serve time alike.
 # Plain-text markers any tokenizer can represent; each assistant turn ends with EOS so the
@@ -20,18 +25,35 @@ DEFAULT_CHAT_TEMPLATE = (
 )
 
 
-def set_threads(num_threads: int | None = None) -> int:
-    """Use every core this process may run on (or `num_threads`, or TUNELAB_THREADS)."""
-    import torch
+def _no_weight_loading_bars(factory, args, kwargs):
+    """transformers draws a bar per model it loads ('Loading weights'), which cuts through tunelab's own
+    progress lines; other bars (downloads) stay. tunelab/__init__.py holds the other noise filters."""
+    if str(kwargs.get("desc", "")).startswith("Loading weights"):
+        kwargs = {**kwargs, "disable": True}
+    return factory(*args, **kwargs)
 
-    n = num_threads or int(os.environ.get("TUNELAB_THREADS", "0")) or len(os.sched_getaffinity(0))
+
+transformers_logging.set_tqdm_hook(_no_weight_loading_bars)
+
+
+def default_threads() -> int:
+    """Threads for torch and llama.cpp: TUNELAB_THREADS, else this process's share of the cores it may run on.
+
+    torchrun sets LOCAL_WORLD_SIZE in each of the processes it starts on a machine: they share
+    the cores, since two busy processes on the same cores slow each other far more than 2x.
+    """
+    share = len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return int(os.environ.get("TUNELAB_THREADS", "0")) or max(1, share)
+
+
+def set_threads(num_threads: int | None = None) -> int:
+    """Use `num_threads` torch threads, or default_threads()."""
+    n = num_threads or default_threads()
     torch.set_num_threads(n)
     return n
 
 
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     if not tokenizer.chat_template:
         tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
@@ -44,8 +66,6 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
 
 def bf16_supported() -> bool:
     """bf16 autocast pays on CUDA with bf16 and on CPUs with AVX512-BF16 or AMX."""
-    import torch
-
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
     try:
@@ -60,16 +80,13 @@ def wants_bf16(precision: str) -> bool:
     return precision == "bf16" or (precision == "auto" and bf16_supported())
 
 
-def load_causal_lm(path: str | Path, *, dtype: str = "float32", load_in_4bit: bool = False, trust_remote_code: bool = False, device: str | None = None):
+def load_causal_lm(
+    path: str | Path, *, dtype: str = "float32", load_in_4bit: bool = False, trust_remote_code: bool = False, device: str | None = None
+):
     """A causal LM from a local folder. `load_in_4bit` uses bitsandbytes NF4 (QLoRA)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     kwargs: dict = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
     if load_in_4bit:
-        from transformers import BitsAndBytesConfig
-
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
@@ -80,9 +97,3 @@ def load_causal_lm(path: str | Path, *, dtype: str = "float32", load_in_4bit: bo
     if device and not load_in_4bit:
         model.to(device)
     return model
-
-
-def default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -9,6 +9,7 @@ A GGUF source is dequantized once into `<cache>/models/<name>/` (safetensors, to
 chat template), written to a temporary folder and renamed, so an interrupted conversion
 never leaves half a model.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,7 +20,6 @@ import re
 import socket
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -48,19 +48,34 @@ def is_hf_folder(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file()
 
 
-@lru_cache(maxsize=1)
+# How long a hub check is trusted: long enough that a burst of look-ups makes one connection,
+# short enough that a long-running server notices the network coming or going.
+HUB_RECHECK_SECONDS = 300.0
+_hub_checked: tuple[float, bool] | None = None  # (time.monotonic() of the check, reachable)
+
+
 def hub_reachable(timeout: float = 2.0) -> bool:
-    """A quick TCP check, so an offline machine never waits on the hub's long time-outs."""
+    """A quick TCP check, so an offline machine never waits on the hub's long time-outs.
+
+    The answer is kept for HUB_RECHECK_SECONDS, then checked again."""
+    global _hub_checked
     if hub_offline():
         return False
+    if _hub_checked is not None and time.monotonic() - _hub_checked[0] < HUB_RECHECK_SECONDS:
+        return _hub_checked[1]
     host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
     try:
         with socket.create_connection((host, 443), timeout=timeout):
-            return True
+            reachable = True
     except OSError:
-        return False
+        reachable = False
+    _hub_checked = (time.monotonic(), reachable)
+    return reachable
 
 
+# huggingface_hub (~1.5 s to import, measured), torch and transformers are imported inside the functions
+# that need them: config.py imports models.catalog, which loads this package, and a recipe must stay
+# cheap to read (`tunelab --help`, `tunelab compare`, the import of tunelab.config: ~0.5 s).
 def _hub_cache_path(hub_id: str) -> Path | None:
     try:
         from huggingface_hub import snapshot_download
@@ -143,7 +158,7 @@ def assemble_gguf(pkg: OfflinePackage, parts: list[Path]) -> Path:
 
 def gguf_to_hf_folder(gguf_path: Path, out_dir: Path, *, provenance: dict | None = None) -> Path:
     """Dequantize a GGUF into a plain safetensors Hugging Face folder (atomic)."""
-    import torch
+    import torch  # imported here, with transformers: see the note above _hub_cache_path
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     t0 = time.time()
@@ -158,7 +173,9 @@ def gguf_to_hf_folder(gguf_path: Path, out_dir: Path, *, provenance: dict | None
     missing, unexpected = clean.load_state_dict(gguf_model.state_dict(), strict=False)
     missing = [k for k in missing if not k.endswith("lm_head.weight") or not config.tie_word_embeddings]
     if missing or unexpected:
-        raise ModelNotFound(f"{gguf_path}: converted weights do not match the architecture (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise ModelNotFound(
+            f"{gguf_path}: converted weights do not match the architecture (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     clean.generation_config = gguf_model.generation_config
     if not tokenizer.model_max_length or tokenizer.model_max_length > 1e9:
         tokenizer.model_max_length = int(getattr(config, "max_position_embeddings", 2048) or 2048)
@@ -218,7 +235,9 @@ def resolve_model(ref: str, *, use_hub: bool = True) -> ResolvedModel:
         parts = offline_parts(entry.offline)
         if parts:
             gguf = assemble_gguf(entry.offline, parts)
-            out = gguf_to_hf_folder(gguf, models_cache_dir() / cache_name(name), provenance={"catalog": name, "packages": list(entry.offline.pip_requirements)})
+            out = gguf_to_hf_folder(
+                gguf, models_cache_dir() / cache_name(name), provenance={"catalog": name, "packages": list(entry.offline.pip_requirements)}
+            )
             return ResolvedModel(out, "offline-package", name, entry)
         tried.append(f"offline package(s) {', '.join(entry.offline.pip_requirements)} (not installed)")
 

@@ -1,11 +1,12 @@
 """What the chat UI and the HTTP API share: limits, settings, message clean-up, token counts."""
+
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
 
 from tunelab.errors import TunelabError
-from tunelab.models.chat import GenerationSettings
+from tunelab.models.interface import ChatModel, GenerationSettings
 
 
 @dataclass
@@ -65,32 +66,66 @@ def check_chars(messages: list[dict], limits: ServeLimits) -> None:
         raise PromptTooLong(f"the prompt has {chars} characters; this server accepts at most {limits.max_prompt_chars}")
 
 
-def prompt_tokens(model, messages: list[dict]) -> int:
-    """Tokens of the prompt as the model sees it (its own chat template applied)."""
-    if hasattr(model, "prompt_tokens"):  # the llama.cpp backend tokenizes its own prompt
-        return len(model.prompt_tokens(messages))
-    return count_tokens(model, model.prompt_text(messages))
-
-
-def count_tokens(model, text: str) -> int:
-    tok = model.tokenizer
-    if hasattr(tok, "apply_chat_template"):  # a transformers tokenizer
-        return len(tok(text, add_special_tokens=False)["input_ids"])
-    return len(tok.tokenize(text.encode("utf-8"), add_bos=False, special=True))  # llama_cpp's LlamaTokenizer
-
-
-def check_tokens(model, messages: list[dict], limits: ServeLimits) -> int:
-    n = prompt_tokens(model, messages)
+def check_tokens(model: ChatModel, messages: list[dict], limits: ServeLimits) -> int:
+    """Tokens of the prompt as the model sees it (its own chat template applied), refused above the limit."""
+    n = len(model.prompt_tokens(messages))
     if n > limits.max_prompt_tokens:
         raise PromptTooLong(f"the prompt has {n} tokens; this server accepts at most {limits.max_prompt_tokens}")
     return n
 
 
-def make_settings(limits: ServeLimits, *, max_tokens: int | None, temperature: float | None, top_p: float | None, repetition_penalty: float | None, seed: int | None) -> GenerationSettings:
+def make_settings(
+    limits: ServeLimits,
+    *,
+    max_tokens: int | None,
+    temperature: float | None,
+    top_p: float | None,
+    repetition_penalty: float | None,
+    seed: int | None,
+) -> GenerationSettings:
+    """Settings within the server's cap. The API refuses out-of-range values before this (400);
+    the clamps here keep the UI's sliders and any other caller inside what the backends accept."""
     return GenerationSettings(
         max_new_tokens=max(1, min(int(max_tokens or 256), limits.max_tokens)),
         temperature=0.7 if temperature is None else max(0.0, float(temperature)),
         top_p=1.0 if top_p is None else min(1.0, max(0.01, float(top_p))),
         repetition_penalty=1.0 if repetition_penalty is None else max(0.5, float(repetition_penalty)),
-        seed=random.randrange(2**31) if seed is None else int(seed),
+        seed=random.randrange(2**31) if seed is None else int(seed) % 2**32,  # llama.cpp takes a 32-bit seed
     )
+
+
+class StopText:
+    """Cuts streamed text before the first stop sequence, as OpenAI's `stop` does.
+
+    `feed(piece)` returns the text that is now safe to send: a tail that could be the start of a
+    stop sequence is held back until the next piece decides it. After a stop sequence `hit` is
+    True and the caller ends generation; `flush()` returns what was held back at the end."""
+
+    def __init__(self, stops: list[str] | None):
+        self.stops = [s for s in stops or [] if s]
+        self.held = ""
+        self.hit = False
+
+    def feed(self, piece: str) -> str:
+        if self.hit:
+            return ""
+        text = self.held + piece
+        found = [i for i in (text.find(s) for s in self.stops) if i >= 0]
+        if found:
+            self.hit, self.held = True, ""
+            return text[: min(found)]
+        keep = self._partial_stop_length(text)
+        self.held = text[len(text) - keep :]
+        return text[: len(text) - keep]
+
+    def flush(self) -> str:
+        out, self.held = ("" if self.hit else self.held), ""
+        return out
+
+    def _partial_stop_length(self, text: str) -> int:
+        """Length of the longest tail of `text` that is a proper prefix of a stop sequence."""
+        longest = max((len(s) for s in self.stops), default=1) - 1
+        for k in range(min(longest, len(text)), 0, -1):
+            if any(s.startswith(text[-k:]) for s in self.stops):
+                return k
+        return 0

@@ -7,19 +7,20 @@ weights must be safetensors or GGUF (pickle files are never loaded) and remote c
 trusted. Models load lazily, at most `cache_size` stay in memory (least recently used goes
 first), and each model generates for one request at a time (a lock per model).
 """
+
 from __future__ import annotations
 
-import json
 import os
 import re
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from tunelab.errors import ModelNotFound, TunelabError
-from tunelab.models.chat import GenerationSettings, trained_model_dir
+from tunelab.models.interface import GenerationSettings
+from tunelab.runs import RunDir, is_adapter, read_model_info, require_base_model, trained_model_dir
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
 
@@ -36,6 +37,7 @@ class ModelEntry:
     kind: str  # "base" | "adapter" | "full" | "merged" | "gguf"
     base: str | None = None  # id of the base model entry, for side-by-side
     run: str | None = None  # name of the run it comes from
+    run_dir: str | None = None  # that run's folder (held-out prompts and human votes for the Evaluate tab)
 
 
 def slug(text: str) -> str:
@@ -95,7 +97,15 @@ def check_weights(path: Path) -> None:
 
 
 class ModelRegistry:
-    def __init__(self, entries: list[ModelEntry] | None = None, *, allowed_roots: list[Path] | None = None, runs_dir: Path | None = None, cache_size: int = 3, n_threads: int | None = None):
+    def __init__(
+        self,
+        entries: list[ModelEntry] | None = None,
+        *,
+        allowed_roots: list[Path] | None = None,
+        runs_dir: Path | None = None,
+        cache_size: int = 3,
+        n_threads: int | None = None,
+    ):
         self.runs_dir = Path(runs_dir).resolve() if runs_dir else None
         self.allowed_roots = [Path(r).resolve() for r in (allowed_roots or [])] + default_allowed_roots()
         if self.runs_dir:
@@ -151,10 +161,20 @@ class ModelRegistry:
 
     # ------------------------------------------------------------ safety
     def check_path(self, path: Path) -> Path:
-        if not path.exists():
+        # Inside the allowed folders first: a `../` or absolute name is refused whether or not it
+        # exists, so a client cannot probe the server's disk; names the OS cannot take are refused.
+        try:
+            allowed = inside(path, self.allowed_roots)
+            exists = path.exists()
+        except (OSError, ValueError) as err:
+            raise UnsafeModel(f"{str(path)[:200]!r} is not a usable path ({err})") from None
+        if not allowed:
+            raise UnsafeModel(
+                f"{path} (resolved: {path.resolve()}) is outside the folders this server may load models from: "
+                + ", ".join(map(str, self.allowed_roots))
+            )
+        if not exists:
             raise ModelNotFound(f"{path} does not exist")
-        if not inside(path, self.allowed_roots):
-            raise UnsafeModel(f"{path} (resolved: {path.resolve()}) is outside the folders this server may load models from: " + ", ".join(map(str, self.allowed_roots)))
         return path.resolve()
 
     def check_entry(self, entry: ModelEntry) -> None:
@@ -168,12 +188,12 @@ class ModelRegistry:
         trained = trained_model_dir(ref)
         if trained is not None:
             check_weights(trained)
-            if (trained / "adapter_config.json").is_file():
+            if is_adapter(trained):
                 from tunelab.models.resolve import resolve_model
 
-                info = json.loads((trained / "tunelab_model.json").read_text())
-                base = Path(info["base_model"])
-                base_path = base if base.exists() else resolve_model(info["base_model"]).path
+                base_ref = require_base_model(trained, read_model_info(trained))
+                base = Path(base_ref)
+                base_path = base if base.exists() else resolve_model(base_ref).path
                 self.check_path(base_path)
                 check_weights(base_path)
         else:
@@ -223,39 +243,41 @@ def entries_for_path(path: Path) -> list[ModelEntry]:
     trained = trained_model_dir(path)
     if trained is None:
         if (path / "config.json").is_file():
-            if path.name == "merged" and path.parent.name == "export":  # <run>/export/merged
-                run = path.parent.parent.name
-                return [ModelEntry(slug(f"{run}-merged"), f"{run} · merged", str(path), "merged", run=run)]
+            owner = RunDir(path.parent.parent)
+            if owner.export_dir.merged == path:  # <run>/export/merged
+                run, run_dir = owner.root.name, str(owner.root) if owner.has_model() else None
+                return [ModelEntry(slug(f"{run}-merged"), f"{run} · merged", str(path), "merged", run=run, run_dir=run_dir)]
             return [ModelEntry(slug(path.name), f"{path.name} (base)", str(path), "base")]
         return []
-    run_root = trained.parent
-    run = run_root.name
-    info = json.loads((trained / "tunelab_model.json").read_text())
+    run_dir = RunDir(trained.parent)
+    run = run_dir.root.name
+    info = read_model_info(trained)
     base_ref = str(info.get("base_model") or "")
     base_id = slug(Path(base_ref).name if Path(base_ref).exists() else base_ref) if base_ref else None
     method = info.get("method", "lora")
-    kind = "adapter" if (trained / "adapter_config.json").is_file() else "full"
-    out = [ModelEntry(slug(run), f"{run} ({'adapter' if kind == 'adapter' else method})", str(run_root), kind, base_id, run)]
-    merged = run_root / "export" / "merged"
+    kind = "adapter" if is_adapter(trained) else "full"
+    root = str(run_dir.root)
+    out = [ModelEntry(slug(run), f"{run} ({'adapter' if kind == 'adapter' else method})", root, kind, base_id, run, root)]
+    merged = run_dir.export_dir.merged
     if (merged / "config.json").is_file():
-        out.append(ModelEntry(slug(f"{run}-merged"), f"{run} · merged", str(merged), "merged", base_id, run))
-    for g in sorted((run_root / "export" / "gguf").glob("*.gguf")):
+        out.append(ModelEntry(slug(f"{run}-merged"), f"{run} · merged", str(merged), "merged", base_id, run, root))
+    for g in run_dir.export_dir.gguf_files():
         quant = _gguf_quant(g, run)
-        out.append(ModelEntry(slug(f"{run}-{quant}-gguf"), f"{run} · {quant} gguf", str(g), "gguf", base_id, run))
+        out.append(ModelEntry(slug(f"{run}-{quant}-gguf"), f"{run} · {quant} gguf", str(g), "gguf", base_id, run, root))
     if base_ref:
         out.append(ModelEntry(base_id, f"{Path(base_ref).name if Path(base_ref).exists() else base_ref} (base)", base_ref, "base"))
     return out
 
 
 def discover(runs_dir: Path, max_depth: int = 5) -> list[ModelEntry]:
-    """Every run (a folder with model/tunelab_model.json) under `runs_dir`, newest first."""
+    """Every run (a folder whose model/ training wrote) under `runs_dir`, newest first."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         return []
     found: list[Path] = []
 
     def walk(folder: Path, depth: int):
-        if trained_model_dir(folder) is not None and (folder / "model").is_dir():
+        if RunDir(folder).has_model():
             found.append(folder)
             return
         if depth >= max_depth:
@@ -268,14 +290,16 @@ def discover(runs_dir: Path, max_depth: int = 5) -> list[ModelEntry]:
             walk(child, depth + 1)
 
     walk(runs_dir, 0)
-    found.sort(key=lambda p: (p / "model" / "tunelab_model.json").stat().st_mtime, reverse=True)
+    found.sort(key=lambda p: RunDir(p).model_info_file.stat().st_mtime, reverse=True)
     entries: list[ModelEntry] = []
     for run in found:
         entries.extend(entries_for_path(run))
     return entries
 
 
-def build_registry(models: list[str] | None = None, *, runs: Path | None = Path("runs"), cache_size: int = 3, n_threads: int | None = None) -> ModelRegistry:
+def build_registry(
+    models: list[str] | None = None, *, runs: Path | None = Path("runs"), cache_size: int = 3, n_threads: int | None = None
+) -> ModelRegistry:
     """Models named on the command line first, then everything under `runs`; the default model if nothing else."""
     from tunelab.models.catalog import DEFAULT_MODEL, lookup
 
@@ -293,7 +317,9 @@ def build_registry(models: list[str] | None = None, *, runs: Path | None = Path(
             entry = lookup(ref)
             name = entry.name if entry else ref
             entries.append(ModelEntry(slug(name), f"{name} (base)", name, "base"))
-    registry = ModelRegistry(entries, allowed_roots=roots, runs_dir=runs if runs and Path(runs).is_dir() else None, cache_size=cache_size, n_threads=n_threads)
+    registry = ModelRegistry(
+        entries, allowed_roots=roots, runs_dir=runs if runs and Path(runs).is_dir() else None, cache_size=cache_size, n_threads=n_threads
+    )
     registry.refresh()
     if not registry.entries:
         gguf = default_gguf() if llama_cpp_available() else None

@@ -3,6 +3,7 @@
 Both bind to 127.0.0.1 unless told otherwise and run one uvicorn server. `ServerThread` runs
 the same app in a background thread (tests, benchmarks).
 """
+
 from __future__ import annotations
 
 import threading
@@ -16,7 +17,15 @@ from tunelab.serve.registry import ModelRegistry, build_registry
 UI_USER = "tunelab"
 
 
-def build_app(registry: ModelRegistry, limits: ServeLimits | None = None, *, ui: bool = True, api: bool = False, password: str | None = None, api_key: str | None = None):
+def build_app(
+    registry: ModelRegistry,
+    limits: ServeLimits | None = None,
+    *,
+    ui: bool = True,
+    api: bool = False,
+    password: str | None = None,
+    api_key: str | None = None,
+):
     """A FastAPI app with the OpenAI-style API under /v1 (if `api`) and the Gradio UI at / (if `ui`)."""
     from fastapi import FastAPI
 
@@ -53,16 +62,39 @@ def _run(app, host: str, port: int) -> None:
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)
 
 
-def serve_cli(models: list[str], *, runs: Path = Path("runs"), host: str = "127.0.0.1", port: int = 7860, password: str | None = None, api: bool = False, limits: ServeLimits | None = None, cache_size: int = 3) -> None:
+def serve_cli(
+    models: list[str],
+    *,
+    runs: Path = Path("runs"),
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    password: str | None = None,
+    api: bool = False,
+    limits: ServeLimits | None = None,
+    cache_size: int = 3,
+) -> None:
     registry = build_registry(models, runs=runs, cache_size=cache_size)
     _describe(registry)
     _warn_public(host, password, "password (--password)")
     app = build_app(registry, limits, ui=True, api=api, password=password, api_key=password)
-    console.print(f"Chat UI: http://{host}:{port}/" + (f"   API: http://{host}:{port}/v1 (key: the password)" if api else "") + (f"   (user '{UI_USER}' + password)" if password else ""))
+    console.print(
+        f"Chat UI: http://{host}:{port}/"
+        + (f"   API: http://{host}:{port}/v1 (key: the password)" if api else "")
+        + (f"   (user '{UI_USER}' + password)" if password else "")
+    )
     _run(app, host, port)
 
 
-def api_cli(models: list[str], *, runs: Path = Path("runs"), host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, limits: ServeLimits | None = None, cache_size: int = 3) -> None:
+def api_cli(
+    models: list[str],
+    *,
+    runs: Path = Path("runs"),
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    limits: ServeLimits | None = None,
+    cache_size: int = 3,
+) -> None:
     registry = build_registry(models, runs=runs, cache_size=cache_size)
     _describe(registry)
     _warn_public(host, api_key, "API key (--api-key)")

@@ -1,13 +1,19 @@
 """The Gradio chat UI: a streaming chat with a model picker, a system prompt and generation
-settings, and a side-by-side tab that sends one prompt to two models (base against tuned).
+settings, a side-by-side tab that sends one prompt to two models (base against tuned), and an
+Evaluate tab for blind A/B votes (tunelab/serve/evaluate_tab.py).
 
-API names (for `gradio_client`): `/respond` (the chat) and `/compare` (side by side).
+API names (for `gradio_client`): `/respond` (the chat), `/compare` (side by side), and the
+Evaluate tab's (see evaluate_tab.py).
 """
+
 from __future__ import annotations
+
+from pathlib import Path
 
 import gradio as gr
 
 from tunelab.errors import TunelabError
+from tunelab.serve import evaluate_tab
 from tunelab.serve.generation import ServeLimits, check_chars, check_tokens, clean_messages, make_settings
 from tunelab.serve.registry import ModelRegistry
 
@@ -33,7 +39,14 @@ def pick_defaults(registry: ModelRegistry) -> tuple[str, str, str]:
     return chat.label, base.label, right.label
 
 
-def build_ui(registry: ModelRegistry, limits: ServeLimits | None = None, examples: list[str] | None = None, title: str = "tunelab chat") -> gr.Blocks:
+def build_ui(
+    registry: ModelRegistry,
+    limits: ServeLimits | None = None,
+    examples: list[str] | None = None,
+    title: str = "tunelab chat",
+    votes_file: Path | None = None,
+) -> gr.Blocks:
+    """The whole UI. Votes go to model 2's run (eval/human_votes.jsonl) unless `votes_file` is given."""
     limits = limits or ServeLimits()
     chat_default, left_default, right_default = pick_defaults(registry)
 
@@ -59,14 +72,18 @@ def build_ui(registry: ModelRegistry, limits: ServeLimits | None = None, example
             messages = clean_messages([*history, {"role": "user", "content": message}], system_prompt)
         except TunelabError as exc:
             raise gr.Error(str(exc)) from None
-        settings = make_settings(limits, max_tokens=max_tokens, temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty, seed=None)
+        settings = make_settings(
+            limits, max_tokens=max_tokens, temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty, seed=None
+        )
         yield from stream_answer(model_label, messages, settings)
 
     def compare(left_label, right_label, prompt, system_prompt, temperature, top_p, max_tokens, repetition_penalty):
         if not (prompt or "").strip():
             raise gr.Error("type a prompt first")
         messages = clean_messages([{"role": "user", "content": prompt}], system_prompt)
-        settings = make_settings(limits, max_tokens=max_tokens, temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty, seed=None)
+        settings = make_settings(
+            limits, max_tokens=max_tokens, temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty, seed=None
+        )
         left = ""
         for left in stream_answer(left_label, messages, settings):
             yield left, ""
@@ -83,13 +100,17 @@ def build_ui(registry: ModelRegistry, limits: ServeLimits | None = None, example
                 with gr.Tab("Side by side"):
                     with gr.Row():
                         left_model = gr.Dropdown(choices=registry.labels(), value=left_default, label="Left model (base)", interactive=True)
-                        right_model = gr.Dropdown(choices=registry.labels(), value=right_default, label="Right model (tuned)", interactive=True)
+                        right_model = gr.Dropdown(
+                            choices=registry.labels(), value=right_default, label="Right model (tuned)", interactive=True
+                        )
                     prompt = gr.Textbox(label="Prompt", placeholder="One prompt, sent to both models", lines=2)
                     go = gr.Button("Send to both", variant="primary")
                     with gr.Row():
                         left_out = gr.Textbox(label="Left answer", lines=10, interactive=False)
                         right_out = gr.Textbox(label="Right answer", lines=10, interactive=False)
                     gr.Examples([[e] for e in (examples or EXAMPLES)], inputs=[prompt])
+                with gr.Tab("Evaluate"):
+                    evaluate = evaluate_tab.layout(registry.labels(), left_default, right_default)
             with gr.Column(scale=1, min_width=220):
                 gr.Markdown("### Generation settings")
                 system = gr.Textbox(label="System prompt", placeholder="You are a helpful assistant.", lines=3)
@@ -110,11 +131,13 @@ def build_ui(registry: ModelRegistry, limits: ServeLimits | None = None, example
             )
         go.click(compare, [left_model, right_model, prompt, *settings_inputs], [left_out, right_out], api_name="compare")
         prompt.submit(compare, [left_model, right_model, prompt, *settings_inputs], [left_out, right_out], api_name=False)
+        evaluate_tab.EvaluateTab(registry, limits, stream_answer, votes_file).wire(evaluate, settings_inputs)
 
-        def rescan(a, b, c):
+        def rescan(*values):
             labels = choices()
-            return gr.update(choices=labels, value=a), gr.update(choices=labels, value=b), gr.update(choices=labels, value=c)
+            return [gr.update(choices=labels, value=v) for v in values]
 
-        refresh.click(rescan, [model, left_model, right_model], [model, left_model, right_model], api_name=False)
+        pickers = [model, left_model, right_model, evaluate.model1, evaluate.model2]
+        refresh.click(rescan, pickers, pickers, api_name=False)
     demo.queue(default_concurrency_limit=limits.max_concurrent, max_size=limits.max_queue)
     return demo

@@ -1,4 +1,5 @@
 """Trainer callbacks: a rich progress bar with tokens/s and ETA, metrics.jsonl, and the loss plot."""
+
 from __future__ import annotations
 
 import time
@@ -57,7 +58,11 @@ class MetricsFileCallback(TrainerCallback):
         if not state.is_world_process_zero or not logs:
             return
         now = time.time()
-        row = {"step": state.global_step, "epoch": round(state.epoch or 0, 4), **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
+        row = {
+            "step": state.global_step,
+            "epoch": round(state.epoch or 0, 4),
+            **{k: v for k, v in logs.items() if isinstance(v, (int, float))},
+        }
         if "loss" in logs:
             dt = max(now - self.last_time, 1e-6)
             row["tokens_per_second"] = round((state.num_input_tokens_seen - self.last_tokens) / dt, 1)
@@ -72,7 +77,6 @@ def plot_losses(metrics_path: Path, out_png: Path) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
 
     rows = read_jsonl(metrics_path) if Path(metrics_path).exists() else []
     train = [(r["step"], r["loss"]) for r in rows if "loss" in r]

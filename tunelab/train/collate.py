@@ -8,6 +8,7 @@ with answer-only loss, most prompt positions need no vocabulary projection at al
 
 `PaddedCollator` pads to the longest example of the batch (packing off).
 """
+
 from __future__ import annotations
 
 import torch

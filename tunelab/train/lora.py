@@ -1,11 +1,14 @@
 """Which modules LoRA adapts, and the PEFT config built from the recipe."""
+
 from __future__ import annotations
 
 from tunelab.config import LoraSettings
 from tunelab.errors import ConfigError
 
 ATTENTION_NAMES = {"q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "c_attn", "query", "key", "value", "out_proj", "Wqkv", "dense"}
-MLP_NAMES = {"gate_proj", "up_proj", "down_proj", "fc1", "fc2", "c_fc", "mlp.c_proj", "w1", "w2", "w3", "gate_up_proj"}
+# Names are matched by their last component, so GPT-2's `c_proj` (both the attention output and the
+# MLP output) is in neither preset; `all_linear` adapts it.
+MLP_NAMES = {"gate_proj", "up_proj", "down_proj", "fc1", "fc2", "c_fc", "w1", "w2", "w3", "gate_up_proj"}
 
 
 def linear_module_names(model) -> set[str]:
@@ -31,7 +34,9 @@ def target_modules(model, choice: str | list[str]) -> list[str]:
     mlp = sorted(available & MLP_NAMES)
     picked = {"attention": attention, "attention_mlp": attention + mlp, "all_linear": sorted(available)}[choice]
     if not picked:
-        raise ConfigError(f"train.lora.target_modules preset '{choice}' matched nothing; this model's linear modules are {sorted(available)}")
+        raise ConfigError(
+            f"train.lora.target_modules preset '{choice}' matched nothing; this model's linear modules are {sorted(available)}"
+        )
     return picked
 
 

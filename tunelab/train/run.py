@@ -3,23 +3,53 @@
 Built on transformers' Trainer (which TRL's SFTTrainer extends) and PEFT, with our own
 tokenization (chat template, answer-only labels) and a padding-free packed collator. The
 Trainer brings checkpoints with exact resume (optimizer, scheduler, RNG and data position),
-TensorBoard/MLflow logging, early stopping, and `accelerate launch` for DDP, FSDP and
-DeepSpeed with no code of ours in between.
+TensorBoard/MLflow logging, early stopping, and data parallel training over several processes
+(DDP, FSDP2, DeepSpeed; started and checked by `tunelab.train.distributed`).
+
+`train_recipe` reads top to bottom as the steps of a run: check, prepare (rank 0 only),
+tokenize, build the Trainer, train, save, summarise (rank 0 only).
 """
+
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
 from pathlib import Path
 
-from tunelab.config import DataConfig, DataSource, Recipe, dump_recipe, load_recipe, recipe_from_dict, apply_overrides
+import torch
+import yaml
+from accelerate import PartialState
+from accelerate.utils import patch_environment
+from peft import get_peft_model, prepare_model_for_kbit_training
+from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
+from transformers.integrations import TensorBoardCallback
+from transformers.trainer_callback import PrinterCallback
+from transformers.trainer_callback import ProgressCallback as HFProgressCallback
+
+from tunelab.config import DataSource, Recipe, apply_overrides, load_recipe, recipe_from_dict, write_recipe
+from tunelab.data.prepare import prepare_data
 from tunelab.data.render import IGNORE_INDEX, render_example
 from tunelab.errors import ConfigError, TunelabError
-from tunelab.io import atomic_dir, atomic_write_json, read_jsonl
+from tunelab.io import atomic_write_json, read_jsonl
+from tunelab.models.load import load_causal_lm, load_tokenizer, set_threads, wants_bf16
+from tunelab.models.resolve import resolve_model
 from tunelab.progress import console
-from tunelab.runs import RunDir, write_environment, write_recipe
+from tunelab.runs import RunDir, write_environment, write_model_info
+from tunelab.train.callbacks import MetricsFileCallback, ProgressCallback, plot_losses
+from tunelab.train.collate import PackedCollator, PaddedCollator
+from tunelab.train.distributed import (
+    check_launched,
+    check_strategy,
+    checkpoint_processes,
+    peak_memory_per_process,
+    process_state,
+    strategy_arguments,
+)
+from tunelab.train.lora import peft_config
+from tunelab.train.preference import REFERENCE_ADAPTER, check_preference_recipe, continued_adapter, pair_splits, preference_trainer
 
 DEFAULT_LR = {"lora": 2e-4, "qlora": 2e-4, "full": 2e-5}
 
@@ -49,18 +79,32 @@ def recipe_from_cli(recipe_path: Path | None, *, model=None, data=(), name=None,
 def training_fingerprint(recipe: Recipe) -> dict:
     """The parts of a recipe that change what training computes (a resume must match them)."""
     dumped = recipe.model_dump(mode="json")
-    return {"model": dumped["model"], "data": dumped["data"], "train": {k: v for k, v in dumped["train"].items() if k not in {"threads", "logging_steps", "mlflow", "tensorboard"}}}
+    return {
+        "model": dumped["model"],
+        "data": dumped["data"],
+        "train": {k: v for k, v in dumped["train"].items() if k not in {"threads", "logging_steps", "mlflow", "tensorboard"}},
+    }
+
+
+def checkpoint_complete(folder: Path) -> bool:
+    """The Trainer writes trainer_state.json last and not atomically: a crash while saving leaves
+    it missing, or cut off mid-write (then it is not valid JSON)."""
+    try:
+        json.loads((folder / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def last_complete_checkpoint(checkpoints: Path) -> Path | None:
-    """The newest checkpoint whose trainer_state.json (written last) exists; partial ones are removed."""
+    """The newest checkpoint whose trainer_state.json (written last) is whole; partial ones are removed."""
     if not checkpoints.is_dir():
         return None
     found = []
     for d in checkpoints.glob("checkpoint-*"):
         if not d.name.split("-")[-1].isdigit():
             continue
-        if (d / "trainer_state.json").is_file():
+        if checkpoint_complete(d):
             found.append((int(d.name.split("-")[-1]), d))
         else:
             console.print(f"[yellow]removing incomplete checkpoint {d} (interrupted while saving)")
@@ -80,24 +124,37 @@ def tokenize_split(tokenizer, rows: list[dict], max_seq_length: int) -> tuple[li
     return out, dropped
 
 
-def check_before_training(recipe: Recipe, run: RunDir, resume: bool) -> None:
+def check_before_training(recipe: Recipe, run: RunDir, resume: bool, processes: int = 1) -> None:
     """Refuse, before any time is spent, what cannot work."""
-    if recipe.train.method == "qlora":
+    if recipe.train.weights == "qlora":
         try:
-            import bitsandbytes  # noqa: F401
+            import bitsandbytes  # noqa: F401  (imported only to learn whether it loads here)
         except Exception as err:  # ImportError, or a broken native library
-            raise TunelabError(f"train.method=qlora needs bitsandbytes, which cannot run here ({err}); install tunelab[qlora] or use method=lora") from None
-    if resume:
-        if run.recipe.is_file():
-            import yaml
-
-            old = recipe_from_dict(yaml.safe_load(run.recipe.read_text()), str(run.recipe))
-            if training_fingerprint(old) != training_fingerprint(recipe):
-                old_fp, new_fp = training_fingerprint(old), training_fingerprint(recipe)
-                diffs = [k for k in ("model", "data") if old_fp[k] != new_fp[k]] + [f"train.{k}" for k in new_fp["train"] if old_fp["train"].get(k) != new_fp["train"].get(k)]
-                raise TunelabError(f"cannot resume {run.root}: its recipe differs in {', '.join(diffs)}; use the same recipe or a new run name")
-    elif last_complete_checkpoint(run.checkpoints) or (run.model / "tunelab_model.json").is_file():
-        raise TunelabError(f"{run.root} already has training output; pass --resume to continue it, or choose another run name")
+            raise TunelabError(
+                f"train.method=qlora needs bitsandbytes, which cannot run here ({err}); install tunelab[qlora] or use method=lora"
+            ) from None
+    check_strategy(recipe)
+    check_preference_recipe(recipe, processes)
+    if not resume:
+        if last_complete_checkpoint(run.checkpoints) or run.has_model():
+            raise TunelabError(f"{run.root} already has training output; pass --resume to continue it, or choose another run name")
+        return
+    if run.recipe.is_file():
+        old = recipe_from_dict(yaml.safe_load(run.recipe.read_text()), str(run.recipe))
+        old_fp, new_fp = training_fingerprint(old), training_fingerprint(recipe)
+        if old_fp != new_fp:
+            diffs = [k for k in ("model", "data") if old_fp[k] != new_fp[k]] + [
+                f"train.{k}" for k in new_fp["train"] if old_fp["train"].get(k) != new_fp["train"].get(k)
+            ]
+            raise TunelabError(f"cannot resume {run.root}: its recipe differs in {', '.join(diffs)}; use the same recipe or a new run name")
+    checkpoint = last_complete_checkpoint(run.checkpoints)
+    written_by = checkpoint_processes(checkpoint) if checkpoint else None
+    if written_by not in (None, processes):
+        # the Trainer skips the batches already seen by counting steps: another process count skips other examples
+        raise TunelabError(
+            f"{checkpoint} was written by {written_by} training processes and this run has {processes}; "
+            f"resume with --processes {written_by}: another count changes the global batch and which examples come next"
+        )
 
 
 def check_sequence_length(tokenizer, max_seq_length: int) -> None:
@@ -105,37 +162,36 @@ def check_sequence_length(tokenizer, max_seq_length: int) -> None:
     empty = tokenizer.apply_chat_template([{"role": "user", "content": ""}], tokenize=False, add_generation_prompt=True)
     overhead = len(tokenizer(empty, add_special_tokens=False)["input_ids"])
     if max_seq_length <= overhead + 8:
-        raise TunelabError(f"train.max_seq_length={max_seq_length} is too short: this model's chat template alone takes {overhead} tokens before any question or answer; use at least {overhead + 64}")
+        raise TunelabError(
+            f"train.max_seq_length={max_seq_length} is too short: this model's chat template alone takes {overhead} tokens before any question or answer; use at least {overhead + 64}"
+        )
 
 
 def build_model(recipe: Recipe, base_path: Path):
     """The base model, wrapped for the chosen method (LoRA, QLoRA or full)."""
-    from tunelab.models.load import load_causal_lm
-    from tunelab.train.lora import peft_config
-
-    method = recipe.train.method
-    model = load_causal_lm(base_path, load_in_4bit=(method == "qlora"), trust_remote_code=recipe.trust_remote_code)
+    t = recipe.train
+    model = load_causal_lm(base_path, load_in_4bit=(t.weights == "qlora"), trust_remote_code=recipe.trust_remote_code)
     model.config.use_cache = False
-    if method == "full":
-        if recipe.train.gradient_checkpointing:
+    # under FSDP the wrapper checkpoints activations itself (strategy_arguments); the model's own would repeat gathers
+    checkpointing = t.gradient_checkpointing and t.distributed != "fsdp"
+    if t.weights == "full":
+        if checkpointing:
             model.gradient_checkpointing_enable()
         return model
-    from peft import get_peft_model, prepare_model_for_kbit_training
-
-    if method == "qlora":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=recipe.train.gradient_checkpointing)
-    elif recipe.train.gradient_checkpointing:
+    if t.weights == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
+    elif checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
-    return get_peft_model(model, peft_config(model, recipe.train.lora))
+    return get_peft_model(model, peft_config(model, t.lora))
 
 
-def training_arguments(recipe: Recipe, run: RunDir, steps_per_epoch: int, has_validation: bool):
-    import torch
-    from transformers import TrainingArguments
+def training_arguments(recipe: Recipe, run: RunDir, steps_per_epoch: int, has_validation: bool) -> TrainingArguments:
+    return TrainingArguments(**training_settings(recipe, run, steps_per_epoch, has_validation))
 
-    from tunelab.models.load import wants_bf16
 
+def training_settings(recipe: Recipe, run: RunDir, steps_per_epoch: int, has_validation: bool) -> dict:
+    """The TrainingArguments of a run, as keyword arguments (TRL's DPOConfig and ORPOConfig take them too)."""
     t = recipe.train
     total_steps = t.max_steps or max(1, int(steps_per_epoch * t.epochs))
     every = max(1, total_steps // 4)
@@ -144,14 +200,12 @@ def training_arguments(recipe: Recipe, run: RunDir, steps_per_epoch: int, has_va
     early = t.early_stopping_patience is not None and has_validation
     if early:  # best-model tracking needs saves on evaluation steps
         save_steps = eval_steps
-    report_to = (["tensorboard"] if t.tensorboard else []) + (["mlflow"] if t.mlflow else [])
-    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(run.train / "tensorboard"))
-    return TrainingArguments(
+    return dict(
         output_dir=str(run.checkpoints),
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.gradient_accumulation,
-        learning_rate=t.learning_rate or DEFAULT_LR[t.method],
+        learning_rate=t.learning_rate or DEFAULT_LR[t.weights],
         lr_scheduler_type=t.lr_scheduler,
         warmup_steps=int(t.warmup_ratio * total_steps),
         num_train_epochs=t.epochs,
@@ -171,12 +225,26 @@ def training_arguments(recipe: Recipe, run: RunDir, steps_per_epoch: int, has_va
         load_best_model_at_end=early,
         metric_for_best_model="eval_loss" if early else None,
         greater_is_better=False if early else None,
-        report_to=report_to or "none",
+        report_to=["mlflow"] if t.mlflow else "none",  # TensorBoard: our own callback, writing into this run (tensorboard_callback)
         remove_unused_columns=False,
         disable_tqdm=True,
         include_num_input_tokens_seen="all",
         dataloader_num_workers=0,
+        **strategy_arguments(recipe),
     )
+
+
+def tensorboard_callback(run: RunDir, main_process: bool) -> TensorBoardCallback | None:
+    """TensorBoard logs in this run's train/tensorboard/, written by rank 0.
+
+    The callback reads TENSORBOARD_LOGGING_DIR when it is built; the variable is set for that
+    moment only, because it is global to the process: left set, in a sweep (several runs in
+    one process) it would send every later run's logs to the first run's folder.
+    """
+    if not main_process:
+        return None
+    with patch_environment(TENSORBOARD_LOGGING_DIR=str(run.train / "tensorboard")):
+        return TensorBoardCallback()
 
 
 def save_trained_model(trainer, tokenizer, recipe: Recipe, base_path: Path, run: RunDir) -> None:
@@ -185,9 +253,7 @@ def save_trained_model(trainer, tokenizer, recipe: Recipe, base_path: Path, run:
     Every process calls this: under FSDP or DeepSpeed `trainer.save_model` gathers the sharded
     weights, and only the main process writes. The folder is built beside run/model and renamed.
     """
-    from accelerate import PartialState
-
-    state = PartialState()
+    state = PartialState()  # the state train_recipe set up (PartialState shares it)
     staging = run.root / ".model.staging"
     if state.is_main_process:
         shutil.rmtree(staging, ignore_errors=True)
@@ -195,15 +261,20 @@ def save_trained_model(trainer, tokenizer, recipe: Recipe, base_path: Path, run:
     trainer.save_model(str(staging))
     if state.is_main_process:
         tokenizer.save_pretrained(staging)
-        atomic_write_json(staging / "tunelab_model.json", {
-            "base_model": recipe.model,
-            "base_model_path": str(base_path),
-            "method": recipe.train.method,
-            "run": run.root.name,
-            "recipe": recipe.model_dump(mode="json"),
-        })
+        write_model_info(
+            staging,
+            {
+                "base_model": recipe.model,
+                "base_model_path": str(base_path),
+                "method": recipe.train.weights,  # what the weights are (lora, qlora, full): loaders and exports branch on it
+                "objective": recipe.train.objective,  # sft, dpo or orpo
+                "run": run.root.name,
+                "recipe": recipe.model_dump(mode="json"),
+            },
+        )
         for leftover in ("training_args.bin",):  # a pickle; nothing in tunelab reads it
             (staging / leftover).unlink(missing_ok=True)
+        shutil.rmtree(staging / REFERENCE_ADAPTER, ignore_errors=True)  # DPO's frozen copy of a continued SFT adapter
         old = run.root / ".model.old"
         shutil.rmtree(old, ignore_errors=True)
         if run.model.exists():
@@ -213,107 +284,185 @@ def save_trained_model(trainer, tokenizer, recipe: Recipe, base_path: Path, run:
     state.wait_for_everyone()
 
 
-def train_recipe(recipe: Recipe, resume: bool = False) -> Path:
-    """Prepare data if needed, train, and write the model, metrics, curves and summary."""
-    import torch
-    from transformers import EarlyStoppingCallback, Trainer
+def steps_per_epoch(recipe: Recipe, examples: int, processes: int) -> int:
+    # each process takes its own batch of batch_size examples (packed into one row) per micro-step
+    return math.ceil(examples / (recipe.train.batch_size * recipe.train.gradient_accumulation * processes))
 
-    from tunelab.models.load import load_tokenizer, set_threads
-    from tunelab.models.resolve import resolve_model
-    from tunelab.train.callbacks import MetricsFileCallback, ProgressCallback, plot_losses
-    from tunelab.train.collate import PackedCollator, PaddedCollator
 
-    from accelerate import PartialState
+# ---------------------------------------------------------------- the steps of train_recipe
+def prepare_run(recipe: Recipe, run: RunDir, resume: bool, state: PartialState) -> Path | None:
+    """Write the recipe and environment and prepare the data (rank 0; the others wait, then read).
 
-    main_process = PartialState().is_main_process
-    run = RunDir(recipe.run_dir())
-    check_before_training(recipe, run, resume)
-    base = resolve_model(recipe.model)
-    tokenizer = load_tokenizer(base.path, trust_remote_code=recipe.trust_remote_code)
-    check_sequence_length(tokenizer, recipe.train.max_seq_length)
+    Returns the checkpoint to resume from. Rank 0 looks first, so it alone removes a checkpoint
+    left half-written by a killed run.
+    """
     run.root.mkdir(parents=True, exist_ok=True)
-    with PartialState().main_process_first():  # under `accelerate launch`, rank 0 prepares; the others then read
-        if main_process:
+    with state.main_process_first():
+        if state.is_main_process:
             write_recipe(run, recipe)
             write_environment(run)
         if not run.stage_done("data"):
-            from tunelab.data.prepare import prepare_data
-
             card = prepare_data(recipe.data, run.data, model_ref=recipe.model, max_seq_length=recipe.train.max_seq_length)
             run.mark_done("data", counts=card.get("counts"), hash=card.get("hashes", {}).get("all"))
+        checkpoint = last_complete_checkpoint(run.checkpoints) if resume else None
+    if resume and checkpoint is None and state.is_main_process:
+        console.print("[yellow]--resume: no checkpoint found, starting from the beginning")
+    return checkpoint
 
-    threads = set_threads(recipe.train.threads)
-    max_len = recipe.train.max_seq_length
+
+def tokenized_splits(run: RunDir, tokenizer, max_len: int, main_process: bool) -> tuple[list[dict], list[dict]]:
+    """The training and validation examples, rendered and masked (every process does this; it is cheap)."""
     train_rows = read_jsonl(run.split("train"))
     val_rows = read_jsonl(run.split("validation")) if run.split("validation").is_file() else []
     if not train_rows:
         raise TunelabError(f"no training examples left after preparing the data (see {run.data / 'card.md'})")
     train_set, dropped = tokenize_split(tokenizer, train_rows, max_len)
     if not train_set:
-        raise TunelabError(f"train.max_seq_length={max_len} is shorter than the prompt of every training example: no answer token would be trained on; raise max_seq_length")
-    if dropped:
+        raise TunelabError(
+            f"train.max_seq_length={max_len} is shorter than the prompt of every training example: no answer token would be trained on; raise max_seq_length"
+        )
+    if dropped and main_process:
         console.print(f"[yellow]{dropped} training examples have no answer token within max_seq_length={max_len} and are skipped")
     val_set, _ = tokenize_split(tokenizer, val_rows, max_len)
+    return train_set, val_set
 
-    torch.manual_seed(recipe.train.seed)
-    model = build_model(recipe, base.path)
-    if recipe.train.method != "full":
+
+def build_trainer(recipe: Recipe, run: RunDir, base_path: Path, tokenizer, train_set, val_set, state: PartialState) -> Trainer:
+    """The model, the batches, the arguments and the callbacks, in one Trainer."""
+    t = recipe.train
+    torch.manual_seed(t.seed)
+    model = build_model(recipe, base_path)
+    report_trainable(model, recipe, state)
+    collator = PackedCollator() if t.packing else PaddedCollator(tokenizer.pad_token_id)
+    args = training_arguments(recipe, run, steps_per_epoch(recipe, len(train_set), state.num_processes), has_validation=bool(val_set))
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=val_set or None,
+        data_collator=collator,
+        callbacks=training_callbacks(recipe, run, state, has_validation=bool(val_set)),
+    )
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(HFProgressCallback)
+    return trainer
+
+
+def build_preference_trainer(recipe: Recipe, run: RunDir, base_path: Path, tokenizer, state: PartialState):
+    """DPO or ORPO: TRL's trainer (train/preference.py) on the same kind of model, arguments and callbacks as above."""
+    t = recipe.train
+    train_pairs, val_pairs = pair_splits(run)
+    torch.manual_seed(t.seed)
+    model = continued_adapter(recipe, base_path) if t.preference.start_from else build_model(recipe, base_path)
+    report_trainable(model, recipe, state)
+    settings = training_settings(
+        recipe, run, steps_per_epoch(recipe, len(train_pairs), state.num_processes), has_validation=bool(val_pairs)
+    )
+    callbacks = training_callbacks(recipe, run, state, has_validation=bool(val_pairs))
+    trainer = preference_trainer(recipe, model, tokenizer, settings, train_pairs, val_pairs, callbacks)
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(HFProgressCallback)
+    return trainer
+
+
+def report_trainable(model, recipe: Recipe, state: PartialState) -> None:
+    t = recipe.train
+    if t.weights != "full" and state.is_main_process:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
-        console.print(f"{recipe.train.method}: training {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)")
+        console.print(f"{t.method}: training {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)")
 
-    collator = PackedCollator() if recipe.train.packing else PaddedCollator(tokenizer.pad_token_id)
-    import math
-    import torch.distributed as dist
 
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
-    steps_per_epoch = math.ceil(len(train_set) / (recipe.train.batch_size * recipe.train.gradient_accumulation * world))
-    args = training_arguments(recipe, run, steps_per_epoch, has_validation=bool(val_set))
+def training_callbacks(recipe: Recipe, run: RunDir, state: PartialState, has_validation: bool) -> list:
+    """Progress bar, metrics.jsonl, TensorBoard and early stopping, as the recipe asks."""
+    t = recipe.train
     callbacks = [ProgressCallback(), MetricsFileCallback(run.metrics)]
-    if recipe.train.early_stopping_patience and val_set:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.train.early_stopping_patience))
-    trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=val_set or None, data_collator=collator, callbacks=callbacks)
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback as HFProgress
+    if t.tensorboard:
+        callbacks.append(tensorboard_callback(run, state.is_main_process))
+    if t.early_stopping_patience and has_validation:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
+    return [c for c in callbacks if c is not None]
 
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(HFProgress)
 
-    checkpoint = last_complete_checkpoint(run.checkpoints) if resume else None
-    if resume and checkpoint is None:
-        console.print("[yellow]--resume: no checkpoint found, starting from the beginning")
-    console.print(f"Training {recipe.name}: {len(train_set)} examples, {args.max_steps if args.max_steps > 0 else steps_per_epoch * recipe.train.epochs:.0f} steps, "
-                  f"{'bf16 autocast' if args.bf16 else 'fp32'}, {threads} threads, {'packed' if recipe.train.packing else 'padded'} batches")
-    t0 = time.time()
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    seconds = time.time() - t0
-
-    save_trained_model(trainer, tokenizer, recipe, base.path, run)
-    final_eval = trainer.evaluate() if val_set else {}
+def training_summary(trainer: Trainer, result, recipe: Recipe, run: RunDir, checkpoint: Path | None, threads: int, seconds: float) -> dict:
+    """The final numbers of a run (every process calls this: the peak memory is gathered from all)."""
+    final_eval = trainer.evaluate() if trainer.eval_dataset is not None else {}
+    peak_memory, memory_measure = peak_memory_per_process()
     metrics_rows = read_jsonl(run.metrics) if run.metrics.exists() else []
     train_losses = [r["loss"] for r in metrics_rows if "loss" in r]
-    summary = {
+    runtime = result.metrics.get("train_runtime", seconds)
+    args = trainer.args
+    return {
         "run": run.root.name,
         "method": recipe.train.method,
         "base_model": recipe.model,
         "steps": trainer.state.global_step,
         "epochs": round(trainer.state.epoch or 0, 3),
-        "train_examples": len(train_set),
-        "tokens_seen": trainer.state.num_input_tokens_seen,
-        "train_seconds": round(result.metrics.get("train_runtime", seconds), 1),
-        "tokens_per_second": round(trainer.state.num_input_tokens_seen / max(result.metrics.get("train_runtime", seconds), 1e-6), 1),
+        "train_examples": len(trainer.train_dataset),
+        "processes": args.world_size,
+        "distributed": recipe.train.distributed,  # with one process, ddp means no wrapper at all
+        "global_batch": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+        "tokens_seen": trainer.state.num_input_tokens_seen,  # all processes together
+        "train_seconds": round(runtime, 1),
+        "tokens_per_second": round(trainer.state.num_input_tokens_seen / max(runtime, 1e-6), 1),
         "train_loss": train_losses[-1] if train_losses else result.training_loss,
         "train_loss_mean": result.training_loss,
         "eval_loss": final_eval.get("eval_loss"),
         "precision": "bf16" if args.bf16 else "fp32",
         "threads": threads,
+        "peak_memory_gib": peak_memory,  # one value per process
+        "peak_memory_measure": memory_measure,
         "resumed_from": str(checkpoint) if checkpoint else None,
     }
-    if not main_process:
-        return run.root
+
+
+def write_training_outputs(run: RunDir, summary: dict) -> None:
     atomic_write_json(run.train_summary, summary)
     plot_losses(run.metrics, run.loss_plot)
     run.mark_done("train", **{k: summary[k] for k in ("steps", "train_loss", "eval_loss", "tokens_per_second")})
-    console.print(f"[green]done[/] in {seconds:.0f} s: final training loss {summary['train_loss']:.3f}"
-                  + (f", validation loss {summary['eval_loss']:.3f}" if summary["eval_loss"] is not None else "")
-                  + f", {summary['tokens_per_second']:,.0f} tok/s")
+    console.print(
+        f"[green]done[/] in {summary['train_seconds']:.0f} s: final training loss {summary['train_loss']:.3f}"
+        + (f", validation loss {summary['eval_loss']:.3f}" if summary["eval_loss"] is not None else "")
+        + f", {summary['tokens_per_second']:,.0f} tok/s"
+    )
+
+
+def train_recipe(recipe: Recipe, resume: bool = False) -> Path:
+    """Prepare data if needed, train, and write the model, metrics, curves and summary.
+
+    Under torchrun every process calls this; rank 0 alone prepares the data and writes files.
+    """
+    state = process_state()
+    run = RunDir(recipe.run_dir())
+    check_before_training(recipe, run, resume, state.num_processes)
+    check_launched(recipe)
+    base = resolve_model(recipe.model)
+    tokenizer = load_tokenizer(base.path, trust_remote_code=recipe.trust_remote_code)
+    check_sequence_length(tokenizer, recipe.train.max_seq_length)
+    checkpoint = prepare_run(recipe, run, resume, state)
+
+    threads = set_threads(recipe.train.threads)
+    supervised = recipe.train.objective == "sft"
+    if supervised:
+        train_set, val_set = tokenized_splits(run, tokenizer, recipe.train.max_seq_length, state.is_main_process)
+        trainer = build_trainer(recipe, run, base.path, tokenizer, train_set, val_set, state)
+    else:  # DPO, ORPO
+        trainer = build_preference_trainer(recipe, run, base.path, tokenizer, state)
+    if state.is_main_process:
+        examples = len(trainer.train_dataset)
+        steps = recipe.train.max_steps or math.ceil(steps_per_epoch(recipe, examples, state.num_processes) * recipe.train.epochs)
+        console.print(
+            f"Training {recipe.name}: {examples} {'examples' if supervised else recipe.train.method.upper() + ' pairs'}, {steps} steps, "
+            f"{'bf16 autocast' if trainer.args.bf16 else 'fp32'}, {threads} threads"
+            + (f" in each of {state.num_processes} processes ({recipe.train.distributed})" if state.num_processes > 1 else "")
+            + f", {'packed' if recipe.train.packing and supervised else 'padded'} batches"
+        )
+    t0 = time.time()
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    seconds = time.time() - t0
+
+    save_trained_model(trainer, tokenizer, recipe, base.path, run)
+    summary = training_summary(trainer, result, recipe, run, checkpoint, threads, seconds)
+    if state.is_main_process:
+        write_training_outputs(run, summary)
     return run.root

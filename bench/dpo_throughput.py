@@ -1,0 +1,294 @@
+"""DPO training throughput: tunelab against TRL's DPOTrainer, at its defaults and at its best on this CPU.
+
+    python bench/dpo_throughput.py [--pairs 32] [--val 16] [--repeats 2] [--threads 2]
+    python bench/dpo_throughput.py --smoke --model DIR --results FILE   # a few pairs, one round: checks the bench runs
+
+Every configuration trains the same LoRA (r16, α32, every linear layer, no dropout; lr 5e-5
+constant; β 0.1; one epoch, batches of 4 pairs) with DPO on the same pairs of
+../shared/data/dpo_en_demo.json (those whose longer side fits in 512 tokens with the chat
+template), each in its own process (so its peak memory is its own) with the same threads;
+rounds are interleaved (every configuration once per round, the order alternating), round r
+trains with seed r:
+
+- TRL defaults: `DPOTrainer` + `peft_config` with DPOConfig's defaults (bf16 on, gradient checkpointing on);
+- TRL best: the same with gradient checkpointing off (bf16 stays on): the fastest TRL runs here.
+  Precomputing the reference log-probabilities (`precompute_ref_log_probs`) saves nothing in one
+  epoch: it runs the same reference forward passes, before training instead of during it;
+- tunelab: `tunelab train` with `train.method: dpo` (train_recipe) and the recipe's defaults.
+
+tunelab's DPO *is* TRL's DPOTrainer, built with tunelab's model, arguments and callbacks
+(tunelab/train/preference.py), so the expected result is parity with TRL best and the gain of
+TRL best over TRL defaults; a gap would be overhead tunelab adds (or removes).
+
+Tokens/s: the pairs' tokens (prompt + chosen and prompt + rejected, no padding) over the
+Trainer's own `train_runtime`. Held-out DPO loss: each trained adapter's mean DPO loss on the
+same held-out pairs (reference: the same model with the adapter off; fp32), as a check that
+speed is not bought with a worse model. Peak memory: the worker's peak RSS.
+The section replaces its own in bench/RESULTS.md (bench/gpu.py's `replace_section`, until
+bench/results.py from branch `perf` is on main: then its Recorder, which also refuses figures
+taken on a busy machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+from gpu import replace_section  # noqa: E402
+
+HEADING = "## DPO training throughput (bench/dpo_throughput.py)"
+LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0)
+BATCH, LR, BETA, MAX_LEN = 4, 5e-5, 0.1, 512
+TRL_DEFAULT, TRL_BEST, TUNELAB = "TRL DPOTrainer, defaults", "TRL DPOTrainer, best CPU settings", "tunelab"
+DESCRIBE = {
+    TRL_DEFAULT: "DPOConfig defaults: bf16, gradient checkpointing",
+    TRL_BEST: "bf16, no gradient checkpointing",
+    TUNELAB: "`tunelab train`, `method: dpo`, recipe defaults",
+}
+SMOKE_PAIRS = [
+    ("What is 2 + 2?", "2 + 2 is 4.", "It is 5."),
+    ("Name a colour.", "Blue.", "A dog."),
+    ("Capital of France?", "Paris.", "Berlin."),
+    ("Say hello in French.", "Bonjour.", "Hola."),
+    ("What do bees make?", "Honey.", "Milk."),
+    ("How many legs has a spider?", "Eight.", "Six."),
+]
+
+
+# ---------------------------------------------------------------- the pairs
+def load_pairs(args, tokenizer) -> tuple[list[dict], list[dict]]:
+    """(training pairs, held-out pairs) in TRL's conversational form."""
+    if args.smoke:
+        pairs = [
+            {
+                "prompt": [{"role": "user", "content": f"{q} ({i})"}],
+                "chosen": [{"role": "assistant", "content": c}],
+                "rejected": [{"role": "assistant", "content": r}],
+            }
+            for i in range(2)
+            for q, c, r in SMOKE_PAIRS
+        ]
+        return pairs[: args.pairs], pairs[args.pairs : args.pairs + args.val]
+    from tunelab.data import load_examples
+    from tunelab.paths import shared_data_dir
+
+    data = shared_data_dir()
+    if data is None:
+        sys.exit("../shared/data is needed for this benchmark (or use --smoke)")
+    pairs = []
+    for e in load_examples(str(data / "dpo_en_demo.json")):
+        pair = {"prompt": e["messages"][:-1], "chosen": [e["messages"][-1]], "rejected": [e["rejected"]]}
+        if max(sum(pair_tokens(tokenizer, pair, side)) for side in ("chosen", "rejected")) <= MAX_LEN:
+            pairs.append(pair)
+    if len(pairs) < args.pairs + args.val:
+        sys.exit(f"only {len(pairs)} pairs fit in {MAX_LEN} tokens; ask for fewer (--pairs, --val)")
+    return pairs[: args.pairs], pairs[args.pairs : args.pairs + args.val]
+
+
+def pair_tokens(tokenizer, pair: dict, side: str) -> tuple[int, int]:
+    from tunelab.evaluate.likelihood import answer_pair
+
+    prompt_ids, answer_ids = answer_pair(tokenizer, pair["prompt"], pair[side][0]["content"])
+    return len(prompt_ids), len(answer_ids)
+
+
+def heldout_dpo_loss(model, tokenizer, pairs: list[dict]) -> float:
+    """Mean DPO loss on `pairs`: the policy is the model, the reference the same model with its adapter off."""
+    import math
+
+    from tunelab.evaluate.likelihood import answer_pair
+    from tunelab.models.likelihood import continuation_logprobs
+
+    token_pairs = [answer_pair(tokenizer, p["prompt"], p[side][0]["content"]) for p in pairs for side in ("chosen", "rejected")]
+    model.eval()
+    policy = continuation_logprobs(model, tokenizer, token_pairs)
+    with model.disable_adapter():
+        reference = continuation_logprobs(model, tokenizer, token_pairs)
+    losses = []
+    for k in range(len(pairs)):
+        (pc, _), (pr, _), (rc, _), (rr, _) = policy[2 * k], policy[2 * k + 1], reference[2 * k], reference[2 * k + 1]
+        margin = BETA * ((pc - rc) - (pr - rr))
+        losses.append(math.log1p(math.exp(-margin)))  # −log σ(margin)
+    return statistics.fmean(losses)
+
+
+# ---------------------------------------------------------------- the workers (one configuration, one process)
+def trl_worker(kind: str, args, model_path: Path, workdir: Path, train: list[dict]):
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import DPOConfig, DPOTrainer
+
+    from tunelab.models.load import load_causal_lm, load_tokenizer
+
+    best = {"bf16": True, "activation_checkpointing": False} if kind == TRL_BEST else {}
+    cfg = DPOConfig(
+        output_dir=str(workdir),
+        per_device_train_batch_size=BATCH,
+        num_train_epochs=1,
+        learning_rate=LR,
+        beta=BETA,
+        max_length=MAX_LEN,
+        lr_scheduler_type="constant",
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1000,
+        disable_tqdm=True,
+        seed=args.seed,
+        **best,
+    )
+    trainer = DPOTrainer(
+        model=load_causal_lm(model_path),
+        args=cfg,
+        train_dataset=Dataset.from_list(train),
+        processing_class=load_tokenizer(model_path),
+        peft_config=LoraConfig(task_type="CAUSAL_LM", target_modules="all-linear", **LORA),
+    )
+    result = trainer.train()
+    return trainer.model, result.metrics["train_runtime"]
+
+
+def tunelab_worker(args, model_path: Path, workdir: Path, train: list[dict]):
+    from tunelab.config import recipe_from_dict
+    from tunelab.io import atomic_write_jsonl
+    from tunelab.models.chat import load_hf_model
+    from tunelab.train.run import train_recipe
+
+    data_file = workdir / "pairs.jsonl"
+    atomic_write_jsonl(data_file, train)
+    data = {"sources": [{"path": str(data_file)}], "dedup": "none", "clean": False, "test_fraction": 0, "validation_fraction": 0}
+    lora = {"r": LORA["r"], "alpha": LORA["lora_alpha"], "dropout": 0.0, "target_modules": "all_linear"}
+    train_cfg = {"method": "dpo", "epochs": 1, "batch_size": BATCH, "learning_rate": LR, "lr_scheduler": "constant", "warmup_ratio": 0}
+    train_cfg.update(max_seq_length=MAX_LEN, threads=args.threads, save_steps=100000, tensorboard=False, seed=args.seed, lora=lora)
+    recipe = recipe_from_dict(
+        {"name": "bench", "output_dir": str(workdir / "runs"), "model": str(model_path), "data": data, "train": train_cfg}
+    )
+    run = train_recipe(recipe)
+    model, _, _ = load_hf_model(run)
+    return model, json.loads((run / "train" / "summary.json").read_text())["train_seconds"]
+
+
+def worker(kind: str, args) -> dict:
+    import torch
+
+    from tunelab.models.load import load_tokenizer
+    from tunelab.models.resolve import resolve_model
+
+    torch.set_num_threads(args.threads)
+    model_path = resolve_model(args.model).path
+    tokenizer = load_tokenizer(model_path)
+    train, val = load_pairs(args, tokenizer)
+    workdir = Path(tempfile.mkdtemp(prefix="dpo-bench-"))
+    model, seconds = (
+        tunelab_worker(args, model_path, workdir, train) if kind == TUNELAB else trl_worker(kind, args, model_path, workdir, train)
+    )
+    tokens = sum(sum(pair_tokens(tokenizer, p, side)) for p in train for side in ("chosen", "rejected"))
+    return {
+        "kind": kind,
+        "seed": args.seed,
+        "pairs": len(train),
+        "tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_second": tokens / seconds,
+        "heldout_dpo_loss": heldout_dpo_loss(model, tokenizer, val),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+# ---------------------------------------------------------------- rounds and the section
+def run_in_process(kind: str, args, seed: int) -> dict:
+    """One configuration in a fresh process (its own peak memory), or here in --smoke mode."""
+    if args.smoke:
+        return worker(kind, argparse.Namespace(**{**vars(args), "seed": seed}))
+    out = Path(tempfile.mkdtemp()) / "result.json"
+    argv = [sys.executable, __file__, "--worker", kind, "--out", str(out), "--seed", str(seed), "--model", args.model]
+    argv += ["--pairs", str(args.pairs), "--val", str(args.val), "--threads", str(args.threads)]
+    subprocess.run(argv, check=True)
+    return json.loads(out.read_text())
+
+
+def measure(args) -> dict[str, list[dict]]:
+    kinds = [TRL_DEFAULT, TRL_BEST, TUNELAB]
+    runs: dict[str, list[dict]] = {k: [] for k in kinds}
+    for r in range(args.repeats):
+        for kind in kinds if r % 2 == 0 else kinds[::-1]:
+            result = run_in_process(kind, args, seed=r)
+            runs[kind].append(result)
+            print(
+                f"round {r} {kind}: {result['tokens_per_second']:.1f} tok/s, held-out DPO loss {result['heldout_dpo_loss']:.4f}", flush=True
+            )
+    return runs
+
+
+def spread(values: list[float], digits: int = 1) -> str:
+    return f"{statistics.median(values):,.{digits}f} [{min(values):,.{digits}f}–{max(values):,.{digits}f}]"
+
+
+def section(args, runs: dict[str, list[dict]], load_before: tuple, load_after: tuple) -> str:
+    best = [r["tokens_per_second"] for r in runs[TRL_BEST]]
+    first = runs[TUNELAB][0]
+    lines = [
+        HEADING,
+        "",
+        f"{datetime.date.today().isoformat()}, `python bench/dpo_throughput.py {' '.join(args.argv)}`, model `{args.model}`, "
+        f"{args.threads} threads, {first['pairs']} pairs ({first['tokens']:,} tokens) per epoch, {args.repeats} interleaved round(s), "
+        f"load average {load_before[0]:.2f} before and {load_after[0]:.2f} after (figures from a busy machine describe its neighbours).",
+        "",
+        "| configuration | settings | tokens/s, median [min–max] | vs TRL best | held-out DPO loss | peak RSS (MiB) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for kind, rows in runs.items():
+        ratios = [r["tokens_per_second"] / b for r, b in zip(rows, best)]
+        lines.append(
+            f"| {kind} | {DESCRIBE[kind]} | {spread([r['tokens_per_second'] for r in rows])} | {spread(ratios, 2)}x | "
+            f"{statistics.fmean(r['heldout_dpo_loss'] for r in rows):.4f} | {statistics.median(r['peak_rss_mib'] for r in rows):,.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--pairs", type=int, default=32, help="training pairs (one epoch)")
+    parser.add_argument("--val", type=int, default=16, help="held-out pairs for the DPO loss check")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    parser.add_argument("--smoke", action="store_true", help="a few built-in pairs, one round, in this process")
+    parser.add_argument("--worker", choices=[TRL_DEFAULT, TRL_BEST, TUNELAB], help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.smoke:
+        args.pairs, args.val, args.repeats = min(args.pairs, 8), min(args.val, 4), 1
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.worker:
+        args.out.write_text(json.dumps(worker(args.worker, args)))
+        return
+    load_before = os.getloadavg()
+    runs = measure(args)
+    text = section(args, runs, load_before, os.getloadavg())
+    args.results.write_text(replace_section(args.results.read_text() if args.results.is_file() else "", HEADING, text))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""bench/dpo_throughput.py --smoke: every configuration trains on the tiny model and the section is written."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("bench_dpo", ROOT / "bench" / "dpo_throughput.py")
+bench_dpo = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench_dpo)
+
+
+def test_smoke_run_writes_its_section(tmp_path, tiny_model_dir):
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Results\n\n## Data stage\n\nfigures\n")
+    bench_dpo.main(["--smoke", "--model", str(tiny_model_dir), "--results", str(results), "--threads", "1"])
+    text = results.read_text()
+    assert text.startswith("# Results\n\n## Data stage\n\nfigures\n") and text.count(bench_dpo.HEADING) == 1
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "configuration" not in line]
+    assert [row.split(" | ")[0][2:] for row in rows] == [bench_dpo.TRL_DEFAULT, bench_dpo.TRL_BEST, bench_dpo.TUNELAB]
+    for row in rows:  # tokens/s, ratio, held-out loss, peak memory: numbers, not placeholders
+        assert re.search(r"\| [\d,.]+ \[[\d,.]+–[\d,.]+\] \| [\d.]+ \[[\d.]+–[\d.]+\]x \| \d+\.\d{4} \| [\d,]+ \|$", row), row
+    assert "8 pairs" in text

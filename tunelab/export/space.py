@@ -1,0 +1,222 @@
+"""`tunelab export RUN --format space`: a folder to push to a Hugging Face Space as it is.
+
+    <run>/export/space/
+      README.md         the Space's card, opening with its YAML header (sdk: gradio, app_file, ...)
+      app.py            tunelab's UI (Chat, Side by side, Evaluate) for the two GGUF files below
+      space.json        which file is the tuned model, which its base, and their labels
+      requirements.txt  gradio and llama-cpp-python at the versions this machine runs; no torch
+      .gitattributes    the GGUF files go through Git LFS
+      models/           the run's GGUF (exported first if the run has none) and its base's, same quantization
+      data/test.jsonl   the run's held-out split: the Evaluate tab's prompts and references
+      tunelab/          tunelab's own source (it is not on PyPI)
+
+The folder is built beside its destination and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import yaml
+
+import tunelab
+from tunelab.errors import TunelabError
+from tunelab.export.card import base_licence
+from tunelab.export.merge import base_model_path
+from tunelab.export.run import export_run
+from tunelab.io import atomic_dir, atomic_write_json, atomic_write_text
+from tunelab.progress import console
+from tunelab.runs import RunDir
+
+QUANT_PREFERENCE = ("q8_0", "q4_k_m", "f16")  # the tuned GGUF the Space serves, if the run has several
+# what tunelab's serving code imports (gradio brings fastapi, uvicorn, httpx and the rest)
+# what app.py runs: the UI (all three tabs) and both model backends (GGUF files load through llama_cpp)
+SPACE_MODULES = ("tunelab.serve.ui", "tunelab.models.chat", "llama_cpp")
+REQUIREMENTS_HEADER = [
+    "# Pinned to the versions tunelab was run with when this folder was written (found by importing app.py's modules).",
+    "# torch from PyTorch's CPU wheel index: a Space without a GPU needs no CUDA build (gigabytes).",
+    "# llama-cpp-python has no wheel on PyPI: pip compiles it once (about 11 minutes on 2 cores),",
+    "# or takes a local wheel: pip install --find-links DIR -r requirements.txt",
+    "--extra-index-url https://download.pytorch.org/whl/cpu",
+]
+SPACE_LICENCES = {"apache-2.0": "apache-2.0", "mit": "mit", "gemma terms of use": "gemma"}
+
+APP_PY = '''"""A Hugging Face Space made by `tunelab export RUN --format space`: tunelab's UI for a fine-tuned
+model and its base, both GGUF files run by llama.cpp on the CPU. Tabs: Chat, Side by side and
+Evaluate (blind A/B votes, appended to eval/human_votes.jsonl here, or to TUNELAB_VOTES).
+
+Run it anywhere: pip install -r requirements.txt && python app.py
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # tunelab's source travels in this folder
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from tunelab.serve.generation import ServeLimits  # noqa: E402
+from tunelab.serve.registry import ModelEntry, ModelRegistry  # noqa: E402
+from tunelab.serve.ui import build_ui  # noqa: E402
+
+space = json.loads((HERE / "space.json").read_text())
+base = ModelEntry(space["base"]["id"], space["base"]["label"], str(HERE / space["base"]["file"]), "base")
+tuned = ModelEntry(
+    space["tuned"]["id"], space["tuned"]["label"], str(HERE / space["tuned"]["file"]), "gguf", base=base.id, run=space["run"], run_dir=str(HERE)
+)
+registry = ModelRegistry([tuned, base], allowed_roots=[HERE / "models"], cache_size=2)
+limits = ServeLimits(max_tokens=int(os.environ.get("TUNELAB_MAX_TOKENS", "256")), max_concurrent=1)
+votes = os.environ.get("TUNELAB_VOTES")
+demo = build_ui(registry, limits, title=space["title"], votes_file=Path(votes) if votes else None)
+
+if __name__ == "__main__":
+    password = os.environ.get("TUNELAB_PASSWORD")
+    demo.launch(
+        server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0" if os.environ.get("SPACE_ID") else "127.0.0.1"),
+        server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+        auth=("tunelab", password) if password else None,
+        footer_links=["api"],
+    )
+'''
+
+
+def tuned_gguf(run: RunDir, check: bool) -> Path:
+    """The run's GGUF export (Q8_0 preferred), exported now if it has none."""
+    found = run.export_dir.gguf_files()
+    for quant in QUANT_PREFERENCE:
+        match = [p for p in found if p.stem.endswith(f"-{quant}")]
+        if match:
+            return match[0]
+    console.print(f"{run.root} has no GGUF export yet: exporting gguf-q8_0 first")
+    report = export_run(run.root, ["gguf-q8_0"], check=check)
+    if check and not report["passed"]:
+        console.print(f"[yellow]warning:[/] the GGUF failed its faithfulness check: see {run.export_dir.faithfulness_md}")
+    return next(p for p in run.export_dir.gguf_files() if p.stem.endswith("-q8_0"))
+
+
+def base_gguf(base_ref: str, quant: str, work: Path) -> Path:
+    """The base model as GGUF in the same quantization as the tuned one (a fair comparison)."""
+    console.print(f"converting the base model {base_ref} to gguf-{quant}")
+    report = export_run(base_ref, [f"gguf-{quant}"], out=work, check=False)
+    return Path(report["formats"][f"gguf-{quant}"]["path"])
+
+
+def requirements() -> str:
+    """Every distribution the Space's code imports, pinned to the version installed here: found by
+    importing it in a fresh interpreter (so it follows the code), CPU-only torch from PyTorch's index."""
+    probe = "import importlib, json, sys; [importlib.import_module(m) for m in sys.argv[1:]]; print(json.dumps(sorted(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", probe, *SPACE_MODULES], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise TunelabError(f"the Space's modules do not import here, so its requirements cannot be pinned:\n{done.stderr[-2000:]}")
+    owners = metadata.packages_distributions()
+    names = {dist for module in json.loads(done.stdout) for dist in owners.get(module.partition(".")[0], [])}
+    pins = sorted(f"{name}=={metadata.version(name).partition('+')[0]}" for name in names - {"tunelab"})
+    return "\n".join([*REQUIREMENTS_HEADER, *pins]) + "\n"
+
+
+def readme(run: RunDir, info: dict, files: dict[str, Path], examples: int) -> str:
+    licence = base_licence(info.get("base_model"), base_model_path(run.model))
+    header = {
+        "title": run.root.name,
+        "emoji": "🧪",
+        "colorFrom": "blue",
+        "colorTo": "green",
+        "sdk": "gradio",
+        "sdk_version": metadata.version("gradio"),
+        "python_version": f"{sys.version_info.major}.{sys.version_info.minor}",
+        "app_file": "app.py",
+        "pinned": False,
+        "license": SPACE_LICENCES.get(licence.lower(), "other"),
+        "short_description": f"{run.root.name}: chat and blind A/B votes against its base"[:60],
+    }
+    sizes = ", ".join(f"`{p.name}` ({p.stat().st_size / 2**20:.0f} MiB)" for p in files.values())
+    return "\n".join(
+        [
+            "---",
+            yaml.safe_dump(header, sort_keys=False, allow_unicode=True).strip(),
+            "---",
+            "",
+            f"# {run.root.name}",
+            "",
+            f"`{info.get('base_model')}` fine-tuned with tunelab ({info.get('method', 'lora')}), served next to its base by llama.cpp on the CPU: {sizes}.",
+            f"Base model licence: {licence}.",
+            "",
+            "- **Chat**: the tuned model, streaming.",
+            "- **Side by side**: one prompt, both models.",
+            f"- **Evaluate**: blind A/B votes on the {examples} held-out prompts in `data/test.jsonl` (or typed ones). Votes are appended to "
+            "`eval/human_votes.jsonl`; a Space's disk is wiped on restart, so set `TUNELAB_VOTES=/data/human_votes.jsonl` with persistent storage, "
+            "or download the file. `tunelab eval --human human_votes.jsonl` (or the file placed in the run's `eval/`) computes win rates.",
+            "",
+            "Push: create a Gradio Space on huggingface.co, then `git clone` it, copy this folder's files in (hidden `.gitattributes` included, "
+            "it sends `*.gguf` through Git LFS), `git lfs install`, commit and push; or upload the folder with the `hf` command line.",
+            "",
+            "Settings (the Space's variables): `TUNELAB_PASSWORD` (login, user `tunelab`), `TUNELAB_MAX_TOKENS` (default 256), `TUNELAB_VOTES`.",
+            "",
+            "Locally: `python -m venv .venv && .venv/bin/pip install -r requirements.txt && .venv/bin/python app.py` (http://127.0.0.1:7860).",
+            "",
+        ]
+    )
+
+
+def copy_source(dst: Path) -> None:
+    shutil.copytree(Path(tunelab.__file__).parent, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+
+def export_space(run_path: str | Path, out: Path | None = None, check: bool = True) -> Path:
+    """Write the Space folder for a run directory; returns its path."""
+    run = RunDir(Path(run_path))
+    if not run.has_model():
+        raise TunelabError(f"{run.root} is not a run directory (no {run.model_info_file}): a Space serves a tuned model beside its base")
+    info = run.model_info()
+    base_ref = run.base_model()
+    out = Path(out) if out else run.export_dir.space
+    tuned = tuned_gguf(run, check)
+    quant = next((q for q in QUANT_PREFERENCE if tuned.stem.endswith(f"-{q}")), "q8_0")
+    reqs = requirements()
+    run.export.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".space-base-", dir=run.export) as work:
+        base = base_gguf(base_ref, quant, Path(work))
+        with atomic_dir(out) as tmp:
+            (tmp / "models").mkdir()
+            files = {"tuned": tmp / "models" / tuned.name, "base": tmp / "models" / base.name}
+            shutil.copy2(tuned, files["tuned"])
+            shutil.move(base, files["base"])
+            base_name = base.stem.removesuffix(f"-{quant}")
+            atomic_write_json(
+                tmp / "space.json",
+                {
+                    "title": f"{run.root.name} (tunelab)",
+                    "run": run.root.name,
+                    "tuned": {
+                        "id": f"{run.root.name}-{quant}-gguf",
+                        "label": f"{run.root.name} · {quant} gguf",
+                        "file": f"models/{tuned.name}",
+                    },
+                    "base": {
+                        "id": f"{base_name}-{quant}-gguf",
+                        "label": f"{base_name} · {quant} gguf (base)",
+                        "file": f"models/{base.name}",
+                    },
+                },
+            )
+            test = run.split("test")
+            examples = 0
+            if test.is_file():
+                (tmp / "data").mkdir()
+                shutil.copy2(test, tmp / "data" / "test.jsonl")
+                examples = sum(1 for line in test.read_text().splitlines() if line.strip())
+            atomic_write_text(tmp / "app.py", APP_PY)
+            atomic_write_text(tmp / "requirements.txt", reqs)
+            atomic_write_text(tmp / ".gitattributes", "*.gguf filter=lfs diff=lfs merge=lfs -text\n")
+            atomic_write_text(tmp / "README.md", readme(run, info, files, examples))
+            copy_source(tmp / "tunelab")
+    console.print(f"[green]Space folder[/] {out}: push it to a Gradio Space (see its README.md)")
+    return out

@@ -1,0 +1,199 @@
+"""The llama.cpp runtime: a GGUF file behind tunelab's ChatModel interface.
+
+`LlamaCppChatModel` formats prompts with the chat template stored in the GGUF (llama-cpp-python's
+Jinja2ChatFormatter, the same jinja settings as transformers) and stops on the model's
+end-of-generation tokens. The export stage (tunelab/export/llama_cpp.py) writes GGUF files;
+this module only reads and runs them, so serving and evaluation do not depend on export.
+
+llama-cpp-python is an optional dependency (the `gguf` extra, built once by `make setup-gguf`):
+it is imported where a GGUF is opened, never when this module is imported.
+"""
+
+from __future__ import annotations
+
+import codecs
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from gguf import GGUFReader
+from gguf.constants import GGUFValueType
+
+from tunelab.errors import TunelabError
+from tunelab.models.gguf_likelihood import SCORING_CONTEXT, TemplateTokenizer
+from tunelab.models.gguf_likelihood import continuation_logprobs as gguf_logprobs
+from tunelab.models.interface import GenerationSettings
+from tunelab.models.load import DEFAULT_CHAT_TEMPLATE, default_threads
+
+LLAMA_CPP_VERSION = "0.3.36"
+SCORING_MEMORY = 512 * 2**20  # the scoring Llama's logits array: about 2048 positions for SmolLM2, 512 for Gemma-3
+
+
+class LlamaCppMissing(TunelabError):
+    pass
+
+
+def require_llama_cpp():
+    """Import llama_cpp, or explain how to get it."""
+    try:
+        import llama_cpp  # the optional `gguf` extra
+    except ImportError:
+        raise LlamaCppMissing(
+            f"llama-cpp-python is not installed, and GGUF export, quantization and GGUF generation need it. "
+            f"Run `make setup-gguf` (builds llama-cpp-python {LLAMA_CPP_VERSION} once, about 11 minutes, and caches "
+            f"the wheel in ~/.cache/tunelab/wheels), or `pip install llama-cpp-python=={LLAMA_CPP_VERSION}`. "
+            f"The `merged` format works without it."
+        ) from None
+    return llama_cpp
+
+
+def gguf_metadata(path: Path) -> dict:
+    """The key/value metadata of a GGUF file (strings, numbers; arrays left out), read with gguf-py."""
+    reader = GGUFReader(str(path))
+    meta = {}
+    for key, field in reader.fields.items():
+        if not field.types or field.types[0] == GGUFValueType.ARRAY:
+            continue
+        value = field.parts[field.data[0]]
+        if field.types[0] == GGUFValueType.STRING:
+            meta[key] = bytes(value).decode("utf-8", errors="replace")
+        else:
+            meta[key] = value.tolist()[0] if hasattr(value, "tolist") else value
+    return meta
+
+
+def scoring_llama(path: str | Path, n_ctx: int = SCORING_CONTEXT, n_threads: int | None = None):
+    """A llama_cpp.Llama for scoring: logits kept for every position, `n_ctx` tokens at most."""
+    threads = n_threads or default_threads()
+    Llama = require_llama_cpp().Llama
+    return Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, logits_all=True, verbose=False)
+
+
+class LlamaCppChatModel:
+    """A GGUF file served by llama.cpp behind tunelab's ChatModel interface."""
+
+    backend = "llama.cpp"
+
+    def __init__(self, path: str | Path, n_threads: int | None = None, n_ctx: int = 4096, name: str | None = None):
+        llama_cpp = require_llama_cpp()
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter  # optional dependency: see the module docstring
+
+        self.path = Path(path)
+        self.name = name or self.path.stem
+        threads = n_threads or default_threads()
+        meta = gguf_metadata(self.path)
+        trained_ctx = meta.get(f"{meta.get('general.architecture')}.context_length")
+        if trained_ctx:
+            n_ctx = min(n_ctx, int(trained_ctx))
+        self.llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False)
+        self._is_eog = llama_cpp.llama_vocab_is_eog
+        self._vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        self.adds_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))  # what the tokenizer does by default
+        self.n_ctx = self.llm.n_ctx()
+        self.eos_id = self.llm.token_eos()
+        self.bos_id = self.llm.token_bos()
+        self.chat_template = self.llm.metadata.get("tokenizer.chat_template") or DEFAULT_CHAT_TEMPLATE
+        self.formatter = Jinja2ChatFormatter(
+            template=self.chat_template,
+            eos_token=self._token_text(self.eos_id),
+            bos_token=self._token_text(self.bos_id),
+            add_generation_prompt=True,
+        )
+        self._lock = threading.Lock()  # one generation at a time per llama.cpp context
+        self.threads = threads
+        self._scorer = None  # the log-likelihood Llama, made on first use
+        self._tokenizer = None
+
+    def _token_text(self, token: int) -> str:
+        if token is None or token < 0:
+            return ""
+        return self.llm.detokenize([token], special=True).decode("utf-8", errors="replace")
+
+    def prompt_text(self, messages: list[dict]) -> str:
+        return self.formatter(messages=messages).prompt
+
+    def prompt_tokens(self, messages: list[dict]) -> list[int]:
+        # The template writes every special token itself (as transformers' apply_chat_template
+        # does), so no BOS is added here: the same ids as tokenizer(text, add_special_tokens=False).
+        return self.tokenize(self.prompt_text(messages))
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of `text`, special-token text parsed, no BOS added (as transformers' add_special_tokens=False)."""
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenize(text))
+
+    def encode(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=self.adds_bos, special=False)
+
+    @property
+    def tokenizer(self) -> TemplateTokenizer:
+        """The two transformers-tokenizer calls scoring makes (chat template, text → ids), from the GGUF."""
+        if self._tokenizer is None:
+            self._tokenizer = TemplateTokenizer(self.llm, self.chat_template, self._token_text(self.bos_id), self._token_text(self.eos_id))
+        return self._tokenizer
+
+    def loglikelihood(
+        self, pairs: list[tuple[list[int], list[int]]], batch_size: int = 8, on_batch=None, bf16: bool = False
+    ) -> list[tuple[float, int]]:
+        """Through a second Llama that keeps every position's logits (n_ctx × vocabulary floats: its
+        context is kept under SCORING_MEMORY); batch_size and bf16 do not apply to llama.cpp."""
+        with self._lock:
+            if self._scorer is None:
+                fits = SCORING_MEMORY // (4 * self.llm.n_vocab())
+                self._scorer = scoring_llama(self.path, n_ctx=max(256, min(SCORING_CONTEXT, self.n_ctx, fits)), n_threads=self.threads)
+            return gguf_logprobs(self._scorer, pairs, on_batch)
+
+    def is_end(self, token: int) -> bool:
+        return token == self.eos_id or bool(self._is_eog(self._vocab, token))
+
+    def generate_ids(self, prompt_ids: list[int], settings: GenerationSettings | None = None) -> Iterator[int]:
+        """Token ids after `prompt_ids`, stopping at end-of-generation or max_new_tokens (greedy at temperature 0)."""
+        s = settings or GenerationSettings()
+        if len(prompt_ids) >= self.n_ctx:
+            raise TunelabError(f"{self.path.name}: the prompt has {len(prompt_ids)} tokens, more than the context of {self.n_ctx}")
+        budget = min(s.max_new_tokens, self.n_ctx - len(prompt_ids))
+        greedy = not (s.temperature and s.temperature > 0)
+        with self._lock:
+            self.llm.reset()  # no prefix reuse: each generation starts from the same state
+            self.llm.set_seed(s.seed)
+            gen = self.llm.generate(
+                prompt_ids,
+                temp=0.0 if greedy else s.temperature,
+                top_p=1.0 if greedy else s.top_p,
+                top_k=0,
+                min_p=0.0,
+                repeat_penalty=s.repetition_penalty,
+                reset=True,
+            )
+            try:
+                for n, token in enumerate(gen):
+                    if self.is_end(token):
+                        break
+                    yield token
+                    if n + 1 >= budget:
+                        break
+            finally:
+                gen.close()
+
+    def decode(self, ids: list[int]) -> str:
+        return self.llm.detokenize(ids).decode("utf-8", errors="replace")
+
+    def generate(self, conversations: list[list[dict]], settings=None, batch_size: int = 8) -> list[str]:
+        """One answer per conversation (llama.cpp runs them one after another; batch_size is ignored)."""
+        return [self.decode(list(self.generate_ids(self.prompt_tokens(msgs), settings))).strip() for msgs in conversations]
+
+    def stream(self, messages: list[dict], settings=None) -> Iterator[str]:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        started = False
+        for token in self.generate_ids(self.prompt_tokens(messages), settings):
+            piece = decoder.decode(self.llm.detokenize([token]))
+            if not started:
+                piece = piece.lstrip()
+                started = bool(piece)
+            if piece:
+                yield piece
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            yield tail
