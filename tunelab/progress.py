@@ -27,13 +27,37 @@ def print_table(table: Table) -> None:
     results.print(table)
 
 
+class LoggedProgress(Progress):
+    """Progress for a log file or CI output (stderr is no terminal, so rich draws no bar): a plain
+    line per task every `every` seconds with the count, elapsed time and ETA (rich prints the final state)."""
+
+    every = 30.0
+
+    def update(self, task_id, **kwargs) -> None:
+        super().update(task_id, **kwargs)
+        task = self._tasks[task_id]
+        last = task.fields.get("_logged_at", task.start_time or 0.0)  # the first line after `every` seconds
+        if not task.finished and self.get_time() - last >= self.every:
+            task.fields["_logged_at"] = self.get_time()
+            self.console.print(plain_progress_line(task), highlight=False, soft_wrap=True)
+
+
+def plain_progress_line(task) -> str:
+    total = f"/{task.total:g}" if task.total is not None else ""
+    eta = f", ETA {task.time_remaining:.0f} s" if task.time_remaining is not None and task.completed else ""
+    info = f" | {task.fields['info']}" if task.fields.get("info") else ""
+    return f"{task.description}: {task.completed:g}{total} after {task.elapsed or 0:.0f} s{eta}{info}"
+
+
 def progress_bar(transient: bool = False) -> Progress:
-    """A rich Progress with description, bar, count, elapsed time, ETA and a free text field.
+    """A rich Progress with description, bar, count, elapsed time, ETA and a free text field
+    (plain lines every 30 s instead where stderr is no terminal: see `LoggedProgress`).
 
     Use `task = bar.add_task("Training", total=n, info="")` and
     `bar.update(task, advance=1, info="loss 1.23 | 250 tok/s")`.
     """
-    return Progress(
+    kind = Progress if console.is_terminal else LoggedProgress
+    return kind(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
