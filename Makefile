@@ -55,8 +55,13 @@ test: $(VENV)/.gguf-installed lint
 test-slow: $(VENV)/.gguf-installed
 	$(BIN)/python -m pytest -q -m slow
 
+# Each script replaces its own section of bench/RESULTS.md, and refuses to record on a busy machine
+# (1-minute load average above 1; it waits up to 5 minutes for the previous one's load to settle).
 bench: $(VENV)/.gguf-installed
-	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/train_throughput.py --ablation
+	$(BIN)/python bench/dpo_throughput.py
+	$(BIN)/python bench/data_prepare.py
+	$(BIN)/python bench/sweep_resume.py
 	$(BIN)/python bench/eval_scoring.py
 	$(BIN)/python bench/cpu_inference.py
 	$(BIN)/python bench/serve_load.py

@@ -14,7 +14,9 @@ then times 128 greedy new tokens at batch 1 with 2 threads:
 - `llama_cpp.Llama.create_chat_completion` on the same file (llama-cpp-python called directly).
 
 Targets: tunelab's GGUF path >= 6x transformers fp32, and within 10% of llama.cpp directly.
-Appends the figures to bench/RESULTS.md.
+Rounds are interleaved (every path once per round, after one warm-up each); figures are median
+(min–max) over the rounds, ratios per round. The section replaces its own in bench/RESULTS.md
+(bench/results.py) unless --no-results.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
-from datetime import date
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -33,6 +35,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import results  # noqa: E402
+
+TITLE = "CPU inference (bench/cpu_inference.py)"
 PROMPT = [{"role": "user", "content": "Write a long, detailed story about a lighthouse keeper who finds a message in a bottle."}]
 
 
@@ -87,9 +92,11 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--answer-tokens", type=int, default=64, help="answer length for the quality delta")
-    ap.add_argument("--no-results", action="store_true", help="do not append to bench/RESULTS.md")
+    ap.add_argument("--no-results", action="store_true", help="do not write to bench/RESULTS.md")
     ap.add_argument("--reexport", action="store_true", help="redo the export even if the run has one")
+    results.add_arguments(ap)
     args = ap.parse_args()
+    idle = results.check_idle(args.max_load, args.allow_busy or args.no_results)
 
     import torch
 
@@ -167,19 +174,27 @@ def main() -> None:
             fn()
             times[k].append(time.perf_counter() - t)
         print(f"== round {r + 1}/{args.repeats}: " + ", ".join(f"{k} {tokens[k] / times[k][-1]:.1f} tok/s" for k in paths))
-    # best of the rounds: the run least disturbed by other processes
-    results = {k: (min(v), tokens[k]) for k, v in times.items()}
-    tps = {k: n / s for k, (s, n) in results.items()}
-    base = tps["transformers fp32"]
-    lines = ["| path | new tokens | seconds | tokens/s | vs transformers fp32 |", "|---|---|---|---|---|"]
-    for k, (s, n) in results.items():
-        lines.append(f"| {k} | {n} | {s:.2f} | {tps[k]:.1f} | {tps[k] / base:.2f}x |")
+    base = "transformers fp32"
+    tps = {k: [tokens[k] / t for t in v] for k, v in times.items()}
+    rows = [
+        [
+            k,
+            tokens[k],
+            results.median_range(times[k], 2),
+            results.median_range(tps[k]),
+            results.median_range([a / b for a, b in zip(tps[k], tps[base])], 2, "x"),
+        ]
+        for k in paths
+    ]
+    lines = [results.table(["path", "new tokens", "seconds", "tokens/s", "vs transformers fp32"], rows)]
     ratios = []
     for q in ("q8_0", "q4_k_m"):
         t, d = tps[f"GGUF {q} tunelab"], tps[f"GGUF {q} direct"]
+        vs_hf = statistics.median(a / b for a, b in zip(t, tps[base]))
+        vs_direct = statistics.median(a / b for a, b in zip(t, d))
         ratios.append(
-            f"GGUF {q}: tunelab / transformers fp32 = {t / base:.2f}x (target >= 6x: {'met' if t / base >= 6 else 'NOT met'}); "
-            f"tunelab / llama.cpp direct = {t / d:.3f} (target >= 0.90: {'met' if t / d >= 0.9 else 'NOT met'})"
+            f"- GGUF {q}: tunelab / transformers fp32 = {vs_hf:.2f}x, median of the rounds (target >= 6x: {'met' if vs_hf >= 6 else 'NOT met'}); "
+            f"tunelab / llama.cpp direct = {vs_direct:.3f} (target >= 0.90: {'met' if vs_direct >= 0.9 else 'NOT met'})"
         )
     quality = [
         "| format | token agreement (first 16) | prompts equal | "
@@ -208,15 +223,11 @@ def main() -> None:
     print()
     print(text)
     if not args.no_results:
-        with open(ROOT / "bench" / "RESULTS.md", "a", encoding="utf-8") as f:
-            f.write(
-                f"\n## CPU inference (bench/cpu_inference.py), {date.today().isoformat()}\n\n"
-                f"Command: `.venv/bin/python bench/cpu_inference.py --threads {args.threads} --tokens {args.tokens}`. Model: {model_desc}. "
-                f"{args.threads} threads, batch 1, greedy, best of {args.repeats} interleaved rounds after a warm-up; the machine's 2 cores were shared "
-                f"with other engineers' processes (load average {os.getloadavg()[0]:.1f} at the end), so absolute figures are low and noisy; ratios are measured in the same run.\n\n"
-                + text
-                + "\n"
-            )
+        intro = (
+            f"Model: {model_desc}. {args.threads} threads, batch 1, greedy, {args.tokens} new tokens, "
+            f"{args.repeats} interleaved round(s) after a warm-up each; median (min–max) over the rounds, ratios per round.\n\n"
+        )
+        results.write_section(args.results, TITLE, intro + text, idle)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,16 @@
 """Data-stage speed: batched token measurement vs one apply_chat_template call per example,
 MinHash.bulk signatures vs one MinHash object per example, and the whole `prepare_data` on the largest shared file (gsm8k, 7,473 examples).
 
-Both ways are measured in the same run, on the same examples, and must give the same lengths.
-Run: `.venv/bin/python bench/data_prepare.py` (HF_HUB_OFFLINE=1). Other processes may be
-running on this machine: compare only the ratio.
+    python bench/data_prepare.py [--repeats 3] [--threads 2] [--examples N]
+
+Both ways are measured in the same rounds, interleaved (each way once per round), on the same
+examples, and must give the same lengths and signatures (asserted). Ratios are per round
+(baseline / candidate of the same round). The section replaces its own in bench/RESULTS.md.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
@@ -16,65 +19,114 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+from bench import results  # noqa: E402
 
-from tunelab.config import DataConfig, DataSource  # noqa: E402
-from tunelab.data import load_source  # noqa: E402
-from tunelab.data.dedup import NUM_PERM, shingles, signatures  # noqa: E402
-from tunelab.data.prepare import prepare_data, token_lengths  # noqa: E402
-from tunelab.models.load import load_tokenizer  # noqa: E402
-from tunelab.models.resolve import resolve_model  # noqa: E402
-from tunelab.paths import shared_data_dir  # noqa: E402
-
-torch.set_num_threads(2)
+TITLE = "Data stage (bench/data_prepare.py)"
 
 
-def main() -> None:
-    data = shared_data_dir()
-    if data is None:
-        sys.exit("../shared/data is not present")
-    path = data / "gsm8k_train_alpaca.json"
-    tokenizer = load_tokenizer(resolve_model("smollm2-135m-instruct").path)
-    examples = load_source(DataSource(path=str(path)))
-
+def timed(fn):
     start = time.perf_counter()
-    baseline = [len(tokenizer.apply_chat_template(e["messages"], tokenize=True)["input_ids"]) for e in examples]
-    t_base = time.perf_counter() - start
-    start = time.perf_counter()
-    batched = token_lengths(tokenizer, examples)
-    t_batched = time.perf_counter() - start
-    assert batched == baseline, "batched lengths differ from apply_chat_template(tokenize=True)"
+    out = fn()
+    return out, time.perf_counter() - start
 
+
+def minhash_one_by_one(examples: list[dict]) -> list:
     from datasketch import MinHash
 
-    start = time.perf_counter()
-    one_by_one = []
+    from tunelab.data.dedup import NUM_PERM, shingles
+
+    out = []
     for e in examples:
         m = MinHash(num_perm=NUM_PERM, seed=1)
         m.update_batch(list(shingles(e)))
-        one_by_one.append(m)
-    t_sig_base = time.perf_counter() - start
-    start = time.perf_counter()
-    bulk = signatures(examples)
-    t_sig_bulk = time.perf_counter() - start
-    assert all((a.hashvalues == b.hashvalues).all() for a, b in zip(one_by_one, bulk)), "bulk signatures differ"
+        out.append(m)
+    return out
 
-    with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        card = prepare_data(DataConfig(sources=[DataSource(path=str(path))]), Path(tmp) / "out", "smollm2-135m-instruct", 2048)
-        t_prepare = time.perf_counter() - start
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--examples", type=int, default=None, help="only the first N examples of gsm8k (default: all)")
+    results.add_arguments(parser)
+    args = parser.parse_args()
+    idle = results.check_idle(args.max_load, args.allow_busy)
+
+    import torch
+
+    from tunelab.config import DataConfig, DataSource
+    from tunelab.data import load_source
+    from tunelab.data.dedup import signatures
+    from tunelab.data.prepare import prepare_data, token_lengths
+    from tunelab.io import atomic_write_jsonl
+    from tunelab.models.load import load_tokenizer
+    from tunelab.models.resolve import resolve_model
+    from tunelab.paths import shared_data_dir
+
+    torch.set_num_threads(args.threads)
+    data = shared_data_dir()
+    if data is None:
+        sys.exit("../shared/data is not present")
+    tokenizer = load_tokenizer(resolve_model("smollm2-135m-instruct").path)
+    source = DataSource(path=str(data / "gsm8k_train_alpaca.json"))
+    examples = load_source(source)[: args.examples]
     n = len(examples)
-    print(
-        f"token lengths, {n} examples: per-example apply_chat_template {t_base:.2f} s ({n / t_base:.0f}/s), "
-        f"batched render+tokenize {t_batched:.2f} s ({n / t_batched:.0f}/s): ratio {t_base / t_batched:.2f}x"
+    if args.examples is not None:  # prepare_data reads a file: these examples, as conversations
+        source = DataSource(path=str(Path(tempfile.mkdtemp()) / "gsm8k.jsonl"), format="messages")
+        atomic_write_jsonl(Path(source.path), [{"messages": e["messages"]} for e in examples])
+
+    times: dict[str, list[float]] = {k: [] for k in ("template", "batched", "minhash", "bulk", "prepare")}
+    for r in range(args.repeats):
+        baseline, t = timed(lambda: [len(tokenizer.apply_chat_template(e["messages"], tokenize=True)["input_ids"]) for e in examples])
+        times["template"].append(t)
+        batched, t = timed(lambda: token_lengths(tokenizer, examples))
+        times["batched"].append(t)
+        assert batched == baseline, "batched lengths differ from apply_chat_template(tokenize=True)"
+        one_by_one, t = timed(lambda: minhash_one_by_one(examples))
+        times["minhash"].append(t)
+        bulk, t = timed(lambda: signatures(examples))
+        times["bulk"].append(t)
+        assert all((a.hashvalues == b.hashvalues).all() for a, b in zip(one_by_one, bulk)), "bulk signatures differ"
+        with tempfile.TemporaryDirectory() as tmp:
+            card, t = timed(lambda: prepare_data(DataConfig(sources=[source]), Path(tmp) / "out", "smollm2-135m-instruct", 2048))
+        times["prepare"].append(t)
+        print(f"round {r}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()), flush=True)
+
+    def ratio(base: str, cand: str) -> str:
+        return results.median_range([b / c for b, c in zip(times[base], times[cand])], 2, "x")
+
+    def seconds(key: str) -> str:
+        return results.median_range(times[key], 2, " s")
+
+    rows = [
+        [
+            "token lengths with the chat template",
+            f"per-example `apply_chat_template(tokenize=True)`: {seconds('template')}",
+            f"render all, one batched tokenizer call per 512: {seconds('batched')}",
+            ratio("template", "batched"),
+        ],
+        [
+            "MinHash signatures (word 3-grams, 128 perms)",
+            f"one `MinHash` object per example: {seconds('minhash')}",
+            f"`MinHash.bulk` per 512: {seconds('bulk')}",
+            ratio("minhash", "bulk"),
+        ],
+        [
+            "whole `prepare_data` (load, clean, tokens, near-dedup, split, card)",
+            "",
+            f"{seconds('prepare')}, {results.median_range([n / t for t in times['prepare']], 0)} examples/s",
+            "",
+        ],
+    ]
+    body = (
+        f"{n:,} examples of gsm8k_train_alpaca.json, SmolLM2 tokenizer, tokenizers single-threaded, "
+        f"{args.repeats} interleaved round(s); median (min–max) over the rounds, ratios per round. Last counts: {card['counts']}.\n\n"
+        + results.table(["what", "baseline", "candidate", "ratio"], rows)
     )
-    print(
-        f"MinHash signatures, {n} examples: one MinHash object each {t_sig_base:.2f} s, MinHash.bulk {t_sig_bulk:.2f} s: ratio {t_sig_base / t_sig_bulk:.2f}x"
-    )
-    print(
-        f"prepare_data gsm8k (load, clean, tokens, near-dedup, split, card): {t_prepare:.1f} s, {n / t_prepare:.0f} examples/s; counts {card['counts']}"
-    )
+    print(results.write_section(args.results, TITLE, body, idle))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """DPO training throughput: tunelab against TRL's DPOTrainer, at its defaults and at its best on this CPU.
 
-    python bench/dpo_throughput.py [--pairs 32] [--val 16] [--repeats 2] [--threads 2]
+    python bench/dpo_throughput.py [--pairs 32] [--val 16] [--repeats 3] [--threads 2]
     python bench/dpo_throughput.py --smoke --model DIR --results FILE   # a few pairs, one round: checks the bench runs
 
 Every configuration trains the same LoRA (r16, α32, every linear layer, no dropout; lr 5e-5
@@ -24,15 +24,13 @@ Tokens/s: the pairs' tokens (prompt + chosen and prompt + rejected, no padding) 
 Trainer's own `train_runtime`. Held-out DPO loss: each trained adapter's mean DPO loss on the
 same held-out pairs (reference: the same model with the adapter off; fp32), as a check that
 speed is not bought with a worse model. Peak memory: the worker's peak RSS.
-The section replaces its own in bench/RESULTS.md (bench/gpu.py's `replace_section`, until
-bench/results.py from branch `perf` is on main: then its Recorder, which also refuses figures
-taken on a busy machine).
+The section replaces its own in bench/RESULTS.md (bench/results.py, which also refuses to record
+figures taken on a busy machine).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import resource
@@ -45,11 +43,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+sys.path.insert(0, str(ROOT))
 
-from gpu import replace_section  # noqa: E402
+from bench import results  # noqa: E402
 
-HEADING = "## DPO training throughput (bench/dpo_throughput.py)"
+TITLE = "DPO training throughput (bench/dpo_throughput.py)"
 LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0)
 BATCH, LR, BETA, MAX_LEN = 4, 5e-5, 0.1, 512
 TRL_DEFAULT, TRL_BEST, TUNELAB = "TRL DPOTrainer, defaults", "TRL DPOTrainer, best CPU settings", "tunelab"
@@ -233,30 +231,28 @@ def measure(args) -> dict[str, list[dict]]:
     return runs
 
 
-def spread(values: list[float], digits: int = 1) -> str:
-    return f"{statistics.median(values):,.{digits}f} [{min(values):,.{digits}f}–{max(values):,.{digits}f}]"
-
-
-def section(args, runs: dict[str, list[dict]], load_before: tuple, load_after: tuple) -> str:
+def section(args, runs: dict[str, list[dict]]) -> str:
     best = [r["tokens_per_second"] for r in runs[TRL_BEST]]
     first = runs[TUNELAB][0]
-    lines = [
-        HEADING,
-        "",
-        f"{datetime.date.today().isoformat()}, `python bench/dpo_throughput.py {' '.join(args.argv)}`, model `{args.model}`, "
-        f"{args.threads} threads, {first['pairs']} pairs ({first['tokens']:,} tokens) per epoch, {args.repeats} interleaved round(s), "
-        f"load average {load_before[0]:.2f} before and {load_after[0]:.2f} after (figures from a busy machine describe its neighbours).",
-        "",
-        "| configuration | settings | tokens/s, median [min–max] | vs TRL best | held-out DPO loss | peak RSS (MiB) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for kind, rows in runs.items():
-        ratios = [r["tokens_per_second"] / b for r, b in zip(rows, best)]
-        lines.append(
-            f"| {kind} | {DESCRIBE[kind]} | {spread([r['tokens_per_second'] for r in rows])} | {spread(ratios, 2)}x | "
-            f"{statistics.fmean(r['heldout_dpo_loss'] for r in rows):.4f} | {statistics.median(r['peak_rss_mib'] for r in rows):,.0f} |"
+    header = ["configuration", "settings", "tokens/s", "vs TRL best", "held-out DPO loss (mean)", "peak RSS (MiB)"]
+    rows = []
+    for kind, done in runs.items():
+        ratios = [r["tokens_per_second"] / b for r, b in zip(done, best)]
+        rows.append(
+            [
+                kind,
+                DESCRIBE[kind],
+                results.median_range([r["tokens_per_second"] for r in done]),
+                results.median_range(ratios, 2, "x"),
+                f"{statistics.fmean(r['heldout_dpo_loss'] for r in done):.4f}",
+                f"{statistics.median(r['peak_rss_mib'] for r in done):,.0f}",
+            ]
         )
-    return "\n".join(lines) + "\n"
+    intro = (
+        f"Model `{args.model}`, {args.threads} threads, {first['pairs']} pairs ({first['tokens']:,} tokens) per epoch, "
+        f"{args.repeats} interleaved round(s), round r with seed r; figures are median (min–max) over the rounds."
+    )
+    return intro + "\n\n" + results.table(header, rows)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -264,17 +260,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--pairs", type=int, default=32, help="training pairs (one epoch)")
     parser.add_argument("--val", type=int, default=16, help="held-out pairs for the DPO loss check")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (seeds 0..repeats-1)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
-    parser.add_argument("--smoke", action="store_true", help="a few built-in pairs, one round, in this process")
+    parser.add_argument("--smoke", action="store_true", help="a few built-in pairs, one round, in this process, on a busy machine too")
+    results.add_arguments(parser)
     parser.add_argument("--worker", choices=[TRL_DEFAULT, TRL_BEST, TUNELAB], help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.command = sys.argv if argv is None else ["bench/dpo_throughput.py", *argv]
     if args.smoke:
-        args.pairs, args.val, args.repeats = min(args.pairs, 8), min(args.val, 4), 1
+        args.pairs, args.val, args.repeats, args.allow_busy = min(args.pairs, 8), min(args.val, 4), 1, True
     return args
 
 
@@ -283,11 +279,9 @@ def main(argv=None) -> None:
     if args.worker:
         args.out.write_text(json.dumps(worker(args.worker, args)))
         return
-    load_before = os.getloadavg()
+    idle = results.check_idle(args.max_load, args.allow_busy)
     runs = measure(args)
-    text = section(args, runs, load_before, os.getloadavg())
-    args.results.write_text(replace_section(args.results.read_text() if args.results.is_file() else "", HEADING, text))
-    print(text)
+    print(results.write_section(args.results, TITLE, section(args, runs), idle, command=args.command))
 
 
 if __name__ == "__main__":

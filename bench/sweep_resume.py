@@ -2,13 +2,16 @@
 
 A tiny random Llama (the test fixture's shape, with the real SmolLM2 tokenizer) and 30 tiny
 examples keep the first run short; the ratio first/second is the figure. The second run must
-train and evaluate nothing (asserted).
+train and evaluate nothing (asserted). Each round starts from an empty store (first run, then
+second run); figures are median (min–max) over `--repeats` rounds. The section replaces its own
+in bench/RESULTS.md.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/sweep_resume.py
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/sweep_resume.py [--repeats 3] [--threads 2]
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
@@ -20,31 +23,55 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from bench import results  # noqa: E402
+
+TITLE = "Experiments stage (bench/sweep_resume.py)"
+
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3, help="rounds, each from an empty results store")
+    parser.add_argument("--threads", type=int, default=2)
+    results.add_arguments(parser)
+    args = parser.parse_args()
+    idle = results.check_idle(args.max_load, args.allow_busy)
+
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     from conftest import make_tiny_model
     from test_compare_sweep import write_sweep
 
     from tunelab.compare.sweep import sweep_cli
     from tunelab.models import resolve_model
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        model = make_tiny_model(tmp / "tiny", resolve_model("smollm2-135m-instruct").path)
-        sweep = write_sweep(tmp, model)
-        t0 = time.perf_counter()
-        first = sweep_cli(sweep)
-        t1 = time.perf_counter()
-        second = sweep_cli(sweep)
-        t2 = time.perf_counter()
-    assert first["done"] == 4 and second == {"done": 0, "skipped": 4, "failed": []}, (first, second)
-    a, b = t1 - t0, t2 - t1
-    print(f"first run (reference + 3 variants trained and evaluated): {a:.1f} s")
-    print(f"second run (everything in the store): {b:.2f} s")
-    print(f"ratio first/second: {a / b:.0f}x")
+    firsts, seconds = [], []
+    for r in range(args.repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            model = make_tiny_model(tmp / "tiny", resolve_model("smollm2-135m-instruct").path)
+            sweep = write_sweep(tmp, model)
+            t0 = time.perf_counter()
+            first = sweep_cli(sweep)
+            t1 = time.perf_counter()
+            second = sweep_cli(sweep)
+            t2 = time.perf_counter()
+        assert first["done"] == 4 and second == {"done": 0, "skipped": 4, "failed": []}, (first, second)
+        firsts.append(t1 - t0)
+        seconds.append(t2 - t1)
+        print(f"round {r}: first run {firsts[-1]:.1f} s, second run {seconds[-1]:.2f} s", flush=True)
+    rows = [
+        [
+            "tiny sweep (random 2-layer Llama, reference + 3 variants × 2 steps), in one process",
+            results.median_range(firsts, 1, " s"),
+            results.median_range(seconds, 2, " s"),
+            results.median_range([a / b for a, b in zip(firsts, seconds)], 0, "x"),
+        ]
+    ]
+    body = "The second run trains and evaluates nothing (asserted here and in tests/test_compare_sweep.py).\n\n" + results.table(
+        ["what", "first run", "second run (all in the store)", "ratio first/second"], rows
+    )
+    print(results.write_section(args.results, TITLE, body, idle))
 
 
 if __name__ == "__main__":

@@ -1,39 +1,102 @@
-"""Training throughput: tunelab's trainer against a plain TRL SFTTrainer + PEFT LoRA run.
+"""Training throughput: tunelab against TRL's SFTTrainer at its best on this CPU, with an ablation and MFU.
 
-Both train the default model (SmolLM2-135M-Instruct) with the same LoRA settings for one
-epoch over the same examples of ../shared/data/alpaca_en_demo.json, each in its own process
-(so peak memory is measured separately), with the same thread count:
-- baseline: TRL SFTTrainer defaults: fp32, batches padded to their longest example;
-- tunelab: bf16 autocast where the CPU has it, padding-free packing, logits only at answer tokens.
-Throughput counts the real (non-padding) tokens of the examples per second of training.
-Afterwards both adapters are scored on the same held-out examples (answer-token loss), so
-the speed-up is not bought with a worse model. Prints the ratio; target >= 2.5x.
+    python bench/train_throughput.py [--examples 96] [--val 32] [--threads 2] [--repeats 3] [--ablation]
+    python bench/train_throughput.py --smoke --model DIR --results FILE   # a few examples, one round: checks the bench runs
 
-    .venv/bin/python bench/train_throughput.py [--examples 96] [--threads 2]
+Every configuration trains the same LoRA (r16, α32, every linear layer, no dropout; lr 2e-4
+constant; one epoch; batches of 8; at most 512 tokens) of SmolLM2-135M-Instruct on the same first
+`--examples` examples of ../shared/data/alpaca_en_demo.json, each in its own process (so its peak
+memory is its own) with the same threads. Rounds are interleaved (every configuration once per
+round, the order reversed every other round); round r trains with seed r.
+
+- TRL best: TRL's SFTTrainer at its best on a CPU, `SFTConfig(bf16=True,
+  gradient_checkpointing=False, packing=True, packing_strategy="bfd", max_length=512)` (written
+  activation_checkpointing, the name transformers 5 gives gradient_checkpointing) on
+  prompt/completion data (the prompt is the conversation up to its answer, the completion the
+  answer), so the loss is on the answers only. Ratios are against this row. (With packing, TRL's
+  batch is 8 packed rows of up to 512 tokens: fewer, larger steps than 8 examples.)
+- TRL with bf16 off, padded, loss on all tokens, gradient checkpointing on: the configuration this
+  bench used to call "TRL defaults" (TRL's own default is bf16 on).
+- tunelab: `train_recipe` with the recipe's defaults (bf16 autocast where the CPU has it, no
+  gradient checkpointing, padding-free packing, logits only at answer tokens).
+- with --ablation, tunelab with all of those choices off (fp32, gradient checkpointing, padded
+  batches, logits at every position), then switched on one at a time, each row adding one to the
+  row above; the last step is the tunelab row. Logits at answer tokens only is not a recipe
+  setting: for the rows without it the bench builds packed batches with
+  `PackedCollator(logits_only_at_labels=False)`.
+
+Tokens/s: the examples' real tokens (chat template applied, no padding) over the Trainer's own
+`train_runtime`, the same count and the same clock for every row. TRL best and tunelab must train
+on the same tokens and answer tokens (asserted by each worker before it trains); the old TRL
+configuration trains on every token. Validation loss: each adapter's answer-token loss on the
+same `--val` held-out examples (fp32), mean ± sd over the seeds. Peak memory: the worker's peak RSS.
+MFU: model FLOPs per token (tunelab.train.flops.training_flops_per_token; the output projection
+counted at the positions the row's loss needs) × tokens/s ÷ the bf16 matmul peak, measured by
+this bench before every round (torch.matmul of 4096×576 by 576×1536 for 2 s on the same threads).
+The section replaces its own in bench/RESULTS.md (bench/results.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+from unittest import mock
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear")
+from bench import results  # noqa: E402
+
+TITLE = "Training throughput (bench/train_throughput.py)"
+LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0)
 BATCH, LR, MAX_LEN = 8, 2e-4, 512
+TRL_BEST = "TRL SFTTrainer at its best on CPU"
+TRL_OLD = "TRL with bf16 off, padded, loss on all tokens, gradient checkpointing on"
+TUNELAB = "tunelab"
+DESCRIBE = {
+    TRL_BEST: "bf16, no gradient checkpointing, packing (bfd), prompt/completion: loss on answers",
+    TRL_OLD: "fp32, gradient checkpointing, padded batches, loss on every token",
+    TUNELAB: "`tunelab train` defaults: bf16 autocast, no gradient checkpointing, padding-free packing, logits at answer tokens",
+}
+# The ablation: tunelab with its choices off, then on one at a time (recipe settings, and whether packed batches
+# ask for logits at answer tokens only); each row adds one choice to the row above, and the last is TUNELAB.
+ABLATION = {
+    "tunelab, all off": dict(precision="fp32", gradient_checkpointing=True, packing=False, answer_logits=False),
+    "+ bf16 autocast": dict(precision="bf16", gradient_checkpointing=True, packing=False, answer_logits=False),
+    "+ no gradient checkpointing": dict(precision="bf16", gradient_checkpointing=False, packing=False, answer_logits=False),
+    "+ padding-free packing": dict(precision="bf16", gradient_checkpointing=False, packing=True, answer_logits=False),
+}
+ANSWER_LOGITS_STEP = "+ logits at answer tokens only (= tunelab)"
+SMOKE_QA = [
+    ("What is 2 + 2?", "2 + 2 is 4."),
+    ("Name a colour.", "Blue is a colour."),
+    ("What is the capital of France?", "Paris is the capital of France."),
+    ("Say hello in French.", "Bonjour."),
+    ("What do bees make?", "Bees make honey."),
+    ("How many legs does a spider have?", "A spider has eight legs."),
+]
 
 
-def examples(n_train: int, n_val: int) -> tuple[list[dict], list[dict]]:
+# ---------------------------------------------------------------- the examples
+def examples(args) -> tuple[list[dict], list[dict]]:
+    """(training, held-out) examples as conversations."""
+    if args.smoke:
+        rows = [
+            {"messages": [{"role": "user", "content": f"{q} ({i})"}, {"role": "assistant", "content": a}]}
+            for i in range(3)
+            for q, a in SMOKE_QA
+        ]
+        return rows[: args.examples], rows[args.examples : args.examples + args.val]
     from tunelab.data import load_examples
     from tunelab.paths import shared_data_dir
 
@@ -41,10 +104,19 @@ def examples(n_train: int, n_val: int) -> tuple[list[dict], list[dict]]:
     if data is None:
         sys.exit("../shared/data is needed for this benchmark")
     rows = load_examples(str(data / "alpaca_en_demo.json"))
-    return rows[:n_train], rows[n_train : n_train + n_val]
+    return rows[: args.examples], rows[args.examples : args.examples + args.val]
+
+
+def rendered_tokens(tokenizer, rows: list[dict]) -> tuple[int, int]:
+    """(tokens, answer tokens) of the examples as tunelab renders them for training."""
+    from tunelab.data.render import IGNORE_INDEX, render_example
+
+    rendered = [render_example(tokenizer, r["messages"], MAX_LEN) for r in rows]
+    return sum(len(e["input_ids"]) for e in rendered), sum(label != IGNORE_INDEX for e in rendered for label in e["labels"])
 
 
 def answer_loss(model, tokenizer, rows: list[dict]) -> float:
+    """Mean loss over the answer tokens of `rows`, one example at a time, in fp32."""
     import torch
 
     from tunelab.data.render import render_example
@@ -61,151 +133,261 @@ def answer_loss(model, tokenizer, rows: list[dict]) -> float:
     return total / count
 
 
-def worker(kind: str, n_train: int, n_val: int, threads: int, out: Path) -> None:
+# ---------------------------------------------------------------- the workers (one configuration, one process)
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def trl_worker(kind: str, args, model_path: Path, tokenizer, train: list[dict], workdir: Path):
+    """TRL's SFTTrainer + PEFT LoRA; returns (model, seconds, tokens, answer tokens, peak RSS in MiB)."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    from tunelab.models.load import load_causal_lm
+
+    if kind == TRL_BEST:
+        data = [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in train]
+        settings = dict(bf16=True, activation_checkpointing=False, packing=True, packing_strategy="bfd")
+    else:
+        data = [{"messages": r["messages"]} for r in train]
+        settings = dict(bf16=False, activation_checkpointing=True, packing=False)
+    cfg = SFTConfig(
+        output_dir=str(workdir),
+        per_device_train_batch_size=BATCH,
+        num_train_epochs=1,
+        learning_rate=LR,
+        lr_scheduler_type="constant",
+        max_length=MAX_LEN,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1000,
+        disable_tqdm=True,
+        seed=args.seed,
+        **settings,
+    )
+    trainer = SFTTrainer(
+        model=load_causal_lm(model_path),
+        args=cfg,
+        train_dataset=Dataset.from_list(data),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(task_type="CAUSAL_LM", target_modules="all-linear", **LORA),
+    )
+    prepared = trainer.train_dataset
+    tokens = sum(len(ids) for ids in prepared["input_ids"])
+    answers = sum(label != -100 for labels in prepared["labels"] for label in labels)
+    if kind == TRL_BEST:
+        ours = rendered_tokens(tokenizer, train)
+        assert (tokens, answers) == ours, f"TRL prepared {tokens} tokens ({answers} answer tokens), tunelab {ours[0]} ({ours[1]})"
+    result = trainer.train()
+    return trainer.model, result.metrics["train_runtime"], tokens, answers, peak_rss_mib()
+
+
+def tunelab_worker(kind: str, args, model_path: Path, tokenizer, train: list[dict], workdir: Path):
+    """`train_recipe`, with the recipe's defaults or an ablation step; returns (model, seconds, tokens, answer tokens, peak RSS in MiB)."""
+    import tunelab.train.run as run_module
+    from tunelab.config import recipe_from_dict
+    from tunelab.io import atomic_write_jsonl, read_jsonl
+    from tunelab.models.chat import load_hf_model
+    from tunelab.runs import RunDir
+    from tunelab.train.collate import PackedCollator
+
+    step = ABLATION.get(kind, {})
+    choices = {k: v for k, v in step.items() if k != "answer_logits"}
+    data_file = workdir / "train.jsonl"
+    atomic_write_jsonl(data_file, train)
+    data = {"sources": [{"path": str(data_file), "format": "messages"}], "dedup": "none", "clean": False}
+    data.update(test_fraction=0, validation_fraction=0, max_tokens=100000)
+    lora = {"r": LORA["r"], "alpha": LORA["lora_alpha"], "dropout": 0.0, "target_modules": "all_linear"}
+    train_cfg = {"epochs": 1, "batch_size": BATCH, "learning_rate": LR, "lr_scheduler": "constant", "warmup_ratio": 0}
+    train_cfg.update(max_seq_length=MAX_LEN, threads=args.threads, save_steps=100000, tensorboard=False, seed=args.seed, lora=lora)
+    recipe = recipe_from_dict(
+        {"name": "bench", "output_dir": str(workdir / "runs"), "model": str(model_path), "data": data, "train": {**train_cfg, **choices}}
+    )
+    # logits at answer tokens only is not a recipe setting but the collator's: the rows without it get another one
+    collator = PackedCollator if step.get("answer_logits", True) else functools.partial(PackedCollator, logits_only_at_labels=False)
+    with mock.patch.object(run_module, "PackedCollator", collator):
+        run = run_module.train_recipe(recipe)
+    peak = peak_rss_mib()  # before the trained model is loaded again to score it
+    tokens, answers = rendered_tokens(tokenizer, read_jsonl(RunDir(run).split("train")))
+    assert (tokens, answers) == rendered_tokens(tokenizer, train), "tunelab's data stage changed the examples"
+    model, _, _ = load_hf_model(run)
+    return model, json.loads((run / "train" / "summary.json").read_text())["train_seconds"], tokens, answers, peak
+
+
+def worker(kind: str, args) -> dict:
     import torch
 
-    torch.set_num_threads(threads)
-    from tunelab.data.render import render_example
-    from tunelab.models import resolve_model
     from tunelab.models.load import load_tokenizer
+    from tunelab.models.resolve import resolve_model
 
-    train_rows, val_rows = examples(n_train, n_val)
-    path = resolve_model("smollm2-135m-instruct").path
-    tokenizer = load_tokenizer(path)
-    tokens = sum(len(render_example(tokenizer, r["messages"], MAX_LEN)["input_ids"]) for r in train_rows)
-    tmp = Path(tempfile.mkdtemp())
-    if kind == "baseline":
-        from datasets import Dataset
-        from peft import LoraConfig
-        from transformers import AutoModelForCausalLM
-        from trl import SFTConfig, SFTTrainer
-
-        model = AutoModelForCausalLM.from_pretrained(str(path))
-        ds = Dataset.from_list([{"messages": r["messages"]} for r in train_rows])
-        cfg = SFTConfig(
-            output_dir=str(tmp),
-            per_device_train_batch_size=BATCH,
-            num_train_epochs=1,
-            learning_rate=LR,
-            max_length=MAX_LEN,
-            bf16=False,
-            fp16=False,
-            use_cpu=True,
-            report_to="none",
-            save_strategy="no",
-            logging_steps=1000,
-            disable_tqdm=True,
-            seed=0,
-            lr_scheduler_type="constant",
-        )
-        trainer = SFTTrainer(
-            model=model, args=cfg, train_dataset=ds, processing_class=tokenizer, peft_config=LoraConfig(task_type="CAUSAL_LM", **LORA)
-        )
-        t0 = time.time()
-        trainer.train()
-        seconds = time.time() - t0
-        model = trainer.model
-    else:
-        from tunelab.config import recipe_from_dict
-        from tunelab.io import atomic_write_jsonl
-        from tunelab.train.run import train_recipe
-
-        data_file = tmp / "train.jsonl"
-        atomic_write_jsonl(data_file, train_rows)
-        recipe = recipe_from_dict(
-            {
-                "name": "bench",
-                "output_dir": str(tmp / "runs"),
-                "model": str(path),
-                "data": {
-                    "sources": [{"path": str(data_file), "format": "messages"}],
-                    "dedup": "none",
-                    "test_fraction": 0,
-                    "validation_fraction": 0,
-                    "clean": False,
-                    "max_tokens": 100000,
-                },
-                "train": {
-                    "epochs": 1,
-                    "batch_size": BATCH,
-                    "learning_rate": LR,
-                    "max_seq_length": MAX_LEN,
-                    "threads": threads,
-                    "lr_scheduler": "constant",
-                    "warmup_ratio": 0,
-                    "save_steps": 100000,
-                    "tensorboard": False,
-                    "seed": 0,
-                    "lora": {"r": LORA["r"], "alpha": LORA["lora_alpha"], "dropout": 0.0, "target_modules": "all_linear"},
-                },
-            }
-        )
-        run = train_recipe(recipe)
-        summary = json.loads((run / "train" / "summary.json").read_text())
-        seconds = summary["train_seconds"]
-        from tunelab.models.chat import load_hf_model
-
-        model, _, _ = load_hf_model(run)
-    val = answer_loss(model, tokenizer, val_rows)
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out.write_text(
-        json.dumps(
-            {
-                "kind": kind,
-                "tokens": tokens,
-                "seconds": seconds,
-                "tokens_per_second": tokens / seconds,
-                "val_loss": val,
-                "peak_rss_mib": peak_mib,
-            }
-        )
-    )
+    torch.set_num_threads(args.threads)
+    model_path = resolve_model(args.model).path
+    tokenizer = load_tokenizer(model_path)
+    train, val = examples(args)
+    workdir = Path(tempfile.mkdtemp(prefix="train-bench-"))
+    work = trl_worker if kind in (TRL_BEST, TRL_OLD) else tunelab_worker
+    model, seconds, tokens, answers, peak_rss = work(kind, args, model_path, tokenizer, train, workdir)
+    return {
+        "kind": kind,
+        "seed": args.seed,
+        "examples": len(train),
+        "real_tokens": rendered_tokens(tokenizer, train)[0],  # the same count for every row
+        "trained_tokens": tokens,
+        "answer_tokens": answers,
+        "seconds": seconds,
+        "val_loss": answer_loss(model, tokenizer, val),
+        "peak_rss_mib": peak_rss,
+    }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
+# ---------------------------------------------------------------- rounds, FLOPs and the section
+def run_in_process(kind: str, args, seed: int) -> dict:
+    """One configuration in a fresh process (its own peak memory), or here in --smoke mode."""
+    if args.smoke:
+        return worker(kind, argparse.Namespace(**{**vars(args), "seed": seed}))
+    out = Path(tempfile.mkdtemp()) / "result.json"
+    argv = [sys.executable, __file__, "--worker", kind, "--out", str(out), "--seed", str(seed), "--model", args.model]
+    argv += ["--examples", str(args.examples), "--val", str(args.val), "--threads", str(args.threads)]
+    subprocess.run(argv, check=True)
+    return json.loads(out.read_text())
+
+
+def measure(args, kinds: list[str]) -> tuple[dict[str, list[dict]], list[float]]:
+    """Every configuration once per round, the order reversed every other round; the matmul peak before each round."""
+    import torch
+
+    from tunelab.train.flops import matmul_peak_flops
+
+    runs: dict[str, list[dict]] = {k: [] for k in kinds}
+    peaks = []
+    for r in range(args.repeats):
+        peaks.append(matmul_peak_flops(torch.bfloat16, seconds=0.2 if args.smoke else 2.0))
+        print(f"round {r}: bf16 matmul peak {peaks[-1] / 1e9:,.0f} GFLOP/s", flush=True)
+        for kind in kinds if r % 2 == 0 else kinds[::-1]:
+            result = run_in_process(kind, args, seed=r)
+            result["tokens_per_second"] = result["real_tokens"] / result["seconds"]
+            result["matmul_peak"] = peaks[-1]
+            runs[kind].append(result)
+            print(f"round {r} {kind}: {result['tokens_per_second']:.1f} tok/s, validation loss {result['val_loss']:.4f}", flush=True)
+    return runs, peaks
+
+
+def lora_flops_per_token(args, logits_fraction: float) -> float:
+    """Model FLOPs per token of the LoRA every row trains (the model built on the meta device: no weights loaded)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from tunelab.models.resolve import resolve_model
+    from tunelab.train.flops import training_flops_per_token
+
+    with torch.device("meta"):
+        base = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(resolve_model(args.model).path))
+    model = get_peft_model(base, LoraConfig(task_type="CAUSAL_LM", target_modules="all-linear", **LORA))
+    return training_flops_per_token(model, logits_fraction)
+
+
+def mean_sd(values: list[float]) -> str:
+    return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}" if len(values) > 1 else f"{values[0]:.4f}"
+
+
+def section(args, runs: dict[str, list[dict]], peaks: list[float], flops: dict[str, float]) -> str:
+    first = runs[TUNELAB][0]
+    best = runs[TRL_BEST]
+    header = [
+        "configuration",
+        "settings",
+        "tokens/s",
+        "vs TRL best",
+        "MFU",
+        "validation loss (mean ± sd)",
+        "peak RSS (MiB)",
+        "tokens trained (answer tokens)",
+    ]
+
+    def row(kind: str, name: str, settings: str) -> list:
+        rows = runs[kind]
+        tps = [r["tokens_per_second"] for r in rows]
+        mfu = [flops[kind] * r["tokens_per_second"] / r["matmul_peak"] * 100 for r in rows]
+        ratios = [r["tokens_per_second"] / b["tokens_per_second"] for r, b in zip(rows, best)]
+        return [
+            name,
+            settings,
+            results.median_range(tps),
+            results.median_range(ratios, 2, "x"),
+            results.median_range(mfu, 1, "%"),
+            mean_sd([r["val_loss"] for r in rows]),
+            f"{statistics.median(r['peak_rss_mib'] for r in rows):,.0f}",
+            f"{rows[0]['trained_tokens']:,} ({rows[0]['answer_tokens']:,})",
+        ]
+
+    lines = [
+        f"Model `{args.model}`, LoRA r{LORA['r']}/α{LORA['lora_alpha']} on every linear layer, batch {BATCH}, lr {LR:g} constant, one epoch of "
+        f"{first['examples']} examples of {'the built-in smoke set' if args.smoke else 'alpaca_en_demo.json'} ({first['real_tokens']:,} real tokens), "
+        f"torch threads {args.threads}, {args.repeats} interleaved round(s), round r with seed r; validation loss on {args.val} held-out examples "
+        "(answer tokens). Tokens/s: real tokens over the Trainer's train_runtime; figures are median (min–max) over the rounds.",
+        "",
+        results.table(header, [row(k, k, DESCRIBE[k]) for k in (TRL_BEST, TRL_OLD, TUNELAB)]),
+        "",
+        f"MFU: model FLOPs per token × tokens/s ÷ the bf16 matmul peak measured before each round, {results.median_range([p / 1e9 for p in peaks], 0)} GFLOP/s. "
+        f"Model FLOPs per token (tunelab/train/flops.py: 4 per frozen weight, 6 per LoRA weight, the output projection at the positions the loss needs): "
+        f"{flops[TUNELAB] / 1e9:.3f} GFLOP with the loss on answers, {flops[TRL_OLD] / 1e9:.3f} GFLOP with the loss on every token. "
+        "Work a configuration does beyond that (recomputed activations, logits nobody needs, padding) earns no MFU.",
+    ]
+    if args.ablation:
+        steps = [row(k, k, "") for k in ABLATION] + [row(TUNELAB, ANSWER_LOGITS_STEP, "")]
+        lines += [
+            "",
+            "Ablation: tunelab with its choices off (fp32, gradient checkpointing, padded batches, logits at every position), "
+            "then switched on one at a time; each row adds one choice to the row above.",
+            "",
+            results.table(header[:1] + header[2:], [r[:1] + r[2:] for r in steps]),
+        ]
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--examples", type=int, default=96)
     parser.add_argument("--val", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--worker", choices=["baseline", "tunelab"])
-    parser.add_argument("--out", type=Path)
-    a = parser.parse_args()
-    if a.worker:
-        worker(a.worker, a.examples, a.val, a.threads, a.out)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (seeds 0..repeats-1)")
+    parser.add_argument("--ablation", action="store_true", help="also tunelab with its choices off, then on one at a time")
+    parser.add_argument("--smoke", action="store_true", help="a few built-in examples, one round, in this process, on a busy machine too")
+    results.add_arguments(parser)
+    parser.add_argument("--worker", choices=[TRL_BEST, TRL_OLD, TUNELAB, *ABLATION], help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.command = sys.argv if argv is None else ["bench/train_throughput.py", *argv]
+    if args.smoke:
+        args.examples, args.val, args.repeats, args.allow_busy = min(args.examples, 12), min(args.val, 4), 1, True
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.worker:
+        args.out.write_text(json.dumps(worker(args.worker, args)))
         return
-    results = {}
-    for kind in ["baseline", "tunelab"]:
-        out = Path(tempfile.mkdtemp()) / f"{kind}.json"
-        subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--worker",
-                kind,
-                "--examples",
-                str(a.examples),
-                "--val",
-                str(a.val),
-                "--threads",
-                str(a.threads),
-                "--out",
-                str(out),
-            ],
-            check=True,
-        )
-        results[kind] = json.loads(out.read_text())
-        r = results[kind]
-        print(
-            f"{kind:9s} {r['tokens']} tokens in {r['seconds']:.1f} s = {r['tokens_per_second']:.1f} tok/s, "
-            f"validation loss {r['val_loss']:.4f}, peak RSS {r['peak_rss_mib']:.0f} MiB",
-            flush=True,
-        )
-    b, t = results["baseline"], results["tunelab"]
-    print(
-        f"RATIO tokens/s tunelab/baseline = {t['tokens_per_second'] / b['tokens_per_second']:.2f}x (target >= 2.5x); "
-        f"validation loss {t['val_loss']:.4f} vs {b['val_loss']:.4f} ({'no worse' if t['val_loss'] <= b['val_loss'] + 0.01 else 'WORSE'}); "
-        f"peak memory ratio {t['peak_rss_mib'] / b['peak_rss_mib']:.2f}x"
-    )
+    idle = results.check_idle(args.max_load, args.allow_busy)
+    import torch
+
+    from tunelab.models.load import load_tokenizer
+    from tunelab.models.resolve import resolve_model
+
+    torch.set_num_threads(args.threads)
+    train, _ = examples(args)
+    tokens, answers = rendered_tokens(load_tokenizer(resolve_model(args.model).path), train)
+    flops = {kind: lora_flops_per_token(args, answers / tokens) for kind in (TRL_BEST, TUNELAB, *ABLATION)}
+    flops[TRL_OLD] = lora_flops_per_token(args, 1.0)
+    kinds = [TRL_BEST, TRL_OLD, TUNELAB] + (list(ABLATION) if args.ablation else [])
+    runs, peaks = measure(args, kinds)
+    text = results.write_section(args.results, TITLE, section(args, runs, peaks, flops), idle, command=args.command)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,10 @@ def test_smoke_run_writes_its_section(tmp_path, tiny_model_dir):
     results.write_text("# Results\n\n## Data stage\n\nfigures\n")
     bench_dpo.main(["--smoke", "--model", str(tiny_model_dir), "--results", str(results), "--threads", "1"])
     text = results.read_text()
-    assert text.startswith("# Results\n\n## Data stage\n\nfigures\n") and text.count(bench_dpo.HEADING) == 1
+    assert text.startswith("# Results\n\n## Data stage\n\nfigures\n") and text.count(f"## {bench_dpo.TITLE}\n") == 1
+    assert "- command: `python bench/dpo_throughput.py --smoke" in text and "- commit: " in text
     rows = [line for line in text.splitlines() if line.startswith("| ") and "configuration" not in line]
     assert [row.split(" | ")[0][2:] for row in rows] == [bench_dpo.TRL_DEFAULT, bench_dpo.TRL_BEST, bench_dpo.TUNELAB]
-    for row in rows:  # tokens/s, ratio, held-out loss, peak memory: numbers, not placeholders
-        assert re.search(r"\| [\d,.]+ \[[\d,.]+–[\d,.]+\] \| [\d.]+ \[[\d.]+–[\d.]+\]x \| \d+\.\d{4} \| [\d,]+ \|$", row), row
+    for row in rows:  # tokens/s, ratio (one round: n=1), held-out loss, peak memory: numbers, not placeholders
+        assert re.search(r"\| [\d,.]+ \([\d,.]+–[\d,.]+, n=1\) \| [\d.]+x \([\d.]+–[\d.]+x, n=1\) \| \d+\.\d{4} \| [\d,]+ \|$", row), row
     assert "8 pairs" in text

@@ -102,6 +102,12 @@ def test_train_then_resume_matches_uninterrupted(tmp_path, tiny_model_dir, monke
     (tmp_path / "a").mkdir()
     full_run = train_recipe(make_recipe(tmp_path / "a", tiny_model_dir))
     full_losses = {r["step"]: r["loss"] for r in read_jsonl(full_run / "train" / "metrics.jsonl") if "loss" in r}
+    full_summary = json.loads((full_run / "train" / "summary.json").read_text())
+    assert full_summary["model_flops_per_token"] > 0 and full_summary["matmul_peak_gflops"] > 0 and full_summary["mfu_note"] is None
+    peak_flops = full_summary["matmul_peak_gflops"] * 1e9
+    assert full_summary["mfu"] == pytest.approx(
+        full_summary["model_flops_per_token"] * full_summary["tokens_per_second"] / peak_flops, rel=0.01
+    )
 
     class Killed(Exception):
         pass
@@ -132,6 +138,7 @@ def test_train_then_resume_matches_uninterrupted(tmp_path, tiny_model_dir, monke
     assert losses[4] == pytest.approx(full_losses[4], rel=1e-3)
     summary = json.loads((resumed / "train" / "summary.json").read_text())
     assert summary["resumed_from"].endswith("checkpoint-3")
+    assert summary["mfu"] is None and summary["mfu_note"].startswith("resumed run")  # tokens/s mixes the two sessions
     assert (resumed / "model" / "adapter_model.safetensors").is_file()
     assert (resumed / "train" / "loss.png").is_file()
 

@@ -147,6 +147,7 @@ TRAINING_KEYS = [
     "tokens_seen",
     "train_seconds",
     "tokens_per_second",
+    "mfu",
     "train_loss",
     "eval_loss",
     "precision",

@@ -48,6 +48,7 @@ from tunelab.train.distributed import (
     process_state,
     strategy_arguments,
 )
+from tunelab.train.flops import mfu_summary
 from tunelab.train.lora import peft_config
 from tunelab.train.preference import REFERENCE_ADAPTER, check_preference_recipe, continued_adapter, pair_splits, preference_trainer
 
@@ -384,6 +385,17 @@ def training_callbacks(recipe: Recipe, run: RunDir, state: PartialState, has_val
     return [c for c in callbacks if c is not None]
 
 
+def mfu_unavailable(recipe: Recipe, checkpoint: Path | None) -> str | None:
+    """Why a run gets no MFU figure, or None: the estimate must fit the objective, and tokens/s count this session's real tokens."""
+    if recipe.train.objective != "sft":
+        return f"{recipe.train.objective.upper()}: its reference and paired passes are not in the estimate"
+    if not recipe.train.packing:
+        return "padded batches: tokens/s counts the padding"
+    if checkpoint:
+        return "resumed run: tokens/s mixes the sessions"
+    return None
+
+
 def training_summary(trainer: Trainer, result, recipe: Recipe, run: RunDir, checkpoint: Path | None, threads: int, seconds: float) -> dict:
     """The final numbers of a run (every process calls this: the peak memory is gathered from all)."""
     final_eval = trainer.evaluate() if trainer.eval_dataset is not None else {}
@@ -392,6 +404,9 @@ def training_summary(trainer: Trainer, result, recipe: Recipe, run: RunDir, chec
     train_losses = [r["loss"] for r in metrics_rows if "loss" in r]
     runtime = result.metrics.get("train_runtime", seconds)
     args = trainer.args
+    tokens_per_second = trainer.state.num_input_tokens_seen / max(runtime, 1e-6)
+    no_mfu = mfu_unavailable(recipe, checkpoint)
+    mfu = mfu_summary(trainer.model, None if no_mfu else trainer.train_dataset, tokens_per_second, args.world_size)
     return {
         "run": run.root.name,
         "method": recipe.train.method,
@@ -404,7 +419,7 @@ def training_summary(trainer: Trainer, result, recipe: Recipe, run: RunDir, chec
         "global_batch": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
         "tokens_seen": trainer.state.num_input_tokens_seen,  # all processes together
         "train_seconds": round(runtime, 1),
-        "tokens_per_second": round(trainer.state.num_input_tokens_seen / max(runtime, 1e-6), 1),
+        "tokens_per_second": round(tokens_per_second, 1),
         "train_loss": train_losses[-1] if train_losses else result.training_loss,
         "train_loss_mean": result.training_loss,
         "eval_loss": final_eval.get("eval_loss"),
@@ -413,6 +428,8 @@ def training_summary(trainer: Trainer, result, recipe: Recipe, run: RunDir, chec
         "peak_memory_gib": peak_memory,  # one value per process
         "peak_memory_measure": memory_measure,
         "resumed_from": str(checkpoint) if checkpoint else None,
+        **mfu,
+        "mfu_note": no_mfu,
     }
 
 
@@ -424,6 +441,12 @@ def write_training_outputs(run: RunDir, summary: dict) -> None:
         f"[green]done[/] in {summary['train_seconds']:.0f} s: final training loss {summary['train_loss']:.3f}"
         + (f", validation loss {summary['eval_loss']:.3f}" if summary["eval_loss"] is not None else "")
         + f", {summary['tokens_per_second']:,.0f} tok/s"
+        + (
+            f", MFU {summary['mfu']:.1%} ({summary['model_flops_per_token'] / 1e9:.3g} GFLOP per token against a measured "
+            f"{summary['matmul_peak_dtype']} matmul peak of {summary['matmul_peak_gflops']:,.0f} GFLOP/s)"
+            if summary.get("mfu") is not None
+            else f", MFU n/a ({summary['mfu_note']})"
+        )
     )
 
 

@@ -1,0 +1,34 @@
+"""bench/train_throughput.py --smoke --ablation: every configuration trains on the tiny model and the section is written."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("bench_train", ROOT / "bench" / "train_throughput.py")
+bench_train = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench_train)
+
+
+def test_smoke_run_writes_its_section(tmp_path, tiny_model_dir):
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Results\n\n## Data stage\n\nfigures\n")
+    bench_train.main(["--smoke", "--ablation", "--model", str(tiny_model_dir), "--results", str(results), "--threads", "1"])
+    text = results.read_text()
+    assert text.startswith("# Results\n\n## Data stage\n\nfigures\n") and text.count(f"## {bench_train.TITLE}\n") == 1
+    assert "- command: `python bench/train_throughput.py --smoke --ablation" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "configuration" not in line]
+    names = [row.split(" | ")[0][2:] for row in rows]
+    assert names == [bench_train.TRL_BEST, bench_train.TRL_OLD, bench_train.TUNELAB, *bench_train.ABLATION, bench_train.ANSWER_LOGITS_STEP]
+    number = r"[\d,.]+"
+    for row in rows:  # tokens/s, ratio, MFU (one round: n=1), validation loss, peak memory, tokens: numbers, not placeholders
+        cells = rf"{number} \({number}–{number}, n=1\) \| {number}x \({number}–{number}x, n=1\) \| {number}% \({number}–{number}%, n=1\)"
+        assert re.search(rf"\| {cells} \| \d+\.\d{{4}} \| [\d,]+ \| [\d,]+ \([\d,]+\) \|$", row), row
+    # TRL best and tunelab trained on the same tokens and answer tokens; the old TRL configuration on every token
+    tokens = {name: row.rsplit(" | ", 1)[1] for name, row in zip(names, rows)}
+    assert tokens[bench_train.TRL_BEST] == tokens[bench_train.TUNELAB]
+    total = tokens[bench_train.TRL_OLD].split(" (")[0]
+    assert tokens[bench_train.TRL_OLD] == f"{total} ({total}) |"
+    assert "GFLOP with the loss on answers" in text and "GFLOP/s" in text
