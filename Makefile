@@ -63,6 +63,7 @@ bench: $(VENV)/.gguf-installed
 	$(BIN)/python bench/data_prepare.py
 	$(BIN)/python bench/sweep_resume.py
 	$(BIN)/python bench/eval_scoring.py
+	$(BIN)/python bench/arc_scoring.py
 	$(BIN)/python bench/cpu_inference.py
 	$(BIN)/python bench/serve_load.py
 
