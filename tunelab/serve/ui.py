@@ -39,6 +39,19 @@ def pick_defaults(registry: ModelRegistry) -> tuple[str, str, str]:
     return chat.label, base.label, right.label
 
 
+def settings_column(limits: ServeLimits) -> list:
+    """The generation settings every tab shares, in the order the handlers take them:
+    system prompt, temperature, top-p, max new tokens, repetition penalty."""
+    gr.Markdown("### Generation settings")
+    return [
+        gr.Textbox(label="System prompt", placeholder="You are a helpful assistant.", lines=3),
+        gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature (0 = greedy)"),
+        gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top-p"),
+        gr.Slider(1, limits.max_tokens, value=min(256, limits.max_tokens), step=16, label="Max new tokens"),
+        gr.Slider(1.0, 2.0, value=1.1, step=0.05, label="Repetition penalty"),
+    ]
+
+
 def build_ui(
     registry: ModelRegistry,
     limits: ServeLimits | None = None,
@@ -112,14 +125,8 @@ def build_ui(
                 with gr.Tab("Evaluate"):
                     evaluate = evaluate_tab.layout(registry.labels(), left_default, right_default)
             with gr.Column(scale=1, min_width=220):
-                gr.Markdown("### Generation settings")
-                system = gr.Textbox(label="System prompt", placeholder="You are a helpful assistant.", lines=3)
-                temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature (0 = greedy)")
-                top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top-p")
-                max_tokens = gr.Slider(1, limits.max_tokens, value=min(256, limits.max_tokens), step=16, label="Max new tokens")
-                repetition_penalty = gr.Slider(1.0, 2.0, value=1.1, step=0.05, label="Repetition penalty")
+                settings_inputs = settings_column(limits)
                 refresh = gr.Button("Rescan runs folder", size="sm")
-        settings_inputs = [system, temperature, top_p, max_tokens, repetition_penalty]
         with chat_slot:
             gr.ChatInterface(
                 respond,
