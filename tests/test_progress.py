@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 from rich.console import Console
 
@@ -21,5 +22,8 @@ def test_a_log_gets_plain_progress_lines_with_an_eta():
     lines = [line for line in out.getvalue().splitlines() if line.startswith("Generating (base):")]
     assert len(lines) >= 2, out.getvalue()
     assert all("/4 after" in line for line in lines)
-    assert "ETA" in lines[-1] and lines[-1].endswith("tok/s")  # an ETA once rich has a speed to go on
+    assert all("ETA" in line for line in lines) and lines[-1].endswith("tok/s")
+    for line in lines:  # the ETA is the average rate so far applied to what is left
+        done, elapsed, eta = map(int, re.search(r": (\d+)/4 after (\d+) s, ETA (\d+) s", line).groups())
+        assert abs(eta - elapsed * (4 - done) / done) <= (4 - done) / done + 1, line  # both figures are rounded
     assert not any(line.startswith("Generating (base): 4/4") for line in lines)  # the final state is rich's own line

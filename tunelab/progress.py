@@ -44,7 +44,10 @@ class LoggedProgress(Progress):
 
 def plain_progress_line(task) -> str:
     total = f"/{task.total:g}" if task.total is not None else ""
-    eta = f", ETA {task.time_remaining:.0f} s" if task.time_remaining is not None and task.completed else ""
+    # The average rate so far: rich's own estimate needs several updates within 30 s, and a
+    # batch of generation or a training step can take longer than that.
+    remaining = (task.elapsed or 0) * (task.total - task.completed) / task.completed if task.total and task.completed else None
+    eta = f", ETA {remaining:.0f} s" if remaining is not None else ""
     info = f" | {task.fields['info']}" if task.fields.get("info") else ""
     return f"{task.description}: {task.completed:g}{total} after {task.elapsed or 0:.0f} s{eta}{info}"
 
