@@ -99,7 +99,8 @@ def test_third_party_noise_is_filtered_precisely(caplog):
         warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning, stacklevel=1)
         warnings.warn("another FutureWarning", FutureWarning, stacklevel=1)
     assert [str(w.message) for w in seen] == ["another FutureWarning"]
-    # transformers' per-model 'Loading weights' bar is disabled, other bars are left alone
+    # transformers' per-model 'Loading weights' and 'Writing model shards' bars are disabled, other bars are left alone
     made = lambda *args, **kwargs: kwargs  # noqa: E731
     assert _no_weight_loading_bars(made, (), {"desc": "Loading weights"}) == {"desc": "Loading weights", "disable": True}
+    assert _no_weight_loading_bars(made, (), {"desc": "Writing model shards"})["disable"] is True  # export's save_pretrained
     assert _no_weight_loading_bars(made, (), {"desc": "Downloading"}) == {"desc": "Downloading"}

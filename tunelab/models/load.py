@@ -26,9 +26,10 @@ DEFAULT_CHAT_TEMPLATE = (
 
 
 def _no_weight_loading_bars(factory, args, kwargs):
-    """transformers draws a bar per model it loads ('Loading weights'), which cuts through tunelab's own
-    progress lines; other bars (downloads) stay. tunelab/__init__.py holds the other noise filters."""
-    if str(kwargs.get("desc", "")).startswith("Loading weights"):
+    """transformers draws a bar per model it loads ('Loading weights') or saves ('Writing model shards'),
+    which cuts through tunelab's own progress lines; other bars (downloads) stay. tunelab/__init__.py
+    holds the other noise filters."""
+    if str(kwargs.get("desc", "")).startswith(("Loading weights", "Writing model shards")):
         kwargs = {**kwargs, "disable": True}
     return factory(*args, **kwargs)
 
