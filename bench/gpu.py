@@ -33,11 +33,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from bench import results  # noqa: E402
 from tunelab.config import dump_recipe, load_recipe  # noqa: E402
 from tunelab.io import read_jsonl  # noqa: E402
 from tunelab.runs import machine_info, package_versions  # noqa: E402
 
-HEADING = "## GPU training (bench/gpu.py)"
+TITLE = "GPU training (bench/gpu.py)"
+HEADING = f"## {TITLE}"
 RECIPE = ROOT / "examples" / "gpu-qwen-coder-fsdp.yaml"
 TRL_NAME = "TRL SFTTrainer, 1 GPU"
 
@@ -222,21 +224,6 @@ def results_section(configs: list[dict], figures: dict[str, dict], meta: dict) -
     return "\n".join(lines) + "\n"
 
 
-def replace_section(text: str, heading: str, section: str) -> str:
-    """`text` with the section under `heading` (up to the next `## `) replaced by `section`, or it added at the end."""
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip("\n") == heading), None)
-    if start is None:
-        return text.rstrip("\n") + ("\n\n" if text.strip() else "") + section
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    tail = "".join(lines[end:])
-    return "".join(lines[:start]) + section + ("\n" + tail if tail else "")
-
-
-def write_results(path: Path, section: str) -> None:
-    path.write_text(replace_section(path.read_text() if path.is_file() else "", HEADING, section))
-
-
 # ---------------------------------------------------------------- main
 def check_plan(recipe_file: Path) -> None:
     """What a GPU machine would fail on, found here: the model, the data, each strategy's arguments, TRL."""
@@ -303,7 +290,7 @@ def measure(args, workdir: Path, model: str | None) -> None:
     configs = plan(bench_recipe(args, workdir, model), gpus, workdir)
     figures = {c["name"]: run_config(c, workdir) for c in configs}
     section = results_section(configs, figures, describe(args, model, machine, load_before))
-    write_results(args.results, section)
+    results.replace_file_section(args.results, TITLE, section)
     print(section)
 
 

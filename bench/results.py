@@ -155,9 +155,14 @@ def write_section(path: Path, title: str, body: str, idle: dict, command: list[s
     `idle` is what check_idle returned before the measurements; `command` defaults to sys.argv.
     """
     section = "\n".join([f"## {title}", "", header(idle, command), "", body.strip("\n"), ""])
+    replace_file_section(path, title, section)
+    return section
+
+
+def replace_file_section(path: Path, title: str, section: str) -> None:
+    """Replace (or append) the section `## title` of the file at `path`: a temporary file renamed into place."""
     path = Path(path)
     text = path.read_text(encoding="utf-8") if path.is_file() else "# Benchmark results\n"
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(replace_section(text, title, section), encoding="utf-8")
     os.replace(tmp, path)
-    return section

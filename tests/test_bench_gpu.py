@@ -10,6 +10,9 @@ from pathlib import Path
 
 from conftest import write_alpaca
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import results  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "bench" / "gpu.py")
 bench_gpu = importlib.util.module_from_spec(_spec)
@@ -19,12 +22,12 @@ _spec.loader.exec_module(bench_gpu)
 def test_results_replace_their_own_section_only():
     before = "# Results\n\n## Data stage\n\nold data figures\n\n## GPU training (bench/gpu.py)\n\nold GPU figures\n\n## Evaluation\n\neval figures\n"
     section = "## GPU training (bench/gpu.py)\n\nnew GPU figures\n"
-    after = bench_gpu.replace_section(before, bench_gpu.HEADING, section)
+    after = results.replace_section(before, bench_gpu.TITLE, section)
     assert after == before.replace("old GPU figures", "new GPU figures")
-    assert bench_gpu.replace_section(after, bench_gpu.HEADING, section) == after  # run twice: still one section
-    added = bench_gpu.replace_section("# Results\n\n## Data stage\n\nfigures\n", bench_gpu.HEADING, section)
+    assert results.replace_section(after, bench_gpu.TITLE, section) == after  # run twice: still one section
+    added = results.replace_section("# Results\n\n## Data stage\n\nfigures\n", bench_gpu.TITLE, section)
     assert added == "# Results\n\n## Data stage\n\nfigures\n\n" + section
-    last = bench_gpu.replace_section("## Other\n\nx\n\n## GPU training (bench/gpu.py)\n\nold\n", bench_gpu.HEADING, section)
+    last = results.replace_section("## Other\n\nx\n\n## GPU training (bench/gpu.py)\n\nold\n", bench_gpu.TITLE, section)
     assert last == "## Other\n\nx\n\n" + section
 
 
