@@ -73,6 +73,17 @@ def make_tiny_model(out: Path, tokenizer_dir: Path, *, layers: int = 2, hidden: 
     return out
 
 
+# The instruction files of ../shared/data that every loader and the data stage must read.
+SHARED_FILES = [
+    "alpaca_en_demo.json",
+    "identity.json",
+    "code_alpaca_2k.json",
+    "gsm8k_train_alpaca.json",
+    "sharegpt_dummy_conversation.json",
+    "alpaca_eval_gpt4_reference.json",
+]
+
+
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """The real default model, resolved offline (converted from its GGUF once, then cached)."""

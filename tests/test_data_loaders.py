@@ -6,20 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_FILES
 
 from tunelab.config import DataSource
 from tunelab.data import content_hash, load_examples, load_source
 from tunelab.data.loaders import read_source
 from tunelab.errors import DataError
-
-SHARED_FILES = [
-    "alpaca_en_demo.json",
-    "identity.json",
-    "code_alpaca_2k.json",
-    "gsm8k_train_alpaca.json",
-    "sharegpt_dummy_conversation.json",
-    "alpaca_eval_gpt4_reference.json",
-]
 
 
 def write_json(path: Path, obj) -> Path:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_FILES
 
 from tunelab.config import DataConfig, DataSource
 from tunelab.data import check_no_overlap, content_hash, prepare_data
@@ -282,17 +283,7 @@ def test_cli_prepares_identity_with_placeholders(tmp_path, model, shared_data):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "name",
-    [
-        "alpaca_en_demo.json",
-        "identity.json",
-        "code_alpaca_2k.json",
-        "gsm8k_train_alpaca.json",
-        "sharegpt_dummy_conversation.json",
-        "alpaca_eval_gpt4_reference.json",
-    ],
-)
+@pytest.mark.parametrize("name", SHARED_FILES)
 def test_cli_prepares_every_shared_file(tmp_path, shared_data, name):
     """The documented command, as a user types it, on each real file (default model's tokenizer)."""
     from typer.testing import CliRunner
