@@ -285,6 +285,115 @@ def test_gradio_chat_and_side_by_side(server, tiny_model_dir):
         client.close()
 
 
+def test_gradio_stop_sequences_with_the_real_model(server):
+    """The settings column's last input, stop sequences, cuts the real model's answer in the chat
+    and in side by side; calls without it (positional, as before) still work."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    url, _ = server
+    client = Client(f"{url}/", verbose=False)
+    try:
+        last = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/respond"]["parameters"][-1]
+        assert last["label"] == "Stop sequences" and last["parameter_has_default"], last
+        full = client.predict("Hello there", "demo · merged", "", 0.0, 1.0, 12, 1.0, api_name="/respond")  # greedy, no stop input
+        assert len(full.strip()) >= 6, repr(full)
+        # three characters from the middle that one line of the box can hold as they are
+        stop = next(w for i in range(len(full) // 2, len(full) - 2) if (w := full[i : i + 3]).strip() and not {"\n", "\\"} & set(w))
+        expected = full[: full.find(stop)]
+        cut = client.predict("Hello there", "demo · merged", "", 0.0, 1.0, 12, 1.0, f"never-produced\n{stop}", api_name="/respond")
+        assert cut == expected and stop not in cut, (full, stop, cut)
+        left, right = client.predict("demo · merged", "demo · merged", "Hello there", "", 0.0, 1.0, 12, 1.0, stop, api_name="/compare")
+        assert left == right == expected, (full, stop, left, right)
+        with pytest.raises(AppError, match="at most 4 stop sequences"):
+            client.predict("Hi", "demo · merged", "", 0.0, 1.0, 4, 1.0, "a\nb\nc\nd\ne", api_name="/respond")
+    finally:
+        client.close()
+
+
+class ScriptedModel:
+    """A chat model that streams fixed pieces (a stop sequence split over two of them) and
+    records how many it was asked for, so a test knows exactly what a correct UI shows."""
+
+    name, backend = "scripted", "test"
+    PIECES = ["Hello wor", "ld, this is", " fine. ST", "OP! secret after", " more secret", " and more"]
+    SHOWN = "Hello world, this is fine. "  # everything before "STOP!"
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.pulled: list[int] = []
+
+    def prompt_tokens(self, messages):
+        return [1] * sum(len(m["content"].split()) for m in messages)
+
+    def stream(self, messages, settings=None):
+        count = 0
+        try:
+            for piece in self.PIECES:
+                count += 1
+                time.sleep(0.2)  # one Gradio update per piece
+                yield piece
+        finally:
+            self.pulled.append(count)
+
+
+@pytest.fixture(scope="module")
+def scripted_server(tiny_model_dir, tmp_path_factory):
+    from tunelab.models.load import load_tokenizer
+    from tunelab.serve.registry import ModelEntry, ModelRegistry
+
+    run_dir = tmp_path_factory.mktemp("scripted-run")
+    entries = [ModelEntry("one", "scripted one", "one", "base"), ModelEntry("two", "scripted two", "two", "full", run_dir=str(run_dir))]
+    registry = ModelRegistry(entries)
+    model = ScriptedModel(load_tokenizer(tiny_model_dir))
+    registry._loaded.update(one=model, two=model)  # already "loaded": nothing is read from disk
+    with ServerThread(build_app(registry, LIMITS, ui=True)) as url:
+        yield url, model, run_dir
+
+
+def test_gradio_stop_sequence_split_over_two_streamed_pieces(scripted_server):
+    """The stop sequence "STOP!" arrives as "ST" + "OP!": no streamed update of the chat, side by
+    side or Evaluate tab ever shows "ST" or anything after it, and generation ends there."""
+    from gradio_client import Client
+
+    from tunelab.evaluate.human import read_votes
+    from tunelab.runs import RunDir
+
+    url, model, run_dir = scripted_server
+    shown = ScriptedModel.SHOWN
+    client = Client(f"{url}/", verbose=False)
+    try:
+        model.pulled.clear()
+        updates = list(client.submit("Hi", "scripted one", "", 0.0, 1.0, 64, 1.0, "STOP!", api_name="/respond"))
+        assert len(updates) >= 2 and updates[-1] == shown, updates  # streamed, and cut
+        assert all(shown.startswith(u) for u in updates), updates  # never "...fine. ST", never past it
+        assert model.pulled == [4], model.pulled  # the piece holding the stop's end was the last one generated
+        updates = list(client.submit("scripted one", "scripted two", "Hi", "", 0.0, 1.0, 64, 1.0, "never\nSTOP!", api_name="/compare"))
+        assert tuple(updates[-1]) == (shown, shown) and all(shown.startswith(u) for pair in updates for u in pair), updates
+        without = client.predict("Hi", "scripted one", "", 0.0, 1.0, 64, 1.0, api_name="/respond")
+        assert without == "".join(ScriptedModel.PIECES)  # no stop input: the whole answer, as before
+        rater = "stop-tester"
+        answers = list(
+            client.submit(rater, "scripted one", "scripted two", "Hi", "", 0.0, 1.0, 64, 1.0, "STOP!", api_name="/evaluate_answers")
+        )
+        assert tuple(answers[-1][:2]) == (shown, shown) and all(shown.startswith(u) for a in answers for u in a[:2]), answers
+        client.predict(rater, api_name="/vote_tie")
+        vote = read_votes(RunDir(run_dir).human_votes)[-1]
+        assert vote["answer_a"] == vote["answer_b"] == shown and vote["settings"]["stop"] == ["STOP!"], vote
+    finally:
+        client.close()
+
+
+def test_stop_sequences_from_the_ui_box():
+    from tunelab.serve.generation import BadRequest, stop_sequences_from_lines
+
+    assert stop_sequences_from_lines("") == stop_sequences_from_lines(None) == []
+    assert stop_sequences_from_lines("User:\n\n  \n Bye \n") == ["User:", " Bye "]  # blank lines skipped, spaces kept
+    assert stop_sequences_from_lines("\\n\\n\nA\\tB\nC:\\\\n") == ["\n\n", "A\tB", "C:\\n"]  # typed escapes
+    with pytest.raises(BadRequest, match="at most 4"):
+        stop_sequences_from_lines("a\nb\nc\nd\ne")
+
+
 def test_gradio_too_long_and_cancelled(server):
     from gradio_client import Client
     from gradio_client.exceptions import AppError

@@ -30,11 +30,19 @@ from starlette.exceptions import HTTPException
 
 from tunelab.errors import ModelNotFound, TunelabError
 from tunelab.models.interface import ChatModel, GenerationSettings
-from tunelab.serve.generation import BadRequest, ServeLimits, StopText, check_chars, check_tokens, clean_messages, make_settings
+from tunelab.serve.generation import (
+    MAX_STOP_SEQUENCES,
+    BadRequest,
+    ServeLimits,
+    StopText,
+    check_chars,
+    check_tokens,
+    clean_messages,
+    make_settings,
+)
 from tunelab.serve.registry import ModelEntry, ModelRegistry, UnsafeModel
 
 log = logging.getLogger("tunelab.serve")
-MAX_STOP_SEQUENCES = 4  # as OpenAI
 INT32_MAX = 2**31 - 1  # a larger max_tokens is a mistake, not a wish for "as many as allowed"
 
 

@@ -26,7 +26,7 @@ from tunelab.evaluate.human import VOTES, append_vote, new_vote, next_example, r
 from tunelab.evaluate.run import split_example
 from tunelab.io import read_jsonl
 from tunelab.runs import RunDir
-from tunelab.serve.generation import ServeLimits, clean_messages, make_settings
+from tunelab.serve.generation import ServeLimits, clean_messages, make_settings, stop_sequences_from_lines
 from tunelab.serve.registry import ModelRegistry
 
 
@@ -105,9 +105,9 @@ def _check_inputs(rater: str, model1: str, model2: str) -> None:
 
 
 class EvaluateTab:
-    """The tab's three actions. `stream_answer(label, messages, settings)` yields an answer's text
-    so far (the chat's own, with its limits and error messages); votes go to model 2's run, or to
-    `votes_file` when given (a Space with persistent storage)."""
+    """The tab's three actions. `stream_answer(label, messages, settings, stop_lines)` yields an
+    answer's text so far (the chat's own, with its limits, stop sequences and error messages);
+    votes go to model 2's run, or to `votes_file` when given (a Space with persistent storage)."""
 
     def __init__(self, registry: ModelRegistry, limits: ServeLimits, stream_answer, votes_file: Path | None = None):
         self.registry, self.limits, self.stream_answer, self.votes_file = registry, limits, stream_answer, votes_file
@@ -153,7 +153,7 @@ class EvaluateTab:
         )
         return example["prompt"][-1]["content"], {"example": example, "round": None}, status, "", "", "", *vote_buttons(False)
 
-    def answers(self, rater, model1, model2, prompt, system, temperature, top_p, max_tokens, repetition_penalty, state):
+    def answers(self, rater, model1, model2, prompt, system, temperature, top_p, max_tokens, repetition_penalty, stop_lines, state):
         """Both answers, streamed, A first; which model is A is drawn here and kept in the session."""
         _check_inputs(rater, model1, model2)
         if not (prompt or "").strip():
@@ -169,13 +169,16 @@ class EvaluateTab:
             self.limits, max_tokens=max_tokens, temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty, seed=None
         )
         model_a, model_b = random.sample([model1, model2], 2)
-        round_ = Round(
-            messages, example_id, reference, model_a, model_b, model1, model2, {**asdict(settings), "system_prompt": system_used}, str(path)
-        )
+        try:
+            stops = stop_sequences_from_lines(stop_lines)
+        except TunelabError as exc:
+            raise gr.Error(str(exc)) from None
+        recorded = {**asdict(settings), "system_prompt": system_used, "stop": stops}
+        round_ = Round(messages, example_id, reference, model_a, model_b, model1, model2, recorded, str(path))
         state = {"example": example, "round": round_}
         waiting = "Both answers stream one after the other (A first); the vote buttons open when both are done."
         for side, label in (("A", model_a), ("B", model_b)):
-            for text in self.stream_answer(label, messages, settings):
+            for text in self.stream_answer(label, messages, settings, stop_lines):
                 round_.answers[side] = text
                 yield round_.answers["A"], round_.answers["B"], state, waiting, "", *vote_buttons(False)
         round_.complete = True

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import random
+import re
+from collections.abc import Generator
 from dataclasses import dataclass
 
 from tunelab.errors import TunelabError
 from tunelab.models.interface import ChatModel, GenerationSettings
+
+MAX_STOP_SEQUENCES = 4  # as OpenAI; the chat UI takes as many as the API
 
 
 @dataclass
@@ -129,3 +133,34 @@ class StopText:
             if any(s.startswith(text[-k:]) for s in self.stops):
                 return k
         return 0
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
+
+
+def stop_sequences_from_lines(text: str | None) -> list[str]:
+    """The chat UI's stop-sequence box: one sequence per line, kept exactly as typed (spaces
+    included); lines of nothing or only spaces are skipped. A line break cannot be typed inside
+    a line, so `\\n` stands for one (`\\t` for a tab, `\\\\` for a backslash). At most
+    MAX_STOP_SEQUENCES, as the API."""
+    stops = [re.sub(r"\\([nt\\])", lambda m: _ESCAPES[m.group(1)], line) for line in (text or "").splitlines() if line.strip()]
+    if len(stops) > MAX_STOP_SEQUENCES:
+        raise BadRequest(f"at most {MAX_STOP_SEQUENCES} stop sequences (one per line), not {len(stops)}")
+    return stops
+
+
+def cut_at_stops(pieces: Generator[str, None, None], stops: list[str] | None) -> Generator[str, None, None]:
+    """The pieces of a streamed answer with everything from the first stop sequence on removed,
+    also when a stop sequence arrives split over pieces (StopText holds a possible start back).
+    `pieces` is closed as soon as a stop sequence is seen, so generation ends there too."""
+    stop = StopText(stops)
+    try:
+        for piece in pieces:
+            if text := stop.feed(piece):
+                yield text
+            if stop.hit:
+                return
+    finally:
+        pieces.close()
+    if tail := stop.flush():
+        yield tail

@@ -3,7 +3,8 @@ settings, a side-by-side tab that sends one prompt to two models (base against t
 Evaluate tab for blind A/B votes (tunelab/serve/evaluate_tab.py).
 
 API names (for `gradio_client`): `/respond` (the chat), `/compare` (side by side), and the
-Evaluate tab's (see evaluate_tab.py).
+Evaluate tab's (see evaluate_tab.py). Each takes the settings column's values positionally; the
+last one, stop sequences, has a default (empty), so callers written before it existed still work.
 """
 
 from __future__ import annotations
@@ -14,7 +15,15 @@ import gradio as gr
 
 from tunelab.errors import TunelabError
 from tunelab.serve import evaluate_tab
-from tunelab.serve.generation import ServeLimits, check_chars, check_tokens, clean_messages, make_settings
+from tunelab.serve.generation import (
+    ServeLimits,
+    check_chars,
+    check_tokens,
+    clean_messages,
+    cut_at_stops,
+    make_settings,
+    stop_sequences_from_lines,
+)
 from tunelab.serve.registry import ModelRegistry
 
 EXAMPLES = [
@@ -41,7 +50,8 @@ def pick_defaults(registry: ModelRegistry) -> tuple[str, str, str]:
 
 def settings_column(limits: ServeLimits) -> list:
     """The generation settings every tab shares, in the order the handlers take them:
-    system prompt, temperature, top-p, max new tokens, repetition penalty."""
+    system prompt, temperature, top-p, max new tokens, repetition penalty, stop sequences.
+    New settings go last and need a default value: gradio_client callers pass these positionally."""
     gr.Markdown("### Generation settings")
     return [
         gr.Textbox(label="System prompt", placeholder="You are a helpful assistant.", lines=3),
@@ -49,6 +59,13 @@ def settings_column(limits: ServeLimits) -> list:
         gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top-p"),
         gr.Slider(1, limits.max_tokens, value=min(256, limits.max_tokens), step=16, label="Max new tokens"),
         gr.Slider(1.0, 2.0, value=1.1, step=0.05, label="Repetition penalty"),
+        gr.Textbox(
+            value="",
+            label="Stop sequences",
+            placeholder="One per line (at most 4); \\n for a line break",
+            info="The answer ends before the first one; it is never shown.",
+            lines=2,
+        ),
     ]
 
 
@@ -67,20 +84,22 @@ def build_ui(
         registry.refresh()
         return registry.labels()
 
-    def stream_answer(label: str, messages: list[dict], settings):
-        """Accumulated answer text, piece by piece, with errors turned into messages the UI shows."""
+    def stream_answer(label: str, messages: list[dict], settings, stop_lines: str | None = None):
+        """Accumulated answer text, piece by piece, cut before the first stop sequence (text past
+        it never reaches the page), with errors turned into messages the UI shows."""
         try:
+            stops = stop_sequences_from_lines(stop_lines)
             entry = registry.find(label)
             check_chars(messages, limits)
             check_tokens(registry.get(entry), messages, limits)
             text = ""
-            for piece in registry.stream(entry, messages, settings):
+            for piece in cut_at_stops(registry.stream(entry, messages, settings), stops):
                 text += piece
                 yield text
         except TunelabError as exc:
             raise gr.Error(str(exc)) from None
 
-    def respond(message, history, model_label, system_prompt, temperature, top_p, max_tokens, repetition_penalty):
+    def respond(message, history, model_label, system_prompt, temperature, top_p, max_tokens, repetition_penalty, stop_lines=""):
         try:
             messages = clean_messages([*history, {"role": "user", "content": message}], system_prompt)
         except TunelabError as exc:
@@ -88,9 +107,9 @@ def build_ui(
         settings = make_settings(
             limits, max_tokens=max_tokens, temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty, seed=None
         )
-        yield from stream_answer(model_label, messages, settings)
+        yield from stream_answer(model_label, messages, settings, stop_lines)
 
-    def compare(left_label, right_label, prompt, system_prompt, temperature, top_p, max_tokens, repetition_penalty):
+    def compare(left_label, right_label, prompt, system_prompt, temperature, top_p, max_tokens, repetition_penalty, stop_lines=""):
         if not (prompt or "").strip():
             raise gr.Error("type a prompt first")
         messages = clean_messages([{"role": "user", "content": prompt}], system_prompt)
@@ -98,9 +117,9 @@ def build_ui(
             limits, max_tokens=max_tokens, temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty, seed=None
         )
         left = ""
-        for left in stream_answer(left_label, messages, settings):
+        for left in stream_answer(left_label, messages, settings, stop_lines):
             yield left, ""
-        for right in stream_answer(right_label, messages, settings):
+        for right in stream_answer(right_label, messages, settings, stop_lines):
             yield left, right
 
     with gr.Blocks(title=title) as demo:
