@@ -16,7 +16,8 @@ counts), requests/s, time to first token and per-request tokens/s at p50/p95, an
 resident memory sampled every second: its start, end and maximum, and its slope in MiB per
 1,000 requests (least squares of RSS against requests completed; a leak shows as a steady
 positive slope over a long run). Rates and latencies are median (min–max) over the rounds. The
-section replaces its own in bench/RESULTS.md (bench/results.py) unless --no-results.
+section replaces its own in bench/RESULTS.md (bench/results.py) unless --no-results; a run
+without a baseline (the soak) has a section of its own, which the regular load run leaves alone.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ sys.path.insert(0, str(ROOT))
 from bench import results  # noqa: E402
 
 TITLE = "serve_load (tunelab api, GGUF default model via llama.cpp)"
+# The soak (no baseline phase) keeps its own section: `make bench` must not replace its figures.
+SOAK_TITLE = "serve_load soak (tunelab api, GGUF default model via llama.cpp, one long load phase)"
 
 PROMPTS = [
     "What is the capital of France?",
@@ -257,7 +260,7 @@ def main() -> int:
     )
     failed, flat, body = report(rounds, args.clients, about)
     if not args.no_results:
-        results.write_section(args.results, TITLE, body, idle)
+        results.write_section(args.results, SOAK_TITLE if baseline == 0 else TITLE, body, idle)
     return 0 if failed == 0 and flat else 1
 
 
