@@ -21,9 +21,10 @@ round, the order reversed every other round); round r trains with seed r.
   gradient checkpointing, padding-free packing, logits only at answer tokens).
 - with --ablation, tunelab with all of those choices off (fp32, gradient checkpointing, padded
   batches, logits at every position), then switched on one at a time, each row adding one to the
-  row above; the last step is the tunelab row. Logits at answer tokens only is not a recipe
-  setting: for the rows without it the bench builds packed batches with
-  `PackedCollator(logits_only_at_labels=False)`.
+  row above; the last step is the tunelab row. Logits at answer tokens only and attention per
+  example of a packed row (tunelab/train/attention.py) are not recipe settings: the rows without
+  them get `PackedCollator(logits_only_at_labels=False)` and transformers' SDPA with its
+  block-diagonal mask over the whole row.
 
 Tokens/s: the examples' real tokens (chat template applied, no padding) over the Trainer's own
 `train_runtime`, the same count and the same clock for every row. TRL best and tunelab must train
@@ -66,7 +67,7 @@ TUNELAB = "tunelab"
 DESCRIBE = {
     TRL_BEST: "bf16, no gradient checkpointing, packing (bfd), prompt/completion: loss on answers",
     TRL_OLD: "fp32, gradient checkpointing, padded batches, loss on every token",
-    TUNELAB: "`tunelab train` defaults: bf16 autocast, no gradient checkpointing, padding-free packing, logits at answer tokens",
+    TUNELAB: "`tunelab train` defaults: bf16 autocast, no gradient checkpointing, padding-free packing with attention per example, logits at answer tokens",
 }
 # The ablation: tunelab with its choices off, then on one at a time (recipe settings, and whether packed batches
 # ask for logits at answer tokens only); each row adds one choice to the row above, and the last is TUNELAB.
@@ -74,7 +75,10 @@ ABLATION = {
     "tunelab, all off": dict(precision="fp32", gradient_checkpointing=True, packing=False, answer_logits=False),
     "+ bf16 autocast": dict(precision="bf16", gradient_checkpointing=True, packing=False, answer_logits=False),
     "+ no gradient checkpointing": dict(precision="bf16", gradient_checkpointing=False, packing=False, answer_logits=False),
-    "+ padding-free packing": dict(precision="bf16", gradient_checkpointing=False, packing=True, answer_logits=False),
+    "+ padding-free packing (one block-diagonal mask per row)": dict(
+        precision="bf16", gradient_checkpointing=False, packing=True, answer_logits=False, packed_attention=False
+    ),
+    "+ attention per example of a packed row": dict(precision="bf16", gradient_checkpointing=False, packing=True, answer_logits=False),
 }
 ANSWER_LOGITS_STEP = "+ logits at answer tokens only (= tunelab)"
 SMOKE_QA = [
@@ -194,7 +198,7 @@ def tunelab_worker(kind: str, args, model_path: Path, tokenizer, train: list[dic
     from tunelab.train.collate import PackedCollator
 
     step = ABLATION.get(kind, {})
-    choices = {k: v for k, v in step.items() if k != "answer_logits"}
+    choices = {k: v for k, v in step.items() if k not in ("answer_logits", "packed_attention")}
     data_file = workdir / "train.jsonl"
     atomic_write_jsonl(data_file, train)
     data = {"sources": [{"path": str(data_file), "format": "messages"}], "dedup": "none", "clean": False}
@@ -207,7 +211,9 @@ def tunelab_worker(kind: str, args, model_path: Path, tokenizer, train: list[dic
     )
     # logits at answer tokens only is not a recipe setting but the collator's: the rows without it get another one
     collator = PackedCollator if step.get("answer_logits", True) else functools.partial(PackedCollator, logits_only_at_labels=False)
-    with mock.patch.object(run_module, "PackedCollator", collator):
+    # attention per example (train/attention.py) is not a recipe setting either: the row without it keeps transformers' SDPA
+    attention = run_module.ATTENTION if step.get("packed_attention", True) else "sdpa"
+    with mock.patch.object(run_module, "PackedCollator", collator), mock.patch.object(run_module, "ATTENTION", attention):
         run = run_module.train_recipe(recipe)
     peak = peak_rss_mib()  # before the trained model is loaded again to score it
     tokens, answers = rendered_tokens(tokenizer, read_jsonl(RunDir(run).split("train")))

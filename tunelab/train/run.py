@@ -38,6 +38,7 @@ from tunelab.models.load import load_causal_lm, load_tokenizer, set_threads, wan
 from tunelab.models.resolve import resolve_model
 from tunelab.progress import console
 from tunelab.runs import RunDir, write_environment, write_model_info
+from tunelab.train.attention import ATTENTION
 from tunelab.train.callbacks import MetricsFileCallback, ProgressCallback, plot_losses
 from tunelab.train.collate import PackedCollator, PaddedCollator
 from tunelab.train.distributed import (
@@ -334,6 +335,8 @@ def build_trainer(recipe: Recipe, run: RunDir, base_path: Path, tokenizer, train
     torch.manual_seed(t.seed)
     model = build_model(recipe, base_path)
     report_trainable(model, recipe, state)
+    if t.packing:  # each example of a packed row attends within itself, at its own cost (train/attention.py)
+        getattr(model, "get_base_model", lambda: model)().set_attn_implementation(ATTENTION)
     collator = PackedCollator() if t.packing else PaddedCollator(tokenizer.pad_token_id)
     args = training_arguments(recipe, run, steps_per_epoch(recipe, len(train_set), state.num_processes), has_validation=bool(val_set))
     trainer = Trainer(
