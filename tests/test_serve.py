@@ -301,10 +301,14 @@ def test_gradio_stop_sequences_with_the_real_model(server):
         # three characters from the middle that one line of the box can hold as they are
         stop = next(w for i in range(len(full) // 2, len(full) - 2) if (w := full[i : i + 3]).strip() and not {"\n", "\\"} & set(w))
         expected = full[: full.find(stop)]
-        cut = client.predict("Hello there", "demo · merged", "", 0.0, 1.0, 12, 1.0, f"never-produced\n{stop}", api_name="/respond")
+        # a new client: the chat keeps the session's history, and the same question asked again is another prompt
+        fresh = Client(f"{url}/", verbose=False)
+        cut = fresh.predict("Hello there", "demo · merged", "", 0.0, 1.0, 12, 1.0, f"never-produced\n{stop}", api_name="/respond")
+        fresh.close()
+        cut = cut or ""  # a stop at the very start leaves no answer, which Gradio returns as None
         assert cut == expected and stop not in cut, (full, stop, cut)
         left, right = client.predict("demo · merged", "demo · merged", "Hello there", "", 0.0, 1.0, 12, 1.0, stop, api_name="/compare")
-        assert left == right == expected, (full, stop, left, right)
+        assert (left or "") == (right or "") == expected, (full, stop, left, right)
         with pytest.raises(AppError, match="at most 4 stop sequences"):
             client.predict("Hi", "demo · merged", "", 0.0, 1.0, 4, 1.0, "a\nb\nc\nd\ne", api_name="/respond")
     finally:
