@@ -223,6 +223,14 @@ class EvalConfig(Strict):
         "auto",
         description="`auto`: bf16 autocast for the BERTScore encoder where the CPU/GPU supports it (2x faster, F1 within ~2e-3 of fp32; the signature says which); `fp32` equals bert-score's own call exactly.",
     )
+    generation_backend: Literal["auto", "pytorch", "gguf"] = Field(
+        "auto",
+        description="What generates the answers: `auto` and `pytorch`: transformers (a `.gguf` model: llama.cpp); `gguf`: the run's exported GGUF through llama.cpp (f16, else q8_0, else q4_k_m; its greedy answers can differ from the PyTorch model's).",
+    )
+    generation_precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="`auto`: greedy answers of a float32 transformers model, where the CPU/GPU has bf16, are drafted by a bf16 copy and checked token by token by the fp32 model, so the answers are fp32's (docs/evaluate.md); else fp32. `fp32`: the fp32 model alone. `bf16`: bf16 weights alone (answers can differ from fp32 where its top two tokens are nearly tied).",
+    )
     bootstrap_samples: int = Field(1000, gt=0)
     compare_base: bool = Field(True, description="Evaluate the base model on the same examples.")
     general_ability: GeneralAbilityConfig | None = Field(

@@ -19,6 +19,7 @@ from tunelab.config import EvalConfig
 from tunelab.data import load_examples
 from tunelab.errors import DataError, TunelabError
 from tunelab.evaluate import human, likelihood, report, tasks
+from tunelab.evaluate.generation import GenerationPlan, choose_generation
 from tunelab.evaluate.loading import free_memory, load_for_scoring, run_dirs_among, unique_names, with_base_model
 from tunelab.evaluate.metric_facts import higher_is_better
 from tunelab.evaluate.metrics import BERTSCORE_KEYS, TEXT_METRICS, bertscore_scorer, encoder_layers, resolve_encoder, score_predictions
@@ -90,9 +91,17 @@ def data_hash(rows: list[dict]) -> str:
 
 
 # ---------------------------------------------------------------- one model
-def generate_answers(chat, rows: list[dict], cfg: EvalConfig, label: str) -> tuple[list[str], dict]:
-    """Answers in example order, generated in batches of similar length, with a progress bar."""
-    settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, seed=SEED)
+def generation_of(cfg: EvalConfig) -> GenerationSettings:
+    return GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, seed=SEED)
+
+
+def generate_answers(plan: GenerationPlan, rows: list[dict], cfg: EvalConfig, label: str) -> tuple[list[str], dict]:
+    """Answers in example order, generated in batches of similar length, with a progress bar.
+
+    `plan` (evaluate/generation.py) says what generates them: today's float32 transformers, bf16
+    drafts checked by float32 (the same answers, faster), bf16 weights or the run's GGUF.
+    """
+    settings = generation_of(cfg)
     order = sorted(range(len(rows)), key=lambda i: sum(len(m["content"]) for m in rows[i]["prompt"]))
     answers: list[str] = [""] * len(rows)
     tokens = 0
@@ -101,14 +110,18 @@ def generate_answers(chat, rows: list[dict], cfg: EvalConfig, label: str) -> tup
         task = bar.add_task(f"Generating ({label})", total=len(rows), info="")
         for b in range(0, len(order), cfg.batch_size):
             idx = order[b : b + cfg.batch_size]
-            outs = chat.generate([rows[i]["prompt"] for i in idx], settings, batch_size=cfg.batch_size)
+            outs = plan.generate([rows[i]["prompt"] for i in idx], settings, batch_size=cfg.batch_size)
             for i, text in zip(idx, outs):
                 answers[i] = text
-                tokens += chat.count_tokens(text)
+                tokens += plan.chat.count_tokens(text)
             seconds = time.perf_counter() - start
             bar.update(task, advance=len(idx), info=f"{tokens / max(seconds, 1e-9):.1f} tok/s")
     seconds = time.perf_counter() - start
-    return answers, {"seconds": round(seconds, 2), "answer_tokens": tokens, "tokens_per_second": round(tokens / max(seconds, 1e-9), 2)}
+    info = {"seconds": round(seconds, 2), "answer_tokens": tokens, "tokens_per_second": round(tokens / max(seconds, 1e-9), 2)}
+    info["backend"] = plan.label
+    if plan.draft is not None:
+        info["draft_check"] = plan.stats.as_dict()
+    return answers, info
 
 
 def likelihood_scores(chat, rows: list[dict], cfg: EvalConfig, label: str) -> tuple[dict[str, list], dict, dict]:
@@ -191,7 +204,9 @@ def evaluate_one(ref: str, name: str | None, rows: list[dict], cfg: EvalConfig) 
     chat, backend = load_for_scoring(ref)
     model = ModelEval(name=name or chat.name, ref=str(ref), backend=backend, answers=None)
     if needs_answers(cfg):
-        model.answers, model.generation = generate_answers(chat, rows, cfg, model.name)
+        plan = choose_generation(chat, ref, cfg.generation_backend, cfg.generation_precision, generation_of(cfg))
+        model.answers, model.generation = generate_answers(plan, rows, cfg, model.name)
+        del plan  # a bf16 draft copy or a GGUF runtime: freed with the model below
     model.scores, model.corpus, model.notes = likelihood_scores(chat, rows, cfg, model.name)
     del chat
     free_memory()
@@ -296,6 +311,8 @@ def generation_settings(cfg: EvalConfig) -> dict:
         "top_p": cfg.top_p,
         "max_new_tokens": cfg.max_new_tokens,
         "batch_size": cfg.batch_size,
+        "backend": cfg.generation_backend,
+        "precision": cfg.generation_precision,
         "seed": SEED,
         "stop": "end-of-sequence token or max_new_tokens",
         "prompt": "each model's own chat template, with the generation prompt",
