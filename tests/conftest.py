@@ -102,3 +102,16 @@ def shared_data() -> Path:
     if SHARED is None:
         pytest.skip("../shared/data is not present")
     return SHARED
+
+
+OTHER_SECTION = "# Results\n\n## Data stage\n\nfigures\n"
+
+
+def run_bench_section(results: Path, bench, argv: list[str]) -> str:
+    """Run a bench script's `main(argv + --results)` on a results file holding another section; the
+    other section must survive byte for byte and the script's own appear once. Returns the file's text."""
+    results.write_text(OTHER_SECTION)
+    bench.main([*argv, "--results", str(results)])
+    text = results.read_text()
+    assert text.startswith(OTHER_SECTION) and text.count(f"## {bench.TITLE}\n") == 1
+    return text

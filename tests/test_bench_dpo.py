@@ -6,6 +6,8 @@ import importlib.util
 import re
 from pathlib import Path
 
+from conftest import run_bench_section
+
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("bench_dpo", ROOT / "bench" / "dpo_throughput.py")
 bench_dpo = importlib.util.module_from_spec(_spec)
@@ -14,10 +16,7 @@ _spec.loader.exec_module(bench_dpo)
 
 def test_smoke_run_writes_its_section(tmp_path, tiny_model_dir):
     results = tmp_path / "RESULTS.md"
-    results.write_text("# Results\n\n## Data stage\n\nfigures\n")
-    bench_dpo.main(["--smoke", "--model", str(tiny_model_dir), "--results", str(results), "--threads", "1"])
-    text = results.read_text()
-    assert text.startswith("# Results\n\n## Data stage\n\nfigures\n") and text.count(f"## {bench_dpo.TITLE}\n") == 1
+    text = run_bench_section(results, bench_dpo, ["--smoke", "--model", str(tiny_model_dir), "--threads", "1"])
     assert "- command: `python bench/dpo_throughput.py --smoke" in text and "- commit: " in text
     rows = [line for line in text.splitlines() if line.startswith("| ") and "configuration" not in line]
     assert [row.split(" | ")[0][2:] for row in rows] == [bench_dpo.TRL_DEFAULT, bench_dpo.TRL_BEST, bench_dpo.TUNELAB]

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_bench_section
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -22,11 +23,8 @@ pytestmark = [
 
 def test_smoke_run_writes_its_section(tmp_path, tiny_model_dir, shared_data):
     results = tmp_path / "RESULTS.md"
-    results.write_text("# Results\n\n## Data stage\n\nfigures\n")
-    argv = ["--smoke", "--run", str(tiny_model_dir), "--workdir", str(tmp_path / "work"), "--results", str(results), "--threads", "1"]
-    bench_quality.main(argv)
-    text = results.read_text()
-    assert text.startswith("# Results\n\n## Data stage\n\nfigures\n") and text.count(f"## {bench_quality.TITLE}\n") == 1
+    argv = ["--smoke", "--run", str(tiny_model_dir), "--workdir", str(tmp_path / "work"), "--threads", "1"]
+    text = run_bench_section(results, bench_quality, argv)
     assert "- command: `python bench/export_quality.py --smoke" in text
     assert "4 held-out prompts from alpaca_eval_gpt4_reference.json" in text and "fewer than the 64" in text
     rows = {}  # the first table's row of each format (the metric table's rows start with the format too)

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import run_bench_section
 
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("bench_inference", ROOT / "bench" / "cpu_inference.py")
@@ -21,11 +22,8 @@ pytestmark = [
 
 def test_smoke_run_writes_its_section(tmp_path, tiny_model_dir):
     results = tmp_path / "RESULTS.md"
-    results.write_text("# Results\n\n## Data stage\n\nfigures\n")
-    argv = ["--smoke", "--run", str(tiny_model_dir), "--export-dir", str(tmp_path / "export"), "--results", str(results), "--threads", "1"]
-    bench_inference.main(argv)
-    text = results.read_text()
-    assert text.startswith("# Results\n\n## Data stage\n\nfigures\n") and text.count(f"## {bench_inference.TITLE}\n") == 1
+    argv = ["--smoke", "--run", str(tiny_model_dir), "--export-dir", str(tmp_path / "export"), "--threads", "1"]
+    text = run_bench_section(results, bench_inference, argv)
     assert "- command: `python bench/cpu_inference.py --smoke" in text
     rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| path")]
     names = [row.split(" | ")[0][2:] for row in rows]

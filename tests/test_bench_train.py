@@ -6,6 +6,8 @@ import importlib.util
 import re
 from pathlib import Path
 
+from conftest import run_bench_section
+
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("bench_train", ROOT / "bench" / "train_throughput.py")
 bench_train = importlib.util.module_from_spec(_spec)
@@ -14,10 +16,7 @@ _spec.loader.exec_module(bench_train)
 
 def test_smoke_run_writes_its_section(tmp_path, tiny_model_dir):
     results = tmp_path / "RESULTS.md"
-    results.write_text("# Results\n\n## Data stage\n\nfigures\n")
-    bench_train.main(["--smoke", "--ablation", "--model", str(tiny_model_dir), "--results", str(results), "--threads", "1"])
-    text = results.read_text()
-    assert text.startswith("# Results\n\n## Data stage\n\nfigures\n") and text.count(f"## {bench_train.TITLE}\n") == 1
+    text = run_bench_section(results, bench_train, ["--smoke", "--ablation", "--model", str(tiny_model_dir), "--threads", "1"])
     assert "- command: `python bench/train_throughput.py --smoke --ablation" in text
     rows = [line for line in text.splitlines() if line.startswith("| ") and "configuration" not in line]
     names = [row.split(" | ")[0][2:] for row in rows]
