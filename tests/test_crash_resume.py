@@ -155,7 +155,7 @@ def test_run_pipeline_killed_while_training_resumes_to_the_same_loss(tmp_path, t
 
 
 @pytest.mark.slow
-def test_sweep_killed_mid_variant_keeps_finished_variants(tmp_path, tiny_model_dir):
+def test_sweep_killed_mid_variant_keeps_finished_variants_and_resumes_to_the_same_loss(tmp_path, tiny_model_dir):
     from tunelab.compare.store import ResultsStore
     from tunelab.compare.sweep import store_path
 
@@ -165,19 +165,19 @@ def test_sweep_killed_mid_variant_keeps_finished_variants(tmp_path, tiny_model_d
         "base",
         eval={"max_new_tokens": 4, "metrics": ["bleu", "rougeL"], "bootstrap_samples": 10},
     )
-    sweep_file = tmp_path / "sweep.yaml"
-    sweep_file.write_text(
-        yaml.safe_dump(
-            {
-                "name": "crash",
-                "base": base.name,
-                "output_dir": str(tmp_path / "sweeps"),
-                "heldout": {"from_source": 0, "size": 6},
-                "variants": [{"name": "baseline"}, {"name": "rank-4", "set": {"rank": 4}}],
-            },
-            sort_keys=False,
-        )
-    )
+
+    def write_sweep(path: Path, output_dir: Path) -> Path:
+        sweep = {
+            "name": "crash",
+            "base": base.name,
+            "output_dir": str(output_dir),
+            "heldout": {"from_source": 0, "size": 6},
+            "variants": [{"name": "baseline"}, {"name": "rank-4", "set": {"rank": 4}}],
+        }
+        path.write_text(yaml.safe_dump(sweep, sort_keys=False))
+        return path
+
+    sweep_file = write_sweep(tmp_path / "sweep.yaml", tmp_path / "sweeps")
     sweep_dir = tmp_path / "sweeps" / "crash"
     log = tmp_path / "log.txt"
     proc = tunelab(["sweep", str(sweep_file)], tmp_path, log)
@@ -198,3 +198,9 @@ def test_sweep_killed_mid_variant_keeps_finished_variants(tmp_path, tiny_model_d
     assert first_model.stat().st_mtime_ns == first_mtime  # the finished variant was kept, not retrained
     summary = json.loads((second_run / "train" / "summary.json").read_text())
     assert summary["resumed_from"] and summary["steps"] == STEPS, summary
+
+    # the resumed variant ends where the same variant trained without a stop ends
+    again = write_sweep(tmp_path / "again.yaml", tmp_path / "again")
+    finish(tunelab(["sweep", str(again), "--only", "rank-4"], tmp_path, log), log)
+    uninterrupted_run = next((tmp_path / "again" / "crash" / "runs").glob("rank-4-*"))
+    assert step_losses(second_run)[STEPS] == pytest.approx(step_losses(uninterrupted_run)[STEPS], rel=1e-3)
