@@ -193,8 +193,11 @@ def trl_worker(args) -> None:
 
 # ---------------------------------------------------------------- results
 def git_commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout
+    except OSError:  # no git program (a bare GPU machine): the figures must still be written
+        return "unknown (no git here)"
     return (
         (out.stdout.strip() + (" (with uncommitted changes)" if dirty.strip() else "")) if out.returncode == 0 else "unknown (no git here)"
     )
@@ -273,7 +276,8 @@ def describe(args, model: str | None, machine: str, load_before) -> dict:
         "load_before": " / ".join(f"{x:.1f}" for x in load_before),
         "load_after": " / ".join(f"{x:.1f}" for x in os.getloadavg()),
         "recipe": args.recipe.relative_to(ROOT) if args.recipe.is_relative_to(ROOT) else args.recipe,
-        "model": model or load_recipe(args.recipe).model,
+        # with --random-init, `model` is a folder in the temporary workdir: name the shapes' source instead
+        "model": f"random weights shaped as {args.random_init.name}" if args.random_init else (model or load_recipe(args.recipe).model),
         "steps": args.steps,
     }
 

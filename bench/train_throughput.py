@@ -1,10 +1,11 @@
 """Training throughput: tunelab against TRL's SFTTrainer at its best on this CPU, with an ablation and MFU.
 
     python bench/train_throughput.py [--examples 96] [--val 32] [--threads 2] [--repeats 3] [--ablation]
+    python bench/train_throughput.py --model gemma3-270m [...]            # another catalog model: a section of its own
     python bench/train_throughput.py --smoke --model DIR --results FILE   # a few examples, one round: checks the bench runs
 
 Every configuration trains the same LoRA (r16, α32, every linear layer, no dropout; lr 2e-4
-constant; one epoch; batches of 8; at most 512 tokens) of SmolLM2-135M-Instruct on the same first
+constant; one epoch; batches of 8; at most 512 tokens) of SmolLM2-135M-Instruct (or `--model`) on the same first
 `--examples` examples of ../shared/data/alpaca_en_demo.json, each in its own process (so its peak
 memory is its own) with the same threads. Rounds are interleaved (every configuration once per
 round, the order reversed every other round); round r trains with seed r.
@@ -59,6 +60,16 @@ sys.path.insert(0, str(ROOT))
 from bench import results  # noqa: E402
 
 TITLE = "Training throughput (bench/train_throughput.py)"
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def section_title(args) -> str:
+    """The default model's section is TITLE; another model's has a section of its own beside it."""
+    if args.model == DEFAULT_MODEL or args.smoke:
+        return TITLE
+    return f"Training throughput on {args.model} (bench/train_throughput.py)"
+
+
 LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0)
 BATCH, LR, MAX_LEN = 8, 2e-4, 512
 TRL_BEST = "TRL SFTTrainer at its best on CPU"
@@ -356,7 +367,7 @@ def section(args, runs: dict[str, list[dict]], peaks: list[float], flops: dict[s
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--examples", type=int, default=96)
     parser.add_argument("--val", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
@@ -392,7 +403,7 @@ def main(argv=None) -> None:
     flops[TRL_OLD] = lora_flops_per_token(args, 1.0)
     kinds = [TRL_BEST, TRL_OLD, TUNELAB] + (list(ABLATION) if args.ablation else [])
     runs, peaks = measure(args, kinds)
-    text = results.write_section(args.results, TITLE, section(args, runs, peaks, flops), idle, command=args.command)
+    text = results.write_section(args.results, section_title(args), section(args, runs, peaks, flops), idle, command=args.command)
     print(text)
 
 

@@ -76,7 +76,25 @@ def single_process_reference(tmp_path: Path, model_dir: Path, monkeypatch) -> tu
     return run, steps
 
 
+def test_more_processes_than_gpus_is_refused(monkeypatch):
+    import torch
+
+    from tunelab.train.distributed import check_gpus_for
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(TunelabError, match="--processes 2 asks for one GPU per process, and this machine has 1"):
+        check_gpus_for(2)
+    check_gpus_for(1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    check_gpus_for(2)  # no GPU: processes share the CPU
+
+
 def test_two_processes_match_one_and_resume_after_a_kill(tmp_path, tiny_model_dir, monkeypatch):
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.device_count() < 2:
+        pytest.skip("two processes need two GPUs where CUDA is visible (one GPU here)")
     one, one_steps = single_process_reference(tmp_path, tiny_model_dir, monkeypatch)
 
     recipe = make_recipe(tmp_path / "two", tiny_model_dir, batch_size=2, precision="fp32", max_steps=STEPS, save_steps=SAVE_AT)

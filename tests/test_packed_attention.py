@@ -91,3 +91,14 @@ def test_padded_batches_and_generation_take_the_standard_path():
 def test_example_bounds():
     assert example_bounds(torch.tensor([0, 1, 2, 0, 1, 0])) == [(0, 3), (3, 5), (5, 6)]
     assert example_bounds(torch.tensor([3, 4, 0, 1])) == [(0, 2), (2, 4)]  # a row that starts mid-example
+
+
+def test_packed_training_uses_it_on_a_cpu_only(monkeypatch):
+    """On CUDA one masked SDPA call per layer beat a call per example 3x (H200): GPUs keep transformers' path."""
+    from tunelab.train.run import attention_implementation
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert attention_implementation(packing=True) == ATTENTION
+    assert attention_implementation(packing=False) is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert attention_implementation(packing=True) is None

@@ -10,7 +10,10 @@ computes exactly the same numbers (a test checks it against the masked path).
 
 It is registered under the name `ATTENTION` with transformers' attention and mask interfaces
 (the SDPA mask, so any call it does not handle gets the standard path with the right mask):
-training sets `model.set_attn_implementation(ATTENTION)` when batches are packed. The choice is not
+training sets `model.set_attn_implementation(ATTENTION)` when batches are packed and the model
+trains on a CPU. On a GPU the many small kernel calls cost more than the masked-out work they
+save: 12 steps of a SmolLM2-135M-shaped model on an H200 ran at 614 tokens/s with this function and
+1,828 with transformers' SDPA (docs/training.md), so GPUs keep transformers' path. The choice is not
 written into a saved config.json, so a trained model loads with transformers' default elsewhere.
 """
 

@@ -105,8 +105,21 @@ def strategy_arguments(recipe) -> dict:
     }
 
 
+def check_gpus_for(processes: int) -> None:
+    """With CUDA, process k trains on GPU k: more processes than GPUs would crash one rank mid-start."""
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if 0 < gpus < processes:
+        raise TunelabError(
+            f"--processes {processes} asks for one GPU per process, and this machine has {gpus}: "
+            f"use --processes {gpus} (or CUDA_VISIBLE_DEVICES= to train with {processes} processes on the CPU)"
+        )
+
+
 def launch(processes: int, argv: list[str]) -> None:
     """Run `python -m tunelab.cli ARGV` in `processes` processes on this machine, and wait for them."""
+    check_gpus_for(processes)
     cores = len(os.sched_getaffinity(0))
     # torchrun would otherwise set 1 thread each and warn; tunelab's set_threads shares the cores the same way
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // processes)))

@@ -329,14 +329,21 @@ def tokenized_splits(run: RunDir, tokenizer, max_len: int, main_process: bool) -
     return train_set, val_set
 
 
+def attention_implementation(packing: bool) -> str | None:
+    """The attention a packed model trains with (None: the model's own). On a CPU each example of a packed
+    row attends within itself, at its own cost (train/attention.py); on CUDA one SDPA call with the
+    block-diagonal mask is faster than a call per example (3.0x on an H200, docs/training.md)."""
+    return ATTENTION if packing and not torch.cuda.is_available() else None
+
+
 def build_trainer(recipe: Recipe, run: RunDir, base_path: Path, tokenizer, train_set, val_set, state: PartialState) -> Trainer:
     """The model, the batches, the arguments and the callbacks, in one Trainer."""
     t = recipe.train
     torch.manual_seed(t.seed)
     model = build_model(recipe, base_path)
     report_trainable(model, recipe, state)
-    if t.packing:  # each example of a packed row attends within itself, at its own cost (train/attention.py)
-        getattr(model, "get_base_model", lambda: model)().set_attn_implementation(ATTENTION)
+    if attention := attention_implementation(t.packing):
+        getattr(model, "get_base_model", lambda: model)().set_attn_implementation(attention)
     collator = PackedCollator() if t.packing else PaddedCollator(tokenizer.pad_token_id)
     args = training_arguments(recipe, run, steps_per_epoch(recipe, len(train_set), state.num_processes), has_validation=bool(val_set))
     trainer = Trainer(
