@@ -166,7 +166,7 @@ def trl_worker(args) -> None:
         max_length=t.max_seq_length,
         packing=True,
         bf16=True,
-        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing=t.checkpointing,
         model_init_kwargs={"attn_implementation": "sdpa"},
         use_cpu=not torch.cuda.is_available(),
         include_num_input_tokens_seen="all",

@@ -19,7 +19,7 @@ def test_smoke_run_writes_its_section(tmp_path, tiny_model_dir):
     text = run_bench_section(results, bench_dpo, ["--smoke", "--model", str(tiny_model_dir), "--threads", "1"])
     assert "- command: `python bench/dpo_throughput.py --smoke" in text and "- commit: " in text
     rows = [line for line in text.splitlines() if line.startswith("| ") and "configuration" not in line]
-    assert [row.split(" | ")[0][2:] for row in rows] == [bench_dpo.TRL_DEFAULT, bench_dpo.TRL_BEST, bench_dpo.TUNELAB]
+    assert [row.split(" | ")[0][2:] for row in rows] == [bench_dpo.TRL_DEFAULT, bench_dpo.TRL_NO_CHECKPOINTING, bench_dpo.TUNELAB]
     for row in rows:  # tokens/s, ratio (one round: n=1), held-out loss, peak memory: numbers, not placeholders
         assert re.search(r"\| [\d,.]+ \([\d,.]+–[\d,.]+, n=1\) \| [\d.]+x \([\d.]+–[\d.]+x, n=1\) \| \d+\.\d{4} \| [\d,]+ \|$", row), row
     assert "8 pairs" in text

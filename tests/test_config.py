@@ -87,3 +87,16 @@ def test_data_prepare_length_limit_is_the_training_default(tmp_path, monkeypatch
     res = CliRunner().invoke(app, ["data", "prepare", str(tmp_path / "any.json"), "--out", str(tmp_path / "o")])
     assert res.exit_code == 0, res.output
     assert seen["n"] == TrainConfig().max_seq_length
+
+
+def test_gradient_checkpointing_defaults_on_for_dpo_only():
+    """DPO recomputes activations by default (faster and smaller on the CPU bench); SFT and ORPO keep them;
+    a recipe's own choice wins, and a sweep that switches the method gets the new method's default."""
+    from tunelab.config import TrainConfig
+
+    assert TrainConfig(method="dpo").checkpointing is True
+    assert TrainConfig(method="lora").checkpointing is False
+    assert TrainConfig(method="orpo").checkpointing is False
+    assert TrainConfig(method="dpo", gradient_checkpointing=False).checkpointing is False
+    assert TrainConfig(method="lora", gradient_checkpointing=True).checkpointing is True
+    assert TrainConfig(method="dpo").model_dump()["gradient_checkpointing"] is None  # unresolved in a dumped recipe

@@ -31,6 +31,8 @@ def filter_third_party_noise() -> None:
     logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_NO_KERNELS_WARNING)
     # peft reads `model.is_gradient_checkpointing`, which transformers 5 deprecates; nothing in tunelab uses it.
     warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    # ...and peft's prepare_model_for_kbit_training (QLoRA) calls `gradient_checkpointing_enable`, renamed too
+    warnings.filterwarnings("ignore", message=r"`gradient_checkpointing_enable` is deprecated", category=FutureWarning)
     # TRL warns on every import of trl.experimental (where ORPO lives) that its API may change; tunelab
     # pins trl and its tests exercise that API, so the notice is for tunelab's developers, not its users.
     warnings.filterwarnings("ignore", message=r"You are importing from 'trl\.experimental'", category=UserWarning)

@@ -89,7 +89,7 @@ def strategy_arguments(recipe) -> dict:
                 "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",  # one shard group per decoder layer (the model's _no_split_modules)
                 "reshard_after_forward": True,
                 "state_dict_type": "FULL_STATE_DICT",  # model/ and checkpoints hold whole weights, readable by one process
-                "activation_checkpointing": t.gradient_checkpointing,
+                "activation_checkpointing": t.checkpointing,
             },
         }
     zero = {"stage": 2} if t.distributed == "deepspeed_zero2" else {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True}

@@ -136,9 +136,9 @@ def continued_adapter(recipe: Recipe, base_path: Path):
     model = load_causal_lm(base_path, load_in_4bit=(t.weights == "qlora"), trust_remote_code=recipe.trust_remote_code)
     model.config.use_cache = False
     if t.weights == "qlora":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=t.gradient_checkpointing)
-    elif t.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=t.checkpointing)
+    elif t.checkpointing:
+        model.activation_checkpointing_enable()
         model.enable_input_require_grads()
     return PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
 

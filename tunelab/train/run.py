@@ -175,15 +175,15 @@ def build_model(recipe: Recipe, base_path: Path):
     model = load_causal_lm(base_path, load_in_4bit=(t.weights == "qlora"), trust_remote_code=recipe.trust_remote_code)
     model.config.use_cache = False
     # under FSDP the wrapper checkpoints activations itself (strategy_arguments); the model's own would repeat gathers
-    checkpointing = t.gradient_checkpointing and t.distributed != "fsdp"
+    checkpointing = t.checkpointing and t.distributed != "fsdp"
     if t.weights == "full":
         if checkpointing:
-            model.gradient_checkpointing_enable()
+            model.activation_checkpointing_enable()
         return model
     if t.weights == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
     elif checkpointing:
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()
         model.enable_input_require_grads()
     return get_peft_model(model, peft_config(model, t.lora))
 
