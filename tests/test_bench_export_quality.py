@@ -35,7 +35,8 @@ def test_smoke_run_writes_its_section(tmp_path, tiny_model_dir, shared_data):
     num = r"[+-][\d.]+%?"
     for fmt in bench_quality.FORMATS:  # the same prompt ids on every format; llama.cpp may split an odd reference text otherwise
         assert re.search(
-            rf"\| {fmt} \| \d+ MiB \| \d/4 \| [\d.]+% \| yes \| \d/4 \| [\d.]+ \| {pct} \[{num}, {num}\] \| [\d.]+ \|", rows[fmt]
+            rf"\| {fmt} \| \d+ MiB \| \d/4 \| [\d.]+% \| yes \| \d/4 \| [\d.]+ \| {pct} \[{num}, {num}\] \| {pct} \[{num}, {num}\] \| [\d.]+ \|",
+            rows[fmt],
         )
     for label in ("BLEU", "ROUGE-L F1", "BERTScore P", "BERTScore R", "BERTScore F1"):
         assert re.search(rf"\| gguf-q8_0 \| {label} \| [\d.]+ \| [\d.]+ \| [+-][\d.]+ \[[+-][\d.]+, [+-][\d.]+\] \| [\d.]+ \|", text), label
@@ -44,6 +45,8 @@ def test_smoke_run_writes_its_section(tmp_path, tiny_model_dir, shared_data):
         assert re.search(rf"- {fmt.upper()}: Δ perplexity .*: \*\*(met|NOT met)\*\*", text)
     details = json.loads(next((tmp_path / "work").glob("*/export_quality.json")).read_text())
     assert len(details["pytorch"]["answers"]) == 4 and len(details["formats"]["gguf-q4_k_m"]["answers"]) == 4
+    # on PyTorch's own token ids only the weights differ: f16 scores the references as fp32 does
+    assert abs(details["formats"]["gguf-f16"]["perplexity_delta_same_ids"]["diff"]) < 0.5
 
 
 def test_perplexity_delta_is_the_geometric_mean_ratio():
