@@ -238,8 +238,8 @@ class EvalConfig(Strict):
         description="What generates the answers: `auto` and `pytorch`: transformers (a `.gguf` model: llama.cpp); `gguf`: the run's exported GGUF through llama.cpp (f16, else q8_0, else q4_k_m; its greedy answers can differ from the PyTorch model's).",
     )
     generation_precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto",
-        description="`auto`: greedy answers of a float32 transformers model, where the CPU/GPU has bf16, are drafted by a bf16 copy and checked token by token by the fp32 model, so the answers are fp32's (docs/evaluate.md); else fp32. `fp32`: the fp32 model alone. `bf16`: bf16 weights alone (answers can differ from fp32 where its top two tokens are nearly tied).",
+        "fp32",
+        description="`fp32`: the fp32 model alone. `auto`: greedy answers of a float32 transformers model, where the CPU/GPU has bf16, are drafted by a bf16 copy and checked token by token by the fp32 model, so the answers are fp32's; at batch 8 on the 2-core CPU it ran at 0.32x fp32's speed (docs/evaluate.md). `bf16`: bf16 weights alone (1.83x fp32, but answers differ where fp32's top two tokens are nearly tied).",
     )
     bootstrap_samples: int = Field(1000, gt=0)
     compare_base: bool = Field(True, description="Evaluate the base model on the same examples.")

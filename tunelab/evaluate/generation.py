@@ -8,8 +8,10 @@ two tokens are nearly tied (docs/evaluate.md, "Generation backend"). So `auto` d
 with a bf16 copy of the model and has the float32 model check every drafted token in one forward
 pass over the whole answer (speculative decoding with a same-model draft): tokens float32 would
 also have picked are kept, the first one it would not is replaced by float32's own pick, and the
-rest is drafted again from there. The answer is float32's greedy answer; the cost is mostly the
-bf16 drafting, because checking a whole answer at once is one prefill.
+rest is drafted again from there. The answer is float32's greedy answer. It was meant to be the
+default, but measured on the idle 2-core CPU at `tunelab eval`'s batch of 8 it ran at 0.32x
+float32's speed (float32 kept a third of the drafted tokens; docs/evaluate.md), so `fp32` is the
+default and `auto` an option.
 
 `bf16` (bf16 weights, answers may differ slightly) and `generation_backend: gguf` (the run's GGUF
 through llama.cpp, answers differ where quantization moves a near tie) are there to choose.
