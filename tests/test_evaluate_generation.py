@@ -33,6 +33,7 @@ class RandomDraft:
     def __init__(self, chat: HFChatModel):
         self.tokenizer = chat.tokenizer
         self.model = self
+        self.device = torch.device("cpu")  # as a transformers model has
         self.vocab = len(chat.tokenizer)
         self.rng = torch.Generator().manual_seed(0)
 

@@ -114,8 +114,8 @@ def choose_generation(chat, ref: str | Path, backend: str, precision: str, setti
 
 
 # ---------------------------------------------------------------- draft and check
-def left_padded(sequences: list[list[int]], pad: int) -> dict:
-    """input_ids, attention_mask and position_ids of sequences padded on the left (as batched generate pads)."""
+def left_padded(sequences: list[list[int]], pad: int, device) -> dict:
+    """input_ids, attention_mask and position_ids of sequences padded on the left (as batched generate pads), on `device`."""
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
@@ -123,12 +123,12 @@ def left_padded(sequences: list[list[int]], pad: int) -> dict:
         ids[b, width - len(s) :] = torch.tensor(s, dtype=torch.long)
         mask[b, width - len(s) :] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "position_ids": positions.to(device)}
 
 
 def draft_tokens(draft: HFChatModel, prefixes: list[list[int]], budgets: list[int], eos: int) -> list[list[int]]:
     """Greedy continuations of `prefixes` by the draft model, each cut after its end-of-sequence token."""
-    enc = left_padded(prefixes, draft.tokenizer.pad_token_id)
+    enc = left_padded(prefixes, draft.tokenizer.pad_token_id, draft.model.device)
     enc.pop("position_ids")  # generate derives them from the mask
     with torch.inference_mode():
         out = draft.model.generate(
@@ -150,7 +150,7 @@ def draft_tokens(draft: HFChatModel, prefixes: list[list[int]], budgets: list[in
 
 def fp32_picks(model, sequences: list[list[int]], n_last: int, pad: int) -> torch.Tensor:
     """float32's greedy pick after each of the last `n_last` tokens of every sequence ([batch, n_last]; one forward pass)."""
-    enc = left_padded(sequences, pad)
+    enc = left_padded(sequences, pad, model.device)
     with torch.inference_mode():
         logits = model(**enc, logits_to_keep=n_last, use_cache=False).logits
     return logits.argmax(-1)
