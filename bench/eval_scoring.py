@@ -161,7 +161,7 @@ def cached_answers(chat, instructions: list[str], tokens: int, batch_size: int, 
         if cached["instructions"] == instructions:
             return cached["answers"]
     cfg = EvalConfig(max_new_tokens=tokens, batch_size=batch_size)
-    plan = choose_generation(chat, "smollm2-135m-instruct", "auto", "auto", generation_of(cfg))
+    plan = choose_generation(chat, "smollm2-135m-instruct", cfg.generation_backend, cfg.generation_precision, generation_of(cfg))
     answers, info = generate_answers(plan, as_rows(instructions), cfg, f"answers to score, {plan.label}")
     work.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

@@ -192,17 +192,6 @@ def trl_worker(args) -> None:
 
 
 # ---------------------------------------------------------------- results
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout
-    except OSError:  # no git program (a bare GPU machine): the figures must still be written
-        return "unknown (no git here)"
-    return (
-        (out.stdout.strip() + (" (with uncommitted changes)" if dirty.strip() else "")) if out.returncode == 0 else "unknown (no git here)"
-    )
-
-
 def results_section(configs: list[dict], figures: dict[str, dict], meta: dict) -> str:
     baseline = figures.get(TRL_NAME, {}).get("tokens_per_second")
     lines = [
@@ -271,7 +260,7 @@ def describe(args, model: str | None, machine: str, load_before) -> dict:
     return {
         "date": datetime.date.today().isoformat(),
         "command": "python bench/gpu.py " + " ".join(sys.argv[1:]),
-        "commit": git_commit(),
+        "commit": results.git_commit(),
         "machine": machine,
         "load_before": " / ".join(f"{x:.1f}" for x in load_before),
         "load_after": " / ".join(f"{x:.1f}" for x in os.getloadavg()),

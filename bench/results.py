@@ -87,15 +87,18 @@ def table(header: list[str], rows: list[list]) -> str:
 # ---------------------------------------------------------------- the header of a section
 def git_commit() -> str:
     """The short commit, '+dirty' if tracked files differ from it (RESULTS.md itself does not count)."""
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)bench/RESULTS.md"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+    except OSError:  # no git program (a bare GPU machine): the figures must still be written
+        return "unknown (no git here)"
     if head.returncode != 0:
         return "unknown (no git here)"
-    status = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)bench/RESULTS.md"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
     return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
 
 
