@@ -25,7 +25,8 @@ round, the order reversed every other round); round r trains with seed r.
   row above; the last step is the tunelab row. Logits at answer tokens only and attention per
   example of a packed row (tunelab/train/attention.py) are not recipe settings: the rows without
   them get `PackedCollator(logits_only_at_labels=False)` and transformers' SDPA with its
-  block-diagonal mask over the whole row.
+  block-diagonal mask over the whole row. Candidate rows (not defaults) follow: the tunelab row plus
+  one change, such as the frozen base weights stored in bf16 instead of cast under autocast each step.
 
 Tokens/s: the examples' real tokens (chat template applied, no padding) over the Trainer's own
 `train_runtime`, the same count and the same clock for every row. TRL best and tunelab must train
@@ -92,6 +93,10 @@ ABLATION = {
     "+ attention per example of a packed row": dict(precision="bf16", gradient_checkpointing=False, packing=True, answer_logits=False),
 }
 ANSWER_LOGITS_STEP = "+ logits at answer tokens only (= tunelab)"
+# Candidates measured beside tunelab with --ablation (not defaults): each is the tunelab row plus one change.
+CANDIDATES = {
+    "tunelab + frozen base weights stored in bf16 (candidate)": dict(base_dtype="bfloat16"),
+}
 SMOKE_QA = [
     ("What is 2 + 2?", "2 + 2 is 4."),
     ("Name a colour.", "Blue is a colour."),
@@ -208,8 +213,8 @@ def tunelab_worker(kind: str, args, model_path: Path, tokenizer, train: list[dic
     from tunelab.runs import RunDir
     from tunelab.train.collate import PackedCollator
 
-    step = ABLATION.get(kind, {})
-    choices = {k: v for k, v in step.items() if k not in ("answer_logits", "packed_attention")}
+    step = ABLATION.get(kind) or CANDIDATES.get(kind, {})
+    choices = {k: v for k, v in step.items() if k not in ("answer_logits", "packed_attention", "base_dtype")}
     data_file = workdir / "train.jsonl"
     atomic_write_jsonl(data_file, train)
     data = {"sources": [{"path": str(data_file), "format": "messages"}], "dedup": "none", "clean": False}
@@ -224,7 +229,13 @@ def tunelab_worker(kind: str, args, model_path: Path, tokenizer, train: list[dic
     collator = PackedCollator if step.get("answer_logits", True) else functools.partial(PackedCollator, logits_only_at_labels=False)
     # attention per example (train/attention.py) is not a recipe setting either: the row without it keeps transformers' SDPA
     attention = run_module.ATTENTION if step.get("packed_attention", True) else "sdpa"
-    with mock.patch.object(run_module, "PackedCollator", collator), mock.patch.object(run_module, "ATTENTION", attention):
+    # the base weights' storage type is not a recipe setting: the candidate loads them in bf16 (PEFT keeps LoRA in fp32)
+    load = functools.partial(run_module.load_causal_lm, dtype=step.get("base_dtype", "float32"))
+    with (
+        mock.patch.object(run_module, "PackedCollator", collator),
+        mock.patch.object(run_module, "ATTENTION", attention),
+        mock.patch.object(run_module, "load_causal_lm", load),
+    ):
         run = run_module.train_recipe(recipe)
     peak = peak_rss_mib()  # before the trained model is loaded again to score it
     tokens, answers = rendered_tokens(tokenizer, read_jsonl(RunDir(run).split("train")))
@@ -354,11 +365,12 @@ def section(args, runs: dict[str, list[dict]], peaks: list[float], flops: dict[s
         "Work a configuration does beyond that (recomputed activations, logits nobody needs, padding) earns no MFU.",
     ]
     if args.ablation:
-        steps = [row(k, k, "") for k in ABLATION] + [row(TUNELAB, ANSWER_LOGITS_STEP, "")]
+        steps = [row(k, k, "") for k in ABLATION] + [row(TUNELAB, ANSWER_LOGITS_STEP, "")] + [row(k, k, "") for k in CANDIDATES]
         lines += [
             "",
             "Ablation: tunelab with its choices off (fp32, gradient checkpointing, padded batches, logits at every position), "
-            "then switched on one at a time; each row adds one choice to the row above.",
+            "then switched on one at a time; each row adds one choice to the row above. Rows marked candidate are the tunelab "
+            "row plus one change that is not a default (measured to decide whether it pays).",
             "",
             results.table(header[:1] + header[2:], [r[:1] + r[2:] for r in steps]),
         ]
@@ -375,7 +387,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--ablation", action="store_true", help="also tunelab with its choices off, then on one at a time")
     parser.add_argument("--smoke", action="store_true", help="a few built-in examples, one round, in this process, on a busy machine too")
     results.add_arguments(parser)
-    parser.add_argument("--worker", choices=[TRL_BEST, TRL_OLD, TUNELAB, *ABLATION], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=[TRL_BEST, TRL_OLD, TUNELAB, *ABLATION, *CANDIDATES], help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -399,9 +411,9 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     train, _ = examples(args)
     tokens, answers = rendered_tokens(load_tokenizer(resolve_model(args.model).path), train)
-    flops = {kind: lora_flops_per_token(args, answers / tokens) for kind in (TRL_BEST, TUNELAB, *ABLATION)}
+    flops = {kind: lora_flops_per_token(args, answers / tokens) for kind in (TRL_BEST, TUNELAB, *ABLATION, *CANDIDATES)}
     flops[TRL_OLD] = lora_flops_per_token(args, 1.0)
-    kinds = [TRL_BEST, TRL_OLD, TUNELAB] + (list(ABLATION) if args.ablation else [])
+    kinds = [TRL_BEST, TRL_OLD, TUNELAB] + (list(ABLATION) + list(CANDIDATES) if args.ablation else [])
     runs, peaks = measure(args, kinds)
     text = results.write_section(args.results, section_title(args), section(args, runs, peaks, flops), idle, command=args.command)
     print(text)
