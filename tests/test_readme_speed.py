@@ -29,7 +29,10 @@ def test_every_speed_figure_is_in_its_bench_section():
     for row in rows:
         script = re.search(r"bench/\w+\.py", row)
         assert script, f"a speed row names no bench script: {row}"
-        section = next((body for title, body in results.items() if script.group(0) in title), None)
-        assert section is not None, f"bench/RESULTS.md has no section for {script.group(0)}"
+        # `--model NAME` in the row: the script's section for that model ("... on NAME (bench/...)")
+        model = re.search(r"--model ([\w.-]+)", row)
+        wanted = f"on {model.group(1)} ({script.group(0)})" if model else f"({script.group(0)})"
+        section = next((body for title, body in results.items() if title.endswith(wanted) and (model or " on " not in title)), None)
+        assert section is not None, f"bench/RESULTS.md has no section ending {wanted}"
         for figure in re.findall(r"\d[\d,]*\.\d+", row):
             assert figure in section, f"README quotes {figure} for {script.group(0)}, which its RESULTS.md section does not hold"
