@@ -20,7 +20,14 @@ def test_smoke_run_writes_its_section(tmp_path, tiny_model_dir):
     assert "- command: `python bench/train_throughput.py --smoke --ablation" in text
     rows = [line for line in text.splitlines() if line.startswith("| ") and "configuration" not in line]
     names = [row.split(" | ")[0][2:] for row in rows]
-    assert names == [bench_train.TRL_BEST, bench_train.TRL_OLD, bench_train.TUNELAB, *bench_train.ABLATION, bench_train.ANSWER_LOGITS_STEP, *bench_train.CANDIDATES]
+    assert names == [
+        bench_train.TRL_BEST,
+        bench_train.TRL_OLD,
+        bench_train.TUNELAB,
+        *bench_train.ABLATION,
+        bench_train.ANSWER_LOGITS_STEP,
+        *bench_train.CANDIDATES,
+    ]
     number = r"[\d,.]+"
     for row in rows:  # tokens/s, ratio, MFU (one round: n=1), validation loss, peak memory, tokens: numbers, not placeholders
         cells = rf"{number} \({number}–{number}, n=1\) \| {number}x \({number}–{number}x, n=1\) \| {number}% \({number}–{number}%, n=1\)"
