@@ -68,9 +68,11 @@ def main() -> None:
             results.median_range([a / b for a, b in zip(firsts, seconds)], 0, "x"),
         ]
     ]
-    body = "The second run trains and evaluates nothing (asserted here and in tests/test_compare_sweep.py).\n\n" + results.table(
-        ["what", "first run", "second run (all in the store)", "ratio first/second"], rows
-    )
+    body = (
+        "The second run trains and evaluates nothing (asserted here and in tests/test_compare_sweep.py). "
+        "The sweep's recipes (tests/test_compare_sweep.py) train with 1 thread whatever `--threads` says, "
+        "so the torch threads above are the sweep's.\n\n"
+    ) + results.table(["what", "first run", "second run (all in the store)", "ratio first/second"], rows)
     print(results.write_section(args.results, TITLE, body, idle))
 
 
