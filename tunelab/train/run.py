@@ -38,6 +38,7 @@ from tunelab.models.load import load_causal_lm, load_tokenizer, set_threads, wan
 from tunelab.models.resolve import resolve_model
 from tunelab.progress import console
 from tunelab.runs import RunDir, write_environment, write_model_info
+from tunelab.train.answer_loss import use_chunked_answer_loss
 from tunelab.train.attention import ATTENTION
 from tunelab.train.callbacks import MetricsFileCallback, ProgressCallback, plot_losses
 from tunelab.train.collate import PackedCollator, PaddedCollator
@@ -185,7 +186,10 @@ def build_model(recipe: Recipe, base_path: Path):
     elif checkpointing:
         model.activation_checkpointing_enable()
         model.enable_input_require_grads()
-    return get_peft_model(model, peft_config(model, t.lora))
+    model = get_peft_model(model, peft_config(model, t.lora))
+    if t.distributed == "ddp":  # FSDP and ZeRO-3 shard the output projection's weight; they keep transformers' loss
+        use_chunked_answer_loss(model.get_base_model())
+    return model
 
 
 def training_arguments(recipe: Recipe, run: RunDir, steps_per_epoch: int, has_validation: bool) -> TrainingArguments:

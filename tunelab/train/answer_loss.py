@@ -1,0 +1,95 @@
+"""The answer-token loss in chunks, so a large vocabulary's logits never exist all at once.
+
+The packed collator already asks for logits only at answer positions (`logits_to_keep`). With
+Gemma-3's 262,144-token vocabulary that is still 1.5 GB per fp32 copy for a batch of 8 Alpaca
+examples, and the loss keeps several copies (bf16 logits, their fp32 upcast, the softmax) for the
+backward pass. Where one step's answer logits would pass `LOGITS_BUDGET` elements, the training
+forward instead takes the decoder's hidden states at those positions and computes the output
+projection and the cross-entropy a chunk of positions at a time, writing each chunk's gradient
+with respect to the hidden states during the forward (the softmax minus the one-hot label, times
+the projection), so only one chunk's logits are alive and nothing is recomputed. The output
+projection is frozen in LoRA, so its own gradient is not needed; a trainable one (full
+fine-tuning, or LoRA on it) keeps transformers' path.
+
+The loss and gradients equal transformers' (tests/test_answer_loss.py); the same arithmetic as
+`fixed_cross_entropy`: a sum over answer tokens divided by the Trainer's `num_items_in_batch`, or
+a mean without it.
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from tunelab.data.render import IGNORE_INDEX
+
+LOGITS_BUDGET = 2**27  # logits elements (512 MB in fp32) one step may hold at once; above it the loss is chunked
+
+
+class ChunkedAnswerLoss(torch.autograd.Function):
+    """Cross-entropy of `head(hidden)` against `labels`, chunk by chunk, its gradient written in the forward."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, divisor, chunk, compute_dtype):
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None
+        w = weight.to(compute_dtype)
+        for start in range(0, len(labels), chunk):
+            h, y = hidden[start : start + chunk], labels[start : start + chunk]
+            logits = (h.to(compute_dtype) @ w.T).float()
+            total += torch.nn.functional.cross_entropy(logits, y, ignore_index=IGNORE_INDEX, reduction="sum")
+            if grad is not None:  # d(sum of CE)/d(logits) = softmax - one-hot, zero where the label is ignored
+                probs = torch.softmax(logits, dim=-1)
+                keep = y != IGNORE_INDEX
+                probs[keep, y[keep]] -= 1
+                probs[~keep] = 0
+                grad[start : start + chunk] = (probs.to(compute_dtype) @ w).to(hidden.dtype)
+        ctx.save_for_backward(grad, divisor)
+        return total / divisor
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad, divisor = ctx.saved_tensors
+        return grad * (grad_output / divisor).to(grad.dtype), None, None, None, None, None
+
+
+def chunked_loss(hidden, head: torch.nn.Linear, labels, num_items_in_batch=None):
+    """The mean (or sum / num_items_in_batch) answer-token loss, as transformers' `fixed_cross_entropy` gives it."""
+    if num_items_in_batch is None:
+        divisor = (labels != IGNORE_INDEX).sum().clamp(min=1)
+    else:
+        divisor = torch.as_tensor(num_items_in_batch, device=hidden.device)
+    divisor = divisor.to(torch.float32)
+    autocast = torch.is_autocast_enabled(hidden.device.type)
+    compute_dtype = torch.get_autocast_dtype(hidden.device.type) if autocast else head.weight.dtype
+    chunk = max(1, LOGITS_BUDGET // head.out_features)
+    return ChunkedAnswerLoss.apply(hidden, head.weight, labels, divisor, chunk, compute_dtype)
+
+
+def use_chunked_answer_loss(model) -> None:
+    """Route `model`'s training forward through `chunked_loss` when a batch's answer logits would pass the budget.
+
+    `model` is the causal LM itself (under PEFT, `peft_model.get_base_model()`); its forward is
+    replaced on this instance only. Batches without `shift_labels` (padded batches, DPO, generation)
+    and models whose output projection trains or has final logit soft-capping keep their own forward.
+    """
+    head = model.get_output_embeddings()
+    if type(head) is not torch.nn.Linear or head.weight.requires_grad or head.bias is not None:
+        return
+    if getattr(model.config, "final_logit_softcapping", None) is not None:
+        return
+    original = model.forward
+
+    def forward(self, *args, **kwargs):
+        keep, shift_labels = kwargs.get("logits_to_keep"), kwargs.get("shift_labels")
+        positions = keep.numel() if torch.is_tensor(keep) else 0
+        if args or shift_labels is None or positions * head.out_features <= LOGITS_BUDGET:
+            return original(*args, **kwargs)
+        inputs = {k: v for k, v in kwargs.items() if k not in ("labels", "logits_to_keep", "shift_labels", "num_items_in_batch")}
+        hidden = self.get_decoder()(**inputs).last_hidden_state
+        loss = chunked_loss(hidden[0, keep], head, shift_labels[0], kwargs.get("num_items_in_batch"))
+        return CausalLMOutputWithPast(loss=loss)
+
+    model.forward = types.MethodType(forward, model)
