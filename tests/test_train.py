@@ -190,3 +190,33 @@ def test_each_run_logs_tensorboard_into_its_own_folder(tmp_path, tiny_model_dir,
         assert events, f"{run} has no TensorBoard events"
         # all in train/tensorboard, the final validation loss too (logged after training ends, by a new writer)
         assert {e.parent for e in events} == {run / "train" / "tensorboard"}, events
+
+
+@pytest.mark.slow  # inductor compiles the tiny model's graphs for about a minute on 2 cores
+def test_compiled_training_learns_the_same(tmp_path, tiny_model_dir):
+    """train.compile=true trains through inductor (graphs are compiled) and logs the eager run's losses."""
+    import torch._dynamo
+
+    from tunelab.train.run import train_recipe
+
+    eager = train_recipe(make_recipe(tmp_path / "eager", tiny_model_dir, max_steps=3, save_steps=3))
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = train_recipe(make_recipe(tmp_path / "compiled", tiny_model_dir, max_steps=3, save_steps=3, compile=True))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0
+    assert torch._dynamo.config.assume_static_by_default  # the dynamic-shape setting stays inside the run
+
+    def losses(run):
+        return [r["loss"] for r in read_jsonl(run / "train" / "metrics.jsonl") if "loss" in r]
+
+    assert losses(compiled) == pytest.approx(losses(eager), rel=2e-2)
+    assert (compiled / "model" / "adapter_model.safetensors").is_file()
+
+
+def test_compile_without_a_cpp_compiler_is_refused(tmp_path, tiny_model_dir, monkeypatch):
+    from tunelab.train.run import train_recipe
+
+    monkeypatch.setattr("tunelab.train.run.shutil.which", lambda name: None)
+    with pytest.raises(TunelabError, match="C\\+\\+ compiler"):
+        train_recipe(make_recipe(tmp_path, tiny_model_dir, max_steps=1, compile=True))
+    assert not (tmp_path / "runs").exists()  # refused before any work

@@ -12,6 +12,7 @@ tokenize, build the Trainer, train, save, summarise (rank 0 only).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -136,6 +137,10 @@ def check_before_training(recipe: Recipe, run: RunDir, resume: bool, processes: 
             raise TunelabError(
                 f"train.method=qlora needs bitsandbytes, which cannot run here ({err}); install tunelab[qlora] or use method=lora"
             ) from None
+    if recipe.train.compile and not torch.cuda.is_available() and not any(map(shutil.which, ("c++", "g++", "clang++"))):
+        raise TunelabError(
+            "train.compile=true needs a C++ compiler (g++ or clang++) on a CPU machine; install one or set train.compile=false"
+        )
     check_strategy(recipe)
     check_preference_recipe(recipe, processes)
     if not resume:
@@ -236,6 +241,7 @@ def training_settings(recipe: Recipe, run: RunDir, steps_per_epoch: int, has_val
         disable_tqdm=True,
         include_num_input_tokens_seen="all",
         dataloader_num_workers=0,
+        torch_compile=t.compile,
         **strategy_arguments(recipe),
     )
 
@@ -493,9 +499,14 @@ def train_recipe(recipe: Recipe, resume: bool = False) -> Path:
             f"{'bf16 autocast' if trainer.args.bf16 else 'fp32'}, {threads} threads"
             + (f" in each of {state.num_processes} processes ({recipe.train.distributed})" if state.num_processes > 1 else "")
             + f", {'packed' if recipe.train.packing and supervised else 'padded'} batches"
+            + (" (torch.compile: the first steps wait for the compiler, a minute or more)" if recipe.train.compile else "")
         )
+    # packed rows change length every step: compile for symbolic shapes at once, instead of
+    # specialising on the first step's length and compiling again at the second
+    compiling = torch._dynamo.config.patch(assume_static_by_default=False) if recipe.train.compile else contextlib.nullcontext()
     t0 = time.time()
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    with compiling:
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     seconds = time.time() - t0
 
     save_trained_model(trainer, tokenizer, recipe, base.path, run)

@@ -1,0 +1,206 @@
+"""torch.compile in training: what compiling costs up front and what it buys per step, through `tunelab train`.
+
+    python bench/train_compile.py [--examples 96] [--threads 2] [--repeats 3]
+    python bench/train_compile.py --smoke --model DIR --results FILE   # a few examples, one round: checks the bench runs
+
+Both rows are `train_recipe` with the recipe's defaults (bf16 autocast, padding-free packing,
+attention per example, logits at answer tokens; LoRA r16/α32 on every linear layer, batches of
+8, lr 2e-4 constant, one epoch of the first `--examples` examples of
+../shared/data/alpaca_en_demo.json), one with `train.compile: true`. Each trains in its own
+process with an empty inductor cache of its own (TORCHINDUCTOR_CACHE_DIR), so the compile cost is
+the one a first run pays. Rounds are interleaved (each row once per round, the order reversed
+every other round); round r trains with seed r.
+
+A callback notes the wall clock and the Trainer's count of input tokens at the end of every step.
+- first steps: seconds from the start of training to the end of step `--warmup` (the compiler works
+  during the first steps: the first compile, and the graphs of the first shapes it meets).
+- steady tokens/s: tokens over seconds from the end of step `--warmup` to the last step.
+- break-even: how many examples a run must train on before the compiled run has caught up, from the
+  median extra seconds of its first steps and the median steady rates.
+The section replaces its own in bench/RESULTS.md (bench/results.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from unittest import mock
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import results  # noqa: E402
+
+TITLE = "torch.compile in training (bench/train_compile.py)"
+DEFAULT_MODEL = "smollm2-135m-instruct"
+EAGER, COMPILED = "tunelab (eager)", "tunelab with train.compile: true"
+SMOKE_ROWS = [
+    {"messages": [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"Answer {i}."}]} for i in range(24)
+]
+
+
+def examples(args) -> list[dict]:
+    if args.smoke:
+        return SMOKE_ROWS[: args.examples]
+    from tunelab.data import load_examples
+    from tunelab.paths import shared_data_dir
+
+    data = shared_data_dir()
+    if data is None:
+        sys.exit("../shared/data is needed for this benchmark")
+    return load_examples(str(data / "alpaca_en_demo.json"))[: args.examples]
+
+
+def step_clock():
+    """A Trainer callback recording (seconds since training began, input tokens seen) at the end of every step."""
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start, self.marks = time.perf_counter(), []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.marks.append((time.perf_counter() - self.start, int(state.num_input_tokens_seen)))
+
+    return StepClock()
+
+
+def worker(kind: str, args) -> dict:
+    """One training run through train_recipe; returns its step marks and its logged losses."""
+    import torch
+
+    import tunelab.train.run as run_module
+    from tunelab.config import recipe_from_dict
+    from tunelab.io import atomic_write_jsonl, read_jsonl
+    from tunelab.models.resolve import resolve_model
+
+    torch.set_num_threads(args.threads)
+    workdir = Path(tempfile.mkdtemp(prefix="compile-bench-"))
+    data_file = workdir / "train.jsonl"
+    atomic_write_jsonl(data_file, examples(args))
+    data = {"sources": [{"path": str(data_file), "format": "messages"}], "dedup": "none", "clean": False}
+    data.update(test_fraction=0, validation_fraction=0, max_tokens=100000)
+    lora = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all_linear"}
+    train = {"epochs": 1, "batch_size": 8, "learning_rate": 2e-4, "lr_scheduler": "constant", "warmup_ratio": 0, "logging_steps": 1}
+    train.update(max_seq_length=512, threads=args.threads, save_steps=100000, tensorboard=False, seed=args.seed, lora=lora)
+    train["compile"] = kind == COMPILED
+    model = str(resolve_model(args.model).path)
+    recipe = recipe_from_dict({"name": "bench", "output_dir": str(workdir / "runs"), "model": model, "data": data, "train": train})
+    clock = step_clock()
+    callbacks = run_module.training_callbacks
+    with mock.patch.object(run_module, "training_callbacks", lambda *a, **kw: [*callbacks(*a, **kw), clock]):
+        run = run_module.train_recipe(recipe)
+    losses = [r["loss"] for r in read_jsonl(run / "train" / "metrics.jsonl") if "loss" in r]
+    return {"kind": kind, "seed": args.seed, "marks": clock.marks, "losses": losses, "examples": args.examples}
+
+
+def run_in_process(kind: str, args, seed: int) -> dict:
+    """One row in a fresh process with an empty inductor cache (or here, in --smoke mode)."""
+    if args.smoke:
+        return worker(kind, argparse.Namespace(**{**vars(args), "seed": seed}))
+    out = Path(tempfile.mkdtemp()) / "result.json"
+    argv = [sys.executable, __file__, "--worker", kind, "--out", str(out), "--seed", str(seed), "--model", args.model]
+    argv += ["--examples", str(args.examples), "--threads", str(args.threads)]
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(prefix="inductor-cache-")}
+    subprocess.run(argv, check=True, env=env)
+    return json.loads(out.read_text())
+
+
+def figures(run: dict, warmup: int) -> dict:
+    """Seconds to the end of step `warmup`, and tokens/s after it."""
+    marks = run["marks"]
+    (t0, n0), (t1, n1) = marks[warmup - 1], marks[-1]
+    return {"first_seconds": t0, "steady_tps": (n1 - n0) / (t1 - t0), "tokens": n1}
+
+
+def section(args, runs: dict[str, list[dict]]) -> str:
+    eager = [figures(r, args.warmup) for r in runs[EAGER]]
+    compiled = [figures(r, args.warmup) for r in runs[COMPILED]]
+    speedups = [c["steady_tps"] / e["steady_tps"] for e, c in zip(eager, compiled)]
+    extra = [c["first_seconds"] - e["first_seconds"] for e, c in zip(eager, compiled)]
+    tokens_per_example = eager[0]["tokens"] / args.examples
+    e_tps, c_tps = statistics.median(f["steady_tps"] for f in eager), statistics.median(f["steady_tps"] for f in compiled)
+    saved_per_token = 1 / e_tps - 1 / c_tps
+    break_even = (
+        f"{statistics.median(extra) / saved_per_token / tokens_per_example:,.0f} examples"
+        if saved_per_token > 0
+        else "never (no faster per step)"
+    )
+    rows = [
+        [
+            EAGER,
+            results.median_range([f["first_seconds"] for f in eager], 1, " s"),
+            results.median_range([f["steady_tps"] for f in eager]),
+            "1.00x",
+        ],
+        [
+            COMPILED,
+            results.median_range([f["first_seconds"] for f in compiled], 1, " s"),
+            results.median_range([f["steady_tps"] for f in compiled]),
+            results.median_range(speedups, 2, "x"),
+        ],
+    ]
+    loss_gap = max(abs(a - b) for e, c in zip(runs[EAGER], runs[COMPILED]) for a, b in zip(e["losses"], c["losses"]))
+    steps = len(runs[EAGER][0]["marks"])
+    return "\n\n".join(
+        [
+            f"Model `{args.model}`, LoRA r16/α32 on every linear layer, batch 8, one epoch of {args.examples} examples of "
+            f"alpaca_en_demo.json ({steps} steps, {eager[0]['tokens']:,} tokens), torch threads {args.threads}, "
+            f"{args.repeats} interleaved round(s), each run in a fresh process with an empty inductor cache. "
+            "Figures are median (min–max) over the rounds.",
+            results.table(
+                ["configuration", f"seconds to the end of step {args.warmup}", "steady tokens/s (after it)", "steady speed-up"], rows
+            ),
+            f"Compiling costs {statistics.median(extra):,.0f} s more in the first {args.warmup} steps; at the steady rates above a "
+            f"run breaks even after {break_even} ({tokens_per_example:,.0f} tokens each). Largest gap between the two rows' "
+            f"logged training losses at the same step and seed: {loss_gap:.4f}.",
+        ]
+    )
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--examples", type=int, default=96)
+    parser.add_argument("--warmup", type=int, default=4, help="steps counted as the compiler's (the steady rate starts after them)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (seeds 0..repeats-1)")
+    parser.add_argument("--smoke", action="store_true", help="a few built-in examples, one round, in this process, on a busy machine too")
+    results.add_arguments(parser)
+    parser.add_argument("--worker", choices=[EAGER, COMPILED], help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.command = sys.argv if argv is None else ["bench/train_compile.py", *argv]
+    if args.smoke:
+        args.examples, args.warmup, args.repeats, args.allow_busy = min(args.examples, 24), 1, 1, True
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.worker:
+        args.out.write_text(json.dumps(worker(args.worker, args)))
+        return
+    idle = results.check_idle(args.max_load, args.allow_busy)
+    runs: dict[str, list[dict]] = {EAGER: [], COMPILED: []}
+    for r in range(args.repeats):
+        for kind in (EAGER, COMPILED) if r % 2 == 0 else (COMPILED, EAGER):
+            runs[kind].append(run_in_process(kind, args, seed=r))
+            f = figures(runs[kind][-1], args.warmup)
+            print(f"round {r}: {kind}: {f['first_seconds']:.1f} s to step {args.warmup}, then {f['steady_tps']:.1f} tok/s", flush=True)
+    text = results.write_section(args.results, TITLE, section(args, runs), idle, command=args.command)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
