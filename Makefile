@@ -59,6 +59,7 @@ test-slow: $(VENV)/.gguf-installed
 # (1-minute load average above 1; it waits up to 5 minutes for the previous one's load to settle).
 bench: $(VENV)/.gguf-installed
 	$(BIN)/python bench/train_throughput.py --ablation
+	$(BIN)/python bench/train_compile.py
 	$(BIN)/python bench/dpo_throughput.py
 	$(BIN)/python bench/data_prepare.py
 	$(BIN)/python bench/sweep_resume.py

@@ -82,7 +82,7 @@ def test_likelihood_batches_respect_size_and_token_budget():
 
 
 def test_third_party_noise_is_filtered_precisely(caplog):
-    """bitsandbytes' `kernels` warning and one transformers FutureWarning are dropped; their neighbours are not."""
+    """bitsandbytes' `kernels` warnings and one transformers FutureWarning are dropped; their neighbours are not."""
     import logging
     import warnings
 
@@ -94,6 +94,25 @@ def test_third_party_noise_is_filtered_precisely(caplog):
         log.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please ...", "No module named 'kernels'")
         log.warning("a real bitsandbytes problem")
     assert [r.getMessage() for r in caplog.records] == ["a real bitsandbytes problem"]
+    caplog.clear()
+    hub = logging.getLogger("kernels._internals.hf_hub")
+    with caplog.at_level(logging.WARNING):
+        hub.warning(
+            "Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes' because Hugging Face Hub is in offline mode."
+        )
+        hub.warning("Skipping publisher trust check for 'someone-else/kernel' because Hugging Face Hub is in offline mode.")
+    assert [r.getMessage() for r in caplog.records] == [
+        "Skipping publisher trust check for 'someone-else/kernel' because Hugging Face Hub is in offline mode."
+    ]
+    caplog.clear()
+    args_log = logging.getLogger("transformers.training_args")
+    args_log.addHandler(caplog.handler)  # transformers' loggers do not propagate to the root, where caplog listens
+    try:
+        args_log.warning("The speedups for torchdynamo mostly come with GPU Ampere or higher and which is not detected here.")
+        args_log.warning("another TrainingArguments warning")
+    finally:
+        args_log.removeHandler(caplog.handler)
+    assert [r.getMessage() for r in caplog.records] == ["another TrainingArguments warning"]
     with warnings.catch_warnings(record=True) as seen:
         filter_third_party_noise()  # pytest restores the warning filters of each test's import time; put ours back
         warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning, stacklevel=1)

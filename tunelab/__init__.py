@@ -22,6 +22,8 @@ class _DropMessage(logging.Filter):
 
 
 _NO_KERNELS_WARNING = _DropMessage("Failed to load CPU gemm_4bit_forward from kernels-community")
+_OFFLINE_TRUST_WARNING = _DropMessage("Skipping publisher trust check for 'kernels-community/")
+_NO_AMPERE_WARNING = _DropMessage("The speedups for torchdynamo mostly come with GPU Ampere or higher")
 
 
 def filter_third_party_noise() -> None:
@@ -29,6 +31,12 @@ def filter_third_party_noise() -> None:
     # bitsandbytes (imported by peft) looks for the optional `kernels` package for a faster 4-bit CPU
     # kernel and logs a warning on every import when it is missing; QLoRA works without it.
     logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_NO_KERNELS_WARNING)
+    # ...and when the package is there and the Hub is offline (tunelab's default), `kernels` says on
+    # every import that it cannot check the publisher of Hugging Face's own kernels-community repository
+    logging.getLogger("kernels._internals.hf_hub").addFilter(_OFFLINE_TRUST_WARNING)
+    # train.compile on a CPU: transformers warns that torch.compile's speed-ups need an Ampere GPU;
+    # bench/train_compile.py measures what it buys on this CPU instead
+    logging.getLogger("transformers.training_args").addFilter(_NO_AMPERE_WARNING)
     # peft reads `model.is_gradient_checkpointing`, which transformers 5 deprecates; nothing in tunelab uses it.
     warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     # ...and peft's prepare_model_for_kbit_training (QLoRA) calls `gradient_checkpointing_enable`, renamed too

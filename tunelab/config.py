@@ -160,7 +160,7 @@ class TrainConfig(Strict):
     )
     compile: bool = Field(
         False,
-        description="torch.compile the model (inductor; needs a C++ compiler on a CPU). Compiling costs about 90 s on 2 cores before the first step, then SmolLM2 LoRA steps ran 1.2x faster (docs/training.md): worth it for runs longer than about 600 examples.",
+        description="torch.compile the model (inductor; needs a C++ compiler on a CPU). On 2 cores compiling cost SmolLM2 LoRA 106 s in its first steps, after which steps ran 1.28x faster: worth it from about 520 examples (bench/train_compile.py).",
     )
     gradient_checkpointing: bool | None = Field(
         None,
