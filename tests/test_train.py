@@ -220,3 +220,11 @@ def test_compile_without_a_cpp_compiler_is_refused(tmp_path, tiny_model_dir, mon
     with pytest.raises(TunelabError, match="C\\+\\+ compiler"):
         train_recipe(make_recipe(tmp_path, tiny_model_dir, max_steps=1, compile=True))
     assert not (tmp_path / "runs").exists()  # refused before any work
+
+
+def test_compiling_or_not_may_change_on_resume(tmp_path, tiny_model_dir):
+    from tunelab.train.run import training_fingerprint
+
+    eager = make_recipe(tmp_path, tiny_model_dir)
+    assert training_fingerprint(make_recipe(tmp_path, tiny_model_dir, compile=True, threads=2)) == training_fingerprint(eager)
+    assert training_fingerprint(make_recipe(tmp_path, tiny_model_dir, learning_rate=1e-4)) != training_fingerprint(eager)

@@ -86,7 +86,8 @@ def training_fingerprint(recipe: Recipe) -> dict:
     return {
         "model": dumped["model"],
         "data": dumped["data"],
-        "train": {k: v for k, v in dumped["train"].items() if k not in {"threads", "logging_steps", "mlflow", "tensorboard"}},
+        # how fast a run goes is not what it computes: threads and compiling may change on resume
+        "train": {k: v for k, v in dumped["train"].items() if k not in {"threads", "compile", "logging_steps", "mlflow", "tensorboard"}},
     }
 
 
