@@ -36,6 +36,8 @@ class LoggedProgress(Progress):
     def update(self, task_id, **kwargs) -> None:
         super().update(task_id, **kwargs)
         task = self._tasks[task_id]
+        if task.completed and "_first_done" not in task.fields:  # where the steady rate starts (see plain_progress_line)
+            task.fields["_first_done"] = (self.get_time(), task.completed)
         last = task.fields.get("_logged_at", task.start_time or 0.0)  # the first line after `every` seconds
         if not task.finished and self.get_time() - last >= self.every:
             task.fields["_logged_at"] = self.get_time()
@@ -44,9 +46,15 @@ class LoggedProgress(Progress):
 
 def plain_progress_line(task) -> str:
     total = f"/{task.total:g}" if task.total is not None else ""
-    # The average rate so far: rich's own estimate needs several updates within 30 s, and a
-    # batch of generation or a training step can take longer than that.
-    remaining = (task.elapsed or 0) * (task.total - task.completed) / task.completed if task.total and task.completed else None
+    # The average rate since the first update that completed anything (until there is a second, the
+    # average since the start): rich's own estimate needs several updates within 30 s, and a batch of
+    # generation or a training step can take longer than that; and the first unit carries one-off
+    # work (loading, warming up, torch.compile's compiling) that the rest will not repeat.
+    elapsed, done = task.elapsed or 0, task.completed
+    first_time, first_done = task.fields.get("_first_done", (None, 0))
+    if first_time is not None and done > first_done:
+        elapsed, done = task.start_time + elapsed - first_time, done - first_done
+    remaining = elapsed * (task.total - task.completed) / done if task.total and done else None
     eta = f", ETA {remaining:.0f} s" if remaining is not None else ""
     info = f" | {task.fields['info']}" if task.fields.get("info") else ""
     return f"{task.description}: {task.completed:g}{total} after {task.elapsed or 0:.0f} s{eta}{info}"

@@ -12,25 +12,30 @@ from tunelab.progress import progress_bar
 
 
 class ProgressCallback(TrainerCallback):
-    """One bar for the run: step count, ETA, last loss and trained tokens per second."""
+    """One bar for the run: step count, ETA, last loss and trained tokens per second (after the first step)."""
 
     def __init__(self):
         self.bar = None
         self.task = None
         self.t0 = None
         self.tokens0 = 0
+        self.first_step = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             self.bar = progress_bar()
             self.bar.start()
             self.task = self.bar.add_task("Training", total=state.max_steps, completed=state.global_step, info="")
-            self.t0, self.tokens0 = time.time(), state.num_input_tokens_seen
+            self.t0, self.tokens0, self.first_step = time.time(), state.num_input_tokens_seen, None
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.bar is not None:
             elapsed = max(time.time() - self.t0, 1e-6)
             tps = (state.num_input_tokens_seen - self.tokens0) / elapsed
+            if self.first_step is None:  # the rate from here on leaves out the first step's one-off work (torch.compile's)
+                self.first_step = (time.time(), state.num_input_tokens_seen)
+            elif time.time() > self.first_step[0]:
+                tps = (state.num_input_tokens_seen - self.first_step[1]) / (time.time() - self.first_step[0])
             loss = next((h["loss"] for h in reversed(state.log_history) if "loss" in h), None)
             info = (f"loss {loss:.3f} | " if loss is not None else "") + f"{tps:,.0f} tok/s"
             self.bar.update(self.task, completed=state.global_step, info=info)
