@@ -62,3 +62,16 @@ def test_the_training_bars_rate_leaves_out_the_first_step(monkeypatch):
         clock[0], state.global_step, state.num_input_tokens_seen = seconds, step, tokens
         callback.on_step_end(None, state, None)
     assert updates == ["10 tok/s", "500 tok/s", "500 tok/s"]
+
+
+def test_a_log_gets_no_empty_lines_from_finished_bars():
+    """A transient bar leaves nothing in a log; a kept one its final line, with no empty line after it."""
+    for transient, expected in ((True, "next line"), (False, "Cleaning")):
+        out = io.StringIO()
+        with LoggedProgress(console=Console(file=out, force_terminal=False), transient=transient) as bar:
+            task = bar.add_task("Cleaning", total=3)
+            bar.update(task, advance=3)
+        print("next line", file=out)
+        text = out.getvalue()
+        assert text.startswith(expected) and text.endswith("\n") and "\n\n" not in text, repr(text)
+        assert text.count("\n") == (1 if transient else 2), repr(text)  # the final state on its own line, then the next

@@ -33,6 +33,14 @@ class LoggedProgress(Progress):
 
     every = 30.0
 
+    def stop(self) -> None:
+        # rich ends a display on a non-interactive console with a line break, after the final state;
+        # a transient bar (the data stage's) prints no final state and left an empty line in the log
+        if self.live.transient and not self.disable:
+            self.live.stop()
+        else:
+            super().stop()
+
     def update(self, task_id, **kwargs) -> None:
         super().update(task_id, **kwargs)
         task = self._tasks[task_id]
