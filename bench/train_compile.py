@@ -4,9 +4,9 @@
     python bench/train_compile.py --smoke --model DIR --results FILE   # a few examples, one round: checks the bench runs
 
 Both rows are `train_recipe` with the recipe's defaults (bf16 autocast, padding-free packing,
-attention per example, logits at answer tokens; LoRA r16/α32 on every linear layer, batches of
-8, lr 2e-4 constant, one epoch of the first `--examples` examples of
-../shared/data/alpaca_en_demo.json), one with `train.compile: true`. Each trains in its own
+attention per example, logits at answer tokens) on bench/train_throughput.py's recipe and examples
+(LoRA r16/α32 on every linear layer, batches of 8, lr 2e-4 constant, one epoch of the first
+`--examples` examples of ../shared/data/alpaca_en_demo.json), one with `train.compile: true`. Each trains in its own
 process with an empty inductor cache of its own (TORCHINDUCTOR_CACHE_DIR), so the compile cost is
 the one a first run pays. Rounds are interleaved (each row once per round, the order reversed
 every other round); round r trains with seed r.
@@ -39,25 +39,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import results  # noqa: E402
+from bench.train_throughput import BATCH, DEFAULT_MODEL, LORA, examples, tunelab_recipe  # noqa: E402
 
 TITLE = "torch.compile in training (bench/train_compile.py)"
-DEFAULT_MODEL = "smollm2-135m-instruct"
 EAGER, COMPILED = "tunelab (eager)", "tunelab with train.compile: true"
-SMOKE_ROWS = [
-    {"messages": [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"Answer {i}."}]} for i in range(24)
-]
-
-
-def examples(args) -> list[dict]:
-    if args.smoke:
-        return SMOKE_ROWS[: args.examples]
-    from tunelab.data import load_examples
-    from tunelab.paths import shared_data_dir
-
-    data = shared_data_dir()
-    if data is None:
-        sys.exit("../shared/data is needed for this benchmark")
-    return load_examples(str(data / "alpaca_en_demo.json"))[: args.examples]
 
 
 def step_clock():
@@ -79,28 +64,20 @@ def worker(kind: str, args) -> dict:
     import torch
 
     import tunelab.train.run as run_module
-    from tunelab.config import recipe_from_dict
-    from tunelab.io import atomic_write_jsonl, read_jsonl
+    from tunelab.io import read_jsonl
     from tunelab.models.resolve import resolve_model
 
     torch.set_num_threads(args.threads)
     workdir = Path(tempfile.mkdtemp(prefix="compile-bench-"))
-    data_file = workdir / "train.jsonl"
-    atomic_write_jsonl(data_file, examples(args))
-    data = {"sources": [{"path": str(data_file), "format": "messages"}], "dedup": "none", "clean": False}
-    data.update(test_fraction=0, validation_fraction=0, max_tokens=100000)
-    lora = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all_linear"}
-    train = {"epochs": 1, "batch_size": 8, "learning_rate": 2e-4, "lr_scheduler": "constant", "warmup_ratio": 0, "logging_steps": 1}
-    train.update(max_seq_length=512, threads=args.threads, save_steps=100000, tensorboard=False, seed=args.seed, lora=lora)
-    train["compile"] = kind == COMPILED
-    model = str(resolve_model(args.model).path)
-    recipe = recipe_from_dict({"name": "bench", "output_dir": str(workdir / "runs"), "model": model, "data": data, "train": train})
+    train, _ = examples(args)
+    # a loss every step, so the two rows' losses are compared at every step
+    recipe = tunelab_recipe(args, resolve_model(args.model).path, train, workdir, logging_steps=1, compile=kind == COMPILED)
     clock = step_clock()
     callbacks = run_module.training_callbacks
     with mock.patch.object(run_module, "training_callbacks", lambda *a, **kw: [*callbacks(*a, **kw), clock]):
         run = run_module.train_recipe(recipe)
     losses = [r["loss"] for r in read_jsonl(run / "train" / "metrics.jsonl") if "loss" in r]
-    return {"kind": kind, "seed": args.seed, "marks": clock.marks, "losses": losses, "examples": args.examples}
+    return {"kind": kind, "seed": args.seed, "marks": clock.marks, "losses": losses, "examples": len(train)}
 
 
 def run_in_process(kind: str, args, seed: int) -> dict:
@@ -127,7 +104,8 @@ def section(args, runs: dict[str, list[dict]]) -> str:
     compiled = [figures(r, args.warmup) for r in runs[COMPILED]]
     speedups = [c["steady_tps"] / e["steady_tps"] for e, c in zip(eager, compiled)]
     extra = [c["first_seconds"] - e["first_seconds"] for e, c in zip(eager, compiled)]
-    tokens_per_example = eager[0]["tokens"] / args.examples
+    examples_trained = runs[EAGER][0]["examples"]
+    tokens_per_example = eager[0]["tokens"] / examples_trained
     e_tps, c_tps = statistics.median(f["steady_tps"] for f in eager), statistics.median(f["steady_tps"] for f in compiled)
     saved_per_token = 1 / e_tps - 1 / c_tps
     break_even = (
@@ -153,7 +131,8 @@ def section(args, runs: dict[str, list[dict]]) -> str:
     steps = len(runs[EAGER][0]["marks"])
     return "\n\n".join(
         [
-            f"Model `{args.model}`, LoRA r16/α32 on every linear layer, batch 8, one epoch of {args.examples} examples of "
+            f"Model `{args.model}`, LoRA r{LORA['r']}/α{LORA['lora_alpha']} on every linear layer, batch {BATCH}, one epoch of "
+            f"{examples_trained} examples of "
             f"alpaca_en_demo.json ({steps} steps, {eager[0]['tokens']:,} tokens), torch threads {args.threads}, "
             f"{args.repeats} interleaved round(s), each run in a fresh process with an empty inductor cache. "
             "Figures are median (min–max) over the rounds.",
@@ -179,10 +158,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--worker", choices=[EAGER, COMPILED], help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    parser.set_defaults(val=0)  # bench/train_throughput.py's examples() also holds out `val` examples; none here
     args = parser.parse_args(argv)
     args.command = sys.argv if argv is None else ["bench/train_compile.py", *argv]
     if args.smoke:
-        args.examples, args.warmup, args.repeats, args.allow_busy = min(args.examples, 24), 1, 1, True
+        args.examples, args.warmup, args.repeats, args.allow_busy = min(args.examples, 16), 1, 1, True
     return args
 
 

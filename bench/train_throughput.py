@@ -204,17 +204,12 @@ def trl_worker(kind: str, args, model_path: Path, tokenizer, train: list[dict], 
     return trainer.model, result.metrics["train_runtime"], tokens, answers, peak_rss_mib()
 
 
-def tunelab_worker(kind: str, args, model_path: Path, tokenizer, train: list[dict], workdir: Path):
-    """`train_recipe`, with the recipe's defaults or an ablation step; returns (model, seconds, tokens, answer tokens, peak RSS in MiB)."""
-    import tunelab.train.run as run_module
+def tunelab_recipe(args, model_path: Path, train: list[dict], workdir: Path, **settings):
+    """The bench's `tunelab train` recipe on the examples `train` (written into `workdir`): every row's LoRA,
+    batch, learning rate and data, no splitting or filtering, plus the train `settings` a row changes."""
     from tunelab.config import recipe_from_dict
-    from tunelab.io import atomic_write_jsonl, read_jsonl
-    from tunelab.models.chat import load_hf_model
-    from tunelab.runs import RunDir
-    from tunelab.train.collate import PackedCollator
+    from tunelab.io import atomic_write_jsonl
 
-    step = ABLATION.get(kind) or CANDIDATES.get(kind, {})
-    choices = {k: v for k, v in step.items() if k not in ("answer_logits", "packed_attention", "base_dtype")}
     data_file = workdir / "train.jsonl"
     atomic_write_jsonl(data_file, train)
     data = {"sources": [{"path": str(data_file), "format": "messages"}], "dedup": "none", "clean": False}
@@ -222,9 +217,22 @@ def tunelab_worker(kind: str, args, model_path: Path, tokenizer, train: list[dic
     lora = {"r": LORA["r"], "alpha": LORA["lora_alpha"], "dropout": 0.0, "target_modules": "all_linear"}
     train_cfg = {"epochs": 1, "batch_size": BATCH, "learning_rate": LR, "lr_scheduler": "constant", "warmup_ratio": 0}
     train_cfg.update(max_seq_length=MAX_LEN, threads=args.threads, save_steps=100000, tensorboard=False, seed=args.seed, lora=lora)
-    recipe = recipe_from_dict(
-        {"name": "bench", "output_dir": str(workdir / "runs"), "model": str(model_path), "data": data, "train": {**train_cfg, **choices}}
+    return recipe_from_dict(
+        {"name": "bench", "output_dir": str(workdir / "runs"), "model": str(model_path), "data": data, "train": {**train_cfg, **settings}}
     )
+
+
+def tunelab_worker(kind: str, args, model_path: Path, tokenizer, train: list[dict], workdir: Path):
+    """`train_recipe`, with the recipe's defaults or an ablation step; returns (model, seconds, tokens, answer tokens, peak RSS in MiB)."""
+    import tunelab.train.run as run_module
+    from tunelab.io import read_jsonl
+    from tunelab.models.chat import load_hf_model
+    from tunelab.runs import RunDir
+    from tunelab.train.collate import PackedCollator
+
+    step = ABLATION.get(kind) or CANDIDATES.get(kind, {})
+    choices = {k: v for k, v in step.items() if k not in ("answer_logits", "packed_attention", "base_dtype")}
+    recipe = tunelab_recipe(args, model_path, train, workdir, **choices)
     # logits at answer tokens only is not a recipe setting but the collator's: the rows without it get another one
     collator = PackedCollator if step.get("answer_logits", True) else functools.partial(PackedCollator, logits_only_at_labels=False)
     # attention per example (train/attention.py) is not a recipe setting either: the row without it keeps transformers' SDPA

@@ -30,12 +30,11 @@ class ProgressCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.bar is not None:
-            elapsed = max(time.time() - self.t0, 1e-6)
-            tps = (state.num_input_tokens_seen - self.tokens0) / elapsed
-            if self.first_step is None:  # the rate from here on leaves out the first step's one-off work (torch.compile's)
-                self.first_step = (time.time(), state.num_input_tokens_seen)
-            elif time.time() > self.first_step[0]:
-                tps = (state.num_input_tokens_seen - self.first_step[1]) / (time.time() - self.first_step[0])
+            now, seen = time.time(), state.num_input_tokens_seen
+            # the rate since the end of the first step leaves out its one-off work (torch.compile's); until then, since the start
+            since, seen_then = self.first_step if self.first_step and now > self.first_step[0] else (self.t0, self.tokens0)
+            tps = (seen - seen_then) / max(now - since, 1e-6)
+            self.first_step = self.first_step or (now, seen)
             loss = next((h["loss"] for h in reversed(state.log_history) if "loss" in h), None)
             info = (f"loss {loss:.3f} | " if loss is not None else "") + f"{tps:,.0f} tok/s"
             self.bar.update(self.task, completed=state.global_step, info=info)
