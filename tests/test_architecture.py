@@ -3,7 +3,7 @@
 Every `import` of a tunelab module counts, at module level and inside functions alike (a lazy
 import is still a dependency). The layers, bottom to top (docs/architecture.md explains them):
 
-  0 foundation  tunelab (the package), errors, io, paths, progress, runs, builtin_data
+  0 foundation  tunelab (the package), cpu, errors, io, paths, progress, runs, builtin_data
   1 models      tunelab.models.*          (loading and running models; knows no recipe)
   2 config      tunelab.config            (the recipe; may use models.catalog's default model)
   3 data        tunelab.data.*            (reads the recipe's DataConfig)
@@ -26,7 +26,16 @@ PACKAGE = Path(__file__).resolve().parent.parent / "tunelab"
 LAYERS = [
     (
         "foundation",
-        {"tunelab", "tunelab.errors", "tunelab.io", "tunelab.paths", "tunelab.progress", "tunelab.runs", "tunelab.builtin_data"},
+        {
+            "tunelab",
+            "tunelab.cpu",
+            "tunelab.errors",
+            "tunelab.io",
+            "tunelab.paths",
+            "tunelab.progress",
+            "tunelab.runs",
+            "tunelab.builtin_data",
+        },
     ),
     ("models", {"tunelab.models"}),
     ("config", {"tunelab.config"}),

@@ -106,8 +106,8 @@ def test_train_then_resume_matches_uninterrupted(tmp_path, tiny_model_dir, monke
     assert full_summary["model_flops_per_token"] > 0 and full_summary["matmul_peak_gflops"] > 0 and full_summary["mfu_note"] is None
     peak_flops = full_summary["matmul_peak_gflops"] * 1e9
     assert full_summary["mfu"] == pytest.approx(
-        full_summary["model_flops_per_token"] * full_summary["tokens_per_second"] / peak_flops, rel=0.01
-    )
+        full_summary["model_flops_per_token"] * full_summary["tokens_per_second"] / peak_flops, rel=1e-9
+    )  # unrounded values: with a small MFU (a fast chip, a tiny model) any rounding is a large relative error
 
     class Killed(Exception):
         pass

@@ -22,10 +22,10 @@ import tarfile
 from functools import lru_cache
 from pathlib import Path
 
+from tunelab.cpu import default_threads
 from tunelab.errors import TunelabError
 from tunelab.io import atomic_dir
 from tunelab.models.llama_cpp import LLAMA_CPP_VERSION, LlamaCppMissing, require_llama_cpp
-from tunelab.models.load import default_threads
 from tunelab.paths import cache_dir
 
 SDIST_NAME = f"llama_cpp_python-{LLAMA_CPP_VERSION}.tar.gz"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 from transformers.utils import logging as transformers_logging
+
+from tunelab.cpu import cpu, default_threads
 
 # The template a model without one (a base model) gets, at train and at serve time alike.
 # Plain-text markers any tokenizer can represent; each assistant turn ends with EOS so the
@@ -37,16 +38,6 @@ def _no_weight_loading_bars(factory, args, kwargs):
 transformers_logging.set_tqdm_hook(_no_weight_loading_bars)
 
 
-def default_threads() -> int:
-    """Threads for torch and llama.cpp: TUNELAB_THREADS, else this process's share of the cores it may run on.
-
-    torchrun sets LOCAL_WORLD_SIZE in each of the processes it starts on a machine: they share
-    the cores, since two busy processes on the same cores slow each other far more than 2x.
-    """
-    share = len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return int(os.environ.get("TUNELAB_THREADS", "0")) or max(1, share)
-
-
 def set_threads(num_threads: int | None = None) -> int:
     """Use `num_threads` torch threads, or default_threads()."""
     n = num_threads or default_threads()
@@ -66,14 +57,10 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
 
 
 def bf16_supported() -> bool:
-    """bf16 autocast pays on CUDA with bf16 and on CPUs with AVX512-BF16 or AMX."""
+    """bf16 autocast pays on CUDA with bf16, and on the CPUs tunelab.cpu says so of (AVX512-BF16 or AMX)."""
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return cpu().bf16_matmul
 
 
 def wants_bf16(precision: str) -> bool:

@@ -124,12 +124,12 @@ def mfu_summary(model, examples: list[dict] | None, tokens_per_second: float, pr
     """
     if examples is None:
         return {"model_flops_per_token": None, "matmul_peak_gflops": None, "matmul_peak_dtype": None, "mfu": None}
-    flops = training_flops_per_token(model, logits_fraction=label_share(examples))
+    flops = round(training_flops_per_token(model, logits_fraction=label_share(examples)))
     dtype = peak_dtype()
     peak = process_peak_flops(dtype, torch.get_num_threads()) * processes
     return {
-        "model_flops_per_token": round(flops),
-        "matmul_peak_gflops": round(peak / 1e9, 1),
+        "model_flops_per_token": flops,
+        "matmul_peak_gflops": peak / 1e9,  # unrounded, like mfu: a small MFU rounded to 4 decimals is off by 1%
         "matmul_peak_dtype": str(dtype).removeprefix("torch."),
-        "mfu": round(flops * tokens_per_second / peak, 4),
+        "mfu": flops * tokens_per_second / peak,
     }

@@ -440,7 +440,7 @@ def training_summary(trainer: Trainer, result, recipe: Recipe, run: RunDir, chec
         "global_batch": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
         "tokens_seen": trainer.state.num_input_tokens_seen,  # all processes together
         "train_seconds": round(runtime, 1),
-        "tokens_per_second": round(tokens_per_second, 1),
+        "tokens_per_second": tokens_per_second,  # unrounded: MFU is recomputed from it
         "train_loss": train_losses[-1] if train_losses else result.training_loss,
         "train_loss_mean": result.training_loss,
         "eval_loss": final_eval.get("eval_loss"),

@@ -1,0 +1,141 @@
+"""The CPU this process runs on, read once, and every decision tunelab takes from it.
+
+The CPU changes from machine to machine (an AMD EPYC with AVX512-BF16, an Intel Xeon with AMX,
+a laptop with AVX2 only, an ARM Mac), so nothing else in tunelab reads /proc/cpuinfo or guesses
+from the platform: it asks `cpu()` and uses one of the decisions below. Each is a property of
+`CpuFeatures`, a plain value a test builds from any /proc/cpuinfo text it likes.
+
+- `bf16_matmul`: bf16 autocast in training and the dtype of the matmul peak behind MFU. torch
+  runs bf16 matmuls through oneDNN, which is fast only with AVX512-BF16 or AMX (and can be capped
+  below them with ONEDNN_MAX_CPU_ISA, which `torch_flags` honours). Elsewhere bf16 is emulated,
+  slower than fp32, so fp32 it is.
+- `llama_extra_buffers`: llama.cpp's weight repacking into extra buffer types. On a CPU with AMX,
+  llama.cpp 0.3.36's CPU backend repacks weights into its AMX buffer type and the first decode
+  dies with a general protection fault (llama.cpp issue 20824), so tunelab turns repacking off
+  there; everywhere else repacking is llama.cpp's default and stays on.
+- `default_threads()`: torch's and llama.cpp's threads.
+
+Nothing here imports torch: serving a GGUF needs these answers without the training stack.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CPUINFO = Path("/proc/cpuinfo")
+X86 = {"x86_64", "amd64", "i386", "i686"}
+
+# ONEDNN_MAX_CPU_ISA caps the instructions oneDNN (so torch's CPU matmuls) may use. The flags a
+# cap takes away from torch's view, by cap name; a cap not listed here takes nothing away.
+_BELOW_BF16 = frozenset({"avx512_bf16", "amx_bf16", "amx_int8", "amx_tile", "amx_fp16"})
+_BELOW_AMX = frozenset({"amx_bf16", "amx_int8", "amx_tile", "amx_fp16"})
+ONEDNN_CAPS = {
+    "SSE41": _BELOW_BF16,
+    "AVX": _BELOW_BF16,
+    "AVX2": _BELOW_BF16,
+    "AVX2_VNNI": _BELOW_BF16,
+    "AVX2_VNNI_2": _BELOW_BF16,
+    "AVX512_CORE": _BELOW_BF16,
+    "AVX512_CORE_VNNI": _BELOW_BF16,
+    "AVX512_CORE_BF16": _BELOW_AMX,
+    "AVX512_CORE_FP16": _BELOW_AMX,
+    "AVX10_1_512": _BELOW_AMX,
+}
+
+
+@dataclass(frozen=True)
+class CpuFeatures:
+    """What is known of a CPU: its architecture, model name and feature flags, and where they came from."""
+
+    arch: str
+    model: str = "unknown CPU"
+    flags: frozenset[str] = frozenset()
+    flags_known: bool = False
+    onednn_cap: str | None = None
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def x86(self) -> bool:
+        return self.arch.lower() in X86
+
+    @property
+    def amx(self) -> bool:
+        """The chip has AMX tiles (whatever oneDNN is allowed to use)."""
+        return bool(self.flags & {"amx_tile", "amx_int8", "amx_bf16"})
+
+    @property
+    def torch_flags(self) -> frozenset[str]:
+        """The flags torch's oneDNN matmuls may use: `flags` less what ONEDNN_MAX_CPU_ISA caps away."""
+        return self.flags - ONEDNN_CAPS.get((self.onednn_cap or "").upper(), frozenset())
+
+    @property
+    def bf16_matmul(self) -> bool:
+        """bf16 autocast pays: x86 with AVX512-BF16 or AMX-BF16 that oneDNN may use."""
+        return self.x86 and bool(self.torch_flags & {"avx512_bf16", "amx_bf16"})
+
+    @property
+    def peak_dtype(self) -> str:
+        """The dtype of the fastest matmul here, the one MFU is quoted against."""
+        return "bfloat16" if self.bf16_matmul else "float32"
+
+    @property
+    def llama_extra_buffers(self) -> bool:
+        """llama.cpp may repack weights into its extra buffer types (off on AMX CPUs: see the module docstring)."""
+        return not self.amx
+
+    def describe(self) -> str:
+        """One line for logs and bench sections: the CPU and what tunelab decided from it."""
+        marks = [name for name, flag in (("AMX", "amx_bf16"), ("AVX512-BF16", "avx512_bf16"), ("AVX2", "avx2")) if flag in self.flags]
+        cap = f", oneDNN capped at {self.onednn_cap}" if self.onednn_cap else ""
+        features = ", ".join(marks) if self.flags_known else "features unknown"
+        return (
+            f"{self.model} ({self.arch}; {features}{cap}): "
+            f"{'bf16' if self.bf16_matmul else 'fp32'} matmuls, llama.cpp repacking {'on' if self.llama_extra_buffers else 'off'}"
+        )
+
+
+def parse_cpuinfo(text: str | None, arch: str, onednn_cap: str | None = None) -> CpuFeatures:
+    """CpuFeatures from /proc/cpuinfo's text (None: unreadable). Linux on x86 lists `flags`; ARM lists
+    `Features` in other words, and macOS has no such file: there no flag is trusted and each
+    decision falls back to what is safe everywhere (fp32 matmuls, llama.cpp's defaults)."""
+    model, flags, known = "unknown CPU", frozenset(), False
+    for line in (text or "").splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("model name", "hardware", "cpu model") and model == "unknown CPU" and value.strip():
+            model = value.strip()
+        elif key == "flags" and not known:
+            flags, known = frozenset(value.split()), True
+    notes = []
+    if text is None:
+        notes.append(f"{CPUINFO} is not readable here ({platform.system()}): CPU features unknown, so fp32 matmuls")
+    elif arch.lower() not in X86:
+        notes.append(f"a {arch} CPU: tunelab decides bf16 from x86 flags only, so fp32 matmuls here")
+    elif not known:
+        notes.append(f"{CPUINFO} lists no flags: CPU features unknown, so fp32 matmuls")
+    return CpuFeatures(arch=arch, model=model, flags=flags, flags_known=known, onednn_cap=onednn_cap, notes=tuple(notes))
+
+
+def default_threads() -> int:
+    """Threads for torch and llama.cpp: TUNELAB_THREADS, else this process's share of the cores it may run on.
+
+    torchrun sets LOCAL_WORLD_SIZE in each of the processes it starts on a machine: they share
+    the cores, since two busy processes on the same cores slow each other far more than 2x.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    share = cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return int(os.environ.get("TUNELAB_THREADS", "0")) or max(1, share)
+
+
+@functools.cache
+def cpu() -> CpuFeatures:
+    """This machine's CPU, read once per process."""
+    try:
+        text = CPUINFO.read_text()
+    except OSError:
+        text = None
+    return parse_cpuinfo(text, platform.machine() or "unknown", os.environ.get("ONEDNN_MAX_CPU_ISA"))
