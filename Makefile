@@ -25,17 +25,28 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 
 setup: $(VENV)/.installed
 
-# llama-cpp-python has no wheel here: build it once (about 11 minutes) and cache the wheel
-# and the sdist (which carries llama.cpp's convert_hf_to_gguf.py) in ~/.cache/tunelab/wheels.
+# llama-cpp-python has no wheel here: build it once and cache the wheel and the sdist (which carries
+# llama.cpp's convert_hf_to_gguf.py) in ~/.cache/tunelab/wheels. The build is PORTABLE: ggml's CPU
+# backend is compiled once per x86-64 level (plain x86-64 up to AVX-512 with AMX) and the one that
+# fits the CPU is loaded at run time, so a cached wheel (or a Space built from it) runs on any
+# x86-64 instead of dying with "illegal instruction" where the building CPU had more. It costs a
+# longer first build (10 minutes on the 2-core Xeon, against 4 for a native one) and, measured by
+# bench/llama_cpp_builds.py, nothing that matters at run time. tunelab/models/llama_cpp.py loads
+# the backend. The wheel lives in a folder of its own, so a native wheel cached by an older
+# Makefile is never picked up.
+LLAMA_WHEELS := $(WHEELS)/llama-cpp-portable
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON -DCMAKE_INSTALL_BINDIR:STRING=llama_cpp/lib \
+  -DCMAKE_INSTALL_RPATH=$$ORIGIN -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
 $(VENV)/.gguf-installed: $(VENV)/.installed
-	@if ! ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1; then \
-	  echo "Building llama-cpp-python $(LLAMA_CPP_VERSION) once (about 11 minutes; cached in $(WHEELS))"; \
-	  mkdir -p $(WHEELS) && \
-	  $(BIN)/pip download -q --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_VERSION) -d $(WHEELS) && \
-	  CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip wheel -q --no-deps $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz -w $(WHEELS); \
+	@ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz >/dev/null 2>&1 || \
+	  (mkdir -p $(WHEELS) && $(BIN)/pip download -q --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_VERSION) -d $(WHEELS))
+	@if ! ls $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1; then \
+	  echo "Building llama-cpp-python $(LLAMA_CPP_VERSION) for any x86-64 once (about 10 minutes on 2 cores; cached in $(LLAMA_WHEELS))"; \
+	  mkdir -p $(LLAMA_WHEELS) && \
+	  CMAKE_ARGS='$(LLAMA_CMAKE_ARGS)' CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+	    $(BIN)/pip wheel -q --no-deps $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz -w $(LLAMA_WHEELS); \
 	fi
-	@ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz >/dev/null 2>&1 || $(BIN)/pip download -q --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_VERSION) -d $(WHEELS)
-	$(BIN)/pip install -q --no-deps $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
+	$(BIN)/pip install -q --no-deps --force-reinstall $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
 	$(BIN)/pip install -q -c constraints.txt diskcache jinja2 typing-extensions numpy
 	touch $@
 

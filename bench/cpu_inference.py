@@ -166,9 +166,8 @@ def raw_llama_path(llm, prompt_ids: list[int], n_tokens: int):
 def build_paths(merged: Path, ggufs: dict[str, Path], n_tokens: int, threads: int) -> tuple[dict, list[int], str]:
     """Every path to time, the prompt ids they must all use, and which bf16 variant was chosen (and why)."""
     import torch
-    from llama_cpp import Llama
 
-    from tunelab.models.llama_cpp import LlamaCppChatModel
+    from tunelab.models.llama_cpp import LlamaCppChatModel, open_llama
     from tunelab.models.load import load_causal_lm, load_tokenizer
 
     tok = load_tokenizer(merged)
@@ -191,14 +190,7 @@ def build_paths(merged: Path, ggufs: dict[str, Path], n_tokens: int, threads: in
     }
     for q, path in ggufs.items():
         chat = LlamaCppChatModel(path, n_threads=threads)  # as load_chat_model makes it for `tunelab generate`/`serve`
-        llm = Llama(
-            model_path=str(path),
-            n_ctx=chat.n_ctx,
-            n_batch=chat.llm.n_batch,
-            n_threads=threads,
-            n_threads_batch=threads,
-            verbose=False,
-        )
+        llm = open_llama(path, n_ctx=chat.n_ctx, n_threads=threads, n_batch=chat.llm.n_batch)
         paths[tunelab_row(q)] = tunelab_gguf_path(chat, n_tokens)
         paths[raw_row(q)] = raw_llama_path(llm, input_ids[0].tolist(), n_tokens)
     return paths, input_ids[0].tolist(), bf16_choice

@@ -91,11 +91,10 @@ def test_long_sequences_keep_their_last_tokens_as_transformers_does(tiny_ggufs):
 
 
 def test_a_chat_llama_without_all_logits_is_a_clear_error(tiny_ggufs):
-    from llama_cpp import Llama
-
     from tunelab.models.gguf_likelihood import continuation_logprobs
+    from tunelab.models.llama_cpp import open_llama
 
-    llm = Llama(model_path=str(tiny_ggufs[1]["f16"]), n_ctx=128, n_threads=1, verbose=False)
+    llm = open_llama(tiny_ggufs[1]["f16"], n_ctx=128, n_threads=1)
     with pytest.raises(TunelabError, match="logits_all=True"):
         continuation_logprobs(llm, [([1, 2, 3], [4, 5])])
 

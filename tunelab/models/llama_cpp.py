@@ -12,6 +12,9 @@ it is imported where a GGUF is opened, never when this module is imported.
 from __future__ import annotations
 
 import codecs
+import ctypes
+import functools
+import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,11 +22,12 @@ from pathlib import Path
 from gguf import GGUFReader
 from gguf.constants import GGUFValueType
 
+from tunelab.cpu import cpu, default_threads
 from tunelab.errors import TunelabError
 from tunelab.models.gguf_likelihood import SCORING_CONTEXT, TemplateTokenizer
 from tunelab.models.gguf_likelihood import continuation_logprobs as gguf_logprobs
 from tunelab.models.interface import GenerationSettings
-from tunelab.models.load import DEFAULT_CHAT_TEMPLATE, default_threads
+from tunelab.models.load import DEFAULT_CHAT_TEMPLATE
 
 LLAMA_CPP_VERSION = "0.3.36"
 SCORING_MEMORY = 512 * 2**20  # the scoring Llama's logits array: about 2048 positions for SmolLM2, 512 for Gemma-3
@@ -34,17 +38,79 @@ class LlamaCppMissing(TunelabError):
 
 
 def require_llama_cpp():
-    """Import llama_cpp, or explain how to get it."""
+    """Import llama_cpp, or explain how to get it. With a portable build (ggml's CPU backend built
+    for every x86 level, loaded at run time: see the Makefile) it also loads the CPU backend that
+    fits this CPU, before llama.cpp would look for it beside the Python executable."""
     try:
         import llama_cpp  # the optional `gguf` extra
     except ImportError:
         raise LlamaCppMissing(
             f"llama-cpp-python is not installed, and GGUF export, quantization and GGUF generation need it. "
-            f"Run `make setup-gguf` (builds llama-cpp-python {LLAMA_CPP_VERSION} once, about 11 minutes, and caches "
+            f"Run `make setup-gguf` (builds llama-cpp-python {LLAMA_CPP_VERSION} once and caches "
             f"the wheel in ~/.cache/tunelab/wheels), or `pip install llama-cpp-python=={LLAMA_CPP_VERSION}`. "
             f"The `merged` format works without it."
         ) from None
+    _load_cpu_backend(Path(llama_cpp.__file__).parent / "lib")
     return llama_cpp
+
+
+@functools.cache
+def _load_cpu_backend(lib_dir: Path) -> None:
+    """In a build with backends as loadable modules (`libggml-cpu-<level>.so` in llama_cpp/lib),
+    load the best one for this CPU from there (ggml scores each against the CPU's features)."""
+    if not any(lib_dir.glob("libggml-cpu-*.so")):
+        return  # one CPU backend linked in: nothing to load
+    # The file libllama itself loaded (its DT_NEEDED name, libggml.so.0): the wheel holds copies
+    # under each name, and a second copy would be a second registry that llama.cpp never sees.
+    ggml = ctypes.CDLL(str(next(p for p in (lib_dir / "libggml.so.0", lib_dir / "libggml.so") if p.is_file())))
+    ggml.ggml_backend_reg_count.restype = ctypes.c_size_t
+    if ggml.ggml_backend_reg_count() == 0:
+        ggml.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
+        log = logging.getLogger("llama-cpp-python")  # its log callback prints everything while this level is unset
+        level = log.level
+        log.setLevel(logging.ERROR)  # not "load_backend: loaded CPU backend from ..." on every start
+        try:
+            ggml.ggml_backend_load_all_from_path(str(lib_dir).encode())
+        finally:
+            log.setLevel(level)
+    if ggml.ggml_backend_reg_count() == 0:
+        raise LlamaCppMissing(f"llama.cpp found no CPU backend it can run on this CPU in {lib_dir} ({cpu().describe()})")
+
+
+_OPEN_LOCK = threading.Lock()
+
+
+def open_llama(path: str | Path, *, n_ctx: int, n_threads: int | None = None, repack: bool | None = None, **kwargs):
+    """A llama_cpp.Llama for `path`: the one place tunelab (its benches and tests too) opens a GGUF.
+
+    The model parameters follow tunelab.cpu's decisions: weight repacking into llama.cpp's extra
+    buffer types only where it is safe (off on AMX CPUs, where the first decode segfaults);
+    `repack` overrides that decision (bench/llama_cpp_builds.py measures both, in child processes).
+    llama-cpp-python has no argument for it, so its default model parameters are adjusted for
+    the moment this model is made (under a lock: two threads may open models at once).
+    """
+    llama_cpp = require_llama_cpp()
+    import llama_cpp.llama as llama_module  # optional dependency: see the module docstring
+
+    threads = n_threads or default_threads()
+    low_level = llama_module.llama_cpp
+    defaults = low_level.llama_model_default_params
+    repack = cpu().llama_extra_buffers if repack is None else repack
+
+    def tunelab_model_params():
+        params = defaults()
+        params.use_extra_bufts = repack
+        return params
+
+    with _OPEN_LOCK:
+        low_level.llama_model_default_params = tunelab_model_params
+        try:
+            llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False, **kwargs)
+        finally:
+            low_level.llama_model_default_params = defaults
+    if bool(llm.model_params.use_extra_bufts) != repack:
+        raise TunelabError(f"{path}: llama.cpp ignored tunelab's weight-repacking setting ({repack}); refusing to run it")
+    return llm
 
 
 def gguf_metadata(path: Path) -> dict:
@@ -64,9 +130,7 @@ def gguf_metadata(path: Path) -> dict:
 
 def scoring_llama(path: str | Path, n_ctx: int = SCORING_CONTEXT, n_threads: int | None = None):
     """A llama_cpp.Llama for scoring: logits kept for every position, `n_ctx` tokens at most."""
-    threads = n_threads or default_threads()
-    Llama = require_llama_cpp().Llama
-    return Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, logits_all=True, verbose=False)
+    return open_llama(path, n_ctx=n_ctx, n_threads=n_threads, logits_all=True)
 
 
 class LlamaCppChatModel:
@@ -85,7 +149,7 @@ class LlamaCppChatModel:
         trained_ctx = meta.get(f"{meta.get('general.architecture')}.context_length")
         if trained_ctx:
             n_ctx = min(n_ctx, int(trained_ctx))
-        self.llm = llama_cpp.Llama(model_path=str(self.path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False)
+        self.llm = open_llama(self.path, n_ctx=n_ctx, n_threads=threads)
         self._is_eog = llama_cpp.llama_vocab_is_eog
         self._vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         self.adds_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))  # what the tokenizer does by default
@@ -185,13 +249,24 @@ class LlamaCppChatModel:
         return [self.decode(list(self.generate_ids(self.prompt_tokens(msgs), settings))).strip() for msgs in conversations]
 
     def stream(self, messages: list[dict], settings=None) -> Iterator[str]:
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        """An answer's pieces, without the whitespace a chat answer starts with."""
         started = False
-        for token in self.generate_ids(self.prompt_tokens(messages), settings):
+        pieces = self.stream_ids(self.prompt_tokens(messages), settings)
+        try:
+            for piece in pieces:
+                if not started:
+                    piece = piece.lstrip()
+                    started = bool(piece)
+                if piece:
+                    yield piece
+        finally:
+            pieces.close()
+
+    def stream_ids(self, prompt_ids: list[int], settings=None) -> Iterator[str]:
+        """The text after `prompt_ids` as it is produced, exactly (a code completion's indentation included)."""
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        for token in self.generate_ids(prompt_ids, settings):
             piece = decoder.decode(self.llm.detokenize([token]))
-            if not started:
-                piece = piece.lstrip()
-                started = bool(piece)
             if piece:
                 yield piece
         tail = decoder.decode(b"", final=True)
