@@ -232,7 +232,8 @@ def eval_cmd(
     name: list[str] = typer.Option([], "--name", help="Display name per model, in order (repeatable)"),
     set: list[str] = typer.Option([], "--set", help="Set any eval field: bertscore_precision=fp32 (see docs/configuration.md)"),
     benchmark: str | None = typer.Option(
-        None, help="Score a multiple-choice benchmark instead: arc-easy, arc-challenge or a file (lm-evaluation-harness protocol)"
+        None,
+        help="Score a benchmark instead: arc-easy, arc-challenge or a multiple-choice file (lm-evaluation-harness protocol); humaneval or a file of code problems (run with --allow-code-execution)",
     ),
     max_questions: int | None = typer.Option(None, help="With --benchmark: a seeded sample of this many questions (default: all)"),
     field: list[str] = typer.Option(
@@ -243,12 +244,27 @@ def eval_cmd(
     human: bool = typer.Option(
         False, "--human", help="Instead: win rates of the blind A/B votes cast in `tunelab serve`'s Evaluate tab (RUN or a votes .jsonl)"
     ),
+    allow_code_execution: bool = typer.Option(
+        False,
+        "--allow-code-execution",
+        help="With a code benchmark (humaneval, or a file of prompt/test/entry_point problems): run the code the models write, each program in a subprocess with limits",
+    ),
+    samples: int = typer.Option(1, help="With a code benchmark: answers per problem (above 1: pass@k, needs --temperature > 0)"),
+    max_problems: int | None = typer.Option(None, help="With a code benchmark: the first N problems only (default: all)"),
+    prompt_format: str = typer.Option(
+        "auto", help="With a code benchmark: auto (chat for instruct models, completion for base models), chat or completion"
+    ),
+    code_backend: str = typer.Option(
+        "gguf",
+        help="With a code benchmark: gguf (every model as a Q8_0 GGUF through llama.cpp, the fast CPU path; a base model is converted once) or pytorch (transformers fp32)",
+    ),
 ):
     """Score models on the same held-out examples (or a benchmark), with 95% intervals and paired differences.
 
     Options left out take the recipe defaults (EvalConfig in tunelab/config.py, listed in
     docs/configuration.md), except --max-examples: a one-off evaluation scores every example."""
     from tunelab.config import eval_config_from_options
+    from tunelab.evaluate.code import code_benchmark_cli, is_code_benchmark
     from tunelab.evaluate.run import evaluate_cli
 
     options = {
@@ -275,6 +291,24 @@ def eval_cmd(
             summary = human_cli(target, metrics=config.metrics, bertscore_model=config.bertscore_model)
             if summary.get("run"):  # its report shows the votes too
                 console.print(f"report: {write_report(RunDir(Path(summary['run'])))[1]}")
+        return
+    if benchmark is not None and is_code_benchmark(benchmark, dict(f.split("=", 1) for f in field if "=" in f)):
+        code_benchmark_cli(
+            models,
+            benchmark,
+            allow_execution=allow_code_execution,
+            out=out,
+            names=name or None,
+            max_problems=max_problems,
+            samples=samples,
+            temperature=config.temperature if temperature is not None else 0.0,
+            top_p=top_p if top_p is not None else 0.95,
+            max_new_tokens=max_new_tokens or 384,
+            prompt_format=prompt_format,
+            fields=field,
+            compare_base=config.compare_base,
+            backend=code_backend,
+        )
         return
     if benchmark is not None:
         from tunelab.evaluate.benchmark import benchmark_cli

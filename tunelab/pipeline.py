@@ -16,10 +16,15 @@ from tunelab.config import Recipe, load_recipe, recipe_from_dict
 from tunelab.errors import TunelabError
 from tunelab.evaluate import report as eval_report
 from tunelab.evaluate.benchmark import benchmark_name, benchmark_path, forgetting_verdict, rich_table, run_benchmark
+from tunelab.evaluate.code import benchmark_name as code_benchmark_name
+from tunelab.evaluate.code import rich_table as code_table
+from tunelab.evaluate.code import run_code_benchmark
+from tunelab.evaluate.execution import ExecutionLimits
 from tunelab.evaluate.preference import preference_stage
 from tunelab.evaluate.run import evaluate_models
 from tunelab.export.run import export_run
 from tunelab.io import read_jsonl
+from tunelab.models.interface import GenerationSettings
 from tunelab.models.load import wants_bf16
 from tunelab.progress import console, print_table
 from tunelab.report import write_report
@@ -64,6 +69,30 @@ def general_ability(recipe: Recipe, run: RunDir) -> None:
     run.mark_done("general", benchmark=name, verdict=verdict)
 
 
+def code_stage(recipe: Recipe, run: RunDir) -> None:
+    """pass@k of base and tuned on the code benchmark, by running their code (after export: the fast path uses the Q8_0 GGUF)."""
+    cfg = recipe.eval.code
+    models, names = ([recipe.model, str(run.root)], ["base", "tuned"]) if recipe.eval.compare_base else ([str(run.root)], ["tuned"])
+    settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=0.95 if cfg.temperature else 1.0)
+    result = run_code_benchmark(
+        models,
+        cfg.benchmark,
+        run.benchmark(code_benchmark_name(cfg.benchmark)),
+        allow_execution=cfg.allow_execution,
+        names=names,
+        max_problems=cfg.max_problems,
+        samples=cfg.samples,
+        settings=settings,
+        prompt_format=cfg.prompt_format,
+        fields=cfg.fields,
+        limits=ExecutionLimits(timeout_s=cfg.timeout_s),
+        backend=cfg.backend,
+        bootstrap_samples=recipe.eval.bootstrap_samples,
+    )
+    print_table(code_table(result))
+    run.mark_done("code", benchmark=result["benchmark"])
+
+
 def run_pipeline(recipe_path: Path, overrides: list[str] | None = None, restart: bool = False) -> Path:
     recipe = load_recipe(recipe_path, overrides)
     run = RunDir(recipe.run_dir())
@@ -71,7 +100,7 @@ def run_pipeline(recipe_path: Path, overrides: list[str] | None = None, restart:
         console.print(f"--restart: removing {run.root}")
         shutil.rmtree(run.root)
     check_same_recipe(run, recipe)
-    done = [s for s in ("data", "train", "eval", "preference", "general", "export", "report") if run.stage_done(s)]
+    done = [s for s in ("data", "train", "eval", "preference", "general", "export", "code", "report") if run.stage_done(s)]
     if done:
         console.print(f"resuming {run.root}: already done: {', '.join(done)}")
 
@@ -86,7 +115,9 @@ def run_pipeline(recipe_path: Path, overrides: list[str] | None = None, restart:
         if not examples:
             raise TunelabError(f"{run.split('test')} is empty: set data.test_fraction or data.eval_source to evaluate")
         models, names = ([recipe.model, str(run.root)], ["base", "tuned"]) if recipe.eval.compare_base else ([str(run.root)], ["tuned"])
-        result = evaluate_models(models, examples, recipe.eval, run.eval, names=names, source=str(run.split("test")))
+        # with task `code` the held-out answers get the text metrics; pass@k comes from the code stage (5a)
+        held_out = recipe.eval.model_copy(update={"task": "none"}) if recipe.eval.task == "code" else recipe.eval
+        result = evaluate_models(models, examples, held_out, run.eval, names=names, source=str(run.split("test")))
         print_table(eval_report.rich_table(result))
         run.mark_done("eval", n_examples=result["n_examples"])
 
@@ -105,6 +136,10 @@ def run_pipeline(recipe_path: Path, overrides: list[str] | None = None, restart:
         if not report["passed"]:
             console.print(f"[red]faithfulness check failed[/] for some formats: see {run.export_dir.faithfulness_md}")
         run.mark_done("export", passed=report["passed"], formats=list(report["formats"]))
+
+    if recipe.eval.task == "code" and not run.stage_done("code"):
+        console.rule("[bold]4a. code: does the tuned model's code pass more tests?")
+        code_stage(recipe, run)
 
     console.rule("[bold]5. report")
     md, html = write_report(run)

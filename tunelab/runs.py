@@ -136,7 +136,7 @@ class EvalDir:
 
 @dataclass(frozen=True)
 class BenchmarkDir:
-    """eval/benchmarks/<name>/ (or `tunelab eval --benchmark --out`): a multiple-choice benchmark's scores."""
+    """eval/benchmarks/<name>/ (or `tunelab eval --benchmark --out`): a multiple-choice or code benchmark's scores."""
 
     root: Path
 
@@ -151,6 +151,11 @@ class BenchmarkDir:
     @property
     def summary_md(self) -> Path:
         return self.root / "summary.md"
+
+    @property
+    def errors_md(self) -> Path:
+        """A code benchmark's error analysis: each problem's outcome, first error line and completion."""
+        return self.root / "errors.md"
 
 
 @dataclass(frozen=True)

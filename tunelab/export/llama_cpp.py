@@ -33,10 +33,13 @@ QUANT_TYPES = {"f16": "LLAMA_FTYPE_MOSTLY_F16", "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0
 
 
 # ------------------------------------------------------------------ the converter
+PORTABLE_WHEELS = "llama-cpp-portable"  # the Makefile's LLAMA_WHEELS folder under its wheel cache: keep the two equal
+
+
 def wheel_dirs() -> list[Path]:
-    """Where the llama-cpp-python wheel and sdist are cached (tunelab's cache, and the Makefile's)."""
-    dirs = [cache_dir() / "wheels", Path.home() / ".cache" / "tunelab" / "wheels"]
-    return list(dict.fromkeys(dirs))
+    """Where the llama-cpp-python sdist and the portable wheel are cached (tunelab's cache, and the Makefile's)."""
+    roots = [cache_dir() / "wheels", Path.home() / ".cache" / "tunelab" / "wheels"]
+    return list(dict.fromkeys(d for root in roots for d in (root, root / PORTABLE_WHEELS)))
 
 
 def find_sdist() -> Path:

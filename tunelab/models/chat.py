@@ -90,8 +90,12 @@ class HFChatModel:
             tok.padding_side = old_side
 
     def stream(self, messages, settings=None):
+        return self.stream_ids(self.prompt_tokens(messages), settings)
+
+    def stream_ids(self, prompt_ids: list[int], settings=None):
         s = settings or GenerationSettings()
-        enc = self.tokenizer(self.prompt_text(messages), return_tensors="pt", add_special_tokens=False).to(self.model.device)
+        ids = torch.tensor([prompt_ids], device=self.model.device)
+        enc = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
 
         # Closing this generator (a client went away) sets `stop`, which ends generate() at

