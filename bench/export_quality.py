@@ -63,7 +63,7 @@ from tunelab.models.chat import HFChatModel  # noqa: E402
 from tunelab.models.llama_cpp import LlamaCppChatModel, require_llama_cpp  # noqa: E402
 from tunelab.models.load import set_threads  # noqa: E402
 from tunelab.paths import cache_dir, shared_data_dir  # noqa: E402
-from tunelab.runs import RunDir  # noqa: E402
+from tunelab.runs import ExportDir, RunDir  # noqa: E402
 
 TITLE = "Export quality (bench/export_quality.py)"
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -79,7 +79,8 @@ def exported(model_ref: str, out: Path, threads: int, redo: bool) -> dict[str, P
     """The GGUF file of each format, exported once into `out` (no faithfulness check: this bench is the check)."""
 
     def found() -> dict[str, Path]:
-        return {f: p for f in FORMATS if (p := next((out / "gguf").glob(f"*-{f.removeprefix('gguf-')}.gguf"), None))}
+        by_quant = ExportDir(out).ggufs_by_quant()
+        return {f: by_quant[q] for f in FORMATS if (q := f.removeprefix("gguf-")) in by_quant}
 
     if redo or len(found()) < len(FORMATS):
         print(f"== exporting {model_ref} to {out} ({', '.join(FORMATS)})", flush=True)

@@ -214,7 +214,7 @@ def _write_ggufs(plan: ExportPlan, stage: ExportDir, n_threads: int, step: Calla
     files: dict[str, Path] = {}
     if not plan.ggufs:
         return files
-    f16 = stage.gguf / f"{plan.name}-f16.gguf"
+    f16 = stage.gguf_file(plan.name, "f16")
     convert_hf_to_gguf(stage.merged, f16, "f16", log_file=stage.logs / "convert.log")
     step("converted to f16")
     for fmt in plan.ggufs:
@@ -222,9 +222,7 @@ def _write_ggufs(plan: ExportPlan, stage: ExportDir, n_threads: int, step: Calla
             files[fmt] = f16
         else:
             q = fmt.removeprefix("gguf-")
-            files[fmt] = quantize_gguf(
-                f16, stage.gguf / f"{plan.name}-{q}.gguf", q, threads=n_threads, log_file=stage.logs / "quantize.log"
-            )
+            files[fmt] = quantize_gguf(f16, stage.gguf_file(plan.name, q), q, threads=n_threads, log_file=stage.logs / "quantize.log")
         step(f"{fmt} written")
     if "gguf-f16" not in plan.ggufs:
         f16.unlink()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tunelab.errors import ModelNotFound, TunelabError
 from tunelab.models.interface import GenerationSettings
-from tunelab.runs import RunDir, is_adapter, read_model_info, require_base_model, trained_model_dir
+from tunelab.runs import RunDir, gguf_quant, is_adapter, read_model_info, require_base_model, trained_model_dir
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
 
@@ -230,11 +230,6 @@ class ModelRegistry:
 
 
 # ---------------------------------------------------------------- discovery
-def _gguf_quant(path: Path, run_name: str) -> str:
-    stem = path.stem
-    return stem[len(run_name) + 1 :] if stem.startswith(run_name + "-") else stem
-
-
 def entries_for_path(path: Path) -> list[ModelEntry]:
     """Entries for one run directory, merged folder, HF folder or GGUF file."""
     path = Path(path)
@@ -262,7 +257,7 @@ def entries_for_path(path: Path) -> list[ModelEntry]:
     if (merged / "config.json").is_file():
         out.append(ModelEntry(slug(f"{run}-merged"), f"{run} · merged", str(merged), "merged", base_id, run, root))
     for g in run_dir.export_dir.gguf_files():
-        quant = _gguf_quant(g, run)
+        quant = gguf_quant(g) or g.stem
         out.append(ModelEntry(slug(f"{run}-{quant}-gguf"), f"{run} · {quant} gguf", str(g), "gguf", base_id, run, root))
     if base_ref:
         out.append(ModelEntry(base_id, f"{Path(base_ref).name if Path(base_ref).exists() else base_ref} (base)", base_ref, "base"))
