@@ -19,12 +19,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # use this checkout's tunelab even when it is not pip-installed
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from tunelab.runs import DEFAULT_RUNS_DIR  # noqa: E402
 from tunelab.serve.generation import ServeLimits  # noqa: E402
 from tunelab.serve.registry import build_registry  # noqa: E402
 from tunelab.serve.ui import build_ui  # noqa: E402
 
 models = [m.strip() for m in os.environ.get("TUNELAB_MODELS", "").split(",") if m.strip()]
-runs = Path(os.environ.get("TUNELAB_RUNS", HERE / "runs"))
+runs = Path(os.environ.get("TUNELAB_RUNS", HERE / DEFAULT_RUNS_DIR))
 limits = ServeLimits(
     max_tokens=int(os.environ.get("TUNELAB_MAX_TOKENS", "512")), max_concurrent=int(os.environ.get("TUNELAB_MAX_CONCURRENT", "2"))
 )

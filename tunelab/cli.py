@@ -30,6 +30,11 @@ app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
 
 
+def given(**options) -> dict:
+    """The options a user gave (not None); the ones left out keep the defaults of the function they go to."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
 def friendly(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -101,7 +106,7 @@ def models_resolve(ref: str = typer.Argument(..., help="Catalog name, hub id, fo
 def data_prepare(
     inputs: list[str] = typer.Argument(None, help="Data files or hub names (or use --recipe)"),
     recipe: Path | None = typer.Option(None, help="Take the data section of a recipe"),
-    out: Path = typer.Option(Path("runs/data"), help="Output folder (a run directory's data/ layout)"),
+    out: Path | None = typer.Option(None, help="Output folder (a run directory's data/ layout) [default: runs/data]"),
     model: str = typer.Option(None, help="Model whose tokenizer measures lengths (default: the recipe's or the default model)"),
     format: str = typer.Option("auto", help="Input format for all inputs"),
     placeholder: list[str] = typer.Option([], help="name=value for {{name}} placeholders"),
@@ -126,7 +131,9 @@ def data_prepare(
     from tunelab.config import DataConfig, DataSource, TrainConfig, format_validation_error, load_recipe
     from tunelab.data.prepare import prepare_data
     from tunelab.models.catalog import DEFAULT_MODEL
+    from tunelab.runs import DEFAULT_RUNS_DIR
 
+    out = out or DEFAULT_RUNS_DIR / "data"
     if recipe:
         r = load_recipe(recipe)
         data_cfg, model_ref, max_len = r.data, model or r.model, r.train.max_seq_length
@@ -361,7 +368,7 @@ def serve_limits(max_tokens: int, max_prompt_tokens: int, max_concurrent: int, m
 @friendly
 def serve(
     models: list[str] = typer.Argument(None, help="Models to offer (default: every run and export under --runs)"),
-    runs: Path = typer.Option(Path("runs"), help="Folder searched for runs and exports"),
+    runs: Path | None = typer.Option(None, help="Folder searched for runs and exports [default: runs]"),
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(7860),
     password: str | None = typer.Option(
@@ -378,14 +385,14 @@ def serve(
     from tunelab.serve.run import serve_cli
 
     limits = serve_limits(max_tokens, max_prompt_tokens, max_concurrent, max_queue)
-    serve_cli(models or [], runs=runs, host=host, port=port, password=password, api=api, limits=limits, cache_size=cache_size)
+    serve_cli(models or [], host=host, port=port, password=password, api=api, limits=limits, cache_size=cache_size, **given(runs=runs))
 
 
 @app.command()
 @friendly
 def api(
     models: list[str] = typer.Argument(None, help="Models to offer (default: every run and export under --runs)"),
-    runs: Path = typer.Option(Path("runs")),
+    runs: Path | None = typer.Option(None, help="Folder searched for runs and exports [default: runs]"),
     host: str = typer.Option("127.0.0.1"),
     port: int = typer.Option(8000),
     api_key: str | None = typer.Option(None, envvar="TUNELAB_API_KEY", help="Require 'Authorization: Bearer <key>'"),
@@ -399,7 +406,7 @@ def api(
     from tunelab.serve.run import api_cli
 
     limits = serve_limits(max_tokens, max_prompt_tokens, max_concurrent, max_queue)
-    api_cli(models or [], runs=runs, host=host, port=port, api_key=api_key, limits=limits, cache_size=cache_size)
+    api_cli(models or [], host=host, port=port, api_key=api_key, limits=limits, cache_size=cache_size, **given(runs=runs))
 
 
 # ---------------------------------------------------------------- experiments

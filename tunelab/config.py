@@ -18,7 +18,7 @@ from tunelab.errors import ConfigError
 from tunelab.io import atomic_write_text
 from tunelab.models.catalog import DEFAULT_MODEL
 from tunelab.progress import console
-from tunelab.runs import RunDir
+from tunelab.runs import DEFAULT_RUNS_DIR, RunDir
 
 
 class Strict(BaseModel):
@@ -275,7 +275,7 @@ class Recipe(Strict):
     name: str = Field("run", description="Run name: the run directory is `<output_dir>/<name>`.")
     model: str = Field(DEFAULT_MODEL, description="Base model: catalog name, hub id, local folder or .gguf file.")
     trust_remote_code: bool = False
-    output_dir: str = "runs"
+    output_dir: str = str(DEFAULT_RUNS_DIR)
     data: DataConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)

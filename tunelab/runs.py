@@ -22,6 +22,8 @@ from tunelab.errors import TunelabError
 from tunelab.io import atomic_write_json
 
 MODEL_INFO = "tunelab_model.json"  # beside the trained weights: base model, method, recipe
+# where runs go and where serving looks for them, unless a recipe's output_dir or --runs says otherwise
+DEFAULT_RUNS_DIR = Path("runs")
 
 
 # ---------------------------------------------------------------- GGUF files: <name>-<quant>.gguf

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tunelab.errors import ModelNotFound, TunelabError
 from tunelab.models.interface import GenerationSettings
-from tunelab.runs import RunDir, gguf_quant, is_adapter, read_model_info, require_base_model, trained_model_dir
+from tunelab.runs import DEFAULT_RUNS_DIR, RunDir, gguf_quant, is_adapter, read_model_info, require_base_model, trained_model_dir
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
 
@@ -293,7 +293,7 @@ def discover(runs_dir: Path, max_depth: int = 5) -> list[ModelEntry]:
 
 
 def build_registry(
-    models: list[str] | None = None, *, runs: Path | None = Path("runs"), cache_size: int = 3, n_threads: int | None = None
+    models: list[str] | None = None, *, runs: Path | None = DEFAULT_RUNS_DIR, cache_size: int = 3, n_threads: int | None = None
 ) -> ModelRegistry:
     """Models named on the command line first, then everything under `runs`; the default model if nothing else."""
     from tunelab.models.catalog import DEFAULT_MODEL, lookup

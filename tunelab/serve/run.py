@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from tunelab.progress import console
+from tunelab.runs import DEFAULT_RUNS_DIR
 from tunelab.serve.generation import ServeLimits
 from tunelab.serve.registry import ModelRegistry, build_registry
 
@@ -65,7 +66,7 @@ def _run(app, host: str, port: int) -> None:
 def serve_cli(
     models: list[str],
     *,
-    runs: Path = Path("runs"),
+    runs: Path = DEFAULT_RUNS_DIR,
     host: str = "127.0.0.1",
     port: int = 7860,
     password: str | None = None,
@@ -88,7 +89,7 @@ def serve_cli(
 def api_cli(
     models: list[str],
     *,
-    runs: Path = Path("runs"),
+    runs: Path = DEFAULT_RUNS_DIR,
     host: str = "127.0.0.1",
     port: int = 8000,
     api_key: str | None = None,
