@@ -351,17 +351,13 @@ def generate(
 
 
 # ---------------------------------------------------------------- serve
-def serve_limits(max_tokens: int, max_prompt_tokens: int, max_concurrent: int, max_queue: int):
-    """The limits `serve` and `api` share (a prompt may hold about 8 characters per token)."""
+# Serving options default to None and only those given are passed on: the defaults are ServeLimits'
+# (tunelab/serve/generation.py), the registry's MODEL_CACHE_SIZE and serve_cli's/api_cli's (docs/serve.md lists them).
+def serve_limits(**options):
+    """The limits `serve` and `api` share: the options given, ServeLimits' defaults for the rest."""
     from tunelab.serve.generation import ServeLimits
 
-    return ServeLimits(
-        max_tokens=max_tokens,
-        max_prompt_tokens=max_prompt_tokens,
-        max_prompt_chars=8 * max_prompt_tokens,
-        max_concurrent=max_concurrent,
-        max_queue=max_queue,
-    )
+    return ServeLimits(**given(**options))
 
 
 @app.command()
@@ -369,23 +365,26 @@ def serve_limits(max_tokens: int, max_prompt_tokens: int, max_concurrent: int, m
 def serve(
     models: list[str] = typer.Argument(None, help="Models to offer (default: every run and export under --runs)"),
     runs: Path | None = typer.Option(None, help="Folder searched for runs and exports [default: runs]"),
-    host: str = typer.Option("127.0.0.1"),
-    port: int = typer.Option(7860),
+    host: str | None = typer.Option(None, help="[default: 127.0.0.1, this machine only]"),
+    port: int | None = typer.Option(None, help="[default: 7860]"),
     password: str | None = typer.Option(
         None, envvar="TUNELAB_PASSWORD", help="Require this password (user 'tunelab'; also the API key with --api)"
     ),
     api: bool = typer.Option(False, help="Also mount the OpenAI-style API under /v1"),
-    max_tokens: int = typer.Option(512, help="Cap on new tokens per answer"),
-    max_prompt_tokens: int = typer.Option(2048, help="Longer prompts are refused"),
-    max_concurrent: int = typer.Option(2, help="Generations running at once"),
-    max_queue: int = typer.Option(16, help="Requests waiting beyond those; more are refused (429 / queue full)"),
-    cache_size: int = typer.Option(3, help="Loaded models kept in memory"),
+    max_tokens: int | None = typer.Option(None, help="Cap on new tokens per answer [default: docs/serve.md]"),
+    max_prompt_tokens: int | None = typer.Option(None, help="Longer prompts are refused [default: docs/serve.md]"),
+    max_concurrent: int | None = typer.Option(None, help="Generations running at once [default: docs/serve.md]"),
+    max_queue: int | None = typer.Option(
+        None, help="Requests waiting beyond those; more are refused (429 / queue full) [default: docs/serve.md]"
+    ),
+    cache_size: int | None = typer.Option(None, help="Loaded models kept in memory [default: docs/serve.md]"),
 ):
     """Start the Gradio chat UI (streaming, model picker, side-by-side)."""
     from tunelab.serve.run import serve_cli
 
-    limits = serve_limits(max_tokens, max_prompt_tokens, max_concurrent, max_queue)
-    serve_cli(models or [], host=host, port=port, password=password, api=api, limits=limits, cache_size=cache_size, **given(runs=runs))
+    limits = serve_limits(max_tokens=max_tokens, max_prompt_tokens=max_prompt_tokens, max_concurrent=max_concurrent, max_queue=max_queue)
+    options = given(runs=runs, host=host, port=port, cache_size=cache_size)
+    serve_cli(models or [], password=password, api=api, limits=limits, **options)
 
 
 @app.command()
@@ -393,20 +392,21 @@ def serve(
 def api(
     models: list[str] = typer.Argument(None, help="Models to offer (default: every run and export under --runs)"),
     runs: Path | None = typer.Option(None, help="Folder searched for runs and exports [default: runs]"),
-    host: str = typer.Option("127.0.0.1"),
-    port: int = typer.Option(8000),
+    host: str | None = typer.Option(None, help="[default: 127.0.0.1, this machine only]"),
+    port: int | None = typer.Option(None, help="[default: 8000]"),
     api_key: str | None = typer.Option(None, envvar="TUNELAB_API_KEY", help="Require 'Authorization: Bearer <key>'"),
-    max_tokens: int = typer.Option(512, help="Cap on new tokens per answer"),
-    max_prompt_tokens: int = typer.Option(2048, help="Longer prompts get 400 context_length_exceeded"),
-    max_concurrent: int = typer.Option(2, help="Generations running at once"),
-    max_queue: int = typer.Option(16, help="Requests waiting beyond those; more get 429"),
-    cache_size: int = typer.Option(3, help="Loaded models kept in memory"),
+    max_tokens: int | None = typer.Option(None, help="Cap on new tokens per answer [default: docs/serve.md]"),
+    max_prompt_tokens: int | None = typer.Option(None, help="Longer prompts get 400 context_length_exceeded [default: docs/serve.md]"),
+    max_concurrent: int | None = typer.Option(None, help="Generations running at once [default: docs/serve.md]"),
+    max_queue: int | None = typer.Option(None, help="Requests waiting beyond those; more get 429 [default: docs/serve.md]"),
+    cache_size: int | None = typer.Option(None, help="Loaded models kept in memory [default: docs/serve.md]"),
 ):
     """Start the OpenAI-style HTTP API (/v1/chat/completions, /v1/models)."""
     from tunelab.serve.run import api_cli
 
-    limits = serve_limits(max_tokens, max_prompt_tokens, max_concurrent, max_queue)
-    api_cli(models or [], host=host, port=port, api_key=api_key, limits=limits, cache_size=cache_size, **given(runs=runs))
+    limits = serve_limits(max_tokens=max_tokens, max_prompt_tokens=max_prompt_tokens, max_concurrent=max_concurrent, max_queue=max_queue)
+    options = given(runs=runs, host=host, port=port, cache_size=cache_size)
+    api_cli(models or [], api_key=api_key, limits=limits, **options)
 
 
 # ---------------------------------------------------------------- experiments

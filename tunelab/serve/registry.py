@@ -96,6 +96,9 @@ def check_weights(path: Path) -> None:
         raise UnsafeModel(f"{path}: no .safetensors weights{extra}")
 
 
+MODEL_CACHE_SIZE = 3  # loaded models kept in memory (the least recently used goes first)
+
+
 class ModelRegistry:
     def __init__(
         self,
@@ -103,7 +106,7 @@ class ModelRegistry:
         *,
         allowed_roots: list[Path] | None = None,
         runs_dir: Path | None = None,
-        cache_size: int = 3,
+        cache_size: int = MODEL_CACHE_SIZE,
         n_threads: int | None = None,
     ):
         self.runs_dir = Path(runs_dir).resolve() if runs_dir else None
@@ -293,7 +296,11 @@ def discover(runs_dir: Path, max_depth: int = 5) -> list[ModelEntry]:
 
 
 def build_registry(
-    models: list[str] | None = None, *, runs: Path | None = DEFAULT_RUNS_DIR, cache_size: int = 3, n_threads: int | None = None
+    models: list[str] | None = None,
+    *,
+    runs: Path | None = DEFAULT_RUNS_DIR,
+    cache_size: int = MODEL_CACHE_SIZE,
+    n_threads: int | None = None,
 ) -> ModelRegistry:
     """Models named on the command line first, then everything under `runs`; the default model if nothing else."""
     from tunelab.models.catalog import DEFAULT_MODEL, lookup

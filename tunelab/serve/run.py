@@ -13,7 +13,7 @@ from pathlib import Path
 from tunelab.progress import console
 from tunelab.runs import DEFAULT_RUNS_DIR
 from tunelab.serve.generation import ServeLimits
-from tunelab.serve.registry import ModelRegistry, build_registry
+from tunelab.serve.registry import MODEL_CACHE_SIZE, ModelRegistry, build_registry
 
 UI_USER = "tunelab"
 
@@ -72,7 +72,7 @@ def serve_cli(
     password: str | None = None,
     api: bool = False,
     limits: ServeLimits | None = None,
-    cache_size: int = 3,
+    cache_size: int = MODEL_CACHE_SIZE,
 ) -> None:
     registry = build_registry(models, runs=runs, cache_size=cache_size)
     _describe(registry)
@@ -94,7 +94,7 @@ def api_cli(
     port: int = 8000,
     api_key: str | None = None,
     limits: ServeLimits | None = None,
-    cache_size: int = 3,
+    cache_size: int = MODEL_CACHE_SIZE,
 ) -> None:
     registry = build_registry(models, runs=runs, cache_size=cache_size)
     _describe(registry)
