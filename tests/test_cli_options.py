@@ -60,3 +60,33 @@ def test_docs_show_the_serving_defaults_the_code_has():
     for option, value in expected.items():
         shown = re.findall(rf"\[{option} (\S+)\]", synopsis)
         assert shown == [str(value)] * 2, (option, shown)  # once for serve, once for api
+
+
+@pytest.fixture
+def prepared(monkeypatch) -> list[dict]:
+    """What each `tunelab data prepare` handed to prepare_data (nothing is prepared)."""
+    import tunelab.data.prepare as prepare_stage
+
+    calls: list[dict] = []
+
+    def record(config, out, **kw):
+        calls.append({"config": config, "out": out, **kw})
+        return {"counts": {}}
+
+    monkeypatch.setattr(prepare_stage, "prepare_data", record)
+    return calls
+
+
+def test_data_prepare_takes_the_recipe_defaults_for_options_left_out(prepared):
+    from tunelab.config import DataConfig, DataSource
+    from tunelab.runs import DEFAULT_RUNS_DIR
+
+    res = CliRunner().invoke(app, ["data", "prepare", "a.jsonl"])
+    assert res.exit_code == 0, res.output
+    assert prepared[-1]["config"] == DataConfig(sources=[DataSource(path="a.jsonl")])
+    assert prepared[-1]["out"] == DEFAULT_RUNS_DIR / "data"
+
+    res = CliRunner().invoke(app, ["data", "prepare", "a.jsonl", "--dedup", "exact", "--strict", "--format", "alpaca", "--seed", "7"])
+    assert res.exit_code == 0, res.output
+    given = DataConfig(sources=[DataSource(path="a.jsonl", format="alpaca")], dedup="exact", strict=True, seed=7)
+    assert prepared[-1]["config"] == given

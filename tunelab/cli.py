@@ -108,13 +108,13 @@ def data_prepare(
     recipe: Path | None = typer.Option(None, help="Take the data section of a recipe"),
     out: Path | None = typer.Option(None, help="Output folder (a run directory's data/ layout) [default: runs/data]"),
     model: str = typer.Option(None, help="Model whose tokenizer measures lengths (default: the recipe's or the default model)"),
-    format: str = typer.Option("auto", help="Input format for all inputs"),
+    format: str | None = typer.Option(None, help="Input format for all inputs [default: auto]"),
     placeholder: list[str] = typer.Option([], help="name=value for {{name}} placeholders"),
-    strict: bool = typer.Option(False, help="Fail on the first invalid record"),
-    dedup: str = typer.Option("near", help="none | exact | near"),
-    seed: int = typer.Option(42),
-    test_fraction: float = typer.Option(0.1),
-    validation_fraction: float = typer.Option(0.05),
+    strict: bool | None = typer.Option(None, help="Fail on the first invalid record [default: data.strict]"),
+    dedup: str | None = typer.Option(None, help="none | exact | near [default: data.dedup]"),
+    seed: int | None = typer.Option(None, help="[default: data.seed]"),
+    test_fraction: float | None = typer.Option(None, help="[default: data.test_fraction]"),
+    validation_fraction: float | None = typer.Option(None, help="[default: data.validation_fraction]"),
     max_tokens: int | None = typer.Option(
         None, help="Drop examples longer than this (tokens, chat template applied) [default: the recipe's train.max_seq_length]"
     ),
@@ -122,10 +122,15 @@ def data_prepare(
     validation_size: int | None = typer.Option(None, help="Exact number of validation examples"),
     eval_source: str | None = typer.Option(None, "--eval", help="A separate held-out file: it becomes the test split"),
     system_prompt: str | None = typer.Option(None, help="System message added to examples that have none"),
-    quality_filter: bool = typer.Option(False, help="Drop refusals, boilerplate and too-short answers"),
+    quality_filter: bool | None = typer.Option(
+        None, help="Drop refusals, boilerplate and too-short answers [default: data.quality_filter]"
+    ),
     max_examples: int | None = typer.Option(None, help="Keep at most this many training examples (seeded sample)"),
 ):
-    """Read, validate, clean, deduplicate and split data into the message schema, with a data card."""
+    """Read, validate, clean, deduplicate and split data into the message schema, with a data card.
+
+    Options left out take the recipe defaults (DataConfig and DataSource in tunelab/config.py, listed
+    in docs/configuration.md)."""
     from pydantic import ValidationError
 
     from tunelab.config import DataConfig, DataSource, TrainConfig, format_validation_error, load_recipe
@@ -144,20 +149,16 @@ def data_prepare(
         if bad:
             raise TunelabError(f"--placeholder {bad[0]!r} must look like name=value")
         values = dict(p.split("=", 1) for p in placeholder)
+        source = given(placeholders=values, system_prompt=system_prompt)
+        splits = given(seed=seed, test_fraction=test_fraction, test_size=test_size)
+        splits |= given(validation_fraction=validation_fraction, validation_size=validation_size)
+        cleaning = given(strict=strict, dedup=dedup, max_tokens=max_tokens, quality_filter=quality_filter, max_examples=max_examples)
         try:
             data_cfg = DataConfig(
-                sources=[DataSource(path=i, format=format, placeholders=values, system_prompt=system_prompt) for i in inputs],
-                eval_source=DataSource(path=eval_source, placeholders=values, system_prompt=system_prompt) if eval_source else None,
-                strict=strict,
-                dedup=dedup,
-                seed=seed,
-                test_fraction=test_fraction,
-                test_size=test_size,
-                validation_fraction=validation_fraction,
-                validation_size=validation_size,
-                max_tokens=max_tokens,
-                quality_filter=quality_filter,
-                max_examples=max_examples,
+                sources=[DataSource(path=i, **source, **given(format=format)) for i in inputs],
+                eval_source=DataSource(path=eval_source, **source) if eval_source else None,
+                **splits,
+                **cleaning,
             )
         except ValidationError as err:
             raise ConfigError(format_validation_error("tunelab data prepare", err, "options")) from None
