@@ -160,7 +160,7 @@ def trl_worker(args) -> None:
         output_dir=str(args.trl_worker.parent / "trl"),
         per_device_train_batch_size=trl_rows_per_step(recipe, rows),
         max_steps=t.max_steps,
-        learning_rate=t.learning_rate or 2e-5,
+        learning_rate=t.resolved_learning_rate,
         lr_scheduler_type=t.lr_scheduler,
         warmup_steps=int(t.warmup_ratio * t.max_steps),
         max_length=t.max_seq_length,

@@ -110,6 +110,17 @@ class LoraSettings(Strict):
 
 WeightsMethod = Literal["lora", "qlora", "full"]
 
+# The learning rate of a recipe that names none, by what training updates (`TrainConfig.weights`).
+# Preference losses take smaller steps than the answers' loss (the usual DPO recipes: 5e-7 to 5e-6 on
+# every weight, about ten times that on an adapter): large steps push the model far from its
+# reference, and its answers degrade.
+SFT_LEARNING_RATES = {"lora": 2e-4, "qlora": 2e-4, "full": 2e-5}
+PREFERENCE_LEARNING_RATES = {"lora": 5e-5, "qlora": 5e-5, "full": 1e-6}
+
+
+def _rate(value: float) -> str:
+    return f"{value:.0e}".replace("e-0", "e-")  # 2e-4, as people write learning rates
+
 
 class PreferenceSettings(Strict):
     """DPO and ORPO (`train.method: dpo | orpo`): what they update, and their one strength setting."""
@@ -139,7 +150,8 @@ class TrainConfig(Strict):
     learning_rate: float | None = Field(
         None,
         gt=0,
-        description="Default: 2e-4 for LoRA/QLoRA, 2e-5 for full fine-tuning; DPO and ORPO: 5e-5 on an adapter, 1e-6 on every weight.",
+        description=f"Default: {_rate(SFT_LEARNING_RATES['lora'])} for LoRA/QLoRA, {_rate(SFT_LEARNING_RATES['full'])} for full fine-tuning; "
+        f"DPO and ORPO: {_rate(PREFERENCE_LEARNING_RATES['lora'])} on an adapter, {_rate(PREFERENCE_LEARNING_RATES['full'])} on every weight.",
     )
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
@@ -202,6 +214,12 @@ class TrainConfig(Strict):
     def weights(self) -> str:
         """What training updates: 'lora', 'qlora' or 'full' (for DPO and ORPO: `preference.weights`)."""
         return self.preference.weights if self.objective != "sft" else self.method
+
+    @property
+    def resolved_learning_rate(self) -> float:
+        """The recipe's learning rate, else the default for what training optimises and updates."""
+        defaults = SFT_LEARNING_RATES if self.objective == "sft" else PREFERENCE_LEARNING_RATES
+        return self.learning_rate or defaults[self.weights]
 
 
 class GeneralAbilityConfig(Strict):
