@@ -311,7 +311,7 @@ def export(
     format: list[str] = typer.Option(
         [],
         "--format",
-        help="merged | gguf-f16 | gguf-q8_0 | gguf-q4_k_m | space (a Hugging Face Space folder) (repeatable) [default: the run recipe's export.formats]",
+        help="A value of export.formats (docs/configuration.md: the merged folder or a GGUF quantization) or space (a Hugging Face Space folder) (repeatable) [default: the run recipe's export.formats]",
     ),
     out: Path | None = typer.Option(None, help="Output folder (default: <run>/export)"),
     check: bool = typer.Option(True, help="Run the faithfulness check"),

@@ -8,7 +8,7 @@ generated from these models (`python -m tunelab.config > docs/configuration.md`)
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -282,8 +282,13 @@ class EvalConfig(Strict):
             raise ValueError("eval.task 'keywords' needs eval.keywords (e.g. [Tuna])")
 
 
+# what `tunelab export` can write: the merged Hugging Face folder, or a GGUF file as `gguf-<quantization>`
+ExportFormat = Literal["merged", "gguf-f16", "gguf-q8_0", "gguf-q4_k_m"]
+EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
+
+
 class ExportConfig(Strict):
-    formats: list[Literal["merged", "gguf-f16", "gguf-q8_0", "gguf-q4_k_m"]] = Field(default_factory=lambda: ["gguf-q8_0"])
+    formats: list[ExportFormat] = Field(default_factory=lambda: ["gguf-q8_0"])
     check_prompts: int = Field(8, gt=0, description="Prompts in the faithfulness check.")
     check_tokens: int = Field(16, gt=0, description="Greedy tokens compared per prompt.")
     evaluate: bool = Field(True, description="Also score the export with the evaluation metrics (quality delta).")
