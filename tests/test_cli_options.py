@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 import tunelab.serve.run as serve_run
@@ -90,3 +91,80 @@ def test_data_prepare_takes_the_recipe_defaults_for_options_left_out(prepared):
     assert res.exit_code == 0, res.output
     given = DataConfig(sources=[DataSource(path="a.jsonl", format="alpaca")], dedup="exact", strict=True, seed=7)
     assert prepared[-1]["config"] == given
+
+
+# ---------------------------------------------------------------- tunelab eval: options that do not apply are errors
+@pytest.fixture
+def evaluated(monkeypatch) -> list[tuple[str, dict]]:
+    """(which evaluation, its keyword arguments) for each `tunelab eval` that got past its checks (nothing is scored)."""
+    import tunelab.evaluate.benchmark as benchmark_stage
+    import tunelab.evaluate.human as human_stage
+    import tunelab.evaluate.run as evaluate_stage
+
+    calls: list[tuple[str, dict]] = []
+    monkeypatch.setattr(evaluate_stage, "evaluate_cli", lambda models, **kw: calls.append(("held-out", kw)))
+    monkeypatch.setattr(benchmark_stage, "benchmark_cli", lambda models, bench, **kw: calls.append(("benchmark", kw)))
+    monkeypatch.setattr(human_stage, "human_cli", lambda target, **kw: calls.append(("human", kw)) or {})
+    return calls
+
+
+def refusal(args: list[str]) -> str:
+    res = CliRunner().invoke(app, ["eval", "runs/x", *args])
+    assert res.exit_code == 2, res.output
+    return " ".join(res.output.split())  # the console wraps long lines
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--benchmark", "arc-easy", "--max-examples", "40"], "--max-examples does not apply with --benchmark; use --max-questions"),
+        (["--max-questions", "40"], "--max-questions does not apply without --benchmark or --human; use --max-examples"),
+        (
+            ["--benchmark", "arc-easy", "--data", "q.jsonl"],
+            "--data does not apply with --benchmark; give the file itself as --benchmark FILE",
+        ),
+        (["--precision", "bf16"], "--precision does not apply without --benchmark or --human; use --set generation_precision="),
+        (
+            ["--benchmark", "arc-easy", "--temperature", "0.5"],
+            "--temperature does not apply with --benchmark; it applies to the held-out evaluation only",
+        ),
+        (["--human", "--data", "q.jsonl"], "--data does not apply with --human; it applies to the held-out evaluation only"),
+        (
+            ["--human", "--no-base"],
+            "--base does not apply with --human; it applies to the held-out evaluation and --benchmark",
+        ),
+        (["--seed", "3"], "--seed does not apply without --benchmark or --human; it applies to --benchmark only"),
+        (["--human", "--benchmark", "arc-easy"], "--benchmark and --human are two different evaluations"),
+    ],
+)
+def test_an_eval_option_that_does_not_apply_is_an_error_naming_what_does(evaluated, args, message):
+    assert message in refusal(args)
+    assert evaluated == []  # refused before any work
+
+
+def test_eval_options_that_apply_are_passed_on(evaluated):
+    res = CliRunner().invoke(app, ["eval", "runs/x", "--benchmark", "arc-easy", "--max-questions", "40", "--batch-size", "4"])
+    assert res.exit_code == 0, res.output
+    kind, passed = evaluated[-1]
+    assert kind == "benchmark" and passed["max_questions"] == 40 and passed["batch_size"] == 4
+    assert not {"seed", "precision"} & passed.keys()  # benchmark_cli's own defaults apply
+
+    res = CliRunner().invoke(app, ["eval", "runs/x", "--max-examples", "5", "--temperature", "0.3"])
+    assert res.exit_code == 0, res.output
+    kind, passed = evaluated[-1]
+    assert kind == "held-out" and passed["config"].max_examples == 5 and passed["config"].temperature == 0.3
+
+    res = CliRunner().invoke(app, ["eval", "runs/x", "--human", "--metrics", "bleu"])
+    assert res.exit_code == 0, res.output
+    assert evaluated[-1] == ("human", {"metrics": ["bleu"], "bertscore_model": passed["config"].bertscore_model})
+
+
+def test_every_eval_option_says_where_it_applies():
+    """A new `tunelab eval` option (a new benchmark's, say) must be placed in EVAL_OPTION_MODES, or it would
+    be accepted, and perhaps ignored, in every mode."""
+    from tunelab.cli import EVAL_OPTION_MODES
+
+    command = typer.main.get_command(app).commands["eval"]
+    options = {p.opts[0] for p in command.params if p.param_type_name == "option"}
+    applies_everywhere = {"--set", "--benchmark", "--human"}
+    assert options - applies_everywhere == set(EVAL_OPTION_MODES)

@@ -210,9 +210,62 @@ def metric_list(metrics: str | None, task: str | None) -> list[str] | None:
     return [] if names == ["none"] else names
 
 
+# `tunelab eval` has three modes; an option given in a mode it does not apply to is an error, not
+# silently ignored (`--benchmark arc-easy --max-examples 40` once scored all 2,376 questions).
+HELD_OUT, BENCHMARK, HUMAN = "held-out", "--benchmark", "--human"
+EVAL_MODE_WORDS = {HELD_OUT: "without --benchmark or --human", BENCHMARK: "with --benchmark", HUMAN: "with --human"}
+EVAL_MODE_NAMES = {HELD_OUT: "the held-out evaluation", BENCHMARK: "--benchmark", HUMAN: "--human"}
+EVAL_OPTION_MODES = {  # option -> the modes it applies to; one not listed (--set, --benchmark, --human) applies to all
+    "--data": (HELD_OUT,),
+    "--out": (HELD_OUT, BENCHMARK),
+    "--max-examples": (HELD_OUT,),
+    "--max-new-tokens": (HELD_OUT,),
+    "--batch-size": (HELD_OUT, BENCHMARK),
+    "--task": (HELD_OUT,),
+    "--keyword": (HELD_OUT,),
+    "--metrics": (HELD_OUT, HUMAN),
+    "--bertscore-model": (HELD_OUT, HUMAN),
+    "--temperature": (HELD_OUT,),
+    "--top-p": (HELD_OUT,),
+    "--bootstrap-samples": (HELD_OUT,),
+    "--base": (HELD_OUT, BENCHMARK),
+    "--name": (HELD_OUT, BENCHMARK),
+    "--max-questions": (BENCHMARK,),
+    "--field": (BENCHMARK,),
+    "--seed": (BENCHMARK,),
+    "--precision": (BENCHMARK,),
+}
+EVAL_OPTION_INSTEAD = {  # (option, mode) -> the option that applies there instead
+    ("--max-examples", BENCHMARK): "use --max-questions",
+    ("--max-questions", HELD_OUT): "use --max-examples",
+    ("--data", BENCHMARK): "give the file itself as --benchmark FILE",
+    ("--field", HELD_OUT): "give --data a file in a supported format (docs/data.md)",
+    ("--precision", HELD_OUT): "use --set generation_precision=fp32|bf16|auto",
+}
+
+
+def options_given(ctx: typer.Context) -> list[str]:
+    """The options a user gave the command (on the command line or through their environment variable)."""
+    # by name: typer carries its own copy of click, whose ParameterSource is not click's
+    typed = {"COMMANDLINE", "ENVIRONMENT"}
+    params = [p for p in ctx.command.params if p.param_type_name == "option"]
+    return [p.opts[0] for p in params if getattr(ctx.get_parameter_source(p.name), "name", None) in typed]
+
+
+def check_eval_options(mode: str, options: list[str]) -> None:
+    """Refuse an option given in a mode it does not apply to, saying what applies instead."""
+    for option in options:
+        applies = EVAL_OPTION_MODES.get(option, (HELD_OUT, BENCHMARK, HUMAN))
+        if mode not in applies:
+            where = " and ".join(EVAL_MODE_NAMES[m] for m in applies) + (" only" if len(applies) == 1 else "")
+            instead = EVAL_OPTION_INSTEAD.get((option, mode), f"it applies to {where}")
+            raise TunelabError(f"{option} does not apply {EVAL_MODE_WORDS[mode]}; {instead}")
+
+
 @app.command("eval")
 @friendly
 def eval_cmd(
+    ctx: typer.Context,
     models: list[str] = typer.Argument(
         ...,
         help="Models to compare; the first is the baseline (e.g. the base model, then a run). A lone run directory is compared with its base model.",
@@ -220,7 +273,7 @@ def eval_cmd(
     data: Path | None = typer.Option(
         None, help="Held-out JSONL in the message schema, or any supported data file (default: the run's data/test.jsonl)"
     ),
-    out: Path | None = typer.Option(None, help="Output folder (default: <run>/eval)"),
+    out: Path | None = typer.Option(None, help="Output folder (default: <run>/eval, with --benchmark <run>/eval/benchmarks/<name>)"),
     max_examples: int | None = typer.Option(None, help="Evaluate the first N examples only (default: all of them)"),
     max_new_tokens: int | None = typer.Option(None, help="[default: eval.max_new_tokens]"),
     batch_size: int | None = typer.Option(None, help="[default: eval.batch_size]"),
@@ -246,8 +299,10 @@ def eval_cmd(
     field: list[str] = typer.Option(
         [], help="With --benchmark: a file's field name, e.g. --field gold=answerKey (question, choices, gold)"
     ),
-    seed: int = typer.Option(0, help="With --benchmark: the sampling seed"),
-    precision: str = typer.Option("fp32", help="With --benchmark: fp32 (equal to lm-evaluation-harness) or bf16 autocast (faster)"),
+    seed: int | None = typer.Option(None, help="With --benchmark: the seed of the --max-questions sample"),
+    precision: str | None = typer.Option(
+        None, help="With --benchmark: fp32 (equal to lm-evaluation-harness; the default) or bf16 autocast (faster)"
+    ),
     human: bool = typer.Option(
         False, "--human", help="Instead: win rates of the blind A/B votes cast in `tunelab serve`'s Evaluate tab (RUN or a votes .jsonl)"
     ),
@@ -255,12 +310,16 @@ def eval_cmd(
     """Score models on the same held-out examples (or a benchmark), with 95% intervals and paired differences.
 
     Options left out take the recipe defaults (EvalConfig in tunelab/config.py, listed in
-    docs/configuration.md), except --max-examples: a one-off evaluation scores every example."""
+    docs/configuration.md), except --max-examples: a one-off evaluation scores every example.
+    An option that does not apply to the chosen evaluation (held-out, --benchmark, --human) is an error."""
     from tunelab.config import eval_config_from_options
     from tunelab.evaluate.run import evaluate_cli
 
+    if benchmark is not None and human:
+        raise TunelabError("--benchmark and --human are two different evaluations: give one of them")
+    mode = BENCHMARK if benchmark is not None else HUMAN if human else HELD_OUT
+    check_eval_options(mode, options_given(ctx))
     options = {
-        "max_examples": max_examples,  # None here means every example, not the recipe's 50
         "max_new_tokens": max_new_tokens,
         "batch_size": batch_size,
         "task": task,
@@ -272,9 +331,9 @@ def eval_cmd(
         "bootstrap_samples": bootstrap_samples,
         "compare_base": base,
     }
-    given = {k: v for k, v in options.items() if v is not None or k == "max_examples"}
-    config = eval_config_from_options(given, set)
-    if human:
+    # max_examples is always passed: None here means every example, not the recipe's 50
+    config = eval_config_from_options({"max_examples": max_examples, **given(**options)}, set)
+    if mode == HUMAN:
         from tunelab.evaluate.human import human_cli
         from tunelab.report import write_report
         from tunelab.runs import RunDir
@@ -284,7 +343,7 @@ def eval_cmd(
             if summary.get("run"):  # its report shows the votes too
                 console.print(f"report: {write_report(RunDir(Path(summary['run'])))[1]}")
         return
-    if benchmark is not None:
+    if mode == BENCHMARK:
         from tunelab.evaluate.benchmark import benchmark_cli
 
         benchmark_cli(
@@ -293,11 +352,10 @@ def eval_cmd(
             out=out,
             names=name or None,
             max_questions=max_questions,
-            seed=seed,
             batch_size=config.batch_size,
-            precision=precision,
             fields=field,
             compare_base=config.compare_base,
+            **given(seed=seed, precision=precision),
         )
         return
     evaluate_cli(models, config=config, data=data, out=out, names=name or None)
