@@ -78,7 +78,7 @@ def hub_reachable(timeout: float = 2.0) -> bool:
 # cheap to read (`tunelab --help`, `tunelab compare`, the import of tunelab.config: ~0.5 s).
 def _hub_cache_path(hub_id: str) -> Path | None:
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # here: see the note above
 
         path = Path(snapshot_download(hub_id, local_files_only=True))
         return path if is_hf_folder(path) else None
@@ -89,7 +89,7 @@ def _hub_cache_path(hub_id: str) -> Path | None:
 def _hub_download(hub_id: str) -> Path | None:
     if not hub_reachable():
         return None
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # here: see the note above _hub_cache_path
 
     try:
         path = Path(snapshot_download(hub_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
