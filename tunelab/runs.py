@@ -241,6 +241,15 @@ class ExportDir:
         return self.root / "logs"
 
     @property
+    def convert_log(self) -> Path:
+        """llama.cpp's converter output (HF folder -> f16 GGUF)."""
+        return self.logs / "convert.log"
+
+    @property
+    def quantize_log(self) -> Path:
+        return self.logs / "quantize.log"
+
+    @property
     def space(self) -> Path:
         """`tunelab export --format space`: a folder to push to a Hugging Face Space (tunelab/export/space.py)."""
         return self.root / "space"

@@ -214,14 +214,14 @@ def _write_ggufs(plan: ExportPlan, stage: ExportDir, n_threads: int, step: Calla
     if not plan.ggufs:
         return files
     f16 = stage.gguf_file(plan.name, "f16")
-    convert_hf_to_gguf(stage.merged, f16, "f16", log_file=stage.logs / "convert.log")
+    convert_hf_to_gguf(stage.merged, f16, "f16", log_file=stage.convert_log)
     step("converted to f16")
     for fmt in plan.ggufs:
         if fmt == "gguf-f16":
             files[fmt] = f16
         else:
             q = fmt.removeprefix("gguf-")
-            files[fmt] = quantize_gguf(f16, stage.gguf_file(plan.name, q), q, threads=n_threads, log_file=stage.logs / "quantize.log")
+            files[fmt] = quantize_gguf(f16, stage.gguf_file(plan.name, q), q, threads=n_threads, log_file=stage.quantize_log)
         step(f"{fmt} written")
     if "gguf-f16" not in plan.ggufs:
         f16.unlink()
