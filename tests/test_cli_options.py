@@ -168,3 +168,14 @@ def test_every_eval_option_says_where_it_applies():
     options = {p.opts[0] for p in command.params if p.param_type_name == "option"}
     applies_everywhere = {"--set", "--benchmark", "--human"}
     assert options - applies_everywhere == set(EVAL_OPTION_MODES)
+
+
+def test_export_passes_on_check_only_when_given(monkeypatch):
+    import tunelab.export.run as export_stage
+
+    calls: list[dict] = []
+    monkeypatch.setattr(export_stage, "export_cli", lambda run, **kw: calls.append(kw))
+    assert CliRunner().invoke(app, ["export", "runs/x"]).exit_code == 0
+    assert calls[-1] == {"formats": None, "out": None}  # export_cli's own default: checked
+    assert CliRunner().invoke(app, ["export", "runs/x", "--no-check", "--format", "merged"]).exit_code == 0
+    assert calls[-1] == {"formats": ["merged"], "out": None, "check": False}

@@ -372,7 +372,7 @@ def export(
         help="A value of export.formats (docs/configuration.md: the merged folder or a GGUF quantization) or space (a Hugging Face Space folder) (repeatable) [default: the run recipe's export.formats]",
     ),
     out: Path | None = typer.Option(None, help="Output folder (default: <run>/export)"),
-    check: bool = typer.Option(True, help="Run the faithfulness check"),
+    check: bool | None = typer.Option(None, help="Run the faithfulness check [default: on]"),
 ):
     """Merge adapters, convert to GGUF, quantize, and check the export still answers like the model;
     `--format space` writes a folder to push to a Hugging Face Space (tunelab/export/space.py)."""
@@ -380,14 +380,15 @@ def export(
 
     formats = [f.strip().lower() for f in format]
     others = [f for f in formats if f != "space"] or None
+    checked = given(check=check)
     if "space" in formats:
         from tunelab.export.space import export_space
 
         if others:
-            export_cli(run, formats=others, out=out, check=check)
-        export_space(run, out=(out / "space" if others else out) if out else None, check=check)
+            export_cli(run, formats=others, out=out, **checked)
+        export_space(run, out=(out / "space" if others else out) if out else None, **checked)
         return
-    export_cli(run, formats=others, out=out, check=check)
+    export_cli(run, formats=others, out=out, **checked)
 
 
 @app.command()
