@@ -19,17 +19,23 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # use this checkout's tunelab even when it is not pip-installed
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from tunelab.runs import DEFAULT_RUNS_DIR  # noqa: E402
 from tunelab.serve.generation import ServeLimits  # noqa: E402
 from tunelab.serve.registry import build_registry  # noqa: E402
 from tunelab.serve.ui import build_ui  # noqa: E402
 
 models = [m.strip() for m in os.environ.get("TUNELAB_MODELS", "").split(",") if m.strip()]
-runs = Path(os.environ.get("TUNELAB_RUNS", HERE / "runs"))
-limits = ServeLimits(
-    max_tokens=int(os.environ.get("TUNELAB_MAX_TOKENS", "512")), max_concurrent=int(os.environ.get("TUNELAB_MAX_CONCURRENT", "2"))
-)
+runs = Path(os.environ.get("TUNELAB_RUNS", HERE / DEFAULT_RUNS_DIR))
 
-registry = build_registry(models, runs=runs, cache_size=int(os.environ.get("TUNELAB_CACHE_SIZE", "2")))
+
+def from_environment(**variables: str) -> dict[str, int]:
+    """{setting: its integer value} for the settings whose environment variable is set; one left out keeps
+    the default of ServeLimits or the registry, the same as `tunelab serve` without the option."""
+    return {setting: int(os.environ[name]) for setting, name in variables.items() if os.environ.get(name)}
+
+
+limits = ServeLimits(**from_environment(max_tokens="TUNELAB_MAX_TOKENS", max_concurrent="TUNELAB_MAX_CONCURRENT"))
+registry = build_registry(models, runs=runs, **from_environment(cache_size="TUNELAB_CACHE_SIZE"))
 demo = build_ui(registry, limits, title=os.environ.get("TUNELAB_TITLE", "tunelab chat"))
 
 if __name__ == "__main__":

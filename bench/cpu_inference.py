@@ -89,12 +89,17 @@ def random_lora_run(root: Path, base_dir: Path) -> Path:
 def exported(run: Path, export_dir: Path, threads: int, redo: bool) -> tuple[Path, dict[str, Path]]:
     """The merged folder and the Q8_0 / Q4_K_M files of `run`, exported once (no faithfulness check)."""
     from tunelab.export.run import export_run
+    from tunelab.runs import ExportDir
 
-    ggufs = {q: next((export_dir / "gguf").glob(f"*-{q}.gguf"), None) for q in QUANTS}
-    if redo or not (export_dir / "merged").is_dir() or None in ggufs.values():
+    def found() -> dict[str, Path]:
+        by_quant = ExportDir(export_dir).ggufs_by_quant()
+        return {q: by_quant[q] for q in QUANTS if q in by_quant}
+
+    ggufs = found()
+    if redo or not (export_dir / "merged").is_dir() or len(ggufs) < len(QUANTS):
         print(f"== exporting {run} to {export_dir} (merged, Q8_0, Q4_K_M)", flush=True)
         export_run(run, ["merged", *(f"gguf-{q}" for q in QUANTS)], out=export_dir, check=False, threads=threads)
-        ggufs = {q: next((export_dir / "gguf").glob(f"*-{q}.gguf")) for q in QUANTS}
+        ggufs = found()
     else:
         print(f"== reusing the export in {export_dir} (--reexport to redo it)", flush=True)
     return export_dir / "merged", ggufs

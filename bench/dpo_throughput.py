@@ -168,6 +168,7 @@ def tunelab_worker(args, model_path: Path, workdir: Path, train: list[dict]):
     from tunelab.config import recipe_from_dict
     from tunelab.io import atomic_write_jsonl
     from tunelab.models.chat import load_hf_model
+    from tunelab.runs import DEFAULT_RUNS_DIR
     from tunelab.train.run import train_recipe
 
     data_file = workdir / "pairs.jsonl"
@@ -177,7 +178,7 @@ def tunelab_worker(args, model_path: Path, workdir: Path, train: list[dict]):
     train_cfg = {"method": "dpo", "epochs": 1, "batch_size": BATCH, "learning_rate": LR, "lr_scheduler": "constant", "warmup_ratio": 0}
     train_cfg.update(max_seq_length=MAX_LEN, threads=args.threads, save_steps=100000, tensorboard=False, seed=args.seed, lora=lora)
     recipe = recipe_from_dict(
-        {"name": "bench", "output_dir": str(workdir / "runs"), "model": str(model_path), "data": data, "train": train_cfg}
+        {"name": "bench", "output_dir": str(workdir / DEFAULT_RUNS_DIR), "model": str(model_path), "data": data, "train": train_cfg}
     )
     run = train_recipe(recipe)
     model, _, _ = load_hf_model(run)

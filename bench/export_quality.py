@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 from bench import results  # noqa: E402
 
 # tunelab after the path above; importing it (torch, transformers, bert-score) raises the load average little, so check_idle still reads it
-from tunelab.config import EvalConfig  # noqa: E402
+from tunelab.config import EXPORT_FORMATS, EvalConfig  # noqa: E402
 from tunelab.errors import TunelabError  # noqa: E402
 from tunelab.evaluate.likelihood import answer_pair, perplexities  # noqa: E402
 from tunelab.evaluate.metric_facts import label  # noqa: E402
@@ -63,11 +63,11 @@ from tunelab.models.chat import HFChatModel  # noqa: E402
 from tunelab.models.llama_cpp import LlamaCppChatModel, require_llama_cpp  # noqa: E402
 from tunelab.models.load import set_threads  # noqa: E402
 from tunelab.paths import cache_dir, shared_data_dir  # noqa: E402
-from tunelab.runs import RunDir  # noqa: E402
+from tunelab.runs import ExportDir, RunDir  # noqa: E402
 
 TITLE = "Export quality (bench/export_quality.py)"
 DEFAULT_MODEL = "smollm2-135m-instruct"
-FORMATS = ("gguf-f16", "gguf-q8_0", "gguf-q4_k_m")
+FORMATS = tuple(f for f in EXPORT_FORMATS if f.startswith("gguf-"))  # every GGUF tunelab exports
 ALPACA_EVAL = "alpaca_eval_gpt4_reference.json"
 TEXT_METRICS = ["bleu", "rougeL", "bertscore"]
 # format: (largest |Δ BERTScore F1|, largest Δ perplexity in %); f16 is the control, without a goal
@@ -79,7 +79,8 @@ def exported(model_ref: str, out: Path, threads: int, redo: bool) -> dict[str, P
     """The GGUF file of each format, exported once into `out` (no faithfulness check: this bench is the check)."""
 
     def found() -> dict[str, Path]:
-        return {f: p for f in FORMATS if (p := next((out / "gguf").glob(f"*-{f.removeprefix('gguf-')}.gguf"), None))}
+        by_quant = ExportDir(out).ggufs_by_quant()
+        return {f: by_quant[q] for f in FORMATS if (q := f.removeprefix("gguf-")) in by_quant}
 
     if redo or len(found()) < len(FORMATS):
         print(f"== exporting {model_ref} to {out} ({', '.join(FORMATS)})", flush=True)

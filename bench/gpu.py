@@ -36,7 +36,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from bench import results  # noqa: E402
 from tunelab.config import dump_recipe, load_recipe  # noqa: E402
 from tunelab.io import read_jsonl  # noqa: E402
-from tunelab.runs import machine_info, package_versions  # noqa: E402
+from tunelab.runs import DEFAULT_RUNS_DIR, RunDir, machine_info, package_versions  # noqa: E402
 
 TITLE = "GPU training (bench/gpu.py)"
 HEADING = f"## {TITLE}"
@@ -65,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def bench_recipe(args, workdir: Path, model: str | None) -> Path:
     """The recipe every configuration trains, resolved once and written to workdir/recipe.yaml."""
     overrides = [
-        f"output_dir={workdir / 'runs'}",
+        f"output_dir={workdir / DEFAULT_RUNS_DIR}",
         f"train.max_steps={args.steps}",
         "train.save_steps=1000000",  # no checkpoint inside the measured steps
         "train.early_stopping_patience=null",
@@ -93,7 +93,7 @@ def plan(recipe_file: Path, gpus: int, workdir: Path) -> list[dict]:
     fsdp = ["--processes", str(gpus), "--set", "name=gpu-fsdp", "--set", "train.distributed=fsdp"]
     configs.append({"name": f"tunelab, FSDP × {gpus}", "run": "gpu-fsdp", "processes": gpus, "cmd": train + fsdp})
     trl = [sys.executable, str(Path(__file__).resolve()), "--trl-worker", str(workdir / "trl.json"), "--trl-recipe", str(recipe_file)]
-    trl += ["--trl-data", str(workdir / "runs" / "gpu-1" / "data" / "train.jsonl")]
+    trl += ["--trl-data", str(RunDir(workdir / DEFAULT_RUNS_DIR / "gpu-1").split("train"))]
     configs.append({"name": TRL_NAME, "run": None, "processes": 1, "cmd": trl})
     return configs
 
@@ -121,7 +121,7 @@ def run_config(config: dict, workdir: Path) -> dict:
         return {"error": f"failed (exit code {code})"}
     if config["run"] is None:  # the TRL worker
         return json.loads((workdir / "trl.json").read_text())
-    summary = json.loads((workdir / "runs" / config["run"] / "train" / "summary.json").read_text())
+    summary = json.loads(RunDir(workdir / DEFAULT_RUNS_DIR / config["run"]).train_summary.read_text())
     return {
         "tokens_per_second": summary["tokens_per_second"],
         "tokens_per_step": summary["tokens_seen"] / max(summary["steps"], 1),
@@ -160,7 +160,7 @@ def trl_worker(args) -> None:
         output_dir=str(args.trl_worker.parent / "trl"),
         per_device_train_batch_size=trl_rows_per_step(recipe, rows),
         max_steps=t.max_steps,
-        learning_rate=t.learning_rate or 2e-5,
+        learning_rate=t.resolved_learning_rate,
         lr_scheduler_type=t.lr_scheduler,
         warmup_steps=int(t.warmup_ratio * t.max_steps),
         max_length=t.max_seq_length,

@@ -209,6 +209,7 @@ def tunelab_recipe(args, model_path: Path, train: list[dict], workdir: Path, **s
     batch, learning rate and data, no splitting or filtering, plus the train `settings` a row changes."""
     from tunelab.config import recipe_from_dict
     from tunelab.io import atomic_write_jsonl
+    from tunelab.runs import DEFAULT_RUNS_DIR
 
     data_file = workdir / "train.jsonl"
     atomic_write_jsonl(data_file, train)
@@ -218,7 +219,13 @@ def tunelab_recipe(args, model_path: Path, train: list[dict], workdir: Path, **s
     train_cfg = {"epochs": 1, "batch_size": BATCH, "learning_rate": LR, "lr_scheduler": "constant", "warmup_ratio": 0}
     train_cfg.update(max_seq_length=MAX_LEN, threads=args.threads, save_steps=100000, tensorboard=False, seed=args.seed, lora=lora)
     return recipe_from_dict(
-        {"name": "bench", "output_dir": str(workdir / "runs"), "model": str(model_path), "data": data, "train": {**train_cfg, **settings}}
+        {
+            "name": "bench",
+            "output_dir": str(workdir / DEFAULT_RUNS_DIR),
+            "model": str(model_path),
+            "data": data,
+            "train": {**train_cfg, **settings},
+        }
     )
 
 

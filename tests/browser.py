@@ -128,13 +128,14 @@ def vote(page: Page, choice: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tunelab.runs import DEFAULT_RUNS_DIR
     from tunelab.serve.generation import ServeLimits
     from tunelab.serve.registry import build_registry
     from tunelab.serve.run import ServerThread, build_app
 
     parser = argparse.ArgumentParser(description="Serve models, use the UI in headless chromium, save screenshots.")
     parser.add_argument("models", nargs="*")
-    parser.add_argument("--runs", type=Path, default=Path("runs"))
+    parser.add_argument("--runs", type=Path, default=DEFAULT_RUNS_DIR)
     parser.add_argument("--message", default="What is the capital of France?")
     parser.add_argument("--chat-out", type=Path, default=None)
     parser.add_argument("--compare-out", type=Path, default=None)

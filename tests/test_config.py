@@ -100,3 +100,17 @@ def test_gradient_checkpointing_defaults_on_for_dpo_only():
     assert TrainConfig(method="dpo", gradient_checkpointing=False).checkpointing is False
     assert TrainConfig(method="lora", gradient_checkpointing=True).checkpointing is True
     assert TrainConfig(method="dpo").model_dump()["gradient_checkpointing"] is None  # unresolved in a dumped recipe
+
+
+def test_learning_rate_defaults_follow_the_objective_and_the_weights():
+    from tunelab.config import PREFERENCE_LEARNING_RATES, SFT_LEARNING_RATES, TrainConfig
+
+    assert TrainConfig().resolved_learning_rate == SFT_LEARNING_RATES["lora"] == 2e-4
+    assert TrainConfig(method="full").resolved_learning_rate == SFT_LEARNING_RATES["full"] == 2e-5
+    assert TrainConfig(method="dpo").resolved_learning_rate == PREFERENCE_LEARNING_RATES["lora"] == 5e-5
+    orpo_full = TrainConfig(method="orpo", preference={"weights": "full"})
+    assert orpo_full.resolved_learning_rate == PREFERENCE_LEARNING_RATES["full"] == 1e-6
+    assert TrainConfig(method="dpo", learning_rate=1e-4).resolved_learning_rate == 1e-4
+    # the field's description (docs/configuration.md) is written from the same numbers
+    description = TrainConfig.model_fields["learning_rate"].description
+    assert "2e-4 for LoRA/QLoRA, 2e-5 for full" in description and "5e-5 on an adapter, 1e-6 on every weight" in description

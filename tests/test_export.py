@@ -321,6 +321,14 @@ def test_unknown_format_is_rejected(lora_run):
         export_run(lora_run, ["gguf-q2"], config=QUICK)
 
 
+def test_every_export_format_has_its_disk_cost_and_a_gguf_its_quantization():
+    from tunelab.config import EXPORT_FORMATS
+    from tunelab.export.run import BYTES_PER_PARAM, MODELFILE_PREFERENCE
+
+    assert set(BYTES_PER_PARAM) == set(EXPORT_FORMATS)  # one list of formats (config.py); the costs follow it
+    assert set(MODELFILE_PREFERENCE) == {f for f in EXPORT_FORMATS if f.startswith("gguf-")}
+
+
 def test_modelfile_for_chatml_and_default_templates(smollm2_dir):
     from tunelab.export.modelfile import modelfile_text
     from tunelab.models.load import DEFAULT_CHAT_TEMPLATE, load_tokenizer

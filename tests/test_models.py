@@ -124,3 +124,27 @@ def test_third_party_noise_is_filtered_precisely(caplog):
     assert _no_weight_loading_bars(made, (), {"desc": "Loading weights"}) == {"desc": "Loading weights", "disable": True}
     assert _no_weight_loading_bars(made, (), {"desc": "Writing model shards"})["disable"] is True  # export's save_pretrained
     assert _no_weight_loading_bars(made, (), {"desc": "Downloading"}) == {"desc": "Downloading"}
+
+
+def test_the_gguf_conversion_bars_are_hidden_at_their_source():
+    """`tunelab models fetch` converts a GGUF through transformers, which drew three bars between tunelab's lines:
+    'Converting and de-quantizing GGUF tensors...' (the GGUF reader, with tqdm of its own), 'Loading weights' and
+    'Writing model shards'. The conversion routes the reader's bar through transformers' hook, which hides all three."""
+    import inspect
+
+    from transformers import modeling_gguf_pytorch_utils
+    from transformers.utils import logging as transformers_logging
+
+    from tunelab.models import resolve
+    from tunelab.models.load import HIDDEN_BARS, _no_weight_loading_bars, route_gguf_bar_through_hook
+
+    made = lambda *args, **kwargs: kwargs  # noqa: E731
+    for desc in ("Converting and de-quantizing GGUF tensors...", "Loading weights", "Writing model shards"):
+        assert desc.startswith(HIDDEN_BARS) and _no_weight_loading_bars(made, (), {"desc": desc})["disable"] is True
+    # the description transformers' GGUF reader gives its bar (so an upgrade that rewords it fails here)
+    assert "Converting and de-quantizing GGUF tensors" in inspect.getsource(modeling_gguf_pytorch_utils)
+    route_gguf_bar_through_hook()
+    assert modeling_gguf_pytorch_utils.tqdm is transformers_logging.tqdm
+    with modeling_gguf_pytorch_utils.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors...") as bar:
+        assert bar.disable
+    assert "route_gguf_bar_through_hook()" in inspect.getsource(resolve.gguf_to_hf_folder)  # the fetch path calls it

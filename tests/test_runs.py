@@ -7,7 +7,18 @@ import json
 import pytest
 
 from tunelab.errors import TunelabError
-from tunelab.runs import MODEL_INFO, ExportDir, RunDir, read_model_info, require_base_model, trained_model_dir, write_model_info
+from tunelab.runs import (
+    MODEL_INFO,
+    ExportDir,
+    RunDir,
+    gguf_name,
+    gguf_quant,
+    read_model_info,
+    require_base_model,
+    split_gguf_name,
+    trained_model_dir,
+    write_model_info,
+)
 
 
 def test_model_info_round_trip_and_the_folder_lookup(tmp_path):
@@ -53,3 +64,25 @@ def test_layouts_and_state(tmp_path):
     run.state.write_text("{")
     with pytest.raises(TunelabError, match="state.json: not valid JSON"):
         run.stage_done("train")
+
+
+def test_gguf_names_are_built_and_read_back_in_one_place(tmp_path):
+    export = ExportDir(tmp_path)
+    assert (
+        export.gguf_file("my-run", "q4_k_m")
+        == tmp_path / "gguf" / gguf_name("my-run", "q4_k_m")
+        == tmp_path / "gguf" / "my-run-q4_k_m.gguf"
+    )
+    # a run name may hold '-', a quantization never does
+    for name in ("my-run", "demo", "a-b-c"):
+        for quant in ("f16", "q8_0", "q4_k_m"):
+            assert split_gguf_name(export.gguf_file(name, quant)) == (name, quant)
+            assert gguf_quant(gguf_name(name, quant)) == quant
+    assert gguf_quant("Demo-Q8_0.gguf") == "q8_0"
+    for other in ("plain.gguf", "-q8_0.gguf", "demo-.gguf", "demo-q8_0.bin", "Modelfile"):
+        assert gguf_quant(other) is None, other
+    assert export.ggufs_by_quant() == {}
+    export.gguf.mkdir()
+    for name in ("run-q8_0.gguf", "run-f16.gguf", "plain.gguf", "Modelfile"):
+        (export.gguf / name).write_text("")
+    assert export.ggufs_by_quant() == {"f16": export.gguf_file("run", "f16"), "q8_0": export.gguf_file("run", "q8_0")}

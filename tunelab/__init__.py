@@ -1,9 +1,9 @@
 """tunelab: fine-tune, measure, export and serve small LLMs.
 
 Third-party noise a tunelab user cannot act on is filtered here, once, at its source, and
-precisely (one logger, or one message and category): nothing else is silenced. The
-"Loading weights" progress bars of transformers are switched off where tunelab loads
-models (tunelab/models/load.py), because that needs transformers imported.
+precisely (one logger, or one message and category): nothing else is silenced. Three
+progress bars of transformers (`HIDDEN_BARS`: loading, saving, and reading a GGUF file) are
+switched off in tunelab/models/load.py, because that needs transformers imported.
 """
 
 import logging

@@ -30,6 +30,11 @@ app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
 
 
+def given(**options) -> dict:
+    """The options a user gave (not None); the ones left out keep the defaults of the function they go to."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
 def friendly(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -101,15 +106,15 @@ def models_resolve(ref: str = typer.Argument(..., help="Catalog name, hub id, fo
 def data_prepare(
     inputs: list[str] = typer.Argument(None, help="Data files or hub names (or use --recipe)"),
     recipe: Path | None = typer.Option(None, help="Take the data section of a recipe"),
-    out: Path = typer.Option(Path("runs/data"), help="Output folder (a run directory's data/ layout)"),
+    out: Path | None = typer.Option(None, help="Output folder (a run directory's data/ layout) [default: runs/data]"),
     model: str = typer.Option(None, help="Model whose tokenizer measures lengths (default: the recipe's or the default model)"),
-    format: str = typer.Option("auto", help="Input format for all inputs"),
+    format: str | None = typer.Option(None, help="Input format for all inputs [default: auto]"),
     placeholder: list[str] = typer.Option([], help="name=value for {{name}} placeholders"),
-    strict: bool = typer.Option(False, help="Fail on the first invalid record"),
-    dedup: str = typer.Option("near", help="none | exact | near"),
-    seed: int = typer.Option(42),
-    test_fraction: float = typer.Option(0.1),
-    validation_fraction: float = typer.Option(0.05),
+    strict: bool | None = typer.Option(None, help="Fail on the first invalid record [default: data.strict]"),
+    dedup: str | None = typer.Option(None, help="none | exact | near [default: data.dedup]"),
+    seed: int | None = typer.Option(None, help="[default: data.seed]"),
+    test_fraction: float | None = typer.Option(None, help="[default: data.test_fraction]"),
+    validation_fraction: float | None = typer.Option(None, help="[default: data.validation_fraction]"),
     max_tokens: int | None = typer.Option(
         None, help="Drop examples longer than this (tokens, chat template applied) [default: the recipe's train.max_seq_length]"
     ),
@@ -117,16 +122,23 @@ def data_prepare(
     validation_size: int | None = typer.Option(None, help="Exact number of validation examples"),
     eval_source: str | None = typer.Option(None, "--eval", help="A separate held-out file: it becomes the test split"),
     system_prompt: str | None = typer.Option(None, help="System message added to examples that have none"),
-    quality_filter: bool = typer.Option(False, help="Drop refusals, boilerplate and too-short answers"),
+    quality_filter: bool | None = typer.Option(
+        None, help="Drop refusals, boilerplate and too-short answers [default: data.quality_filter]"
+    ),
     max_examples: int | None = typer.Option(None, help="Keep at most this many training examples (seeded sample)"),
 ):
-    """Read, validate, clean, deduplicate and split data into the message schema, with a data card."""
+    """Read, validate, clean, deduplicate and split data into the message schema, with a data card.
+
+    Options left out take the recipe defaults (DataConfig and DataSource in tunelab/config.py, listed
+    in docs/configuration.md)."""
     from pydantic import ValidationError
 
     from tunelab.config import DataConfig, DataSource, TrainConfig, format_validation_error, load_recipe
     from tunelab.data.prepare import prepare_data
     from tunelab.models.catalog import DEFAULT_MODEL
+    from tunelab.runs import DEFAULT_RUNS_DIR
 
+    out = out or DEFAULT_RUNS_DIR / "data"
     if recipe:
         r = load_recipe(recipe)
         data_cfg, model_ref, max_len = r.data, model or r.model, r.train.max_seq_length
@@ -137,20 +149,16 @@ def data_prepare(
         if bad:
             raise TunelabError(f"--placeholder {bad[0]!r} must look like name=value")
         values = dict(p.split("=", 1) for p in placeholder)
+        source = given(placeholders=values, system_prompt=system_prompt)
+        splits = given(seed=seed, test_fraction=test_fraction, test_size=test_size)
+        splits |= given(validation_fraction=validation_fraction, validation_size=validation_size)
+        cleaning = given(strict=strict, dedup=dedup, max_tokens=max_tokens, quality_filter=quality_filter, max_examples=max_examples)
         try:
             data_cfg = DataConfig(
-                sources=[DataSource(path=i, format=format, placeholders=values, system_prompt=system_prompt) for i in inputs],
-                eval_source=DataSource(path=eval_source, placeholders=values, system_prompt=system_prompt) if eval_source else None,
-                strict=strict,
-                dedup=dedup,
-                seed=seed,
-                test_fraction=test_fraction,
-                test_size=test_size,
-                validation_fraction=validation_fraction,
-                validation_size=validation_size,
-                max_tokens=max_tokens,
-                quality_filter=quality_filter,
-                max_examples=max_examples,
+                sources=[DataSource(path=i, **source, **given(format=format)) for i in inputs],
+                eval_source=DataSource(path=eval_source, **source) if eval_source else None,
+                **splits,
+                **cleaning,
             )
         except ValidationError as err:
             raise ConfigError(format_validation_error("tunelab data prepare", err, "options")) from None
@@ -202,9 +210,81 @@ def metric_list(metrics: str | None, task: str | None) -> list[str] | None:
     return [] if names == ["none"] else names
 
 
+# `tunelab eval` has three modes; an option given in a mode it does not apply to is an error, not
+# silently ignored (`--benchmark arc-easy --max-examples 40` once scored all 2,376 questions).
+HELD_OUT, BENCHMARK, CODE, HUMAN = "held-out", "--benchmark", "code", "--human"
+EVAL_MODE_WORDS = {
+    HELD_OUT: "without --benchmark or --human",
+    BENCHMARK: "with a multiple-choice --benchmark",
+    CODE: "with a code --benchmark",
+    HUMAN: "with --human",
+}
+EVAL_MODE_NAMES = {
+    HELD_OUT: "the held-out evaluation",
+    BENCHMARK: "a multiple-choice --benchmark",
+    CODE: "a code --benchmark",
+    HUMAN: "--human",
+}
+EVAL_OPTION_MODES = {  # option -> the modes it applies to; one not listed (--set, --benchmark, --human) applies to all
+    "--data": (HELD_OUT,),
+    "--out": (HELD_OUT, BENCHMARK, CODE),
+    "--max-examples": (HELD_OUT,),
+    "--max-new-tokens": (HELD_OUT, CODE),
+    "--batch-size": (HELD_OUT, BENCHMARK),
+    "--task": (HELD_OUT,),
+    "--keyword": (HELD_OUT,),
+    "--metrics": (HELD_OUT, HUMAN),
+    "--bertscore-model": (HELD_OUT, HUMAN),
+    "--temperature": (HELD_OUT, CODE),
+    "--top-p": (HELD_OUT, CODE),
+    "--bootstrap-samples": (HELD_OUT,),
+    "--base": (HELD_OUT, BENCHMARK, CODE),
+    "--name": (HELD_OUT, BENCHMARK, CODE),
+    "--max-questions": (BENCHMARK,),
+    "--field": (BENCHMARK, CODE),
+    "--seed": (BENCHMARK,),
+    "--precision": (BENCHMARK,),
+    "--allow-code-execution": (CODE,),
+    "--samples": (CODE,),
+    "--max-problems": (CODE,),
+    "--prompt-format": (CODE,),
+    "--code-backend": (CODE,),
+}
+EVAL_OPTION_INSTEAD = {  # (option, mode) -> the option that applies there instead
+    ("--max-examples", BENCHMARK): "use --max-questions",
+    ("--max-examples", CODE): "use --max-problems",
+    ("--max-questions", CODE): "use --max-problems",
+    ("--batch-size", CODE): "code answers are generated one at a time",
+    ("--max-questions", HELD_OUT): "use --max-examples",
+    ("--data", BENCHMARK): "give the file itself as --benchmark FILE",
+    ("--field", HELD_OUT): "give --data a file in a supported format (docs/data.md)",
+    ("--precision", HELD_OUT): "use --set generation_precision=fp32|bf16|auto",
+}
+
+
+def options_given(ctx: typer.Context) -> list[str]:
+    """The options a user gave the command (on the command line or through their environment variable)."""
+    # by name: typer carries its own copy of click, whose ParameterSource is not click's
+    typed = {"COMMANDLINE", "ENVIRONMENT"}
+    params = [p for p in ctx.command.params if p.param_type_name == "option"]
+    return [p.opts[0] for p in params if getattr(ctx.get_parameter_source(p.name), "name", None) in typed]
+
+
+def check_eval_options(mode: str, options: list[str]) -> None:
+    """Refuse an option given in a mode it does not apply to, saying what applies instead."""
+    for option in options:
+        applies = EVAL_OPTION_MODES.get(option, (HELD_OUT, BENCHMARK, CODE, HUMAN))
+        if mode not in applies:
+            names = [EVAL_MODE_NAMES[m] for m in applies]
+            where = ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0] + " only"
+            instead = EVAL_OPTION_INSTEAD.get((option, mode), f"it applies to {where}")
+            raise TunelabError(f"{option} does not apply {EVAL_MODE_WORDS[mode]}; {instead}")
+
+
 @app.command("eval")
 @friendly
 def eval_cmd(
+    ctx: typer.Context,
     models: list[str] = typer.Argument(
         ...,
         help="Models to compare; the first is the baseline (e.g. the base model, then a run). A lone run directory is compared with its base model.",
@@ -212,7 +292,7 @@ def eval_cmd(
     data: Path | None = typer.Option(
         None, help="Held-out JSONL in the message schema, or any supported data file (default: the run's data/test.jsonl)"
     ),
-    out: Path | None = typer.Option(None, help="Output folder (default: <run>/eval)"),
+    out: Path | None = typer.Option(None, help="Output folder (default: <run>/eval, with --benchmark <run>/eval/benchmarks/<name>)"),
     max_examples: int | None = typer.Option(None, help="Evaluate the first N examples only (default: all of them)"),
     max_new_tokens: int | None = typer.Option(None, help="[default: eval.max_new_tokens]"),
     batch_size: int | None = typer.Option(None, help="[default: eval.batch_size]"),
@@ -239,8 +319,10 @@ def eval_cmd(
     field: list[str] = typer.Option(
         [], help="With --benchmark: a file's field name, e.g. --field gold=answerKey (question, choices, gold)"
     ),
-    seed: int = typer.Option(0, help="With --benchmark: the sampling seed"),
-    precision: str = typer.Option("fp32", help="With --benchmark: fp32 (equal to lm-evaluation-harness) or bf16 autocast (faster)"),
+    seed: int | None = typer.Option(None, help="With --benchmark: the seed of the --max-questions sample"),
+    precision: str | None = typer.Option(
+        None, help="With --benchmark: fp32 (equal to lm-evaluation-harness; the default) or bf16 autocast (faster)"
+    ),
     human: bool = typer.Option(
         False, "--human", help="Instead: win rates of the blind A/B votes cast in `tunelab serve`'s Evaluate tab (RUN or a votes .jsonl)"
     ),
@@ -249,26 +331,33 @@ def eval_cmd(
         "--allow-code-execution",
         help="With a code benchmark (humaneval, or a file of prompt/test/entry_point problems): run the code the models write, each program in a subprocess with limits",
     ),
-    samples: int = typer.Option(1, help="With a code benchmark: answers per problem (above 1: pass@k, needs --temperature > 0)"),
-    max_problems: int | None = typer.Option(None, help="With a code benchmark: the first N problems only (default: all)"),
-    prompt_format: str = typer.Option(
-        "auto", help="With a code benchmark: auto (chat for instruct models, completion for base models), chat or completion"
+    samples: int | None = typer.Option(
+        None, help="With a code benchmark: answers per problem (above 1: pass@k, needs --temperature > 0) [default: 1]"
     ),
-    code_backend: str = typer.Option(
-        "gguf",
+    max_problems: int | None = typer.Option(None, help="With a code benchmark: the first N problems only (default: all)"),
+    prompt_format: str | None = typer.Option(
+        None, help="With a code benchmark: auto (chat for instruct models, completion for base models), chat or completion [default: auto]"
+    ),
+    code_backend: str | None = typer.Option(
+        None,
         help="With a code benchmark: gguf (every model as a Q8_0 GGUF through llama.cpp, the fast CPU path; a base model is converted once) or pytorch (transformers fp32)",
     ),
 ):
     """Score models on the same held-out examples (or a benchmark), with 95% intervals and paired differences.
 
     Options left out take the recipe defaults (EvalConfig in tunelab/config.py, listed in
-    docs/configuration.md), except --max-examples: a one-off evaluation scores every example."""
+    docs/configuration.md), except --max-examples: a one-off evaluation scores every example.
+    An option that does not apply to the chosen evaluation (held-out, --benchmark, --human) is an error."""
     from tunelab.config import eval_config_from_options
-    from tunelab.evaluate.code import code_benchmark_cli, is_code_benchmark
+    from tunelab.evaluate.code import is_code_benchmark
     from tunelab.evaluate.run import evaluate_cli
 
+    if benchmark is not None and human:
+        raise TunelabError("--benchmark and --human are two different evaluations: give one of them")
+    code = benchmark is not None and is_code_benchmark(benchmark, dict(f.split("=", 1) for f in field if "=" in f))
+    mode = CODE if code else BENCHMARK if benchmark is not None else HUMAN if human else HELD_OUT
+    check_eval_options(mode, options_given(ctx))
     options = {
-        "max_examples": max_examples,  # None here means every example, not the recipe's 50
         "max_new_tokens": max_new_tokens,
         "batch_size": batch_size,
         "task": task,
@@ -280,9 +369,9 @@ def eval_cmd(
         "bootstrap_samples": bootstrap_samples,
         "compare_base": base,
     }
-    given = {k: v for k, v in options.items() if v is not None or k == "max_examples"}
-    config = eval_config_from_options(given, set)
-    if human:
+    # max_examples is always passed: None here means every example, not the recipe's 50
+    config = eval_config_from_options({"max_examples": max_examples, **given(**options)}, set)
+    if mode == HUMAN:
         from tunelab.evaluate.human import human_cli
         from tunelab.report import write_report
         from tunelab.runs import RunDir
@@ -292,25 +381,25 @@ def eval_cmd(
             if summary.get("run"):  # its report shows the votes too
                 console.print(f"report: {write_report(RunDir(Path(summary['run'])))[1]}")
         return
-    if benchmark is not None and is_code_benchmark(benchmark, dict(f.split("=", 1) for f in field if "=" in f)):
-        code_benchmark_cli(
-            models,
-            benchmark,
-            allow_execution=allow_code_execution,
-            out=out,
-            names=name or None,
-            max_problems=max_problems,
-            samples=samples,
-            temperature=config.temperature if temperature is not None else 0.0,
-            top_p=top_p if top_p is not None else 0.95,
-            max_new_tokens=max_new_tokens or 384,
-            prompt_format=prompt_format,
-            fields=field,
-            compare_base=config.compare_base,
-            backend=code_backend,
-        )
+    if mode == CODE:
+        from tunelab.config import code_config_from_options
+        from tunelab.evaluate.code import code_benchmark_cli
+
+        code_options = {
+            "benchmark": benchmark,
+            "allow_execution": allow_code_execution or None,
+            "fields": dict(f.split("=", 1) for f in field) if field else None,
+            "max_problems": max_problems,
+            "samples": samples,
+            "temperature": temperature,
+            "top_p": top_p,
+            "max_new_tokens": max_new_tokens,
+            "prompt_format": prompt_format,
+            "backend": code_backend,
+        }
+        code_benchmark_cli(models, code_config_from_options(code_options), out=out, names=name or None, compare_base=config.compare_base)
         return
-    if benchmark is not None:
+    if mode == BENCHMARK:
         from tunelab.evaluate.benchmark import benchmark_cli
 
         benchmark_cli(
@@ -319,11 +408,10 @@ def eval_cmd(
             out=out,
             names=name or None,
             max_questions=max_questions,
-            seed=seed,
             batch_size=config.batch_size,
-            precision=precision,
             fields=field,
             compare_base=config.compare_base,
+            **given(seed=seed, precision=precision),
         )
         return
     evaluate_cli(models, config=config, data=data, out=out, names=name or None)
@@ -337,10 +425,10 @@ def export(
     format: list[str] = typer.Option(
         [],
         "--format",
-        help="merged | gguf-f16 | gguf-q8_0 | gguf-q4_k_m | space (a Hugging Face Space folder) (repeatable) [default: the run recipe's export.formats]",
+        help="A value of export.formats (docs/configuration.md: the merged folder or a GGUF quantization) or space (a Hugging Face Space folder) (repeatable) [default: the run recipe's export.formats]",
     ),
     out: Path | None = typer.Option(None, help="Output folder (default: <run>/export)"),
-    check: bool = typer.Option(True, help="Run the faithfulness check"),
+    check: bool | None = typer.Option(None, help="Run the faithfulness check [default: on]"),
 ):
     """Merge adapters, convert to GGUF, quantize, and check the export still answers like the model;
     `--format space` writes a folder to push to a Hugging Face Space (tunelab/export/space.py)."""
@@ -348,14 +436,15 @@ def export(
 
     formats = [f.strip().lower() for f in format]
     others = [f for f in formats if f != "space"] or None
+    checked = given(check=check)
     if "space" in formats:
         from tunelab.export.space import export_space
 
         if others:
-            export_cli(run, formats=others, out=out, check=check)
-        export_space(run, out=(out / "space" if others else out) if out else None, check=check)
+            export_cli(run, formats=others, out=out, **checked)
+        export_space(run, out=(out / "space" if others else out) if out else None, **checked)
         return
-    export_cli(run, formats=others, out=out, check=check)
+    export_cli(run, formats=others, out=out, **checked)
 
 
 @app.command()
@@ -378,62 +467,62 @@ def generate(
 
 
 # ---------------------------------------------------------------- serve
-def serve_limits(max_tokens: int, max_prompt_tokens: int, max_concurrent: int, max_queue: int):
-    """The limits `serve` and `api` share (a prompt may hold about 8 characters per token)."""
+# Serving options default to None and only those given are passed on: the defaults are ServeLimits'
+# (tunelab/serve/generation.py), the registry's MODEL_CACHE_SIZE and serve_cli's/api_cli's (docs/serve.md lists them).
+def serve_limits(**options):
+    """The limits `serve` and `api` share: the options given, ServeLimits' defaults for the rest."""
     from tunelab.serve.generation import ServeLimits
 
-    return ServeLimits(
-        max_tokens=max_tokens,
-        max_prompt_tokens=max_prompt_tokens,
-        max_prompt_chars=8 * max_prompt_tokens,
-        max_concurrent=max_concurrent,
-        max_queue=max_queue,
-    )
+    return ServeLimits(**given(**options))
 
 
 @app.command()
 @friendly
 def serve(
     models: list[str] = typer.Argument(None, help="Models to offer (default: every run and export under --runs)"),
-    runs: Path = typer.Option(Path("runs"), help="Folder searched for runs and exports"),
-    host: str = typer.Option("127.0.0.1"),
-    port: int = typer.Option(7860),
+    runs: Path | None = typer.Option(None, help="Folder searched for runs and exports [default: runs]"),
+    host: str | None = typer.Option(None, help="[default: 127.0.0.1, this machine only]"),
+    port: int | None = typer.Option(None, help="[default: 7860]"),
     password: str | None = typer.Option(
         None, envvar="TUNELAB_PASSWORD", help="Require this password (user 'tunelab'; also the API key with --api)"
     ),
     api: bool = typer.Option(False, help="Also mount the OpenAI-style API under /v1"),
-    max_tokens: int = typer.Option(512, help="Cap on new tokens per answer"),
-    max_prompt_tokens: int = typer.Option(2048, help="Longer prompts are refused"),
-    max_concurrent: int = typer.Option(2, help="Generations running at once"),
-    max_queue: int = typer.Option(16, help="Requests waiting beyond those; more are refused (429 / queue full)"),
-    cache_size: int = typer.Option(3, help="Loaded models kept in memory"),
+    max_tokens: int | None = typer.Option(None, help="Cap on new tokens per answer [default: docs/serve.md]"),
+    max_prompt_tokens: int | None = typer.Option(None, help="Longer prompts are refused [default: docs/serve.md]"),
+    max_concurrent: int | None = typer.Option(None, help="Generations running at once [default: docs/serve.md]"),
+    max_queue: int | None = typer.Option(
+        None, help="Requests waiting beyond those; more are refused (429 / queue full) [default: docs/serve.md]"
+    ),
+    cache_size: int | None = typer.Option(None, help="Loaded models kept in memory [default: docs/serve.md]"),
 ):
     """Start the Gradio chat UI (streaming, model picker, side-by-side)."""
     from tunelab.serve.run import serve_cli
 
-    limits = serve_limits(max_tokens, max_prompt_tokens, max_concurrent, max_queue)
-    serve_cli(models or [], runs=runs, host=host, port=port, password=password, api=api, limits=limits, cache_size=cache_size)
+    limits = serve_limits(max_tokens=max_tokens, max_prompt_tokens=max_prompt_tokens, max_concurrent=max_concurrent, max_queue=max_queue)
+    options = given(runs=runs, host=host, port=port, cache_size=cache_size)
+    serve_cli(models or [], password=password, api=api, limits=limits, **options)
 
 
 @app.command()
 @friendly
 def api(
     models: list[str] = typer.Argument(None, help="Models to offer (default: every run and export under --runs)"),
-    runs: Path = typer.Option(Path("runs")),
-    host: str = typer.Option("127.0.0.1"),
-    port: int = typer.Option(8000),
+    runs: Path | None = typer.Option(None, help="Folder searched for runs and exports [default: runs]"),
+    host: str | None = typer.Option(None, help="[default: 127.0.0.1, this machine only]"),
+    port: int | None = typer.Option(None, help="[default: 8000]"),
     api_key: str | None = typer.Option(None, envvar="TUNELAB_API_KEY", help="Require 'Authorization: Bearer <key>'"),
-    max_tokens: int = typer.Option(512, help="Cap on new tokens per answer"),
-    max_prompt_tokens: int = typer.Option(2048, help="Longer prompts get 400 context_length_exceeded"),
-    max_concurrent: int = typer.Option(2, help="Generations running at once"),
-    max_queue: int = typer.Option(16, help="Requests waiting beyond those; more get 429"),
-    cache_size: int = typer.Option(3, help="Loaded models kept in memory"),
+    max_tokens: int | None = typer.Option(None, help="Cap on new tokens per answer [default: docs/serve.md]"),
+    max_prompt_tokens: int | None = typer.Option(None, help="Longer prompts get 400 context_length_exceeded [default: docs/serve.md]"),
+    max_concurrent: int | None = typer.Option(None, help="Generations running at once [default: docs/serve.md]"),
+    max_queue: int | None = typer.Option(None, help="Requests waiting beyond those; more get 429 [default: docs/serve.md]"),
+    cache_size: int | None = typer.Option(None, help="Loaded models kept in memory [default: docs/serve.md]"),
 ):
     """Start the OpenAI-style HTTP API (/v1/chat/completions, /v1/models)."""
     from tunelab.serve.run import api_cli
 
-    limits = serve_limits(max_tokens, max_prompt_tokens, max_concurrent, max_queue)
-    api_cli(models or [], runs=runs, host=host, port=port, api_key=api_key, limits=limits, cache_size=cache_size)
+    limits = serve_limits(max_tokens=max_tokens, max_prompt_tokens=max_prompt_tokens, max_concurrent=max_concurrent, max_queue=max_queue)
+    options = given(runs=runs, host=host, port=port, cache_size=cache_size)
+    api_cli(models or [], api_key=api_key, limits=limits, **options)
 
 
 # ---------------------------------------------------------------- experiments

@@ -8,7 +8,7 @@ generated from these models (`python -m tunelab.config > docs/configuration.md`)
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -18,7 +18,7 @@ from tunelab.errors import ConfigError
 from tunelab.io import atomic_write_text
 from tunelab.models.catalog import DEFAULT_MODEL
 from tunelab.progress import console
-from tunelab.runs import RunDir
+from tunelab.runs import DEFAULT_RUNS_DIR, RunDir
 
 
 class Strict(BaseModel):
@@ -110,6 +110,17 @@ class LoraSettings(Strict):
 
 WeightsMethod = Literal["lora", "qlora", "full"]
 
+# The learning rate of a recipe that names none, by what training updates (`TrainConfig.weights`).
+# Preference losses take smaller steps than the answers' loss (the usual DPO recipes: 5e-7 to 5e-6 on
+# every weight, about ten times that on an adapter): large steps push the model far from its
+# reference, and its answers degrade.
+SFT_LEARNING_RATES = {"lora": 2e-4, "qlora": 2e-4, "full": 2e-5}
+PREFERENCE_LEARNING_RATES = {"lora": 5e-5, "qlora": 5e-5, "full": 1e-6}
+
+
+def _rate(value: float) -> str:
+    return f"{value:.0e}".replace("e-0", "e-")  # 2e-4, as people write learning rates
+
 
 class PreferenceSettings(Strict):
     """DPO and ORPO (`train.method: dpo | orpo`): what they update, and their one strength setting."""
@@ -139,7 +150,8 @@ class TrainConfig(Strict):
     learning_rate: float | None = Field(
         None,
         gt=0,
-        description="Default: 2e-4 for LoRA/QLoRA, 2e-5 for full fine-tuning; DPO and ORPO: 5e-5 on an adapter, 1e-6 on every weight.",
+        description=f"Default: {_rate(SFT_LEARNING_RATES['lora'])} for LoRA/QLoRA, {_rate(SFT_LEARNING_RATES['full'])} for full fine-tuning; "
+        f"DPO and ORPO: {_rate(PREFERENCE_LEARNING_RATES['lora'])} on an adapter, {_rate(PREFERENCE_LEARNING_RATES['full'])} on every weight.",
     )
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
@@ -203,6 +215,12 @@ class TrainConfig(Strict):
         """What training updates: 'lora', 'qlora' or 'full' (for DPO and ORPO: `preference.weights`)."""
         return self.preference.weights if self.objective != "sft" else self.method
 
+    @property
+    def resolved_learning_rate(self) -> float:
+        """The recipe's learning rate, else the default for what training optimises and updates."""
+        defaults = SFT_LEARNING_RATES if self.objective == "sft" else PREFERENCE_LEARNING_RATES
+        return self.learning_rate or defaults[self.weights]
+
 
 class GeneralAbilityConfig(Strict):
     """The forgetting check of `tunelab run`: a multiple-choice benchmark, base against tuned."""
@@ -227,7 +245,8 @@ class CodeEvalConfig(Strict):
     fields: dict[str, str] = Field(default_factory=dict, description="A file's own field names: task_id, prompt, test, entry_point.")
     max_problems: int | None = Field(None, gt=0, description="The first N problems only (null: all).")
     samples: int = Field(1, gt=0, description="Answers per problem: 1 gives greedy pass@1; more give pass@k (needs temperature > 0).")
-    temperature: float = Field(0.0, ge=0)
+    temperature: float = Field(0.0, ge=0, description="0: greedy. Sampled answers (pass@k) use 0.8 in the Codex paper.")
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling for sampled answers (the Codex paper's).")
     max_new_tokens: int = Field(384, gt=0)
     prompt_format: Literal["auto", "chat", "completion"] = Field(
         "auto", description="`auto`: the chat template for models that have one of their own, plain completion for base models."
@@ -299,8 +318,13 @@ class EvalConfig(Strict):
             raise ValueError("eval.code applies with eval.task 'code' only")
 
 
+# what `tunelab export` can write: the merged Hugging Face folder, or a GGUF file as `gguf-<quantization>`
+ExportFormat = Literal["merged", "gguf-f16", "gguf-q8_0", "gguf-q4_k_m"]
+EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
+
+
 class ExportConfig(Strict):
-    formats: list[Literal["merged", "gguf-f16", "gguf-q8_0", "gguf-q4_k_m"]] = Field(default_factory=lambda: ["gguf-q8_0"])
+    formats: list[ExportFormat] = Field(default_factory=lambda: ["gguf-q8_0"])
     check_prompts: int = Field(8, gt=0, description="Prompts in the faithfulness check.")
     check_tokens: int = Field(16, gt=0, description="Greedy tokens compared per prompt.")
     evaluate: bool = Field(True, description="Also score the export with the evaluation metrics (quality delta).")
@@ -310,7 +334,7 @@ class Recipe(Strict):
     name: str = Field("run", description="Run name: the run directory is `<output_dir>/<name>`.")
     model: str = Field(DEFAULT_MODEL, description="Base model: catalog name, hub id, local folder or .gguf file.")
     trust_remote_code: bool = False
-    output_dir: str = "runs"
+    output_dir: str = str(DEFAULT_RUNS_DIR)
     data: DataConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -360,6 +384,14 @@ def eval_config_from_options(options: dict, overrides: list[str] | None = None) 
     raw = apply_overrides(dict(options), [o.strip().removeprefix("eval.") for o in overrides or []])
     try:
         return EvalConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error("tunelab eval", err, "options")) from None
+
+
+def code_config_from_options(options: dict) -> CodeEvalConfig:
+    """A code benchmark's settings from `tunelab eval --benchmark humaneval` options: those given (not None), CodeEvalConfig's defaults for the rest."""
+    try:
+        return CodeEvalConfig.model_validate({k: v for k, v in options.items() if v is not None})
     except ValidationError as err:
         raise ConfigError(format_validation_error("tunelab eval", err, "options")) from None
 

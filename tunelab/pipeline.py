@@ -19,12 +19,10 @@ from tunelab.evaluate.benchmark import benchmark_name, benchmark_path, forgettin
 from tunelab.evaluate.code import benchmark_name as code_benchmark_name
 from tunelab.evaluate.code import rich_table as code_table
 from tunelab.evaluate.code import run_code_benchmark
-from tunelab.evaluate.execution import ExecutionLimits
 from tunelab.evaluate.preference import preference_stage
 from tunelab.evaluate.run import evaluate_models
 from tunelab.export.run import export_run
 from tunelab.io import read_jsonl
-from tunelab.models.interface import GenerationSettings
 from tunelab.models.load import wants_bf16
 from tunelab.progress import console, print_table
 from tunelab.report import write_report
@@ -73,22 +71,8 @@ def code_stage(recipe: Recipe, run: RunDir) -> None:
     """pass@k of base and tuned on the code benchmark, by running their code (after export: the fast path uses the Q8_0 GGUF)."""
     cfg = recipe.eval.code
     models, names = ([recipe.model, str(run.root)], ["base", "tuned"]) if recipe.eval.compare_base else ([str(run.root)], ["tuned"])
-    settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=0.95 if cfg.temperature else 1.0)
-    result = run_code_benchmark(
-        models,
-        cfg.benchmark,
-        run.benchmark(code_benchmark_name(cfg.benchmark)),
-        allow_execution=cfg.allow_execution,
-        names=names,
-        max_problems=cfg.max_problems,
-        samples=cfg.samples,
-        settings=settings,
-        prompt_format=cfg.prompt_format,
-        fields=cfg.fields,
-        limits=ExecutionLimits(timeout_s=cfg.timeout_s),
-        backend=cfg.backend,
-        bootstrap_samples=recipe.eval.bootstrap_samples,
-    )
+    out = run.benchmark(code_benchmark_name(cfg.benchmark))
+    result = run_code_benchmark(models, cfg, out, names=names, bootstrap_samples=recipe.eval.bootstrap_samples)
     print_table(code_table(result))
     run.mark_done("code", benchmark=result["benchmark"])
 

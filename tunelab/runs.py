@@ -22,6 +22,28 @@ from tunelab.errors import TunelabError
 from tunelab.io import atomic_write_json
 
 MODEL_INFO = "tunelab_model.json"  # beside the trained weights: base model, method, recipe
+# where runs go and where serving looks for them, unless a recipe's output_dir or --runs says otherwise
+DEFAULT_RUNS_DIR = Path("runs")
+
+
+# ---------------------------------------------------------------- GGUF files: <name>-<quant>.gguf
+def gguf_name(name: str, quant: str) -> str:
+    """The file name of model `name`'s GGUF in quantization `quant` (f16, q8_0, q4_k_m)."""
+    return f"{name}-{quant}.gguf"
+
+
+def split_gguf_name(path: str | Path) -> tuple[str, str] | None:
+    """(model name, quantization) of a GGUF file named by `gguf_name` (`demo-q8_0.gguf` -> ("demo", "q8_0")),
+    None for another name. Quantization names hold no '-', so the part after the last one is the quantization."""
+    path = Path(path)
+    name, _, quant = path.stem.rpartition("-")
+    return (name, quant.lower()) if path.suffix == ".gguf" and name and quant else None
+
+
+def gguf_quant(path: str | Path) -> str | None:
+    """The quantization a GGUF file's name ends with (`demo-q8_0.gguf` -> "q8_0"), None for another name."""
+    parts = split_gguf_name(path)
+    return parts[1] if parts else None
 
 
 # ---------------------------------------------------------------- the trained model's folder
@@ -194,6 +216,19 @@ class ExportDir:
     def gguf_files(self) -> list[Path]:
         return sorted(self.gguf.glob("*.gguf")) if self.gguf.is_dir() else []
 
+    def gguf_file(self, name: str, quant: str) -> Path:
+        """gguf/<name>-<quant>.gguf: where the export writes model `name` in quantization `quant`."""
+        return self.gguf / gguf_name(name, quant)
+
+    def ggufs_by_quant(self) -> dict[str, Path]:
+        """The GGUF files by the quantization their names end with ({"q8_0": .../demo-q8_0.gguf})."""
+        found: dict[str, Path] = {}
+        for path in self.gguf_files():
+            quant = gguf_quant(path)
+            if quant:
+                found.setdefault(quant, path)
+        return found
+
     @property
     def modelfile(self) -> Path:
         return self.gguf / "Modelfile"
@@ -209,6 +244,15 @@ class ExportDir:
     @property
     def logs(self) -> Path:
         return self.root / "logs"
+
+    @property
+    def convert_log(self) -> Path:
+        """llama.cpp's converter output (HF folder -> f16 GGUF)."""
+        return self.logs / "convert.log"
+
+    @property
+    def quantize_log(self) -> Path:
+        return self.logs / "quantize.log"
 
     @property
     def space(self) -> Path:

@@ -37,7 +37,7 @@ from tunelab.evaluate.run import evaluate_models
 from tunelab.io import atomic_dir, atomic_write_json, atomic_write_jsonl, read_jsonl
 from tunelab.models.load import set_threads
 from tunelab.progress import console, print_table, progress_bar
-from tunelab.runs import EvalDir, RunDir, now
+from tunelab.runs import DEFAULT_RUNS_DIR, EvalDir, RunDir, now
 from tunelab.train.run import train_recipe
 
 
@@ -158,7 +158,7 @@ def variant_recipe(sweep: Sweep, variant: Variant, seed: int, heldout: Heldout) 
     """The variant's recipe placed in the sweep: its own run dir, the fixed held-out set, the seed."""
     raw = resolved_dict(variant.recipe)
     raw["name"] = f"{variant.name}-s{seed}-{variant.config_id[:6]}"
-    raw["output_dir"] = str(sweep.folder / "runs")
+    raw["output_dir"] = str(sweep.folder / DEFAULT_RUNS_DIR)  # a sweep's runs sit in its folder, under the usual name
     raw["train"]["seed"] = seed
     raw["data"]["eval_source"] = {"path": str(heldout.path.resolve()), "format": "messages"}
     if heldout.carved_from is not None:

@@ -30,7 +30,7 @@ from tunelab.data.loaders import read_file_records
 from tunelab.errors import DataError, TunelabError
 from tunelab.evaluate.loading import free_memory, load_for_scoring, run_dirs_among, unique_names, with_base_model
 from tunelab.evaluate.metric_facts import label, verdict
-from tunelab.evaluate.stats import bootstrap_ci, paired_bootstrap
+from tunelab.evaluate.stats import bootstrap_ci, bootstrap_method, paired_bootstrap
 from tunelab.io import atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text
 from tunelab.models.load import set_threads, wants_bf16
 from tunelab.paths import shared_data_dir
@@ -270,7 +270,7 @@ def summarize(
         "precision": "bf16 autocast" if bf16 else "fp32",
         "protocol": "lm-evaluation-harness multiple_choice: context 'Question: ...\\nAnswer:', continuation ' <choice>'; "
         "acc = argmax log-likelihood, acc_norm = argmax log-likelihood per character",
-        "bootstrap": {"samples": samples, "seed": SEED, "confidence": 0.95, "interval": "percentile"},
+        "bootstrap": bootstrap_method(samples, SEED),
         "baseline": base.name,
         "models": models,
         "differences": differences,

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
+from tunelab.config import CodeEvalConfig
 from tunelab.errors import DataError, TunelabError
 from tunelab.evaluate.execution import ExecutionLimits, ExecutionResult, describe_isolation, humaneval_program, require_opt_in, run_program
 from tunelab.evaluate.loading import free_memory, load_for_scoring, run_dirs_among, unique_names, with_base_model
@@ -42,7 +43,7 @@ from tunelab.models.llama_cpp import LlamaCppChatModel
 from tunelab.models.load import DEFAULT_CHAT_TEMPLATE, set_threads
 from tunelab.paths import cache_dir
 from tunelab.progress import console, print_table, progress_bar
-from tunelab.runs import BenchmarkDir, RunDir, now, package_versions
+from tunelab.runs import BenchmarkDir, ExportDir, RunDir, now, package_versions
 
 CODE_BENCHMARKS = ("humaneval",)
 FIELDS = ("task_id", "prompt", "test", "entry_point")
@@ -161,15 +162,16 @@ def code_gguf(ref: str, quant: str = "q8_0") -> Path:
         return Path(ref)
     run = RunDir.of_model(ref)
     if run is not None:
-        found = [f for f in run.export_dir.gguf_files() if f.stem.lower().endswith(quant)]
-        if not found:
+        found = run.export_dir.ggufs_by_quant().get(quant)
+        if found is None:
             raise TunelabError(f"{ref}: no {quant} GGUF in {run.export_dir.gguf}; run `tunelab export {ref} --format gguf-{quant}` first")
-        return found[0]
+        return found
     resolved = resolve_model(str(ref))
-    out = cache_dir() / "gguf" / resolved.path.name / f"{resolved.path.name}-{quant}.gguf"
+    export = ExportDir(cache_dir() / "base-exports" / resolved.path.name)  # laid out like a run's export folder
+    out = export.gguf_file(resolved.path.name, quant)
     if not out.is_file():
-        console.print(f"converting {resolved.name} to a {quant} GGUF once (cached in {out.parent})")
-        f16 = convert_hf_to_gguf(resolved.path, out.with_name(f"{resolved.path.name}-f16.gguf"))
+        console.print(f"converting {resolved.name} to a {quant} GGUF once (cached in {export.gguf})")
+        f16 = convert_hf_to_gguf(resolved.path, export.gguf_file(resolved.path.name, "f16"))
         quantize_gguf(f16, out, quant)
         f16.unlink()
     return out
@@ -357,35 +359,22 @@ def write_code_benchmark(out_dir: Path, result: dict, problems: list[CodeProblem
 
 
 def run_code_benchmark(
-    models: list[str],
-    benchmark: str,
-    out_dir: Path,
-    *,
-    allow_execution: bool,
-    names: list[str] | None = None,
-    max_problems: int | None = None,
-    samples: int = 1,
-    settings: GenerationSettings | None = None,
-    prompt_format: str = "auto",
-    fields: dict[str, str] | None = None,
-    limits: ExecutionLimits | None = None,
-    backend: str = "gguf",
-    bootstrap_samples: int = 1000,
+    models: list[str], cfg: CodeEvalConfig, out_dir: Path, *, names: list[str] | None = None, bootstrap_samples: int = 1000
 ) -> dict:
-    """Generate and run code for `models` (the first is the baseline); write out_dir atomically."""
-    require_opt_in(allow_execution, f"the code benchmark '{benchmark}'")
-    settings = settings or GenerationSettings(max_new_tokens=384)
-    if samples > 1 and not settings.temperature:
-        raise TunelabError(f"{samples} samples per problem need sampling: give a temperature above 0 (0.8 is usual for pass@10)")
-    if prompt_format not in ("auto", "chat", "completion"):
-        raise TunelabError(f"prompt format '{prompt_format}': choose auto, chat or completion")
-    path = code_benchmark_path(benchmark)
-    every = read_code_problems(path, fields)
-    problems = every[:max_problems] if max_problems else every
+    """Generate and run code for `models` (the first is the baseline) as `cfg` says; write out_dir atomically."""
+    require_opt_in(cfg.allow_execution, f"the code benchmark '{cfg.benchmark}'")
+    settings = GenerationSettings(
+        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p if cfg.temperature else 1.0
+    )
+    path = code_benchmark_path(cfg.benchmark)
+    every = read_code_problems(path, cfg.fields)
+    problems = every[: cfg.max_problems] if cfg.max_problems else every
     names = unique_names(names or [Path(m).name if Path(m).exists() else str(m) for m in models])
-    limits = limits or ExecutionLimits()
-    scored = [score_model(ref, name, problems, settings, samples, prompt_format, limits, backend) for ref, name in zip(models, names)]
-    result = summarize(benchmark_name(benchmark), path, problems, len(every), samples, settings, scored, bootstrap_samples)
+    limits = ExecutionLimits(timeout_s=cfg.timeout_s)
+    scored = [
+        score_model(ref, name, problems, settings, cfg.samples, cfg.prompt_format, limits, cfg.backend) for ref, name in zip(models, names)
+    ]
+    result = summarize(benchmark_name(cfg.benchmark), path, problems, len(every), cfg.samples, settings, scored, bootstrap_samples)
     result["execution"] = {"timeout_s": limits.timeout_s, "memory_mb": limits.memory_mb, "isolation": describe_isolation()}
     result["versions"] = package_versions()
     result["created"] = now()
@@ -433,48 +422,16 @@ def is_code_benchmark(name: str, fields: dict[str, str] | None = None) -> bool:
 
 
 def code_benchmark_cli(
-    models: list[str],
-    benchmark: str,
-    *,
-    allow_execution: bool,
-    out: Path | None = None,
-    names: list[str] | None = None,
-    max_problems: int | None = None,
-    samples: int = 1,
-    temperature: float = 0.0,
-    top_p: float = 0.95,
-    max_new_tokens: int = 384,
-    prompt_format: str = "auto",
-    fields: list[str] | None = None,
-    compare_base: bool = True,
-    timeout_s: float = 10.0,
-    backend: str = "gguf",
+    models: list[str], cfg: CodeEvalConfig, *, out: Path | None = None, names: list[str] | None = None, compare_base: bool = True
 ) -> dict:
     """`tunelab eval MODEL... --benchmark humaneval --allow-code-execution`: the table and where the files went."""
-    require_opt_in(allow_execution, f"--benchmark {benchmark}")
-    bad = [f for f in fields or [] if "=" not in f]
-    if bad:
-        raise TunelabError(f"--field '{bad[0]}' must look like role=name, e.g. prompt=question")
-    mapping = dict(f.split("=", 1) for f in fields or [])
+    require_opt_in(cfg.allow_execution, f"--benchmark {cfg.benchmark}")
     models, names = with_base_model(models, names, compare_base)
     runs = run_dirs_among(models)
-    out = out or (RunDir(runs[0]).benchmark(benchmark_name(benchmark)) if runs else Path("eval") / benchmark_name(benchmark))
+    name = benchmark_name(cfg.benchmark)
+    out = out or (RunDir(runs[0]).benchmark(name) if runs else Path("eval") / name)
     set_threads()
-    settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p if temperature else 1.0)
-    result = run_code_benchmark(
-        models,
-        benchmark,
-        out,
-        allow_execution=allow_execution,
-        names=names,
-        max_problems=max_problems,
-        samples=samples,
-        settings=settings,
-        prompt_format=prompt_format,
-        fields=mapping,
-        limits=ExecutionLimits(timeout_s=timeout_s),
-        backend=backend,
-    )
+    result = run_code_benchmark(models, cfg, out, names=names)
     print_table(rich_table(result))
     console.print(
         f"[green]wrote[/] {out}/: benchmark.json, predictions.jsonl, summary.md, errors.md (each problem's outcome and completion)"

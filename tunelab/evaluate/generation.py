@@ -29,7 +29,7 @@ from tunelab.errors import TunelabError
 from tunelab.models.chat import HFChatModel, load_chat_model
 from tunelab.models.interface import GenerationSettings
 from tunelab.models.load import bf16_supported
-from tunelab.runs import ExportDir, RunDir
+from tunelab.runs import RunDir
 
 MAX_ROUNDS = 4  # draft-and-check rounds per batch before float32 finishes the rest itself
 GGUF_PREFERENCE = ("f16", "q8_0", "q4_k_m")  # the run's GGUF closest to the trained weights first
@@ -70,11 +70,11 @@ def run_gguf(ref: str | Path) -> Path | None:
     run = RunDir.of_model(ref)
     if run is None:
         return None
-    files = ExportDir(run.root / "export").gguf_files()
-    for kind in GGUF_PREFERENCE:
-        for f in files:
-            if f.stem.lower().endswith(kind):
-                return f
+    by_quant = run.export_dir.ggufs_by_quant()
+    for quant in GGUF_PREFERENCE:
+        if quant in by_quant:
+            return by_quant[quant]
+    files = run.export_dir.gguf_files()
     return files[0] if files else None
 
 

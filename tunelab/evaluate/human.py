@@ -28,6 +28,7 @@ from rich.table import Table
 
 from tunelab.errors import DataError, ModelNotFound, TunelabError
 from tunelab.evaluate import metrics as text_metrics
+from tunelab.evaluate.metric_facts import CONFIDENCE
 from tunelab.io import append_jsonl_durably, atomic_write_json, atomic_write_text, read_jsonl_log
 from tunelab.progress import console
 from tunelab.runs import EvalDir, RunDir, now
@@ -137,7 +138,7 @@ def outcome(vote: dict) -> str:
     return "win" if chosen == vote["candidate"] else "loss"
 
 
-def wilson(successes: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+def wilson(successes: float, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
     """Wilson score interval for a proportion. Ties count half a success; their variance is lower
     than a coin's, so the interval is, if anything, a little wide."""
     if n == 0:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 # A difference is real when its paired 95% interval excludes zero and its two-sided
 # p-value is below ALPHA: the same rule in `tunelab eval`, `tunelab compare` and the report.
 ALPHA = 0.05
-CONFIDENCE = 0.95
+CONFIDENCE = 0.95  # of every interval tunelab reports: bootstrap (stats.py) and Wilson (human.py)
 
 
 @dataclass(frozen=True)

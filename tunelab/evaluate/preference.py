@@ -33,7 +33,7 @@ from tunelab.evaluate.likelihood import answer_pair
 from tunelab.evaluate.loading import free_memory, load_for_scoring
 from tunelab.evaluate.metric_facts import higher_is_better, label
 from tunelab.evaluate.report import rich_table, table_rows
-from tunelab.evaluate.stats import bootstrap_ci, paired_bootstrap
+from tunelab.evaluate.stats import bootstrap_ci, bootstrap_method, paired_bootstrap
 from tunelab.io import atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
 from tunelab.progress import console, print_table, progress_bar
 from tunelab.runs import PreferenceEvalDir, RunDir, now, package_versions
@@ -168,7 +168,7 @@ def evaluate_preferences(
         "n_examples": len(rows),
         "data": {"source": source, "sha256": pairs_hash(rows)},
         "scoring": "summed log-probabilities of each answer's tokens as the chat template renders the assistant turn, after the prompt with the generation prompt",
-        "bootstrap": {"samples": bootstrap_samples, "seed": SEED, "confidence": 0.95, "interval": "percentile"},
+        "bootstrap": bootstrap_method(bootstrap_samples, SEED),
         "versions": package_versions(),
     }
     per_pair = [

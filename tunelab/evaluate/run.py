@@ -24,7 +24,7 @@ from tunelab.evaluate.loading import free_memory, load_for_scoring, run_dirs_amo
 from tunelab.evaluate.metric_facts import higher_is_better
 from tunelab.evaluate.metrics import BERTSCORE_KEYS, TEXT_METRICS, bertscore_scorer, encoder_layers, resolve_encoder, score_predictions
 from tunelab.evaluate.preference import evaluate_preferences, has_pairs
-from tunelab.evaluate.stats import bootstrap_ci, paired_bootstrap
+from tunelab.evaluate.stats import bootstrap_ci, bootstrap_method, paired_bootstrap
 from tunelab.io import atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
 from tunelab.models.chat import GenerationSettings
 from tunelab.models.load import set_threads, wants_bf16
@@ -340,10 +340,7 @@ def assemble(rows: list[dict], models: list[ModelEval], cfg: EvalConfig, source:
         "task": cfg.task,
         "generation_settings": generation_settings(cfg),
         "bootstrap": {
-            "samples": cfg.bootstrap_samples,
-            "seed": SEED,
-            "confidence": 0.95,
-            "interval": "percentile",
+            **bootstrap_method(cfg.bootstrap_samples, SEED),
             "p_value": "two-sided paired bootstrap: twice the share of resamples on the other side of zero",
         },
         "signatures": {k: v for model in models for k, v in model.signatures.items()},

@@ -7,10 +7,11 @@ on this evaluation set rather than two independent noisy means.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
+
+from tunelab.evaluate.metric_facts import CONFIDENCE
 
 
 def _as_array(values: Sequence[float], what: str) -> np.ndarray:
@@ -27,7 +28,7 @@ def _resample_indices(size: int, n: int, seed: int) -> np.ndarray:
     return rng.integers(0, size, size=(n, size))
 
 
-def bootstrap_ci(values: Sequence[float], n: int = 1000, seed: int = 0, confidence: float = 0.95) -> dict:
+def bootstrap_ci(values: Sequence[float], n: int = 1000, seed: int = 0, confidence: float = CONFIDENCE) -> dict:
     """Mean of `values` with a percentile bootstrap interval: {"mean", "low", "high"}."""
     arr = _as_array(values, "bootstrap_ci")
     means = arr[_resample_indices(arr.size, n, seed)].mean(axis=1)
@@ -36,7 +37,7 @@ def bootstrap_ci(values: Sequence[float], n: int = 1000, seed: int = 0, confiden
     return {"mean": float(arr.mean()), "low": float(low), "high": float(high)}
 
 
-def paired_bootstrap(a: Sequence[float], b: Sequence[float], n: int = 1000, seed: int = 0, confidence: float = 0.95) -> dict:
+def paired_bootstrap(a: Sequence[float], b: Sequence[float], n: int = 1000, seed: int = 0, confidence: float = CONFIDENCE) -> dict:
     """Difference mean(b) - mean(a) over the same examples, with a paired bootstrap.
 
     Returns {"diff", "low", "high", "p_value"}. The p-value is two-sided: twice the share of
@@ -61,5 +62,6 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], n: int = 1000, seed
     return {"diff": diff, "low": float(low), "high": float(high), "p_value": min(1.0, p)}
 
 
-def finite_or_none(x: float | None) -> float | None:
-    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
+def bootstrap_method(samples: int, seed: int) -> dict:
+    """How the intervals were computed, as eval.json, benchmark.json and preference.json record it."""
+    return {"samples": samples, "seed": seed, "confidence": CONFIDENCE, "interval": "percentile"}

@@ -10,7 +10,6 @@ import re
 import string
 
 GENERATION_TASKS = ("exact_match", "contains", "keywords", "gsm8k")
-TASKS = ("none", *GENERATION_TASKS, "multiple_choice")
 
 _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 

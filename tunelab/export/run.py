@@ -22,7 +22,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from tunelab.config import EvalConfig, ExportConfig, load_recipe
+from tunelab.config import EXPORT_FORMATS, EvalConfig, ExportConfig, load_recipe
 from tunelab.errors import ConfigError, TunelabError
 from tunelab.export import faithfulness as fc
 from tunelab.export.card import base_licence, model_card
@@ -36,7 +36,6 @@ from tunelab.models.resolve import resolve_model
 from tunelab.progress import console, print_table, progress_bar
 from tunelab.runs import ExportDir, RunDir, trained_model_dir
 
-FORMATS = ("merged", "gguf-f16", "gguf-q8_0", "gguf-q4_k_m")
 # bytes per parameter of each artefact, for the free-space check (Q8_0: 34 bytes per 32 weights)
 BYTES_PER_PARAM = {"merged": 4.0, "gguf-f16": 2.0, "gguf-q8_0": 1.07, "gguf-q4_k_m": 0.62}
 # preference order of the GGUF the Modelfile points at
@@ -85,9 +84,9 @@ def _configs(run: RunDir | None) -> tuple[ExportConfig, EvalConfig]:
 
 def _check_formats(formats) -> list[str]:
     formats = list(dict.fromkeys(f.strip().lower() for f in formats))
-    bad = [f for f in formats if f not in FORMATS]
+    bad = [f for f in formats if f not in EXPORT_FORMATS]
     if bad or not formats:
-        raise TunelabError(f"unknown export format(s) {', '.join(bad) or '(none given)'}: choose from {', '.join(FORMATS)}")
+        raise TunelabError(f"unknown export format(s) {', '.join(bad) or '(none given)'}: choose from {', '.join(EXPORT_FORMATS)}")
     return formats
 
 
@@ -214,17 +213,15 @@ def _write_ggufs(plan: ExportPlan, stage: ExportDir, n_threads: int, step: Calla
     files: dict[str, Path] = {}
     if not plan.ggufs:
         return files
-    f16 = stage.gguf / f"{plan.name}-f16.gguf"
-    convert_hf_to_gguf(stage.merged, f16, "f16", log_file=stage.logs / "convert.log")
+    f16 = stage.gguf_file(plan.name, "f16")
+    convert_hf_to_gguf(stage.merged, f16, "f16", log_file=stage.convert_log)
     step("converted to f16")
     for fmt in plan.ggufs:
         if fmt == "gguf-f16":
             files[fmt] = f16
         else:
             q = fmt.removeprefix("gguf-")
-            files[fmt] = quantize_gguf(
-                f16, stage.gguf / f"{plan.name}-{q}.gguf", q, threads=n_threads, log_file=stage.logs / "quantize.log"
-            )
+            files[fmt] = quantize_gguf(f16, stage.gguf_file(plan.name, q), q, threads=n_threads, log_file=stage.quantize_log)
         step(f"{fmt} written")
     if "gguf-f16" not in plan.ggufs:
         f16.unlink()

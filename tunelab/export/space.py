@@ -32,7 +32,7 @@ from tunelab.export.merge import base_model_path
 from tunelab.export.run import export_run
 from tunelab.io import atomic_dir, atomic_write_json, atomic_write_text
 from tunelab.progress import console
-from tunelab.runs import RunDir
+from tunelab.runs import RunDir, gguf_quant, split_gguf_name
 
 QUANT_PREFERENCE = ("q8_0", "q4_k_m", "f16")  # the tuned GGUF the Space serves, if the run has several
 # what tunelab's serving code imports (gradio brings fastapi, uvicorn, httpx and the rest)
@@ -90,16 +90,15 @@ if __name__ == "__main__":
 
 def tuned_gguf(run: RunDir, check: bool) -> Path:
     """The run's GGUF export (Q8_0 preferred), exported now if it has none."""
-    found = run.export_dir.gguf_files()
+    found = run.export_dir.ggufs_by_quant()
     for quant in QUANT_PREFERENCE:
-        match = [p for p in found if p.stem.endswith(f"-{quant}")]
-        if match:
-            return match[0]
+        if quant in found:
+            return found[quant]
     console.print(f"{run.root} has no GGUF export yet: exporting gguf-q8_0 first")
     report = export_run(run.root, ["gguf-q8_0"], check=check)
     if check and not report["passed"]:
         console.print(f"[yellow]warning:[/] the GGUF failed its faithfulness check: see {run.export_dir.faithfulness_md}")
-    return next(p for p in run.export_dir.gguf_files() if p.stem.endswith("-q8_0"))
+    return run.export_dir.ggufs_by_quant()["q8_0"]
 
 
 def base_gguf(base_ref: str, quant: str, work: Path) -> Path:
@@ -179,7 +178,7 @@ def export_space(run_path: str | Path, out: Path | None = None, check: bool = Tr
     base_ref = run.base_model()
     out = Path(out) if out else run.export_dir.space
     tuned = tuned_gguf(run, check)
-    quant = next((q for q in QUANT_PREFERENCE if tuned.stem.endswith(f"-{q}")), "q8_0")
+    quant = gguf_quant(tuned)  # one of QUANT_PREFERENCE: tuned_gguf found or exported it by that name
     reqs = requirements()
     run.export.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".space-base-", dir=run.export) as work:
@@ -189,7 +188,7 @@ def export_space(run_path: str | Path, out: Path | None = None, check: bool = Tr
             files = {"tuned": tmp / "models" / tuned.name, "base": tmp / "models" / base.name}
             shutil.copy2(tuned, files["tuned"])
             shutil.move(base, files["base"])
-            base_name = base.stem.removesuffix(f"-{quant}")
+            base_name = split_gguf_name(base)[0]
             atomic_write_json(
                 tmp / "space.json",
                 {

@@ -32,7 +32,7 @@ class TemplateTokenizer:
     the chat template stored in the GGUF (jinja, as llama-cpp-python renders it for chat)."""
 
     def __init__(self, llm, chat_template: str, bos_token: str, eos_token: str):
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter  # optional dependency (the gguf extra)
 
         self.llm = llm
         self.formatters = {

@@ -26,11 +26,23 @@ DEFAULT_CHAT_TEMPLATE = (
 )
 
 
+# transformers' bars that cut through tunelab's own progress lines, by description: one per model it
+# loads, saves (export's save_pretrained) or reads from a GGUF file (`tunelab models fetch`). Other
+# bars (downloads) stay. tunelab/__init__.py holds the other noise filters.
+HIDDEN_BARS = ("Loading weights", "Writing model shards", "Converting and de-quantizing GGUF tensors")
+
+
+def route_gguf_bar_through_hook() -> None:
+    """transformers' GGUF reader draws its bar with tqdm itself, which the hook below never sees: give it
+    transformers' own tqdm, which asks the hook, like every other bar of transformers."""
+    from transformers import modeling_gguf_pytorch_utils  # here: only reading a GGUF file needs this module
+
+    modeling_gguf_pytorch_utils.tqdm = transformers_logging.tqdm
+
+
 def _no_weight_loading_bars(factory, args, kwargs):
-    """transformers draws a bar per model it loads ('Loading weights') or saves ('Writing model shards'),
-    which cuts through tunelab's own progress lines; other bars (downloads) stay. tunelab/__init__.py
-    holds the other noise filters."""
-    if str(kwargs.get("desc", "")).startswith(("Loading weights", "Writing model shards")):
+    """The hook transformers' tqdm asks before drawing a bar: HIDDEN_BARS are made disabled."""
+    if str(kwargs.get("desc", "")).startswith(HIDDEN_BARS):
         kwargs = {**kwargs, "disable": True}
     return factory(*args, **kwargs)
 

@@ -78,7 +78,7 @@ def hub_reachable(timeout: float = 2.0) -> bool:
 # cheap to read (`tunelab --help`, `tunelab compare`, the import of tunelab.config: ~0.5 s).
 def _hub_cache_path(hub_id: str) -> Path | None:
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # here: see the note above
 
         path = Path(snapshot_download(hub_id, local_files_only=True))
         return path if is_hf_folder(path) else None
@@ -89,7 +89,7 @@ def _hub_cache_path(hub_id: str) -> Path | None:
 def _hub_download(hub_id: str) -> Path | None:
     if not hub_reachable():
         return None
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # here: see the note above _hub_cache_path
 
     try:
         path = Path(snapshot_download(hub_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
@@ -161,6 +161,11 @@ def gguf_to_hf_folder(gguf_path: Path, out_dir: Path, *, provenance: dict | None
     import torch  # imported here, with transformers: see the note above _hub_cache_path
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    # here for the same reason (load.py imports torch); importing it also installs its bar hook, which
+    # hides the per-model bars of the conversion below ('Loading weights', 'Writing model shards')
+    from tunelab.models.load import route_gguf_bar_through_hook
+
+    route_gguf_bar_through_hook()  # ...and the GGUF reader's own bar
     t0 = time.time()
     console.print(f"Converting {gguf_path.name} to a safetensors folder (once; cached in {out_dir}) ...")
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)

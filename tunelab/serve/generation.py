@@ -11,15 +11,22 @@ from tunelab.errors import TunelabError
 from tunelab.models.interface import ChatModel, GenerationSettings
 
 MAX_STOP_SEQUENCES = 4  # as OpenAI; the chat UI takes as many as the API
+CHARS_PER_TOKEN = 8  # a prompt may hold about this many characters per token before it is refused untokenized
 
 
 @dataclass
 class ServeLimits:
-    max_prompt_chars: int = 16_000  # checked before any model work
+    """The serving limits and their defaults, for `tunelab serve`, `tunelab api` and app.py alike."""
+
+    max_prompt_chars: int | None = None  # checked before any model work; default: CHARS_PER_TOKEN × max_prompt_tokens
     max_prompt_tokens: int = 2_048  # checked with the model's tokenizer
     max_tokens: int = 512  # a larger max_tokens request is capped to this
     max_concurrent: int = 2  # generations running at once (each model also runs one at a time)
     max_queue: int = 16  # requests waiting beyond that; more get 429 / "queue full"
+
+    def __post_init__(self):
+        if self.max_prompt_chars is None:
+            self.max_prompt_chars = CHARS_PER_TOKEN * self.max_prompt_tokens
 
 
 class BadRequest(TunelabError):

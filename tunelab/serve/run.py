@@ -6,13 +6,15 @@ the same app in a background thread (tests, benchmarks).
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from pathlib import Path
 
 from tunelab.progress import console
+from tunelab.runs import DEFAULT_RUNS_DIR
 from tunelab.serve.generation import ServeLimits
-from tunelab.serve.registry import ModelRegistry, build_registry
+from tunelab.serve.registry import MODEL_CACHE_SIZE, ModelRegistry, build_registry
 
 UI_USER = "tunelab"
 
@@ -27,18 +29,18 @@ def build_app(
     api_key: str | None = None,
 ):
     """A FastAPI app with the OpenAI-style API under /v1 (if `api`) and the Gradio UI at / (if `ui`)."""
-    from fastapi import FastAPI
+    from fastapi import FastAPI  # fastapi, gradio and uvicorn: the serve extra, imported where they are used
 
     limits = limits or ServeLimits()
     app = FastAPI(title="tunelab", docs_url=None, redoc_url=None)
     if api:
-        from tunelab.serve.api import create_api
+        from tunelab.serve.api import create_api  # it imports fastapi (the serve extra)
 
         create_api(registry, limits, api_key=api_key, app=app)
     if ui:
-        import gradio as gr
+        import gradio as gr  # ~3 s to import (measured): an API-only server does without it
 
-        from tunelab.serve.ui import build_ui
+        from tunelab.serve.ui import build_ui  # it imports gradio
 
         demo = build_ui(registry, limits)
         app = gr.mount_gradio_app(app, demo, path="", auth=(UI_USER, password) if password else None, footer_links=["api"])
@@ -57,7 +59,7 @@ def _warn_public(host: str, secret: str | None, what: str) -> None:
 
 
 def _run(app, host: str, port: int) -> None:
-    import uvicorn
+    import uvicorn  # the serve extra
 
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)
 
@@ -65,13 +67,13 @@ def _run(app, host: str, port: int) -> None:
 def serve_cli(
     models: list[str],
     *,
-    runs: Path = Path("runs"),
+    runs: Path = DEFAULT_RUNS_DIR,
     host: str = "127.0.0.1",
     port: int = 7860,
     password: str | None = None,
     api: bool = False,
     limits: ServeLimits | None = None,
-    cache_size: int = 3,
+    cache_size: int = MODEL_CACHE_SIZE,
 ) -> None:
     registry = build_registry(models, runs=runs, cache_size=cache_size)
     _describe(registry)
@@ -88,12 +90,12 @@ def serve_cli(
 def api_cli(
     models: list[str],
     *,
-    runs: Path = Path("runs"),
+    runs: Path = DEFAULT_RUNS_DIR,
     host: str = "127.0.0.1",
     port: int = 8000,
     api_key: str | None = None,
     limits: ServeLimits | None = None,
-    cache_size: int = 3,
+    cache_size: int = MODEL_CACHE_SIZE,
 ) -> None:
     registry = build_registry(models, runs=runs, cache_size=cache_size)
     _describe(registry)
@@ -104,8 +106,6 @@ def api_cli(
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
@@ -115,7 +115,7 @@ class ServerThread:
     """Run an ASGI app with uvicorn in a background thread: `with ServerThread(app) as url: ...`."""
 
     def __init__(self, app, host: str = "127.0.0.1", port: int | None = None, start_timeout: float = 60):
-        import uvicorn
+        import uvicorn  # the serve extra
 
         self.host, self.port = host, port or free_port(host)
         self.server = uvicorn.Server(uvicorn.Config(app, host=self.host, port=self.port, log_level="warning", timeout_graceful_shutdown=1))

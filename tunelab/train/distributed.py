@@ -107,8 +107,6 @@ def strategy_arguments(recipe) -> dict:
 
 def check_gpus_for(processes: int) -> None:
     """With CUDA, process k trains on GPU k: more processes than GPUs would crash one rank mid-start."""
-    import torch
-
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if 0 < gpus < processes:
         raise TunelabError(

@@ -109,6 +109,7 @@ def process_peak_flops(dtype: torch.dtype, threads: int) -> float:
 
 def peak_dtype() -> torch.dtype:
     """The fastest matmul type here: bf16 where the hardware has it (the machine's limit), else fp32."""
+    # here: it brings transformers (~1.3 s over torch), which the FLOP counts alone (bench/train_throughput.py) do not need
     from tunelab.models.load import bf16_supported
 
     return torch.bfloat16 if bf16_supported() else torch.float32

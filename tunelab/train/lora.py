@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import torch
+from peft import LoraConfig, TaskType
+
 from tunelab.config import LoraSettings
 from tunelab.errors import ConfigError
 
@@ -13,8 +16,6 @@ MLP_NAMES = {"gate_proj", "up_proj", "down_proj", "fc1", "fc2", "c_fc", "w1", "w
 
 def linear_module_names(model) -> set[str]:
     """Last name component of every nn.Linear (or quantized linear) inside the transformer blocks."""
-    import torch
-
     names = set()
     for full_name, module in model.named_modules():
         is_linear = isinstance(module, torch.nn.Linear) or type(module).__name__ in {"Linear4bit", "Linear8bitLt"}
@@ -41,8 +42,6 @@ def target_modules(model, choice: str | list[str]) -> list[str]:
 
 
 def peft_config(model, settings: LoraSettings):
-    from peft import LoraConfig, TaskType
-
     return LoraConfig(
         task_type=TaskType.CAUSAL_LM,
         r=settings.r,

@@ -43,10 +43,6 @@ from tunelab.models.load import load_causal_lm
 from tunelab.models.resolve import resolve_model
 from tunelab.runs import RunDir, is_adapter, read_model_info, require_base_model, trained_model_dir
 
-# Preference losses are run with smaller steps than the answers' loss (the usual DPO recipes: 5e-7
-# to 5e-6 on every weight, about ten times that on an adapter): large steps push the model far from
-# its reference, and its answers degrade.
-PREFERENCE_LR = {"lora": 5e-5, "qlora": 5e-5, "full": 1e-6}
 REFERENCE_ADAPTER = "ref"  # the frozen copy TRL's DPOTrainer adds to an adapter model (trl/trainer/dpo_trainer.py)
 INSTALL = "pip install 'tunelab[preference]'"
 
@@ -149,7 +145,6 @@ def preference_trainer(recipe: Recipe, model, tokenizer, settings: dict, train_p
     t = recipe.train
     settings = {
         **settings,
-        "learning_rate": t.learning_rate or PREFERENCE_LR[t.weights],
         "activation_checkpointing": False,  # TRL's default is on; tunelab's model already has it where the recipe asks
         "include_num_input_tokens_seen": "non_padding",  # pairs come in padded batches: count the real tokens
         "beta": t.preference.beta,

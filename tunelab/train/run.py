@@ -55,8 +55,6 @@ from tunelab.train.flops import mfu_summary
 from tunelab.train.lora import peft_config
 from tunelab.train.preference import REFERENCE_ADAPTER, check_preference_recipe, continued_adapter, pair_splits, preference_trainer
 
-DEFAULT_LR = {"lora": 2e-4, "qlora": 2e-4, "full": 2e-5}
-
 
 def recipe_from_cli(recipe_path: Path | None, *, model=None, data=(), name=None, method=None, max_steps=None, overrides=()) -> Recipe:
     """A recipe from a YAML file, or from one-liner options (`--model ... --data ...`), plus overrides."""
@@ -217,7 +215,7 @@ def training_settings(recipe: Recipe, run: RunDir, steps_per_epoch: int, has_val
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.gradient_accumulation,
-        learning_rate=t.learning_rate or DEFAULT_LR[t.weights],
+        learning_rate=t.resolved_learning_rate,
         lr_scheduler_type=t.lr_scheduler,
         warmup_steps=int(t.warmup_ratio * total_steps),
         num_train_epochs=t.epochs,
