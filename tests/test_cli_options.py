@@ -117,7 +117,10 @@ def refusal(args: list[str]) -> str:
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--benchmark", "arc-easy", "--max-examples", "40"], "--max-examples does not apply with a multiple-choice --benchmark; use --max-questions"),
+        (
+            ["--benchmark", "arc-easy", "--max-examples", "40"],
+            "--max-examples does not apply with a multiple-choice --benchmark; use --max-questions",
+        ),
         (["--max-questions", "40"], "--max-questions does not apply without --benchmark or --human; use --max-examples"),
         (
             ["--benchmark", "arc-easy", "--data", "q.jsonl"],

@@ -106,7 +106,10 @@ def test_running_model_code_is_an_explicit_opt_in(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--benchmark", "humaneval", "--max-questions", "5"], "--max-questions does not apply with a code --benchmark; use --max-problems"),
+        (
+            ["--benchmark", "humaneval", "--max-questions", "5"],
+            "--max-questions does not apply with a code --benchmark; use --max-problems",
+        ),
         (["--benchmark", "humaneval", "--batch-size", "4"], "--batch-size does not apply with a code --benchmark"),
         (["--benchmark", "arc-easy", "--samples", "5"], "--samples does not apply with a multiple-choice --benchmark"),
         (["--max-problems", "5"], "--max-problems does not apply without --benchmark or --human"),
