@@ -162,3 +162,50 @@ def test_nothing_opens_a_llama_model_but_open_llama():
 def _open_llama_line(root: Path) -> int:
     text = (root / "tunelab/models/llama_cpp.py").read_text().splitlines()
     return next(i for i, line in enumerate(text, 1) if "llama_cpp.Llama(model_path=" in line)
+
+
+TRAIN_CHILD = """
+import json, sys
+from pathlib import Path
+from tunelab.config import load_recipe
+from tunelab.cpu import cpu
+from tunelab.train.run import train_recipe
+run = train_recipe(load_recipe(sys.argv[1]))
+summary = json.loads((run / "train" / "summary.json").read_text())
+print(json.dumps({"bf16": cpu().bf16_matmul, "precision": summary["precision"], "loss": summary["train_loss"], "peak": summary["matmul_peak_dtype"]}))
+"""
+
+
+@pytest.mark.parametrize("onednn_cap", ["AVX512_CORE_BF16", "AVX2"])
+def test_a_training_step_with_onednn_capped_below_amx(tmp_path, tiny_model_dir, onednn_cap):
+    """On an AMX machine, torch must still train when oneDNN may not use AMX (or bf16 at all), and
+    tunelab's precision follows the cap: bf16 autocast with AVX512-BF16, fp32 with AVX2 alone."""
+    import json
+
+    import yaml
+    from conftest import write_alpaca
+
+    data = write_alpaca(tmp_path / "qa.json", n=16)
+    recipe = {
+        "name": "capped",
+        "output_dir": str(tmp_path / "runs"),
+        "model": str(tiny_model_dir),
+        "data": {"sources": [{"path": str(data)}], "dedup": "exact", "test_fraction": 0.1, "validation_fraction": 0.1},
+        "train": {"max_steps": 2, "batch_size": 4, "max_seq_length": 128, "threads": 1, "tensorboard": False, "logging_steps": 1},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": onednn_cap}
+    done = subprocess.run([sys.executable, "-c", TRAIN_CHILD, str(path)], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    expected_bf16 = parse_cpuinfo(CPUINFO_TEXT, cpu().arch, onednn_cap).bf16_matmul
+    assert got["bf16"] is expected_bf16 and got["peak"] == ("bfloat16" if expected_bf16 else "float32")
+    assert got["precision"] == ("bf16" if expected_bf16 else "fp32")  # the recipe's precision is auto
+    assert got["loss"] == got["loss"] and got["loss"] > 0  # finite
+
+
+try:
+    CPUINFO_TEXT = Path("/proc/cpuinfo").read_text()
+except OSError:
+    CPUINFO_TEXT = None
