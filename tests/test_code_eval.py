@@ -148,7 +148,11 @@ def test_prompt_format_follows_the_model(tiny_model_dir):
 
 def test_a_whole_code_benchmark_through_the_cli(tmp_path, tiny_model_dir):
     """Three HumanEval problems, a tiny random model (its code cannot pass), transformers backend."""
-    out = tmp_path / "he"
+    from tunelab.report import benchmark_results, build_markdown, code_headline_lines
+    from tunelab.runs import RunDir
+
+    run = RunDir(tmp_path / "run")
+    out = run.benchmark("humaneval")
     result = CliRunner().invoke(
         app,
         [
@@ -183,3 +187,11 @@ def test_a_whole_code_benchmark_through_the_cli(tmp_path, tiny_model_dir):
     errors = (out / "errors.md").read_text()
     assert "## HumanEval/0 (`has_close_elements`)" in errors and "<details>" in errors
     assert "pass@1" in result.output and "errors.md" in result.output
+    # the run's report: a code section linking the error analysis, a summary line, and no "forgetting" verdict
+    assert [r["benchmark"] for _, r in benchmark_results(run, "code")] == ["humaneval"] and benchmark_results(run) == []
+    assert code_headline_lines(run) == [
+        "- Code: humaneval pass@1 (code run against its tests): a 0.000 → b 0.000, Δ +0.000 [+0.000, +0.000] (p=1.000)"
+    ]
+    report = build_markdown(run)
+    assert "## Code: does it pass its tests?" in report and "(eval/benchmarks/humaneval/errors.md)" in report
+    assert "General ability" not in report

