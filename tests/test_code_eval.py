@@ -72,20 +72,23 @@ def test_duplicate_ids_and_unknown_roles_are_refused(tmp_path):
 
 def test_a_base_model_completion_stops_where_the_function_ends():
     answer = "    return a + b\n\n\ndef main():\n    print(add(1, 2))\n"
-    assert completion_code(answer, PROBLEM, "completion") == "    return a + b\n\n"
-    assert completion_code("    return a + b\n#tests below", PROBLEM, "completion") == "    return a + b"
+    assert completion_code(answer, "completion") == "    return a + b\n\n"
+    assert completion_code("    return a + b\n#tests below", "completion") == "    return a + b"
+    assert completion_code("    return a + b\n```\nThis adds.", "completion") == "    return a + b\n```\nThis adds."
 
 
-def test_a_chat_answer_gives_the_fenced_code_that_defines_the_function():
-    answer = (
-        "Here is an example:\n```python\nprint('hi')\n```\nAnd the function:\n```python\n"
-        "from math import fsum\n\ndef add(a, b):\n    return fsum([a, b])\n```\nIt adds."
-    )
-    code_text = completion_code(answer, PROBLEM, "chat")
-    assert "def add(a, b):" in code_text and "print('hi')" not in code_text and code_text.startswith("\n")
-    body_only = completion_code("```python\n    return a + b\n```", PROBLEM, "chat")
-    assert body_only == "    return a + b\n"  # a body alone continues the prompt
-    assert completion_code("def add(a, b):\n    return a + b", PROBLEM, "chat").startswith("\ndef add")  # no fence at all
+def test_a_chat_answer_ends_with_its_code_block():
+    assert completion_code("    return a + b\n```\n\nThis adds the numbers.", "chat") == "    return a + b\n"
+    assert completion_code("    return a + b\n\n\nif __name__ == '__main__':\n    pass\n```", "chat") == "    return a + b\n\n"
+
+
+def test_a_chat_prompt_starts_the_answer_with_the_function(tiny_model_dir):
+    from tunelab.models.chat import load_chat_model
+
+    chat = load_chat_model(str(tiny_model_dir))
+    text = chat.tokenizer.decode(code.prompt_ids(chat, PROBLEM, "chat"))
+    assert text.endswith("<|im_start|>assistant\n```python\n" + PROBLEM.prompt)  # ChatML, the assistant's turn opened
+    assert text.count(PROBLEM.prompt) == 1 and code.CHAT_REQUEST in text  # the function is in the answer only
 
 
 def test_pass_at_k_is_human_evals_unbiased_estimator():

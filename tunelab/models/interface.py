@@ -52,6 +52,10 @@ class ChatModel(Protocol):
         """Token ids of prompt_text(messages), as the model is fed them."""
         ...
 
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of `text` as the model is fed it: special-token text (a chat template's markers) parsed, no BOS added."""
+        ...
+
     def count_tokens(self, text: str) -> int:
         """Tokens of `text` with the model's own tokenizer (no special tokens added)."""
         ...
