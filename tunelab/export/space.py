@@ -50,41 +50,23 @@ SPACE_LICENCES = {"apache-2.0": "apache-2.0", "mit": "mit", "gemma terms of use"
 APP_PY = '''"""A Hugging Face Space made by `tunelab export RUN --format space`: tunelab's UI for a fine-tuned
 model and its base, both GGUF files run by llama.cpp on the CPU. Tabs: Chat, Side by side and
 Evaluate (blind A/B votes, appended to eval/human_votes.jsonl here, or to TUNELAB_VOTES).
+How it reads space.json and the settings: tunelab/serve/space_app.py, in this folder.
 
 Run it anywhere: pip install -r requirements.txt && python app.py
 """
 
-import json
-import os
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # tunelab's source travels in this folder
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from tunelab.serve.generation import ServeLimits  # noqa: E402
-from tunelab.serve.registry import ModelEntry, ModelRegistry  # noqa: E402
-from tunelab.serve.ui import build_ui  # noqa: E402
+from tunelab.serve.space_app import launch, space_folder_ui  # noqa: E402
 
-space = json.loads((HERE / "space.json").read_text())
-base = ModelEntry(space["base"]["id"], space["base"]["label"], str(HERE / space["base"]["file"]), "base")
-tuned = ModelEntry(
-    space["tuned"]["id"], space["tuned"]["label"], str(HERE / space["tuned"]["file"]), "gguf", base=base.id, run=space["run"], run_dir=str(HERE)
-)
-registry = ModelRegistry([tuned, base], allowed_roots=[HERE / "models"], cache_size=2)
-limits = ServeLimits(max_tokens=int(os.environ.get("TUNELAB_MAX_TOKENS", "256")), max_concurrent=1)
-votes = os.environ.get("TUNELAB_VOTES")
-demo = build_ui(registry, limits, title=space["title"], votes_file=Path(votes) if votes else None)
+demo = space_folder_ui(HERE)
 
 if __name__ == "__main__":
-    password = os.environ.get("TUNELAB_PASSWORD")
-    demo.launch(
-        server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0" if os.environ.get("SPACE_ID") else "127.0.0.1"),
-        server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
-        auth=("tunelab", password) if password else None,
-        footer_links=["api"],
-    )
+    launch(demo)
 '''
 
 
