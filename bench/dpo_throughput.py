@@ -167,7 +167,7 @@ def trl_worker(kind: str, args, model_path: Path, workdir: Path, train: list[dic
 def tunelab_worker(args, model_path: Path, workdir: Path, train: list[dict]):
     from tunelab.config import recipe_from_dict
     from tunelab.io import atomic_write_jsonl
-    from tunelab.models.chat import load_hf_model
+    from tunelab.models.hf_chat import load_hf_model
     from tunelab.runs import DEFAULT_RUNS_DIR
     from tunelab.train.run import train_recipe
 

@@ -59,7 +59,7 @@ from tunelab.export.faithfulness import check_prompts, compare_tokens, gguf_gree
 from tunelab.export.merge import load_pytorch_model, merged_model  # noqa: E402
 from tunelab.export.run import export_run, locate  # noqa: E402
 from tunelab.io import atomic_write_json  # noqa: E402
-from tunelab.models.chat import HFChatModel  # noqa: E402
+from tunelab.models.hf_chat import HFChatModel  # noqa: E402
 from tunelab.models.llama_cpp import LlamaCppChatModel, require_llama_cpp  # noqa: E402
 from tunelab.models.load import set_threads  # noqa: E402
 from tunelab.paths import cache_dir, shared_data_dir  # noqa: E402

@@ -233,7 +233,7 @@ def tunelab_worker(kind: str, args, model_path: Path, tokenizer, train: list[dic
     """`train_recipe`, with the recipe's defaults or an ablation step; returns (model, seconds, tokens, answer tokens, peak RSS in MiB)."""
     import tunelab.train.run as run_module
     from tunelab.io import read_jsonl
-    from tunelab.models.chat import load_hf_model
+    from tunelab.models.hf_chat import load_hf_model
     from tunelab.runs import RunDir
     from tunelab.train.collate import PackedCollator
 

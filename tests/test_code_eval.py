@@ -16,6 +16,7 @@ from tunelab.errors import DataError, TunelabError
 from tunelab.evaluate import code
 from tunelab.evaluate.code import CodeProblem, completion_code, is_code_benchmark, pass_at_k, read_code_problems
 from tunelab.evaluate.execution import CodeExecutionNotAllowed
+from tunelab.models.templates import DEFAULT_CHAT_TEMPLATE
 
 PROBLEM = CodeProblem(
     "Test/0", 'def add(a, b):\n    """Return a + b."""\n', "def check(candidate):\n    assert candidate(2, 3) == 5\n", "add"
@@ -143,7 +144,7 @@ def test_prompt_format_follows_the_model(tiny_model_dir):
 
     chat = load_chat_model(str(tiny_model_dir))
     assert code.prompt_format(chat) == "chat"  # SmolLM2's tokenizer carries its ChatML template
-    chat.tokenizer.chat_template = code.DEFAULT_CHAT_TEMPLATE  # what tunelab gives a base model
+    chat.tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE  # what tunelab gives a base model
     assert code.prompt_format(chat) == "completion"
     ids = code.prompt_ids(chat, PROBLEM, "completion")
     assert chat.tokenizer.decode(ids, skip_special_tokens=True) == PROBLEM.prompt

@@ -14,7 +14,8 @@ from tunelab.config import EvalConfig, eval_config_from_options
 from tunelab.errors import ConfigError, TunelabError
 from tunelab.evaluate import generation
 from tunelab.evaluate.generation import DraftStats, choose_generation, run_gguf, verified_generate
-from tunelab.models.chat import HFChatModel, load_chat_model
+from tunelab.models.chat import load_chat_model
+from tunelab.models.hf_chat import HFChatModel
 from tunelab.models.interface import GenerationSettings
 
 PROMPTS = ["Who are you?", "Name three colours, please, and say why you like them.", "2+2?", "Say hello in French.", "Tell me a story."]

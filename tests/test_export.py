@@ -331,7 +331,8 @@ def test_every_export_format_has_its_disk_cost_and_a_gguf_its_quantization():
 
 def test_modelfile_for_chatml_and_default_templates(smollm2_dir):
     from tunelab.export.modelfile import modelfile_text
-    from tunelab.models.load import DEFAULT_CHAT_TEMPLATE, load_tokenizer
+    from tunelab.models.load import load_tokenizer
+    from tunelab.models.templates import DEFAULT_CHAT_TEMPLATE
 
     tok = load_tokenizer(smollm2_dir)
     user_only = tok.apply_chat_template([{"role": "user", "content": "X"}], tokenize=False, add_generation_prompt=True)

@@ -210,7 +210,7 @@ def built_trainer(recipe):
 def test_trainers_see_tunelabs_rendering(tmp_path, tiny_model_dir, method):
     """The tokens TRL trains on are the prompt as generation renders it and each answer as the template renders the turn."""
     from tunelab.evaluate.likelihood import answer_pair
-    from tunelab.models.chat import HFChatModel
+    from tunelab.models.hf_chat import HFChatModel
 
     trainer, tok = built_trainer(pair_recipe(tmp_path, tiny_model_dir, method))
     chat = HFChatModel(trainer.model, tok, "policy")

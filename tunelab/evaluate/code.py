@@ -42,7 +42,8 @@ from tunelab.evaluate.stats import bootstrap_ci, paired_bootstrap
 from tunelab.io import atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text
 from tunelab.models.interface import GenerationSettings
 from tunelab.models.llama_cpp import LlamaCppChatModel
-from tunelab.models.load import DEFAULT_CHAT_TEMPLATE, set_threads
+from tunelab.models.load import set_threads
+from tunelab.models.templates import DEFAULT_CHAT_TEMPLATE
 from tunelab.paths import cache_dir
 from tunelab.progress import console, print_table, progress_bar
 from tunelab.runs import BenchmarkDir, ExportDir, RunDir, now, package_versions

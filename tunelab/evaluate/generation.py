@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 
 from tunelab.errors import TunelabError
-from tunelab.models.chat import HFChatModel, load_chat_model
+from tunelab.models.chat import load_chat_model
+from tunelab.models.hf_chat import HFChatModel
 from tunelab.models.interface import GenerationSettings
 from tunelab.models.load import bf16_supported
 from tunelab.runs import RunDir

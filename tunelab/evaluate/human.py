@@ -27,7 +27,6 @@ from statistics import NormalDist
 from rich.table import Table
 
 from tunelab.errors import DataError, ModelNotFound, TunelabError
-from tunelab.evaluate import metrics as text_metrics
 from tunelab.evaluate.metric_facts import CONFIDENCE
 from tunelab.io import append_jsonl_durably, atomic_write_json, atomic_write_text, read_jsonl_log
 from tunelab.progress import console
@@ -197,6 +196,10 @@ def rater_agreement(votes: list[dict]) -> list[dict]:
 
 
 def metric_scores(metric: str, answers: list[str], references: list[str], bertscore_model: str) -> list[float]:
+    # here: the metric libraries pull in torch, transformers, nltk and scikit-learn (seconds), and the
+    # serve UI's Evaluate tab, which imports this module to record votes, runs without them (a Space)
+    from tunelab.evaluate import metrics as text_metrics
+
     if metric == "rougeL":
         return text_metrics.rouge_l_scores(answers, references)[0]
     if metric == "bleu":

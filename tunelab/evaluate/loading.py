@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from tunelab.models.chat import HFChatModel, load_chat_model
+from tunelab.models.chat import load_chat_model
+from tunelab.models.hf_chat import HFChatModel
 from tunelab.progress import console
 from tunelab.runs import RunDir, read_model_info, require_base_model, trained_model_dir
 

@@ -15,6 +15,7 @@ The folder is built beside its destination and renamed into place when complete.
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 import subprocess
@@ -24,10 +25,13 @@ from importlib import metadata
 from pathlib import Path
 
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 import tunelab
 from tunelab.errors import TunelabError
 from tunelab.export.card import base_licence
+from tunelab.export.llama_cpp import PORTABLE_WHEELS
 from tunelab.export.merge import base_model_path
 from tunelab.export.run import export_run
 from tunelab.io import atomic_dir, atomic_write_json, atomic_write_text
@@ -35,56 +39,36 @@ from tunelab.progress import console
 from tunelab.runs import RunDir, gguf_quant, split_gguf_name
 
 QUANT_PREFERENCE = ("q8_0", "q4_k_m", "f16")  # the tuned GGUF the Space serves, if the run has several
-# what tunelab's serving code imports (gradio brings fastapi, uvicorn, httpx and the rest)
-# what app.py runs: the UI (all three tabs) and both model backends (GGUF files load through llama_cpp)
-SPACE_MODULES = ("tunelab.serve.ui", "tunelab.models.chat", "llama_cpp")
+# what app.py runs: tunelab/serve/space_app.py (the UI, all three tabs) and, once a model loads, the GGUF backend
+SPACE_MODULES = ("tunelab.serve.space_app", "tunelab.models.chat", "llama_cpp")
 REQUIREMENTS_HEADER = [
     "# Pinned to the versions tunelab was run with when this folder was written (found by importing app.py's modules).",
-    "# torch from PyTorch's CPU wheel index: a Space without a GPU needs no CUDA build (gigabytes).",
-    "# llama-cpp-python has no wheel on PyPI: pip compiles it once (about 11 minutes on 2 cores),",
-    "# or takes a local wheel: pip install --find-links DIR -r requirements.txt",
-    "--extra-index-url https://download.pytorch.org/whl/cpu",
+    "# The Space runs its GGUF files with llama.cpp alone: no deep-learning framework to install.",
+    "# llama-cpp-python has no wheel on PyPI: pip builds it from source once (about 11 minutes on 2 cores), or takes",
+    f"# the portable wheel `make setup-gguf` cached: pip install --find-links ~/.cache/tunelab/wheels/{PORTABLE_WHEELS} -r requirements.txt",
 ]
 SPACE_LICENCES = {"apache-2.0": "apache-2.0", "mit": "mit", "gemma terms of use": "gemma"}
 
 APP_PY = '''"""A Hugging Face Space made by `tunelab export RUN --format space`: tunelab's UI for a fine-tuned
 model and its base, both GGUF files run by llama.cpp on the CPU. Tabs: Chat, Side by side and
 Evaluate (blind A/B votes, appended to eval/human_votes.jsonl here, or to TUNELAB_VOTES).
+How it reads space.json and the settings: tunelab/serve/space_app.py, in this folder.
 
 Run it anywhere: pip install -r requirements.txt && python app.py
 """
 
-import json
-import os
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # tunelab's source travels in this folder
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from tunelab.serve.generation import ServeLimits  # noqa: E402
-from tunelab.serve.registry import ModelEntry, ModelRegistry  # noqa: E402
-from tunelab.serve.ui import build_ui  # noqa: E402
+from tunelab.serve.space_app import launch, space_folder_ui  # noqa: E402
 
-space = json.loads((HERE / "space.json").read_text())
-base = ModelEntry(space["base"]["id"], space["base"]["label"], str(HERE / space["base"]["file"]), "base")
-tuned = ModelEntry(
-    space["tuned"]["id"], space["tuned"]["label"], str(HERE / space["tuned"]["file"]), "gguf", base=base.id, run=space["run"], run_dir=str(HERE)
-)
-registry = ModelRegistry([tuned, base], allowed_roots=[HERE / "models"], cache_size=2)
-limits = ServeLimits(max_tokens=int(os.environ.get("TUNELAB_MAX_TOKENS", "256")), max_concurrent=1)
-votes = os.environ.get("TUNELAB_VOTES")
-demo = build_ui(registry, limits, title=space["title"], votes_file=Path(votes) if votes else None)
+demo = space_folder_ui(HERE)
 
 if __name__ == "__main__":
-    password = os.environ.get("TUNELAB_PASSWORD")
-    demo.launch(
-        server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0" if os.environ.get("SPACE_ID") else "127.0.0.1"),
-        server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
-        auth=("tunelab", password) if password else None,
-        footer_links=["api"],
-    )
+    launch(demo)
 '''
 
 
@@ -108,16 +92,77 @@ def base_gguf(base_ref: str, quant: str, work: Path) -> Path:
     return Path(report["formats"][f"gguf-{quant}"]["path"])
 
 
-def requirements() -> str:
-    """Every distribution the Space's code imports, pinned to the version installed here: found by
-    importing it in a fresh interpreter (so it follows the code), CPU-only torch from PyTorch's index."""
-    probe = "import importlib, json, sys; [importlib.import_module(m) for m in sys.argv[1:]]; print(json.dumps(sorted(sys.modules)))"
+def loaded_modules() -> dict[str, str | None]:
+    """{module: its file} for every module loaded once app.py's modules are imported, in a fresh interpreter
+    (so it follows the code as it is)."""
+    probe = (
+        "import importlib, json, sys; [importlib.import_module(m) for m in sys.argv[1:]]; "
+        "print(json.dumps({name: getattr(module, '__file__', None) for name, module in list(sys.modules.items())}))"
+    )
     done = subprocess.run([sys.executable, "-c", probe, *SPACE_MODULES], capture_output=True, text=True)
     if done.returncode != 0:
         raise TunelabError(f"the Space's modules do not import here, so its requirements cannot be pinned:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout)
+
+
+def module_level_imports(path: Path) -> set[str]:
+    """The top-level names a file imports when it is imported: outside its functions, whose imports are paid
+    only when they run (the serving path's lazy ones are kept free of torch by tests/test_serve.py)."""
+    found: set[str] = set()
+    todo = list(ast.parse(path.read_text(), str(path)).body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.Import):
+            found.update(alias.name.partition(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.partition(".")[0])
+        elif not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            todo.extend(ast.iter_child_nodes(node))
+    return found
+
+
+def direct_distributions(modules: dict[str, str | None]) -> set[str]:
+    """The distributions tunelab's loaded modules import, and the third-party modules of SPACE_MODULES.
+    Not every loaded module: libraries import optional ones when they are installed (pandas loads
+    pyarrow, 170 MB, if it is there), which the Space does without."""
+    names = {module.partition(".")[0] for module in SPACE_MODULES if not module.startswith("tunelab")}
+    for module, file in modules.items():
+        if file and module.partition(".")[0] == "tunelab":
+            names |= module_level_imports(Path(file))
     owners = metadata.packages_distributions()
-    names = {dist for module in json.loads(done.stdout) for dist in owners.get(module.partition(".")[0], [])}
-    pins = sorted(f"{name}=={metadata.version(name).partition('+')[0]}" for name in names - {"tunelab"})
+    third_party = names - set(sys.stdlib_module_names) - {"tunelab", "__future__"}
+    return {dist for name in third_party for dist in owners.get(name, [])} - {"tunelab"}
+
+
+def with_requirements(roots: set[str]) -> dict[str, str]:
+    """{normalized name: distribution name} for `roots` and everything they require, as installed here
+    (extras asked for included, markers evaluated for this interpreter): what pip installs for them."""
+    found: dict[str, str] = {}
+    extras_seen: dict[str, set[str]] = {}
+    todo = [(root, frozenset()) for root in roots]
+    while todo:
+        name, extras = todo.pop()
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue  # not for this platform or interpreter; pip installs it with what requires it, unpinned
+        key = canonicalize_name(dist.metadata["Name"])
+        if key in found and extras <= extras_seen[key]:
+            continue
+        found[key] = dist.metadata["Name"]
+        extras_seen.setdefault(key, set()).update(extras)
+        for line in dist.requires or []:
+            req = Requirement(line)
+            if req.marker is None or any(req.marker.evaluate({"extra": extra}) for extra in extras or {""}):
+                todo.append((req.name, frozenset(req.extras)))
+    return found
+
+
+def requirements() -> str:
+    """What the Space's code imports and what that requires, pinned to the versions installed here
+    (serving GGUF files needs no torch, transformers or metric libraries: tunelab's serving path imports none)."""
+    needed = with_requirements(direct_distributions(loaded_modules()))
+    pins = sorted((f"{name}=={metadata.version(name).partition('+')[0]}" for name in needed.values()), key=str.lower)
     return "\n".join([*REQUIREMENTS_HEADER, *pins]) + "\n"
 
 

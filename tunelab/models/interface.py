@@ -1,7 +1,7 @@
 """What every chat backend offers (the ChatModel protocol) and the settings of one generation.
 
 Two backends implement it: `HFChatModel` (transformers, optionally with a PEFT adapter;
-tunelab/models/chat.py) and `LlamaCppChatModel` (a GGUF file; tunelab/models/llama_cpp.py).
+tunelab/models/hf_chat.py) and `LlamaCppChatModel` (a GGUF file; tunelab/models/llama_cpp.py).
 `load_chat_model(ref)` in models/chat.py picks one. Callers use only what is declared here,
 so no caller needs to know which backend it holds.
 

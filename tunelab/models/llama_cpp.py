@@ -27,7 +27,7 @@ from tunelab.errors import TunelabError
 from tunelab.models.gguf_likelihood import SCORING_CONTEXT, TemplateTokenizer
 from tunelab.models.gguf_likelihood import continuation_logprobs as gguf_logprobs
 from tunelab.models.interface import GenerationSettings
-from tunelab.models.load import DEFAULT_CHAT_TEMPLATE
+from tunelab.models.templates import DEFAULT_CHAT_TEMPLATE
 
 LLAMA_CPP_VERSION = "0.3.36"
 SCORING_MEMORY = 512 * 2**20  # the scoring Llama's logits array: about 2048 positions for SmolLM2, 512 for Gemma-3

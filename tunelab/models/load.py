@@ -9,22 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 from transformers.utils import logging as transformers_logging
 
 from tunelab.cpu import cpu, default_threads
-
-# The template a model without one (a base model) gets, at train and at serve time alike.
-# Plain-text markers any tokenizer can represent; each assistant turn ends with EOS so the
-# tuned model learns to stop; the text starts with BOS for models trained with one (Gemma
-# answers garbage without it). Documented in docs/data.md.
-DEFAULT_CHAT_TEMPLATE = (
-    "{{- bos_token if bos_token else '' -}}"
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'system' -%}{{ message['content'] + '\\n\\n' }}"
-    "{%- elif message['role'] == 'user' -%}{{ '### Instruction:\\n' + message['content'] + '\\n\\n' }}"
-    "{%- elif message['role'] == 'assistant' -%}{{ '### Response:\\n' + message['content'] + eos_token + '\\n\\n' }}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '### Response:\\n' }}{%- endif -%}"
-)
-
+from tunelab.models.templates import DEFAULT_CHAT_TEMPLATE
 
 # transformers' bars that cut through tunelab's own progress lines, by description: one per model it
 # loads, saves (export's save_pretrained) or reads from a GGUF file (`tunelab models fetch`). Other

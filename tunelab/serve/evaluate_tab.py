@@ -22,8 +22,8 @@ from types import SimpleNamespace
 import gradio as gr
 
 from tunelab.errors import TunelabError
+from tunelab.evaluate.examples import split_example
 from tunelab.evaluate.human import VOTES, append_vote, new_vote, next_example, read_votes
-from tunelab.evaluate.run import split_example
 from tunelab.io import read_jsonl
 from tunelab.runs import RunDir
 from tunelab.serve.generation import ServeLimits, clean_messages, make_settings, stop_sequences_from_lines

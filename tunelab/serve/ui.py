@@ -10,6 +10,7 @@ last one, stop sequences, has a default (empty), so callers written before it ex
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 
@@ -69,6 +70,116 @@ def settings_column(limits: ServeLimits) -> list:
     ]
 
 
+class Answers:
+    """What the tabs run: answers streamed within the serving limits, cut before the first stop
+    sequence (text past it never reaches the page), with errors turned into messages the UI shows."""
+
+    def __init__(self, registry: ModelRegistry, limits: ServeLimits):
+        self.registry, self.limits = registry, limits
+
+    def stream(self, label: str, messages: list[dict], settings, stop_lines: str | None = None):
+        """Accumulated answer text, piece by piece."""
+        try:
+            stops = stop_sequences_from_lines(stop_lines)
+            entry = self.registry.find(label)
+            check_chars(messages, self.limits)
+            check_tokens(self.registry.get(entry), messages, self.limits)
+            text = ""
+            for piece in cut_at_stops(self.registry.stream(entry, messages, settings), stops):
+                text += piece
+                yield text
+        except TunelabError as exc:
+            raise gr.Error(str(exc)) from None
+
+    def settings(self, temperature, top_p, max_tokens, repetition_penalty):
+        return make_settings(
+            self.limits, max_tokens=max_tokens, temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty, seed=None
+        )
+
+    def respond(self, message, history, model_label, system_prompt, temperature, top_p, max_tokens, repetition_penalty, stop_lines=""):
+        """The Chat tab: the conversation so far and the new message, answered by one model."""
+        try:
+            messages = clean_messages([*history, {"role": "user", "content": message}], system_prompt)
+        except TunelabError as exc:
+            raise gr.Error(str(exc)) from None
+        settings = self.settings(temperature, top_p, max_tokens, repetition_penalty)
+        yield from self.stream(model_label, messages, settings, stop_lines)
+
+    def compare(self, left_label, right_label, prompt, system_prompt, temperature, top_p, max_tokens, repetition_penalty, stop_lines=""):
+        """The Side by side tab: one prompt, the left model's answer streamed first, then the right's."""
+        if not (prompt or "").strip():
+            raise gr.Error("type a prompt first")
+        messages = clean_messages([{"role": "user", "content": prompt}], system_prompt)
+        settings = self.settings(temperature, top_p, max_tokens, repetition_penalty)
+        left = ""
+        for left in self.stream(left_label, messages, settings, stop_lines):
+            yield left, ""
+        for right in self.stream(right_label, messages, settings, stop_lines):
+            yield left, right
+
+
+def chat_tab(labels: list[str], default: str) -> SimpleNamespace:
+    """The Chat tab's model picker, and the slot its chat goes in once the settings exist (`wire_chat`)."""
+    with gr.Tab("Chat"):
+        model = gr.Dropdown(choices=labels, value=default, label="Model", interactive=True)
+        slot = gr.Column()
+    return SimpleNamespace(model=model, slot=slot)
+
+
+def wire_chat(tab: SimpleNamespace, answers: Answers, settings_inputs: list, examples: list[str]) -> None:
+    # Built after the settings column, so the chat uses its inputs: given inputs not yet rendered,
+    # a ChatInterface would render its own copy below the chat
+    with tab.slot:
+        gr.ChatInterface(
+            answers.respond,
+            additional_inputs=[tab.model, *settings_inputs],
+            examples=[[e] for e in examples],
+            cache_examples=False,
+            fill_height=False,
+            api_name="respond",
+        )
+
+
+def side_by_side_tab(labels: list[str], left: str, right: str, examples: list[str]) -> SimpleNamespace:
+    """The Side by side tab: two model pickers, one prompt, two answers."""
+    tab = SimpleNamespace()
+    with gr.Tab("Side by side"):
+        with gr.Row():
+            tab.left_model = gr.Dropdown(choices=labels, value=left, label="Left model (base)", interactive=True)
+            tab.right_model = gr.Dropdown(choices=labels, value=right, label="Right model (tuned)", interactive=True)
+        tab.prompt = gr.Textbox(label="Prompt", placeholder="One prompt, sent to both models", lines=2)
+        tab.go = gr.Button("Send to both", variant="primary")
+        with gr.Row():
+            tab.left_out = gr.Textbox(label="Left answer", lines=10, interactive=False)
+            tab.right_out = gr.Textbox(label="Right answer", lines=10, interactive=False)
+        gr.Examples([[e] for e in examples], inputs=[tab.prompt])
+    return tab
+
+
+def wire_side_by_side(tab: SimpleNamespace, answers: Answers, settings_inputs: list) -> None:
+    inputs, outputs = [tab.left_model, tab.right_model, tab.prompt, *settings_inputs], [tab.left_out, tab.right_out]
+    tab.go.click(answers.compare, inputs, outputs, api_name="compare")
+    tab.prompt.submit(answers.compare, inputs, outputs, api_name=False)
+
+
+def evaluate_tab_layout(labels: list[str], baseline: str, candidate: str) -> SimpleNamespace:
+    """The Evaluate tab (tunelab/serve/evaluate_tab.py): blind A/B votes."""
+    with gr.Tab("Evaluate"):
+        tab = evaluate_tab.layout(labels, baseline, candidate)
+    return tab
+
+
+def wire_rescan(button, registry: ModelRegistry, pickers: list) -> None:
+    """The button that picks up runs and exports that appeared since the start, in every model picker."""
+
+    def rescan(*values):
+        registry.refresh()
+        labels = registry.labels()
+        return [gr.update(choices=labels, value=v) for v in values]
+
+    button.click(rescan, pickers, pickers, api_name=False)
+
+
 def build_ui(
     registry: ModelRegistry,
     limits: ServeLimits | None = None,
@@ -78,92 +189,23 @@ def build_ui(
 ) -> gr.Blocks:
     """The whole UI. Votes go to model 2's run (eval/human_votes.jsonl) unless `votes_file` is given."""
     limits = limits or ServeLimits()
+    examples = examples or EXAMPLES
+    answers = Answers(registry, limits)
+    labels = registry.labels()
     chat_default, left_default, right_default = pick_defaults(registry)
-
-    def choices() -> list[str]:
-        registry.refresh()
-        return registry.labels()
-
-    def stream_answer(label: str, messages: list[dict], settings, stop_lines: str | None = None):
-        """Accumulated answer text, piece by piece, cut before the first stop sequence (text past
-        it never reaches the page), with errors turned into messages the UI shows."""
-        try:
-            stops = stop_sequences_from_lines(stop_lines)
-            entry = registry.find(label)
-            check_chars(messages, limits)
-            check_tokens(registry.get(entry), messages, limits)
-            text = ""
-            for piece in cut_at_stops(registry.stream(entry, messages, settings), stops):
-                text += piece
-                yield text
-        except TunelabError as exc:
-            raise gr.Error(str(exc)) from None
-
-    def respond(message, history, model_label, system_prompt, temperature, top_p, max_tokens, repetition_penalty, stop_lines=""):
-        try:
-            messages = clean_messages([*history, {"role": "user", "content": message}], system_prompt)
-        except TunelabError as exc:
-            raise gr.Error(str(exc)) from None
-        settings = make_settings(
-            limits, max_tokens=max_tokens, temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty, seed=None
-        )
-        yield from stream_answer(model_label, messages, settings, stop_lines)
-
-    def compare(left_label, right_label, prompt, system_prompt, temperature, top_p, max_tokens, repetition_penalty, stop_lines=""):
-        if not (prompt or "").strip():
-            raise gr.Error("type a prompt first")
-        messages = clean_messages([{"role": "user", "content": prompt}], system_prompt)
-        settings = make_settings(
-            limits, max_tokens=max_tokens, temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty, seed=None
-        )
-        left = ""
-        for left in stream_answer(left_label, messages, settings, stop_lines):
-            yield left, ""
-        for right in stream_answer(right_label, messages, settings, stop_lines):
-            yield left, right
-
     with gr.Blocks(title=title) as demo:
         gr.Markdown(f"## {title}\nModels from this machine's runs and exports. Answers stream as they are generated.")
         with gr.Row():
             with gr.Column(scale=4):
-                with gr.Tab("Chat"):
-                    model = gr.Dropdown(choices=registry.labels(), value=chat_default, label="Model", interactive=True)
-                    chat_slot = gr.Column()
-                with gr.Tab("Side by side"):
-                    with gr.Row():
-                        left_model = gr.Dropdown(choices=registry.labels(), value=left_default, label="Left model (base)", interactive=True)
-                        right_model = gr.Dropdown(
-                            choices=registry.labels(), value=right_default, label="Right model (tuned)", interactive=True
-                        )
-                    prompt = gr.Textbox(label="Prompt", placeholder="One prompt, sent to both models", lines=2)
-                    go = gr.Button("Send to both", variant="primary")
-                    with gr.Row():
-                        left_out = gr.Textbox(label="Left answer", lines=10, interactive=False)
-                        right_out = gr.Textbox(label="Right answer", lines=10, interactive=False)
-                    gr.Examples([[e] for e in (examples or EXAMPLES)], inputs=[prompt])
-                with gr.Tab("Evaluate"):
-                    evaluate = evaluate_tab.layout(registry.labels(), left_default, right_default)
+                chat = chat_tab(labels, chat_default)
+                side = side_by_side_tab(labels, left_default, right_default, examples)
+                evaluate = evaluate_tab_layout(labels, left_default, right_default)
             with gr.Column(scale=1, min_width=220):
                 settings_inputs = settings_column(limits)
                 refresh = gr.Button("Rescan runs folder", size="sm")
-        with chat_slot:
-            gr.ChatInterface(
-                respond,
-                additional_inputs=[model, *settings_inputs],
-                examples=[[e] for e in (examples or EXAMPLES)],
-                cache_examples=False,
-                fill_height=False,
-                api_name="respond",
-            )
-        go.click(compare, [left_model, right_model, prompt, *settings_inputs], [left_out, right_out], api_name="compare")
-        prompt.submit(compare, [left_model, right_model, prompt, *settings_inputs], [left_out, right_out], api_name=False)
-        evaluate_tab.EvaluateTab(registry, limits, stream_answer, votes_file).wire(evaluate, settings_inputs)
-
-        def rescan(*values):
-            labels = choices()
-            return [gr.update(choices=labels, value=v) for v in values]
-
-        pickers = [model, left_model, right_model, evaluate.model1, evaluate.model2]
-        refresh.click(rescan, pickers, pickers, api_name=False)
+        wire_chat(chat, answers, settings_inputs, examples)
+        wire_side_by_side(side, answers, settings_inputs)
+        evaluate_tab.EvaluateTab(registry, limits, answers.stream, votes_file).wire(evaluate, settings_inputs)
+        wire_rescan(refresh, registry, [chat.model, side.left_model, side.right_model, evaluate.model1, evaluate.model2])
     demo.queue(default_concurrency_limit=limits.max_concurrent, max_size=limits.max_queue)
     return demo
