@@ -209,3 +209,27 @@ try:
     CPUINFO_TEXT = Path("/proc/cpuinfo").read_text()
 except OSError:
     CPUINFO_TEXT = None
+
+
+@pytest.mark.gguf
+@pytest.mark.skipif(not llama_cpp_available(), reason="needs llama-cpp-python (make setup-gguf)")
+def test_llama_cpp_logs_by_ggml_levels(capfd):
+    """llama-cpp-python 0.3.36 reads ggml's log levels by an older numbering (a warning shown as an
+    error, an error hidden as debug); tunelab's callback uses ggml.h's: quiet models show errors only."""
+    import logging
+
+    from tunelab.models import llama_cpp
+
+    llama_cpp.require_llama_cpp()
+    callback = llama_cpp._log_by_ggml_levels.callback
+    logger = logging.getLogger("llama-cpp-python")
+    old = logger.level
+    logger.setLevel(logging.ERROR)  # what Llama(verbose=False) sets
+    try:
+        callback(3, b"llama_kv_cache_iswa: using full-size SWA cache\n", None)
+        callback(4, b"llama_model_load: error loading model\n", None)
+        callback(5, b"  (continued)\n", None)
+    finally:
+        logger.setLevel(old)
+    err = capfd.readouterr().err
+    assert "SWA cache" not in err and "error loading model" in err and "(continued)" in err

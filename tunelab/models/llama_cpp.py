@@ -15,6 +15,7 @@ import codecs
 import ctypes
 import functools
 import logging
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,7 +52,32 @@ def require_llama_cpp():
             f"The `merged` format works without it."
         ) from None
     _load_cpu_backend(Path(llama_cpp.__file__).parent / "lib")
+    _log_by_ggml_levels(llama_cpp)
     return llama_cpp
+
+
+# ggml's log levels (ggml.h in llama-cpp-python 0.3.36's llama.cpp) as Python logging levels. The
+# package's own callback maps them by an older numbering, so a warning was shown as an error and an
+# error as debug: every Gemma-3 context printed "llama_kv_cache_iswa: using full-size SWA cache".
+GGML_LOG_LEVELS = {0: logging.CRITICAL, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+GGML_LOG_CONTINUE = 5  # a continued line: the level of the line before
+
+
+@functools.cache
+def _log_by_ggml_levels(llama_cpp) -> None:
+    """Replace llama-cpp-python's log callback by one with ggml's real levels, shown as its logger's level
+    allows (Llama(verbose=False) sets it to ERROR: errors only)."""
+    logger = logging.getLogger("llama-cpp-python")
+    last = [logging.CRITICAL]
+
+    @llama_cpp.llama_log_callback
+    def callback(level: int, text: bytes, user_data) -> None:
+        last[0] = last[0] if level == GGML_LOG_CONTINUE else GGML_LOG_LEVELS.get(level, logging.ERROR)
+        if logger.level <= last[0]:
+            print(text.decode("utf-8", errors="replace"), end="", flush=True, file=sys.stderr)
+
+    _log_by_ggml_levels.callback = callback  # the C side keeps only a pointer: keep the object alive
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
 
 
 @functools.cache
