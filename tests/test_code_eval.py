@@ -199,3 +199,14 @@ def test_a_whole_code_benchmark_through_the_cli(tmp_path, tiny_model_dir):
     report = build_markdown(run)
     assert "## Code: does it pass its tests?" in report and "(eval/benchmarks/humaneval/errors.md)" in report
     assert "General ability" not in report
+
+
+def test_leakage_check_finds_a_problem_in_training_text():
+    solution = "    return sorted(set(values), key=lambda value: (-counts[value], value))[:k] if k > 0 else []\n"
+    problem = CodeProblem("Test/1", 'def top_k(values, counts, k):\n    """The k most frequent values."""\n', "", "top_k", solution)
+    leaked = code.leaked_problems(["Write top_k.\n" + solution, "unrelated text"], [PROBLEM, problem])
+    assert list(leaked) == ["Test/1"] and leaked["Test/1"] >= 1
+    assert code.leaked_problems(["return sorted(set(values))"], [problem]) == {}  # shorter than 13 words
+    record = code.leakage_check(["unrelated"], [PROBLEM, problem], "data/train.jsonl")
+    assert record == {"source": "data/train.jsonl", "examples": 1, "ngram_words": 13, "problems_checked": 2, "leaked": {}}
+    assert sum(bool(p.solution) for p in read_code_problems(code.code_benchmark_path("humaneval"))) == 164

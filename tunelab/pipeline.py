@@ -72,7 +72,10 @@ def code_stage(recipe: Recipe, run: RunDir) -> None:
     cfg = recipe.eval.code
     models, names = ([recipe.model, str(run.root)], ["base", "tuned"]) if recipe.eval.compare_base else ([str(run.root)], ["tuned"])
     out = run.benchmark(code_benchmark_name(cfg.benchmark))
-    result = run_code_benchmark(models, cfg, out, names=names, bootstrap_samples=recipe.eval.bootstrap_samples)
+    train = read_jsonl(run.split("train"))
+    texts = ["\n".join(m["content"] for m in ex["messages"]) for ex in train]
+    training = (str(run.split("train")), texts)
+    result = run_code_benchmark(models, cfg, out, names=names, bootstrap_samples=recipe.eval.bootstrap_samples, training=training)
     print_table(code_table(result))
     run.mark_done("code", benchmark=result["benchmark"])
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ class CodeProblem:
     prompt: str
     test: str
     entry_point: str
+    solution: str = ""  # the reference solution, where the file has one (HumanEval's canonical_solution): for the leakage check
 
 
 def code_benchmark_path(name: str) -> Path:
@@ -105,10 +107,49 @@ def read_code_problems(path: Path, fields: dict[str, str] | None = None) -> list
             if values["task_id"] in seen:
                 raise DataError(str(path), index, fields.get("task_id", "task_id"), f"duplicate id {values['task_id']!r}")
             seen.add(values["task_id"])
-            problems.append(CodeProblem(values["task_id"], values["prompt"], values["test"], values["entry_point"]))
+            solution = record.get("canonical_solution")
+            problems.append(
+                CodeProblem(
+                    values["task_id"],
+                    values["prompt"],
+                    values["test"],
+                    values["entry_point"],
+                    solution if isinstance(solution, str) else "",
+                )
+            )
     if not problems:
         raise DataError(str(path), None, None, "no problems")
     return problems
+
+
+# ---------------------------------------------------------------- leakage
+LEAK_NGRAM = 13  # words: the contamination check of the GPT-3 paper (Brown et al. 2020) and later model reports
+_WORD = re.compile(r"\w+")
+
+
+def ngrams(text: str, n: int = LEAK_NGRAM) -> set[tuple[str, ...]]:
+    words = _WORD.findall(text.lower())
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+def leaked_problems(texts: list[str], problems: list[CodeProblem], n: int = LEAK_NGRAM) -> dict[str, int]:
+    """{problem id: shared n-grams} for the problems whose prompt or reference solution shares a run of
+    `n` words with any of `texts` (a run's training examples): HumanEval leaking into the training data."""
+    seen: set[tuple[str, ...]] = set()
+    for text in texts:
+        seen |= ngrams(text, n)
+    found = {}
+    for p in problems:
+        shared = len((ngrams(p.prompt, n) | ngrams(p.solution, n)) & seen)
+        if shared:
+            found[p.id] = shared
+    return found
+
+
+def leakage_check(texts: list[str], problems: list[CodeProblem], source: str) -> dict:
+    """The record a code benchmark keeps of its leakage check against `source` (a run's training split)."""
+    leaked = leaked_problems(texts, problems)
+    return {"source": source, "examples": len(texts), "ngram_words": LEAK_NGRAM, "problems_checked": len(problems), "leaked": leaked}
 
 
 # ---------------------------------------------------------------- asking a model
@@ -306,6 +347,14 @@ def summary_markdown(result: dict) -> str:
         cells = [f"{m[k]['mean']:.3f} [{m[k]['low']:.3f}, {m[k]['high']:.3f}]" for k in ks]
         deltas = [f"{d[k]['diff']:+.3f} [{d[k]['low']:+.3f}, {d[k]['high']:+.3f}] p={d[k]['p_value']:.3f}" if k in d else "" for k in ks]
         lines.append(f"| {name} | {m['prompt_format']} | " + " | ".join(cells + deltas) + f" | {m['generation_seconds']} |")
+    leak = result.get("leakage")
+    if leak:
+        found = ", ".join(f"{k} ({v})" for k, v in leak["leaked"].items()) or "none"
+        lines += [
+            "",
+            f"Leakage check: {leak['problems_checked']} problems' prompts and reference solutions against the "
+            f"{leak['examples']} examples of `{leak['source']}`, runs of {leak['ngram_words']} words in common: {found}.",
+        ]
     return "\n".join(lines + [""])
 
 
@@ -373,9 +422,16 @@ def write_code_benchmark(out_dir: Path, result: dict, problems: list[CodeProblem
 
 
 def run_code_benchmark(
-    models: list[str], cfg: CodeEvalConfig, out_dir: Path, *, names: list[str] | None = None, bootstrap_samples: int = 1000
+    models: list[str],
+    cfg: CodeEvalConfig,
+    out_dir: Path,
+    *,
+    names: list[str] | None = None,
+    bootstrap_samples: int = 1000,
+    training: tuple[str, list[str]] | None = None,
 ) -> dict:
-    """Generate and run code for `models` (the first is the baseline) as `cfg` says; write out_dir atomically."""
+    """Generate and run code for `models` (the first is the baseline) as `cfg` says; write out_dir atomically.
+    `training` (source, texts): also check the problems against the tuned model's training examples."""
     require_opt_in(cfg.allow_execution, f"the code benchmark '{cfg.benchmark}'")
     settings = GenerationSettings(
         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p if cfg.temperature else 1.0
@@ -390,6 +446,8 @@ def run_code_benchmark(
     ]
     result = summarize(benchmark_name(cfg.benchmark), path, problems, len(every), cfg.samples, settings, scored, bootstrap_samples)
     result["execution"] = {"timeout_s": limits.timeout_s, "memory_mb": limits.memory_mb, "isolation": describe_isolation()}
+    if training is not None:  # (where, texts): the tuned model's training examples, checked for the test problems
+        result["leakage"] = leakage_check(training[1], problems, training[0])
     result["versions"] = package_versions()
     result["created"] = now()
     write_code_benchmark(Path(out_dir), result, problems, scored)
