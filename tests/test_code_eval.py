@@ -117,6 +117,7 @@ def test_running_model_code_is_an_explicit_opt_in(tmp_path):
         (["--benchmark", "humaneval", "--batch-size", "4"], "--batch-size does not apply with a code --benchmark"),
         (["--benchmark", "arc-easy", "--samples", "5"], "--samples does not apply with a multiple-choice --benchmark"),
         (["--max-problems", "5"], "--max-problems does not apply without --benchmark or --human"),
+        (["--benchmark", "humaneval", "--field", "prompt"], "--field 'prompt' must look like name=value"),
         (["--benchmark", "humaneval", "--allow-code-execution", "--samples", "4"], "needs sampling"),
     ],
 )

@@ -35,6 +35,14 @@ def given(**options) -> dict:
     return {name: value for name, value in options.items() if value is not None}
 
 
+def name_value_pairs(option: str, values: list[str], example: str) -> dict[str, str]:
+    """A repeatable `--option name=value` as a dict, or an error naming the bad value."""
+    bad = [v for v in values if "=" not in v]
+    if bad:
+        raise TunelabError(f"{option} {bad[0]!r} must look like name=value, e.g. {example}")
+    return dict(v.split("=", 1) for v in values)
+
+
 def friendly(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -145,10 +153,7 @@ def data_prepare(
     else:
         if not inputs:
             raise TunelabError("give data files or --recipe")
-        bad = [p for p in placeholder if "=" not in p]
-        if bad:
-            raise TunelabError(f"--placeholder {bad[0]!r} must look like name=value")
-        values = dict(p.split("=", 1) for p in placeholder)
+        values = name_value_pairs("--placeholder", placeholder, "lang=German")
         source = given(placeholders=values, system_prompt=system_prompt)
         splits = given(seed=seed, test_fraction=test_fraction, test_size=test_size)
         splits |= given(validation_fraction=validation_fraction, validation_size=validation_size)
@@ -354,7 +359,8 @@ def eval_cmd(
 
     if benchmark is not None and human:
         raise TunelabError("--benchmark and --human are two different evaluations: give one of them")
-    code = benchmark is not None and is_code_benchmark(benchmark, dict(f.split("=", 1) for f in field if "=" in f))
+    fields = name_value_pairs("--field", field, "gold=answerKey")
+    code = benchmark is not None and is_code_benchmark(benchmark, fields)
     mode = CODE if code else BENCHMARK if benchmark is not None else HUMAN if human else HELD_OUT
     check_eval_options(mode, options_given(ctx))
     options = {
@@ -388,7 +394,7 @@ def eval_cmd(
         code_options = {
             "benchmark": benchmark,
             "allow_execution": allow_code_execution or None,
-            "fields": dict(f.split("=", 1) for f in field) if field else None,
+            "fields": fields or None,
             "max_problems": max_problems,
             "samples": samples,
             "temperature": temperature,
@@ -409,7 +415,7 @@ def eval_cmd(
             names=name or None,
             max_questions=max_questions,
             batch_size=config.batch_size,
-            fields=field,
+            fields=fields,
             compare_base=config.compare_base,
             **given(seed=seed, precision=precision),
         )

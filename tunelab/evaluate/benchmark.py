@@ -383,16 +383,13 @@ def benchmark_cli(
     seed: int = 0,
     batch_size: int = 16,
     precision: str = "fp32",
-    fields: list[str] | None = None,
+    fields: dict[str, str] | None = None,
     compare_base: bool = True,
 ) -> dict:
-    """`tunelab eval MODEL... --benchmark NAME`: the table, the verdict and where the files went."""
+    """`tunelab eval MODEL... --benchmark NAME`: the table, the verdict and where the files went.
+    `fields` maps a role (question, choices, gold) to a file's own field name."""
     if precision not in ("fp32", "bf16", "auto"):
         raise TunelabError(f"--precision '{precision}': choose fp32 (matches lm-evaluation-harness exactly), bf16 or auto")
-    bad = [f for f in fields or [] if "=" not in f]
-    if bad:
-        raise TunelabError(f"--field '{bad[0]}' must look like role=name, e.g. gold=answerKey")
-    mapping = dict(f.split("=", 1) for f in fields or [])
     models, names = with_base_model(models, names, compare_base)
     runs = run_dirs_among(models)
     name = benchmark_name(benchmark)
@@ -407,7 +404,7 @@ def benchmark_cli(
         seed=seed,
         batch_size=batch_size,
         bf16=wants_bf16(precision),
-        fields=mapping,
+        fields=fields,
     )
     print_table(rich_table(result))
     line = forgetting_verdict(result)
