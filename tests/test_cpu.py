@@ -182,19 +182,12 @@ def test_a_training_step_with_onednn_capped_below_amx(tmp_path, tiny_model_dir, 
     tunelab's precision follows the cap: bf16 autocast with AVX512-BF16, fp32 with AVX2 alone."""
     import json
 
-    import yaml
-    from conftest import write_alpaca
+    from test_train import make_recipe
 
-    data = write_alpaca(tmp_path / "qa.json", n=16)
-    recipe = {
-        "name": "capped",
-        "output_dir": str(tmp_path / "runs"),
-        "model": str(tiny_model_dir),
-        "data": {"sources": [{"path": str(data)}], "dedup": "exact", "test_fraction": 0.1, "validation_fraction": 0.1},
-        "train": {"max_steps": 2, "batch_size": 4, "max_seq_length": 128, "threads": 1, "tensorboard": False, "logging_steps": 1},
-    }
+    from tunelab.config import dump_recipe
+
     path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
+    path.write_text(dump_recipe(make_recipe(tmp_path, tiny_model_dir, max_steps=2)))
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": onednn_cap}
     done = subprocess.run([sys.executable, "-c", TRAIN_CHILD, str(path)], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
