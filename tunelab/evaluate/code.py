@@ -252,7 +252,15 @@ class ModelResults:
 
 
 def score_model(
-    ref: str, name: str, problems: list[CodeProblem], settings: GenerationSettings, n: int, fmt: str, limits: ExecutionLimits, backend: str
+    ref: str,
+    name: str,
+    bench: str,
+    problems: list[CodeProblem],
+    settings: GenerationSettings,
+    n: int,
+    fmt: str,
+    limits: ExecutionLimits,
+    backend: str,
 ) -> ModelResults:
     """Generate n answers per problem and run each as soon as it exists (execution overlaps generation)."""
     chat, backend = load_for_code(ref, backend)
@@ -263,7 +271,7 @@ def score_model(
     futures: list[list] = []
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1) as runner, progress_bar() as bar:
-        task = bar.add_task(f"HumanEval ({name})" if len(problems) == 164 else f"Code problems ({name})", total=len(problems) * n, info="")
+        task = bar.add_task(f"{bench} ({name})", total=len(problems) * n, info="")
         for problem in problems:
             row = []
             for i in range(n):
@@ -446,10 +454,12 @@ def run_code_benchmark(
     problems = every[: cfg.max_problems] if cfg.max_problems else every
     names = unique_names(names or [Path(m).name if Path(m).exists() else str(m) for m in models])
     limits = ExecutionLimits(timeout_s=cfg.timeout_s)
+    bench = benchmark_name(cfg.benchmark)
     scored = [
-        score_model(ref, name, problems, settings, cfg.samples, cfg.prompt_format, limits, cfg.backend) for ref, name in zip(models, names)
+        score_model(ref, name, bench, problems, settings, cfg.samples, cfg.prompt_format, limits, cfg.backend)
+        for ref, name in zip(models, names)
     ]
-    result = summarize(benchmark_name(cfg.benchmark), path, problems, len(every), cfg.samples, settings, scored, bootstrap_samples)
+    result = summarize(bench, path, problems, len(every), cfg.samples, settings, scored, bootstrap_samples)
     result["execution"] = {"timeout_s": limits.timeout_s, "memory_mb": limits.memory_mb, "isolation": describe_isolation()}
     if training is not None:  # (where, texts): the tuned model's training examples, checked for the test problems
         result["leakage"] = leakage_check(training[1], problems, training[0])
