@@ -16,7 +16,9 @@ from tunelab.errors import DataError, TunelabError
 from tunelab.evaluate import code
 from tunelab.evaluate.code import CodeProblem, completion_code, is_code_benchmark, pass_at_k, read_code_problems
 from tunelab.evaluate.execution import CodeExecutionNotAllowed
+from tunelab.io import atomic_write_jsonl
 from tunelab.models.templates import DEFAULT_CHAT_TEMPLATE
+from tunelab.runs import BenchmarkDir
 
 PROBLEM = CodeProblem(
     "Test/0", 'def add(a, b):\n    """Return a + b."""\n', "def check(candidate):\n    assert candidate(2, 3) == 5\n", "add"
@@ -211,3 +213,13 @@ def test_leakage_check_finds_a_problem_in_training_text():
     record = code.leakage_check(["unrelated"], [PROBLEM, problem], "data/train.jsonl")
     assert record == {"source": "data/train.jsonl", "examples": 1, "ngram_words": 13, "problems_checked": 2, "leaked": {}}
     assert sum(bool(p.solution) for p in read_code_problems(code.code_benchmark_path("humaneval"))) == 164
+
+
+def test_problem_scores_give_pass_at_1_overall_and_on_each_declared_half(tmp_path):
+    # four problems in file order; the model passes the first and the third: both in the dev half
+    rows = [{"id": f"T/{i}", "m": [{"passed": i in (0, 2)}]} for i in range(4)]
+    atomic_write_jsonl(BenchmarkDir(tmp_path).predictions, rows)
+    metrics, scores = code.problem_scores(tmp_path, "m", bootstrap_samples=200)
+    assert {k: v["mean"] for k, v in metrics.items()} == {"pass@1": 0.5, "pass@1_dev": 1.0, "pass@1_test": 0.0}
+    assert {k: v["n"] for k, v in metrics.items()} == {"pass@1": 4, "pass@1_dev": 2, "pass@1_test": 2}
+    assert ("T/1", "pass@1_test", 0.0) in scores and ("T/2", "pass@1_dev", 1.0) in scores

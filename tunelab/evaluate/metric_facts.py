@@ -65,6 +65,9 @@ METRICS: dict[str, Metric] = {
             description="implicit DPO reward of the chosen minus the rejected answer against a reference model (β × the change in log-likelihood margin)",
         ),
         Metric("reward_accuracy", "reward accuracy", description="share of held-out pairs with a positive implicit DPO reward margin, 0-1"),
+        Metric("pass@1", "pass@1", description="share of code problems whose program passes its unit tests (greedy), 0-1"),
+        Metric("pass@1_dev", "pass@1 (dev half)", description="pass@1 on the dev half of the problem file: where settings are chosen"),
+        Metric("pass@1_test", "pass@1 (test half)", description="pass@1 on the test half of the problem file: what is reported"),
         Metric("eval_loss", "validation loss", higher_is_better=False, fraction=False),
         Metric("loss", "training loss", higher_is_better=False, fraction=False),
     ]

@@ -1,0 +1,144 @@
+"""Python as training data: documented functions in HumanEval's shape, and answers that are Python.
+
+`format: python_functions` reads Python source (a folder, a .py file, or `stdlib`: the standard
+library of the Python running tunelab) and makes one example per documented top-level function,
+in the shape a code benchmark asks (tunelab/data/code_problems.py): the user asks to complete the
+function, and the answer is a code block holding the function's imports, signature and docstring
+(what a HumanEval prompt holds) followed by its body. These are the lab's "annotated Python
+scripts": real, reviewed code whose docstring says what it does.
+
+A function is kept only when a reader of the prompt has everything the body uses: every name it
+reads is a parameter, a local, a builtin or a module the prompt imports (no module globals, no
+helpers defined elsewhere in its file). Decorated functions, stubs, and bodies too long for a short
+training example are left out. Functions sharing a run of 13 words with a HumanEval problem or its
+solution are dropped (the benchmark's own leakage test), so nothing of the test reaches training.
+
+`answers: python` on any source keeps only examples whose answer is Python that parses: the code
+block of the answer if it has one, else the whole answer (code_alpaca mixes Python with SQL,
+JavaScript, HTML and prose).
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import re
+import sysconfig
+from pathlib import Path
+
+from tunelab.data.code_problems import CHAT_ANSWER_START, CHAT_REQUEST, code_benchmark_path, ngrams, read_code_problems
+from tunelab.errors import DataError
+
+STDLIB = "stdlib"  # the `path` that names the standard library of the running Python
+SKIPPED_FOLDERS = {"test", "tests", "idlelib", "site-packages", "lib2to3", "turtledemo", "__pycache__"}
+MAX_BODY_LINES = 30  # a body longer than this rarely fits a 512-token example with its docstring
+BUILTIN_NAMES = set(dir(builtins))
+FENCED = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)```", re.DOTALL)
+
+
+# ---------------------------------------------------------------- finding the functions
+def source_files(path: str) -> list[Path]:
+    root = Path(sysconfig.get_paths()["stdlib"]) if path == STDLIB else Path(path).expanduser()
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise DataError(path, None, None, f"not a .py file, a folder of them, or '{STDLIB}'")
+    return sorted(p for p in root.rglob("*.py") if not SKIPPED_FOLDERS & set(p.relative_to(root).parts))
+
+
+def module_imports(tree: ast.Module) -> dict[str, str]:
+    """{name bound at module level by an import: the import statement that binds it}."""
+    found = {}
+    for node in tree.body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and not (isinstance(node, ast.ImportFrom) and node.level):
+            for alias in node.names:
+                if alias.name != "*":
+                    name = (alias.asname or alias.name).split(".")[0]
+                    found[name] = ast.unparse(type(node)(**{**node.__dict__, "names": [alias]}))
+    return found
+
+
+def names_read_from_outside(fn: ast.FunctionDef) -> set[str]:
+    """Names the function reads that it does not bind itself (parameters, assignments, nested defs, imports)."""
+    bound, read = set(), set()
+    for node in ast.walk(fn):
+        if isinstance(node, ast.Name):
+            (read if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node is not fn:
+            bound.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bound.add(node.name)
+    return read - bound - BUILTIN_NAMES
+
+
+def function_parts(fn: ast.FunctionDef, lines: list[str], imports: dict[str, str]) -> tuple[str, str] | None:
+    """(prompt, body) of a self-contained documented function, or None when it is not one."""
+    if fn.decorator_list or fn.name.startswith("_") or ast.get_docstring(fn) is None or len(fn.body) < 2:
+        return None
+    outside = names_read_from_outside(fn)
+    if not outside <= set(imports):
+        return None
+    docstring_end = fn.body[0].end_lineno
+    body = lines[docstring_end : fn.end_lineno]
+    if len(body) > MAX_BODY_LINES or all(isinstance(s, (ast.Pass, ast.Raise)) for s in fn.body[1:]):
+        return None
+    header = "".join(imports[name] + "\n" for name in sorted(outside))
+    prompt = (header + "\n\n" if header else "") + "".join(lines[fn.lineno - 1 : docstring_end])
+    return prompt, "".join(body)
+
+
+def documented_functions(path: str) -> list[dict]:
+    """[{"where": file:line, "name", "prompt", "body"}] for every self-contained documented function under `path`."""
+    found = []
+    for file in source_files(path):
+        try:
+            text = file.read_text(encoding="utf-8")
+            tree = ast.parse(text)
+        except (UnicodeDecodeError, SyntaxError, ValueError):
+            continue  # files of another Python version or encoding: not examples of this one
+        lines, imports = text.splitlines(keepends=True), module_imports(tree)
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef) and (parts := function_parts(node, lines, imports)):
+                found.append({"where": f"{file}:{node.lineno}", "name": node.name, "prompt": parts[0], "body": parts[1]})
+    return found
+
+
+# ---------------------------------------------------------------- as examples
+def as_benchmark_answer(prompt: str, body: str) -> str:
+    """The assistant's answer a code benchmark asks for: the prompt, then the body, in one closed code block."""
+    return CHAT_ANSWER_START + prompt + body.rstrip("\n") + "\n```"
+
+
+def python_function_records(path: str) -> list[dict]:
+    """One chat record per function under `path`, leaving out any that shares 13 words with HumanEval."""
+    problems = read_code_problems(code_benchmark_path("humaneval"))
+    test_ngrams = set().union(*(ngrams(p.prompt) | ngrams(p.solution) for p in problems))
+    records = []
+    for f in documented_functions(path):
+        if ngrams(f["prompt"] + f["body"]) & test_ngrams:
+            continue
+        answer = as_benchmark_answer(f["prompt"], f["body"])
+        records.append({"messages": [{"role": "user", "content": CHAT_REQUEST}, {"role": "assistant", "content": answer}]})
+    if not records:
+        raise DataError(path, None, None, "no documented, self-contained top-level functions found")
+    return records
+
+
+# ---------------------------------------------------------------- answers that are Python
+def answer_code(answer: str) -> str:
+    """The code of an answer: its fenced blocks marked python (or unmarked), else the whole answer."""
+    blocks = [code for lang, code in FENCED.findall(answer) if lang.lower() in ("", "python", "py", "python3")]
+    return "\n".join(blocks) if blocks else answer
+
+
+def is_python(answer: str) -> bool:
+    """The answer's code parses as Python and is more than a lone name or constant (which prose can be)."""
+    try:
+        tree = ast.parse(answer_code(answer))
+    except (SyntaxError, ValueError):
+        return False
+    return any(not (isinstance(s, ast.Expr) and isinstance(s.value, (ast.Name, ast.Constant))) for s in tree.body)
