@@ -104,14 +104,17 @@ def shared_data() -> Path:
     return SHARED
 
 
-OTHER_SECTION = "# Results\n\n## Data stage\n\nfigures\n"
+ANOTHER_CPU = "Another CPU (AVX2)"
 
 
 def run_bench_section(results: Path, bench, argv: list[str]) -> str:
-    """Run a bench script's `main(argv + --results)` on a results file holding another section; the
-    other section must survive byte for byte and the script's own appear once. Returns the file's text."""
-    results.write_text(OTHER_SECTION)
+    """Run a bench script's `main(argv + --results)` on a results file holding the same bench's section
+    on another CPU; that section must survive byte for byte and this CPU's appear once. Returns the file's text."""
+    from bench.results import keyed_title  # importable once the bench module has put the repository on sys.path
+
+    other = f"# Results\n\n## {keyed_title(bench.TITLE, ANOTHER_CPU)}\n\nanother CPU's figures\n"
+    results.write_text(other)
     bench.main([*argv, "--results", str(results)])
     text = results.read_text()
-    assert text.startswith(OTHER_SECTION) and text.count(f"## {bench.TITLE}\n") == 1
+    assert text.startswith(other) and text.count(f"## {keyed_title(bench.TITLE)}\n") == 1
     return text
