@@ -31,7 +31,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from unittest import mock
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -63,9 +62,9 @@ def worker(kind: str, args) -> dict:
     """One training run through train_recipe; returns its step marks and its logged losses."""
     import torch
 
-    import tunelab.train.run as run_module
     from tunelab.io import read_jsonl
     from tunelab.models.resolve import resolve_model
+    from tunelab.train.run import train_recipe
 
     torch.set_num_threads(args.threads)
     workdir = Path(tempfile.mkdtemp(prefix="compile-bench-"))
@@ -73,9 +72,7 @@ def worker(kind: str, args) -> dict:
     # a loss every step, so the two rows' losses are compared at every step
     recipe = tunelab_recipe(args, resolve_model(args.model).path, train, workdir, logging_steps=1, compile=kind == COMPILED)
     clock = step_clock()
-    callbacks = run_module.training_callbacks
-    with mock.patch.object(run_module, "training_callbacks", lambda *a, **kw: [*callbacks(*a, **kw), clock]):
-        run = run_module.train_recipe(recipe)
+    run = train_recipe(recipe, callbacks=[clock])
     losses = [r["loss"] for r in read_jsonl(run / "train" / "metrics.jsonl") if "loss" in r]
     return {"kind": kind, "seed": args.seed, "marks": clock.marks, "losses": losses, "examples": len(train)}
 

@@ -23,10 +23,11 @@ round, the order reversed every other round); round r trains with seed r.
 - with --ablation, tunelab with all of those choices off (fp32, gradient checkpointing, padded
   batches, logits at every position), then switched on one at a time, each row adding one to the
   row above; the last step is the tunelab row. Logits at answer tokens only and attention per
-  example of a packed row (tunelab/train/attention.py) are not recipe settings: the rows without
-  them get `PackedCollator(logits_only_at_labels=False)` and transformers' SDPA with its
-  block-diagonal mask over the whole row. Candidate rows (not defaults) follow: the tunelab row plus
-  one change, such as the frozen base weights stored in bf16 instead of cast under autocast each step.
+  example of a packed row (tunelab/train/attention.py) are not recipe settings but train_recipe's
+  `step` (tunelab.train.run.StepChoices): the rows without them get logits at every position and
+  transformers' SDPA with its block-diagonal mask over the whole row. Candidate rows (not defaults)
+  follow: the tunelab row plus one change, such as the frozen base weights stored in bf16
+  (`StepChoices.base_dtype`) instead of cast under autocast each step.
 
 Tokens/s: the examples' real tokens (chat template applied, no padding) over the Trainer's own
 `train_runtime`, the same count and the same clock for every row. TRL best and tunelab must train
@@ -42,7 +43,6 @@ The section replaces its own in bench/RESULTS.md (bench/results.py).
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import resource
@@ -51,7 +51,6 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from unittest import mock
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -81,14 +80,15 @@ DESCRIBE = {
     TRL_OLD: "fp32, gradient checkpointing, padded batches, loss on every token",
     TUNELAB: "`tunelab train` defaults: bf16 autocast, no gradient checkpointing, padding-free packing with attention per example, logits at answer tokens",
 }
-# The ablation: tunelab with its choices off, then on one at a time (recipe settings, and whether packed batches
-# ask for logits at answer tokens only); each row adds one choice to the row above, and the last is TUNELAB.
+# The ablation: tunelab with its choices off, then on one at a time; each row adds one choice to the row above, and
+# the last is TUNELAB. A row's settings are recipe settings, and the choices of the step that are not
+# (train_recipe's `step`, tunelab.train.run.StepChoices: answer_logits, attention_per_example, base_dtype).
 ABLATION = {
-    "tunelab, all off": dict(precision="fp32", gradient_checkpointing=True, packing=False, answer_logits=False),
-    "+ bf16 autocast": dict(precision="bf16", gradient_checkpointing=True, packing=False, answer_logits=False),
-    "+ no gradient checkpointing": dict(precision="bf16", gradient_checkpointing=False, packing=False, answer_logits=False),
+    "tunelab, all off": dict(precision="fp32", gradient_checkpointing=True, packing=False),
+    "+ bf16 autocast": dict(precision="bf16", gradient_checkpointing=True, packing=False),
+    "+ no gradient checkpointing": dict(precision="bf16", gradient_checkpointing=False, packing=False),
     "+ padding-free packing (one block-diagonal mask per row)": dict(
-        precision="bf16", gradient_checkpointing=False, packing=True, answer_logits=False, packed_attention=False
+        precision="bf16", gradient_checkpointing=False, packing=True, answer_logits=False, attention_per_example=False
     ),
     "+ attention per example of a packed row": dict(precision="bf16", gradient_checkpointing=False, packing=True, answer_logits=False),
 }
@@ -231,27 +231,17 @@ def tunelab_recipe(args, model_path: Path, train: list[dict], workdir: Path, **s
 
 def tunelab_worker(kind: str, args, model_path: Path, tokenizer, train: list[dict], workdir: Path):
     """`train_recipe`, with the recipe's defaults or an ablation step; returns (model, seconds, tokens, answer tokens, peak RSS in MiB)."""
-    import tunelab.train.run as run_module
+    from dataclasses import fields
+
     from tunelab.io import read_jsonl
     from tunelab.models.hf_chat import load_hf_model
     from tunelab.runs import RunDir
-    from tunelab.train.collate import PackedCollator
+    from tunelab.train.run import StepChoices, train_recipe
 
-    step = ABLATION.get(kind) or CANDIDATES.get(kind, {})
-    choices = {k: v for k, v in step.items() if k not in ("answer_logits", "packed_attention", "base_dtype")}
-    recipe = tunelab_recipe(args, model_path, train, workdir, **choices)
-    # logits at answer tokens only is not a recipe setting but the collator's: the rows without it get another one
-    collator = PackedCollator if step.get("answer_logits", True) else functools.partial(PackedCollator, logits_only_at_labels=False)
-    # attention per example (train/attention.py) is not a recipe setting either: the row without it keeps transformers' SDPA
-    attention = run_module.ATTENTION if step.get("packed_attention", True) else "sdpa"
-    # the base weights' storage type is not a recipe setting: the candidate loads them in bf16 (PEFT keeps LoRA in fp32)
-    load = functools.partial(run_module.load_causal_lm, dtype=step.get("base_dtype", "float32"))
-    with (
-        mock.patch.object(run_module, "PackedCollator", collator),
-        mock.patch.object(run_module, "ATTENTION", attention),
-        mock.patch.object(run_module, "load_causal_lm", load),
-    ):
-        run = run_module.train_recipe(recipe)
+    settings = ABLATION.get(kind) or CANDIDATES.get(kind, {})
+    step_fields = {f.name for f in fields(StepChoices)}
+    recipe = tunelab_recipe(args, model_path, train, workdir, **{k: v for k, v in settings.items() if k not in step_fields})
+    run = train_recipe(recipe, step=StepChoices(**{k: v for k, v in settings.items() if k in step_fields}))
     peak = peak_rss_mib()  # before the trained model is loaded again to score it
     tokens, answers = rendered_tokens(tokenizer, read_jsonl(RunDir(run).split("train")))
     assert (tokens, answers) == rendered_tokens(tokenizer, train), "tunelab's data stage changed the examples"
