@@ -1,12 +1,10 @@
 """The one writer of bench/RESULTS.md: each bench script replaces its own section on this CPU, nothing else.
 
-A bench script uses it in three steps:
+A bench script reaches it through bench/harness.py, which does three steps for it:
 
-    parser.add_argument(...)            # its own flags
     results.add_arguments(parser)       # --allow-busy, --max-load, --results
-    args = parser.parse_args()
     idle = results.check_idle(args.max_load, args.allow_busy)   # before measuring anything
-    ...                                 # interleaved repeats; figures as results.median_range(values)
+    ...                                 # the script's interleaved repeats; figures as results.median_range(values)
     results.write_section(args.results, TITLE, body, idle)
 
 A section's heading is its title and the CPU it was measured on, `## TITLE · CPU` (`keyed_title`;
