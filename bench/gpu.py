@@ -51,7 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--gpus", type=int, help="Processes for DDP and FSDP (default: every GPU)")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--set", action="append", default=[], dest="overrides", help="Recipe override, as for tunelab train")
-    ap.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    ap.add_argument("--results", type=Path, default=results.RESULTS)
     ap.add_argument("--workdir", type=Path, help="Where the runs go (default: a temporary folder)")
     ap.add_argument("--dry-run", action="store_true", help="Plan, check and take 2 tiny steps on the CPU; write no results")
     ap.add_argument("--trl-worker", type=Path, help=argparse.SUPPRESS)  # internal: run the TRL baseline, write JSON here
