@@ -101,7 +101,7 @@ test: $(VENV)/.gguf-installed lint
 test-slow: $(VENV)/.gguf-installed
 	$(BIN)/python -m pytest -q -m slow
 
-# Each script replaces its own section of bench/RESULTS.md, and refuses to record on a busy machine
+# Each script replaces its own section of bench/RESULTS.md for the CPU it runs on (`## TITLE · CPU`), and refuses to record on a busy machine
 # (1-minute load average above 1; it waits up to 5 minutes for the previous one's load to settle).
 bench: $(VENV)/.gguf-installed
 	$(BIN)/python bench/train_throughput.py --ablation

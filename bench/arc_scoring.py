@@ -15,22 +15,15 @@ replaces its own in bench/RESULTS.md (bench/results.py).
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from bench import results  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for `python bench/arc_scoring.py`
+from bench import harness, results  # noqa: E402
 
 TITLE = "ARC scoring (bench/arc_scoring.py)"
+BENCH = harness.Bench(__file__)
 
 
 def time_tunelab(model_dir: str, questions, batch_size: int) -> tuple[float, list[list[float]]]:
@@ -47,7 +40,7 @@ def time_tunelab(model_dir: str, questions, batch_size: int) -> tuple[float, lis
 
 
 def time_lm_eval(model_dir: str, questions, batch_size: int) -> tuple[float, list[list[float]]]:
-    from lm_eval_reference import lm_eval_multiple_choice
+    from bench.lm_eval_reference import lm_eval_multiple_choice
 
     start = time.perf_counter()
     out = lm_eval_multiple_choice(model_dir, questions, batch_size=batch_size)
@@ -89,17 +82,14 @@ def report(args, rounds: list[dict]) -> str:
     )
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None) -> None:
+    ap = BENCH.parser(__doc__)
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--benchmark", default="arc-easy")
     ap.add_argument("--questions", type=int, default=200)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3)
-    results.add_arguments(ap)
-    args = ap.parse_args()
-    idle = results.check_idle(args.max_load, args.allow_busy)
+    args = BENCH.parse(ap, argv)
+    idle = harness.check_idle(args)
 
     import torch
 
@@ -113,7 +103,7 @@ def main() -> None:
     for i in range(args.repeats):
         rounds.append(one_round(model_dir, questions, args.batch_size))
         print(f"round {i + 1}/{args.repeats}: {rounds[-1]}", flush=True)
-    print(results.write_section(args.results, TITLE, report(args, rounds), idle))
+    harness.write_section(args, TITLE, report(args, rounds), idle)
 
 
 if __name__ == "__main__":

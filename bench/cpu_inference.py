@@ -34,21 +34,16 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench import results  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for `python bench/cpu_inference.py`
+from bench import harness, results  # noqa: E402
 
 TITLE = "CPU inference (bench/cpu_inference.py)"
+BENCH = harness.Bench(__file__, smoke={"tokens": 16})
 PROMPT = [{"role": "user", "content": "Write a long, detailed story about a lighthouse keeper who finds a message in a bottle."}]
 QUANTS = ("q8_0", "q4_k_m")
 GOAL_VS_RAW = 0.97
@@ -223,7 +218,7 @@ def check_same_work(name: str, prompt_ids: list[int], new_ids: list[int], expect
 
 
 def measure(paths: dict, expected_prompt: list[int], n_tokens: int, repeats: int) -> dict[str, list[float]]:
-    """Seconds per path per round: one warm-up each, then interleaved rounds, the order reversed every other round."""
+    """Seconds per path per round: one warm-up each, then interleaved rounds."""
     outputs = {}
     for name, generate in paths.items():
         print(f"== warm-up: {name}", flush=True)
@@ -232,16 +227,15 @@ def measure(paths: dict, expected_prompt: list[int], n_tokens: int, repeats: int
     for q in QUANTS:
         if outputs[tunelab_row(q)] != outputs[raw_row(q)]:
             raise AssertionError(f"GGUF {q}: tunelab's path and the raw loop generated different token ids from the same file")
-    seconds: dict[str, list[float]] = {name: [] for name in paths}
-    for r in range(repeats):
-        order = list(paths) if r % 2 == 0 else list(reversed(paths))
-        for name in order:
-            t = time.perf_counter()
-            prompt_ids, new_ids = paths[name]()
-            seconds[name].append(time.perf_counter() - t)
-            check_same_work(name, prompt_ids, new_ids, expected_prompt, n_tokens)
-        print(f"== round {r + 1}/{repeats}: " + ", ".join(f"{k} {n_tokens / seconds[k][-1]:.1f} tok/s" for k in paths), flush=True)
-    return seconds
+
+    def timed(name: str, r: int) -> float:
+        t = time.perf_counter()
+        prompt_ids, new_ids = paths[name]()
+        seconds = time.perf_counter() - t
+        check_same_work(name, prompt_ids, new_ids, expected_prompt, n_tokens)
+        return seconds
+
+    return harness.rounds(paths, repeats, timed, say=lambda seconds: f"{n_tokens / seconds:.1f} tok/s")
 
 
 def report(seconds: dict[str, list[float]], n_tokens: int) -> str:
@@ -264,27 +258,19 @@ def report(seconds: dict[str, list[float]], n_tokens: int) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = BENCH.parser(__doc__)
     ap.add_argument(
         "--run", type=Path, help="a trained run directory or model folder (default: a random-LoRA stand-in of the default model)"
     )
     ap.add_argument("--export-dir", type=Path, help="where the export is (or goes); default: RUN/export")
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=128, help="greedy new tokens per generation, on every path")
-    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
     ap.add_argument("--reexport", action="store_true", help="redo the export even if one is there")
-    ap.add_argument("--smoke", action="store_true", help="16 tokens, one round, on a busy machine too: checks the bench runs")
-    results.add_arguments(ap)
-    args = ap.parse_args(argv)
-    if args.smoke:
-        args.tokens, args.repeats, args.allow_busy = min(args.tokens, 16), 1, True
-    return args
+    return BENCH.parse(ap, argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    command = sys.argv if argv is None else ["bench/cpu_inference.py", *argv]
-    idle = results.check_idle(args.max_load, args.allow_busy)
+    idle = harness.check_idle(args)
 
     import torch
 
@@ -302,16 +288,14 @@ def main(argv=None) -> None:
     merged, ggufs = exported(run, args.export_dir or run / "export", args.threads, args.reexport)
     paths, prompt_ids, bf16_choice = build_paths(merged, ggufs, args.tokens, args.threads)
     seconds = measure(paths, prompt_ids, args.tokens, args.repeats)
-    body = report(seconds, args.tokens)
-    print("\n" + body)
     intro = (
         f"Model: {model_desc}. {args.threads} threads, batch 1, greedy, exactly {args.tokens} new tokens after the same "
         f"{len(prompt_ids)} prompt token ids on every path (asserted each round, as is the count; the two llama.cpp paths "
         f"also produced the same ids), {args.repeats} interleaved round(s) after a warm-up each; median (min–max) over the "
         f"rounds, ratios per round. Transformers bf16: {bf16_choice}. Transformers int8: quantize_dynamic of every nn.Linear "
-        f"(int8 weights, fp32 activations). Raw loop: llama_cpp.Llama.generate on the same file, context, threads and batch.\n\n"
+        f"(int8 weights, fp32 activations). Raw loop: llama_cpp.Llama.generate on the same file, context, threads and batch."
     )
-    results.write_section(args.results, TITLE, intro + body, idle, command)
+    harness.write_section(args, TITLE, intro + "\n\n" + report(seconds, args.tokens), idle)
 
 
 if __name__ == "__main__":

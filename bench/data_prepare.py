@@ -10,21 +10,16 @@ examples, and must give the same lengths and signatures (asserted). Ratios are p
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench import results  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for `python bench/data_prepare.py`
+from bench import harness, results  # noqa: E402
 
 TITLE = "Data stage (bench/data_prepare.py)"
+BENCH = harness.Bench(__file__)
 
 
 def timed(fn):
@@ -46,14 +41,11 @@ def minhash_one_by_one(examples: list[dict]) -> list:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
-    parser.add_argument("--threads", type=int, default=2)
+def main(argv=None) -> None:
+    parser = BENCH.parser(__doc__)
     parser.add_argument("--examples", type=int, default=None, help="only the first N examples of gsm8k (default: all)")
-    results.add_arguments(parser)
-    args = parser.parse_args()
-    idle = results.check_idle(args.max_load, args.allow_busy)
+    args = BENCH.parse(parser, argv)
+    idle = harness.check_idle(args)
 
     import torch
 
@@ -126,7 +118,7 @@ def main() -> None:
         f"{args.repeats} interleaved round(s); median (min–max) over the rounds, ratios per round. Last counts: {card['counts']}.\n\n"
         + results.table(["what", "baseline", "candidate", "ratio"], rows)
     )
-    print(results.write_section(args.results, TITLE, body, idle))
+    harness.write_section(args, TITLE, body, idle)
 
 
 if __name__ == "__main__":

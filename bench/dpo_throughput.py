@@ -37,22 +37,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench import results  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for `python bench/dpo_throughput.py`
+from bench import harness, results  # noqa: E402
 
 TITLE = "DPO training throughput (bench/dpo_throughput.py)"
+BENCH = harness.Bench(__file__, smoke={"pairs": 8, "val": 4})
 LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0)
 BATCH, LR, BETA, MAX_LEN = 4, 5e-5, 0.1, 512
 TRL_DEFAULT, TRL_NO_CHECKPOINTING, TUNELAB = "TRL DPOTrainer, defaults", "TRL DPOTrainer, no gradient checkpointing", "tunelab"
@@ -138,20 +133,7 @@ def trl_worker(kind: str, args, model_path: Path, workdir: Path, train: list[dic
 
     no_checkpointing = {"bf16": True, "activation_checkpointing": False} if kind == TRL_NO_CHECKPOINTING else {}
     cfg = DPOConfig(
-        output_dir=str(workdir),
-        per_device_train_batch_size=BATCH,
-        num_train_epochs=1,
-        learning_rate=LR,
-        beta=BETA,
-        max_length=MAX_LEN,
-        lr_scheduler_type="constant",
-        use_cpu=True,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=1000,
-        disable_tqdm=True,
-        seed=args.seed,
-        **no_checkpointing,
+        **harness.trl_arguments(workdir, batch=BATCH, learning_rate=LR, max_length=MAX_LEN, seed=args.seed), beta=BETA, **no_checkpointing
     )
     trainer = DPOTrainer(
         model=load_causal_lm(model_path),
@@ -213,28 +195,14 @@ def worker(kind: str, args) -> dict:
 
 
 # ---------------------------------------------------------------- rounds and the section
-def run_in_process(kind: str, args, seed: int) -> dict:
-    """One configuration in a fresh process (its own peak memory), or here in --smoke mode."""
-    if args.smoke:
-        return worker(kind, argparse.Namespace(**{**vars(args), "seed": seed}))
-    out = Path(tempfile.mkdtemp()) / "result.json"
-    argv = [sys.executable, __file__, "--worker", kind, "--out", str(out), "--seed", str(seed), "--model", args.model]
-    argv += ["--pairs", str(args.pairs), "--val", str(args.val), "--threads", str(args.threads)]
-    subprocess.run(argv, check=True)
-    return json.loads(out.read_text())
-
-
 def measure(args) -> dict[str, list[dict]]:
-    kinds = [TRL_DEFAULT, TRL_NO_CHECKPOINTING, TUNELAB]
-    runs: dict[str, list[dict]] = {k: [] for k in kinds}
-    for r in range(args.repeats):
-        for kind in kinds if r % 2 == 0 else kinds[::-1]:
-            result = run_in_process(kind, args, seed=r)
-            runs[kind].append(result)
-            print(
-                f"round {r} {kind}: {result['tokens_per_second']:.1f} tok/s, held-out DPO loss {result['heldout_dpo_loss']:.4f}", flush=True
-            )
-    return runs
+    """Every configuration once per round, each in a worker process."""
+    return harness.rounds(
+        [TRL_DEFAULT, TRL_NO_CHECKPOINTING, TUNELAB],
+        args.repeats,
+        lambda kind, r: BENCH.in_worker(args, kind, r, worker),
+        say=lambda result: f"{result['tokens_per_second']:.1f} tok/s, held-out DPO loss {result['heldout_dpo_loss']:.4f}",
+    )
 
 
 def section(args, runs: dict[str, list[dict]]) -> str:
@@ -264,32 +232,17 @@ def section(args, runs: dict[str, list[dict]]) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = BENCH.parser(__doc__)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--pairs", type=int, default=32, help="training pairs (one epoch)")
     parser.add_argument("--val", type=int, default=16, help="held-out pairs for the DPO loss check")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (seeds 0..repeats-1)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--smoke", action="store_true", help="a few built-in pairs, one round, in this process, on a busy machine too")
-    results.add_arguments(parser)
-    parser.add_argument("--worker", choices=[TRL_DEFAULT, TRL_NO_CHECKPOINTING, TUNELAB], help=argparse.SUPPRESS)
-    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    args.command = sys.argv if argv is None else ["bench/dpo_throughput.py", *argv]
-    if args.smoke:
-        args.pairs, args.val, args.repeats, args.allow_busy = min(args.pairs, 8), min(args.val, 4), 1, True
-    return args
+    return BENCH.parse(parser, argv, worker)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.worker:
-        args.out.write_text(json.dumps(worker(args.worker, args)))
-        return
-    idle = results.check_idle(args.max_load, args.allow_busy)
-    runs = measure(args)
-    print(results.write_section(args.results, TITLE, section(args, runs), idle, command=args.command))
+    idle = harness.check_idle(args)
+    harness.write_section(args, TITLE, section(args, measure(args)), idle)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@
 Torch threads are pinned (default 2). Every measurement is repeated in `--repeats` interleaved rounds
 (each scenario and each way of generating once per round); figures are median (min–max) over the
 rounds. The section replaces its own in bench/RESULTS.md (bench/results.py). `--smoke`: a few
-prompts and examples, one round, for checking the script (with --allow-busy --results /tmp/x.md).
+prompts and examples, one round, for checking the script (with --results /tmp/x.md).
 """
 
 from __future__ import annotations
@@ -37,15 +37,11 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench import results  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for `python bench/eval_scoring.py`
+from bench import harness, results  # noqa: E402
 
 TITLE = "Evaluation (bench/eval_scoring.py)"
+BENCH = harness.Bench(__file__, smoke={"examples": 24, "answer_prompts": 8, "prompts": 4, "tokens": 24, "batch_size": 2})
 TARGET_SECONDS = 60.0
 
 
@@ -239,32 +235,24 @@ def generation_table(rounds: list[dict[str, dict]], n_prompts: int, tokens: int,
 
 
 # ---------------------------------------------------------------- the run
-def parse_args() -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--threads", type=int, default=2)
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = BENCH.parser(__doc__)
     ap.add_argument("--examples", type=int, default=805, help="reference answers in the instruction and perturbed scenarios")
     ap.add_argument("--answer-prompts", type=int, default=200, help="real model answers in the answers scenario")
     ap.add_argument("--prompts", type=int, default=16, help="prompts in the generation comparison")
     ap.add_argument("--tokens", type=int, default=128, help="max new tokens (tunelab eval's default)")
     ap.add_argument("--batch-size", type=int, default=8, help="tunelab eval's default")
-    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds")
     ap.add_argument("--scenario", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS))
     ap.add_argument("--gguf", type=Path, help="also generate through this GGUF file (llama.cpp)")
     ap.add_argument("--work", type=Path, default=Path.home() / ".cache" / "tunelab" / "bench", help="where the model answers are cached")
     ap.add_argument("--skip-generation", action="store_true")
     ap.add_argument("--skip-scoring", action="store_true")
-    ap.add_argument("--smoke", action="store_true", help="few examples and prompts, one round: checks the script, not a measurement")
-    results.add_arguments(ap)
-    args = ap.parse_args()
-    if args.smoke:
-        args.examples, args.answer_prompts, args.prompts, args.tokens, args.repeats = 24, 8, 4, 24, 1
-        args.batch_size = min(args.batch_size, 2)
-    return args
+    return BENCH.parse(ap, argv)
 
 
-def main() -> None:
-    args = parse_args()
-    idle = results.check_idle(args.max_load, args.allow_busy)
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    idle = harness.check_idle(args)
 
     import torch
 
@@ -318,7 +306,7 @@ def main() -> None:
         )
     if generation:
         parts.append(generation_table(generation, args.prompts, args.tokens, args.batch_size))
-    print(results.write_section(args.results, TITLE, "\n\n".join(parts), idle))
+    harness.write_section(args, TITLE, "\n\n".join(parts), idle)
 
 
 if __name__ == "__main__":

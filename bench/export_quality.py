@@ -34,18 +34,12 @@ import argparse
 import gc
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench import results  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for `python bench/export_quality.py`
+from bench import harness, results  # noqa: E402
 
 # tunelab after the path above; importing it (torch, transformers, bert-score) raises the load average little, so check_idle still reads it
 from tunelab.config import EXPORT_FORMATS, EvalConfig  # noqa: E402
@@ -66,6 +60,7 @@ from tunelab.paths import cache_dir, shared_data_dir  # noqa: E402
 from tunelab.runs import ExportDir, RunDir  # noqa: E402
 
 TITLE = "Export quality (bench/export_quality.py)"
+BENCH = harness.Bench(__file__, smoke={"prompts": 4, "tokens": 8}, repeats=None)  # deterministic: one pass
 DEFAULT_MODEL = "smollm2-135m-instruct"
 FORMATS = tuple(f for f in EXPORT_FORMATS if f.startswith("gguf-"))  # every GGUF tunelab exports
 ALPACA_EVAL = "alpaca_eval_gpt4_reference.json"
@@ -271,19 +266,13 @@ def report(model_desc: str, source: str, args, ref: dict, by_format: dict, ref_s
 
 # ---------------------------------------------------------------- running it
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = BENCH.parser(__doc__)
     ap.add_argument("--run", help=f"a run directory or any model tunelab resolves (default: {DEFAULT_MODEL})")
     ap.add_argument("--prompts", type=int, default=64, help="held-out prompts with reference answers")
     ap.add_argument("--tokens", type=int, default=64, help="greedy new tokens per answer")
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workdir", type=Path, help="where the export is kept between invocations (default: tunelab's cache)")
     ap.add_argument("--reexport", action="store_true", help="redo the export even if one is there")
-    ap.add_argument("--smoke", action="store_true", help="4 prompts, 8 tokens, on a busy machine too: checks the bench runs")
-    results.add_arguments(ap)
-    args = ap.parse_args(argv)
-    if args.smoke:
-        args.prompts, args.tokens, args.allow_busy = min(args.prompts, 4), min(args.tokens, 8), True
-    return args
+    return BENCH.parse(ap, argv)
 
 
 def write_details(path: Path, source: str, convs, refs, ref: dict, ref_scores: dict, sides: dict, by_format: dict) -> None:
@@ -296,8 +285,7 @@ def write_details(path: Path, source: str, convs, refs, ref: dict, ref_scores: d
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    command = sys.argv if argv is None else ["bench/export_quality.py", *argv]
-    idle = results.check_idle(args.max_load, args.allow_busy)
+    idle = harness.check_idle(args)
 
     require_llama_cpp()
     set_threads(args.threads)
@@ -329,8 +317,8 @@ def main(argv=None) -> None:
     desc = f"`{model_ref}`" if args.run else "SmolLM2-135M-Instruct (`smollm2-135m-instruct`)"
     body = report(desc, source, args, ref, by_format, ref_scores, seconds)
     write_details(work / "export_quality.json", source, convs, refs, ref, ref_scores, sides, by_format)
-    print("\n" + body + f"\n\nper-prompt figures: {work / 'export_quality.json'}")
-    results.write_section(args.results, TITLE, body, idle, command)
+    harness.write_section(args, TITLE, body, idle)
+    print(f"per-prompt figures: {work / 'export_quality.json'}")
 
 
 if __name__ == "__main__":

@@ -38,8 +38,7 @@ from tunelab.config import dump_recipe, load_recipe  # noqa: E402
 from tunelab.io import read_jsonl  # noqa: E402
 from tunelab.runs import DEFAULT_RUNS_DIR, RunDir, machine_info, package_versions  # noqa: E402
 
-TITLE = "GPU training (bench/gpu.py)"
-HEADING = f"## {TITLE}"
+TITLE = "GPU training (bench/gpu.py)"  # a section per set of GPUs: `## TITLE · 2 × NVIDIA H100 80GB HBM3`
 RECIPE = ROOT / "examples" / "gpu-qwen-coder-fsdp.yaml"
 TRL_NAME = "TRL SFTTrainer, 1 GPU"
 
@@ -52,7 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--gpus", type=int, help="Processes for DDP and FSDP (default: every GPU)")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--set", action="append", default=[], dest="overrides", help="Recipe override, as for tunelab train")
-    ap.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    ap.add_argument("--results", type=Path, default=results.RESULTS)
     ap.add_argument("--workdir", type=Path, help="Where the runs go (default: a temporary folder)")
     ap.add_argument("--dry-run", action="store_true", help="Plan, check and take 2 tiny steps on the CPU; write no results")
     ap.add_argument("--trl-worker", type=Path, help=argparse.SUPPRESS)  # internal: run the TRL baseline, write JSON here
@@ -192,10 +191,11 @@ def trl_worker(args) -> None:
 
 
 # ---------------------------------------------------------------- results
-def results_section(configs: list[dict], figures: dict[str, dict], meta: dict) -> str:
+def results_section(configs: list[dict], figures: dict[str, dict], meta: dict, gpus: str) -> str:
+    """The section of RESULTS.md for the GPUs named `gpus` (its heading: results.keyed_title)."""
     baseline = figures.get(TRL_NAME, {}).get("tokens_per_second")
     lines = [
-        HEADING,
+        f"## {results.keyed_title(TITLE, gpus)}",
         "",
         f"{meta['date']}, `{meta['command']}`, commit {meta['commit']}, {meta['machine']}; load average {meta['load_before']} before, {meta['load_after']} after.",
         f"Recipe {meta['recipe']} ({meta['model']}), {meta['steps']} steps each; tokens/s over the Trainer's train_runtime (warm-up included); peak memory: torch.cuda.max_memory_allocated, the largest over a run's processes.",
@@ -251,7 +251,7 @@ def dry_run(args, workdir: Path, model: str | None) -> None:
     configs = [c for c in plan(bench_recipe(tiny_args, tiny, model), 1, tiny) if c["processes"] == 1 and "FSDP" not in c["name"]]
     figures = {c["name"]: run_config(c, tiny) for c in configs}
     meta = describe(tiny_args, model, "dry run on " + os.uname().nodename + " (CPU: these are not GPU figures)", load_before)
-    print(results_section(configs, figures, meta))
+    print(results_section(configs, figures, meta, "dry run, no GPU"))
     if any("error" in f for f in figures.values()):
         raise SystemExit("dry run: a configuration failed (see above)")
 
@@ -282,8 +282,9 @@ def measure(args, workdir: Path, model: str | None) -> None:
     load_before = os.getloadavg()
     configs = plan(bench_recipe(args, workdir, model), gpus, workdir)
     figures = {c["name"]: run_config(c, workdir) for c in configs}
-    section = results_section(configs, figures, describe(args, model, machine, load_before))
-    results.replace_file_section(args.results, TITLE, section)
+    key = f"{gpus} × {torch.cuda.get_device_name(0)}"  # another count or model of GPU: a section of its own
+    section = results_section(configs, figures, describe(args, model, machine, load_before), key)
+    results.replace_file_section(args.results, results.keyed_title(TITLE, key), section)
     print(section)
 
 

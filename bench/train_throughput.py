@@ -23,10 +23,11 @@ round, the order reversed every other round); round r trains with seed r.
 - with --ablation, tunelab with all of those choices off (fp32, gradient checkpointing, padded
   batches, logits at every position), then switched on one at a time, each row adding one to the
   row above; the last step is the tunelab row. Logits at answer tokens only and attention per
-  example of a packed row (tunelab/train/attention.py) are not recipe settings: the rows without
-  them get `PackedCollator(logits_only_at_labels=False)` and transformers' SDPA with its
-  block-diagonal mask over the whole row. Candidate rows (not defaults) follow: the tunelab row plus
-  one change, such as the frozen base weights stored in bf16 instead of cast under autocast each step.
+  example of a packed row (tunelab/train/attention.py) are not recipe settings but train_recipe's
+  `step` (tunelab.train.run.StepChoices): the rows without them get logits at every position and
+  transformers' SDPA with its block-diagonal mask over the whole row. Candidate rows (not defaults)
+  follow: the tunelab row plus one change, such as the frozen base weights stored in bf16
+  (`StepChoices.base_dtype`) instead of cast under autocast each step.
 
 Tokens/s: the examples' real tokens (chat template applied, no padding) over the Trainer's own
 `train_runtime`, the same count and the same clock for every row. TRL best and tunelab must train
@@ -42,25 +43,18 @@ The section replaces its own in bench/RESULTS.md (bench/results.py).
 from __future__ import annotations
 
 import argparse
-import functools
 import json
-import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from unittest import mock
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench import results  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for `python bench/train_throughput.py`
+from bench import harness, results  # noqa: E402
 
 TITLE = "Training throughput (bench/train_throughput.py)"
+BENCH = harness.Bench(__file__, smoke={"examples": 12, "val": 4})
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
@@ -81,14 +75,15 @@ DESCRIBE = {
     TRL_OLD: "fp32, gradient checkpointing, padded batches, loss on every token",
     TUNELAB: "`tunelab train` defaults: bf16 autocast, no gradient checkpointing, padding-free packing with attention per example, logits at answer tokens",
 }
-# The ablation: tunelab with its choices off, then on one at a time (recipe settings, and whether packed batches
-# ask for logits at answer tokens only); each row adds one choice to the row above, and the last is TUNELAB.
+# The ablation: tunelab with its choices off, then on one at a time; each row adds one choice to the row above, and
+# the last is TUNELAB. A row's settings are recipe settings, and the choices of the step that are not
+# (train_recipe's `step`, tunelab.train.run.StepChoices: answer_logits, attention_per_example, base_dtype).
 ABLATION = {
-    "tunelab, all off": dict(precision="fp32", gradient_checkpointing=True, packing=False, answer_logits=False),
-    "+ bf16 autocast": dict(precision="bf16", gradient_checkpointing=True, packing=False, answer_logits=False),
-    "+ no gradient checkpointing": dict(precision="bf16", gradient_checkpointing=False, packing=False, answer_logits=False),
+    "tunelab, all off": dict(precision="fp32", gradient_checkpointing=True, packing=False),
+    "+ bf16 autocast": dict(precision="bf16", gradient_checkpointing=True, packing=False),
+    "+ no gradient checkpointing": dict(precision="bf16", gradient_checkpointing=False, packing=False),
     "+ padding-free packing (one block-diagonal mask per row)": dict(
-        precision="bf16", gradient_checkpointing=False, packing=True, answer_logits=False, packed_attention=False
+        precision="bf16", gradient_checkpointing=False, packing=True, answer_logits=False, attention_per_example=False
     ),
     "+ attention per example of a packed row": dict(precision="bf16", gradient_checkpointing=False, packing=True, answer_logits=False),
 }
@@ -172,21 +167,7 @@ def trl_worker(kind: str, args, model_path: Path, tokenizer, train: list[dict], 
     else:
         data = [{"messages": r["messages"]} for r in train]
         settings = dict(bf16=False, activation_checkpointing=True, packing=False)
-    cfg = SFTConfig(
-        output_dir=str(workdir),
-        per_device_train_batch_size=BATCH,
-        num_train_epochs=1,
-        learning_rate=LR,
-        lr_scheduler_type="constant",
-        max_length=MAX_LEN,
-        use_cpu=True,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=1000,
-        disable_tqdm=True,
-        seed=args.seed,
-        **settings,
-    )
+    cfg = SFTConfig(**harness.trl_arguments(workdir, batch=BATCH, learning_rate=LR, max_length=MAX_LEN, seed=args.seed), **settings)
     trainer = SFTTrainer(
         model=load_causal_lm(model_path),
         args=cfg,
@@ -231,27 +212,17 @@ def tunelab_recipe(args, model_path: Path, train: list[dict], workdir: Path, **s
 
 def tunelab_worker(kind: str, args, model_path: Path, tokenizer, train: list[dict], workdir: Path):
     """`train_recipe`, with the recipe's defaults or an ablation step; returns (model, seconds, tokens, answer tokens, peak RSS in MiB)."""
-    import tunelab.train.run as run_module
+    from dataclasses import fields
+
     from tunelab.io import read_jsonl
     from tunelab.models.hf_chat import load_hf_model
     from tunelab.runs import RunDir
-    from tunelab.train.collate import PackedCollator
+    from tunelab.train.run import StepChoices, train_recipe
 
-    step = ABLATION.get(kind) or CANDIDATES.get(kind, {})
-    choices = {k: v for k, v in step.items() if k not in ("answer_logits", "packed_attention", "base_dtype")}
-    recipe = tunelab_recipe(args, model_path, train, workdir, **choices)
-    # logits at answer tokens only is not a recipe setting but the collator's: the rows without it get another one
-    collator = PackedCollator if step.get("answer_logits", True) else functools.partial(PackedCollator, logits_only_at_labels=False)
-    # attention per example (train/attention.py) is not a recipe setting either: the row without it keeps transformers' SDPA
-    attention = run_module.ATTENTION if step.get("packed_attention", True) else "sdpa"
-    # the base weights' storage type is not a recipe setting: the candidate loads them in bf16 (PEFT keeps LoRA in fp32)
-    load = functools.partial(run_module.load_causal_lm, dtype=step.get("base_dtype", "float32"))
-    with (
-        mock.patch.object(run_module, "PackedCollator", collator),
-        mock.patch.object(run_module, "ATTENTION", attention),
-        mock.patch.object(run_module, "load_causal_lm", load),
-    ):
-        run = run_module.train_recipe(recipe)
+    settings = ABLATION.get(kind) or CANDIDATES.get(kind, {})
+    step_fields = {f.name for f in fields(StepChoices)}
+    recipe = tunelab_recipe(args, model_path, train, workdir, **{k: v for k, v in settings.items() if k not in step_fields})
+    run = train_recipe(recipe, step=StepChoices(**{k: v for k, v in settings.items() if k in step_fields}))
     peak = peak_rss_mib()  # before the trained model is loaded again to score it
     tokens, answers = rendered_tokens(tokenizer, read_jsonl(RunDir(run).split("train")))
     assert (tokens, answers) == rendered_tokens(tokenizer, train), "tunelab's data stage changed the examples"
@@ -272,48 +243,41 @@ def worker(kind: str, args) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="train-bench-"))
     work = trl_worker if kind in (TRL_BEST, TRL_OLD) else tunelab_worker
     model, seconds, tokens, answers, peak_rss = work(kind, args, model_path, tokenizer, train, workdir)
+    real_tokens = rendered_tokens(tokenizer, train)[0]  # the same count for every row
     return {
         "kind": kind,
         "seed": args.seed,
         "examples": len(train),
-        "real_tokens": rendered_tokens(tokenizer, train)[0],  # the same count for every row
+        "real_tokens": real_tokens,
         "trained_tokens": tokens,
         "answer_tokens": answers,
         "seconds": seconds,
+        "tokens_per_second": real_tokens / seconds,
         "val_loss": answer_loss(model, tokenizer, val),
         "peak_rss_mib": peak_rss,
     }
 
 
 # ---------------------------------------------------------------- rounds, FLOPs and the section
-def run_in_process(kind: str, args, seed: int) -> dict:
-    """One configuration in a fresh process (its own peak memory), or here in --smoke mode."""
-    if args.smoke:
-        return worker(kind, argparse.Namespace(**{**vars(args), "seed": seed}))
-    out = Path(tempfile.mkdtemp()) / "result.json"
-    argv = [sys.executable, __file__, "--worker", kind, "--out", str(out), "--seed", str(seed), "--model", args.model]
-    argv += ["--examples", str(args.examples), "--val", str(args.val), "--threads", str(args.threads)]
-    subprocess.run(argv, check=True)
-    return json.loads(out.read_text())
-
-
 def measure(args, kinds: list[str]) -> tuple[dict[str, list[dict]], list[float]]:
-    """Every configuration once per round, the order reversed every other round; the matmul peak before each round."""
+    """Every configuration once per round, each in a worker process; the bf16 matmul peak before each round."""
     import torch
 
     from tunelab.train.flops import matmul_peak_flops
 
-    runs: dict[str, list[dict]] = {k: [] for k in kinds}
     peaks = []
-    for r in range(args.repeats):
+
+    def peak(r: int) -> None:
         peaks.append(matmul_peak_flops(torch.bfloat16, seconds=0.2 if args.smoke else 2.0))
-        print(f"round {r}: bf16 matmul peak {peaks[-1] / 1e9:,.0f} GFLOP/s", flush=True)
-        for kind in kinds if r % 2 == 0 else kinds[::-1]:
-            result = run_in_process(kind, args, seed=r)
-            result["tokens_per_second"] = result["real_tokens"] / result["seconds"]
-            result["matmul_peak"] = peaks[-1]
-            runs[kind].append(result)
-            print(f"round {r} {kind}: {result['tokens_per_second']:.1f} tok/s, validation loss {result['val_loss']:.4f}", flush=True)
+        print(f"round {r + 1}: bf16 matmul peak {peaks[-1] / 1e9:,.0f} GFLOP/s", flush=True)
+
+    runs = harness.rounds(
+        kinds,
+        args.repeats,
+        lambda kind, r: {**BENCH.in_worker(args, kind, r, worker), "matmul_peak": peaks[-1]},
+        say=lambda result: f"{result['tokens_per_second']:.1f} tok/s, validation loss {result['val_loss']:.4f}",
+        before_round=peak,
+    )
     return runs, peaks
 
 
@@ -393,31 +357,17 @@ def section(args, runs: dict[str, list[dict]], peaks: list[float], flops: dict[s
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = BENCH.parser(__doc__)
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--examples", type=int, default=96)
     parser.add_argument("--val", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (seeds 0..repeats-1)")
     parser.add_argument("--ablation", action="store_true", help="also tunelab with its choices off, then on one at a time")
-    parser.add_argument("--smoke", action="store_true", help="a few built-in examples, one round, in this process, on a busy machine too")
-    results.add_arguments(parser)
-    parser.add_argument("--worker", choices=[TRL_BEST, TRL_OLD, TUNELAB, *ABLATION, *CANDIDATES], help=argparse.SUPPRESS)
-    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    args.command = sys.argv if argv is None else ["bench/train_throughput.py", *argv]
-    if args.smoke:
-        args.examples, args.val, args.repeats, args.allow_busy = min(args.examples, 12), min(args.val, 4), 1, True
-    return args
+    return BENCH.parse(parser, argv, worker)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.worker:
-        args.out.write_text(json.dumps(worker(args.worker, args)))
-        return
-    idle = results.check_idle(args.max_load, args.allow_busy)
+    idle = harness.check_idle(args)
     import torch
 
     from tunelab.models.load import load_tokenizer
@@ -430,8 +380,7 @@ def main(argv=None) -> None:
     flops[TRL_OLD] = lora_flops_per_token(args, 1.0)
     kinds = [TRL_BEST, TRL_OLD, TUNELAB] + (list(ABLATION) + list(CANDIDATES) if args.ablation else [])
     runs, peaks = measure(args, kinds)
-    text = results.write_section(args.results, section_title(args), section(args, runs, peaks, flops), idle, command=args.command)
-    print(text)
+    harness.write_section(args, section_title(args), section(args, runs, peaks, flops), idle)
 
 
 if __name__ == "__main__":

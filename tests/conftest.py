@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the network in tests
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository: the benches' package `bench`
 
+from bench.tiny import make_tiny_model  # noqa: E402
 from tunelab.paths import shared_data_dir  # noqa: E402
 
 SHARED = shared_data_dir()
@@ -36,41 +39,6 @@ def write_alpaca(path: Path, n: int = 48) -> Path:
     rows = [{"instruction": f"{q} (variant {i})", "input": "", "output": a} for i in range(n // len(QA) + 1) for q, a in QA][:n]
     path.write_text(json.dumps(rows))
     return path
-
-
-def tiny_sizes(tokenizer, *, layers: int = 2, hidden: int = 64) -> dict:
-    """Config fields of a tiny decoder (any architecture's config class takes them) for `tokenizer`."""
-    return dict(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=hidden * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-
-
-def make_tiny_model(out: Path, tokenizer_dir: Path, *, layers: int = 2, hidden: int = 64, seed: int = 0) -> Path:
-    """A random Llama with real shapes' structure but tiny size, saved with a real tokenizer."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from tunelab.models.load import load_tokenizer
-
-    tokenizer = load_tokenizer(tokenizer_dir)
-    config = LlamaConfig(**tiny_sizes(tokenizer, layers=layers, hidden=hidden))
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
 
 
 # The instruction files of ../shared/data that every loader and the data stage must read.
@@ -104,14 +72,17 @@ def shared_data() -> Path:
     return SHARED
 
 
-OTHER_SECTION = "# Results\n\n## Data stage\n\nfigures\n"
+ANOTHER_CPU = "Another CPU (AVX2)"
 
 
 def run_bench_section(results: Path, bench, argv: list[str]) -> str:
-    """Run a bench script's `main(argv + --results)` on a results file holding another section; the
-    other section must survive byte for byte and the script's own appear once. Returns the file's text."""
-    results.write_text(OTHER_SECTION)
+    """Run a bench script's `main(argv + --results)` on a results file holding the same bench's section
+    on another CPU; that section must survive byte for byte and this CPU's appear once. Returns the file's text."""
+    from bench.results import keyed_title  # importable once the bench module has put the repository on sys.path
+
+    other = f"# Results\n\n## {keyed_title(bench.TITLE, ANOTHER_CPU)}\n\nanother CPU's figures\n"
+    results.write_text(other)
     bench.main([*argv, "--results", str(results)])
     text = results.read_text()
-    assert text.startswith(OTHER_SECTION) and text.count(f"## {bench.TITLE}\n") == 1
+    assert text.startswith(other) and text.count(f"## {keyed_title(bench.TITLE)}\n") == 1
     return text

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 from chat_templates import QWEN25_TEMPLATE
-from conftest import tiny_sizes, write_alpaca
+from conftest import write_alpaca
 
+from bench.tiny import tiny_sizes
 from tunelab.config import ExportConfig, recipe_from_dict
 from tunelab.data.render import IGNORE_INDEX, render_example
 

@@ -38,7 +38,8 @@ def test_a_failed_configuration_is_a_row_not_a_lost_run():
         bench_gpu.TRL_NAME: {"tokens_per_second": 1000.0, "tokens_per_step": 4096, "peak_memory_gib": 3.5, "train_loss": 1.25},
     }
     meta = dict(date="d", command="c", commit="x", machine="m", load_before="0", load_after="0", recipe="r", model="m", steps=2)
-    table = bench_gpu.results_section(configs, figures, meta)
+    table = bench_gpu.results_section(configs, figures, meta, "2 × NVIDIA H100 80GB HBM3")
+    assert table.startswith("## GPU training (bench/gpu.py) · 2 × NVIDIA H100 80GB HBM3\n")
     assert "| tunelab, FSDP × 2 | 2 | failed (exit code 1) |" in table
     assert "| TRL SFTTrainer, 1 GPU | 1 | 1,000 | 1,000 | 4,096 | 3.50 | 1.2500 | 1.00x |" in table
 

@@ -1,4 +1,4 @@
-"""bench/results.py: a section replaces its own and nothing else, a busy machine is refused, figures are median (min–max)."""
+"""bench/results.py: a section replaces its own on this CPU and nothing else, a busy machine is refused, figures are median (min–max)."""
 
 from __future__ import annotations
 
@@ -42,28 +42,33 @@ def test_a_new_section_is_appended():
     )
 
 
-def test_write_section_header_and_atomic_replace(tmp_path):
+def test_write_section_replaces_this_cpus_section_alone(tmp_path):
     import torch  # the header names torch's thread count where the bench uses torch
 
+    from tunelab.cpu import cpu
+
+    title = "Data stage (bench/data_prepare.py)"
+    elsewhere = f"## {results.keyed_title(title, 'Another CPU (AVX2)')}\n\nanother CPU's figures  \n\n"
+    tail = "## Evaluation (bench/eval_scoring.py) · Another CPU (AVX2)\n\n- eval figures\nno newline at the end"
     path = tmp_path / "RESULTS.md"
-    path.write_text(BEFORE)
+    path.write_text(f"# Benchmark results\n\n{elsewhere}## {results.keyed_title(title)}\n\nold figures\n\n{tail}")
     section = results.write_section(
-        path,
-        "Data stage (bench/data_prepare.py)",
-        "| what | s |\n|---|---|\n| x | 1.0 (0.9–1.1) |",
-        IDLE,
-        ["bench/data_prepare.py", "--repeats", "3"],
+        path, title, "| what | s |\n|---|---|\n| x | 1.0 (0.9–1.1) |", IDLE, ["bench/data_prepare.py", "--repeats", "3"]
     )
-    text = path.read_text()
-    assert text == BEFORE.replace(BEFORE[BEFORE.index("## Data") : BEFORE.index("## Training")], section + "\n")
-    assert section.startswith("## Data stage (bench/data_prepare.py)\n\n- command: `python bench/data_prepare.py --repeats 3`\n")
+    assert path.read_text() == f"# Benchmark results\n\n{elsewhere}{section}\n{tail}"  # another CPU's section of the same bench stays
+    assert results.keyed_title(title) == f"{title} · {cpu().label}"
+    assert section.startswith(f"## {title} · {cpu().label}\n\n- command: `python bench/data_prepare.py --repeats 3`\n")
     assert re.search(r"^- date: \d{4}-\d\d-\d\d \d\d:\d\d", section, re.M)
     assert re.search(r"^- commit: ([0-9a-f]{7,}(\+dirty)?|unknown \(no git here\))$", section, re.M)
-    assert re.search(r"^- CPU: .+, \d+ logical CPUs$", section, re.M)
+    assert f"\n- CPU: {cpu().describe()}; " in section and re.search(r"^- CPU: .+; \d+ logical CPUs$", section, re.M)
     assert f"\n- torch threads: {torch.get_num_threads()}\n" in section
     assert re.search(r"^- load average \(1/5/15 min\): 0\.10 / 0\.20 / 0\.30 before, [\d.]+ / [\d.]+ / [\d.]+ after$", section, re.M)
     assert "Taken under load" not in section and section.endswith("| x | 1.0 (0.9–1.1) |\n")
     assert [p.name for p in tmp_path.iterdir()] == ["RESULTS.md"]  # no temporary file left
+    # on the other CPU, the same bench replaces that section and leaves this one
+    other = results.keyed_title(title, "Another CPU (AVX2)")
+    again = results.replace_section(path.read_text(), other, f"## {other}\n\nnew figures\n")
+    assert again == f"# Benchmark results\n\n## {other}\n\nnew figures\n\n{section}\n{tail}"
 
 
 def test_refusal_under_load_and_allow_busy(tmp_path, monkeypatch, capsys):

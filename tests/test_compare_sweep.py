@@ -10,54 +10,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bench.tiny import write_sweep
 from tunelab.compare import sweep as sweep_stage
 from tunelab.compare.report import compare_cli
 from tunelab.compare.store import store_path
 from tunelab.compare.sweep import sweep_cli
 from tunelab.errors import ConfigError, DataError
 from tunelab.io import read_jsonl
-
-
-def write_data(folder: Path) -> Path:
-    rows = [
-        {"instruction": f"What is the capital of country number {i}?", "input": "", "output": f"The capital of country {i} is City{i}."}
-        for i in range(30)
-    ]
-    path = folder / "facts.json"
-    path.write_text(json.dumps(rows))
-    return path
-
-
-def write_sweep(folder: Path, model_dir: Path, **extra) -> Path:
-    data = write_data(folder)
-    recipe = {
-        "model": str(model_dir),
-        "data": {"sources": [{"path": str(data)}], "dedup": "exact", "validation_fraction": 0.1},
-        "train": {
-            "max_steps": 2,
-            "batch_size": 2,
-            "max_seq_length": 64,
-            "save_steps": 1,
-            "save_total_limit": 3,
-            "logging_steps": 1,
-            "tensorboard": False,
-            "threads": 1,
-            "learning_rate": 1e-3,
-        },
-        "eval": {"max_new_tokens": 6, "batch_size": 8, "metrics": ["bleu", "rougeL"], "task": "none"},
-    }
-    (folder / "base.yaml").write_text(yaml.safe_dump(recipe))
-    spec = {
-        "name": "tiny",
-        "base": "base.yaml",
-        "output_dir": str(folder / "sweeps"),
-        "heldout": {"from_source": 0, "size": 6},
-        "variants": [{"name": "baseline"}, {"name": "rank-4", "set": {"rank": 4}}, {"name": "no-clean", "set": {"clean": False}}],
-        **extra,
-    }
-    path = folder / "sweep.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return path
 
 
 @pytest.fixture(scope="module")

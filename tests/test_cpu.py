@@ -35,17 +35,20 @@ def test_amx_xeon_gets_bf16_and_llama_cpp_without_repacking():
     assert c.flags_known and c.amx and c.bf16_matmul and c.peak_dtype == "bfloat16"
     assert c.llama_extra_buffers is False  # the AMX repack segfaults at the first decode
     assert "AMX" in c.describe() and "repacking off" in c.describe() and not c.notes
+    assert c.label == "Intel(R) Xeon(R) Processor (AMX)"  # bench/RESULTS.md's sections for this CPU end so
 
 
 def test_epyc_with_avx512_bf16_keeps_repacking_on():
     c = parse_cpuinfo(EPYC_ZEN4, "x86_64")
     assert c.model.startswith("AMD EPYC") and not c.amx
     assert c.bf16_matmul and c.peak_dtype == "bfloat16" and c.llama_extra_buffers is True
+    assert c.label == "AMD EPYC 9R14 96-Core Processor (AVX512-BF16)"
 
 
 def test_avx2_only_trains_in_fp32():
     c = parse_cpuinfo(AVX2_ONLY, "x86_64")
     assert not c.amx and not c.bf16_matmul and c.peak_dtype == "float32" and c.llama_extra_buffers is True
+    assert c.label == "Intel(R) Core(TM) i7-4770 CPU @ 3.40GHz (AVX2)"
 
 
 @pytest.mark.parametrize(
@@ -58,6 +61,7 @@ def test_arm_mac_or_unreadable_cpuinfo_falls_back_safely_with_a_message(text, ar
     assert c.llama_extra_buffers is True  # llama.cpp's own default
     assert len(c.notes) == 1 and note in c.notes[0]
     assert "fp32 matmuls" in c.describe()
+    assert c.label.endswith(f"({arch})")  # no x86 flags to name it by: its architecture
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import make_tiny_model
 
+from bench.tiny import make_tiny_model
 from tunelab.config import EvalConfig
 from tunelab.errors import DataError, ModelNotFound, TunelabError
 from tunelab.evaluate import likelihood

@@ -90,6 +90,20 @@ def test_the_checks_above_would_see_a_second_owner(tmp_path, monkeypatch):
     assert [n for n, line in enumerate(lines, 1) if any(re.search(p, line) for p in GGUF_NAME_PATTERNS)] == [3]
 
 
+# ---------------------------------------------------------------- the benches' scaffolding
+def test_the_benches_share_one_harness_and_patch_nothing():
+    """bench/harness.py alone sets the benches' environment and defines their hidden worker flags; no bench patches
+    tunelab's names (what a bench needs from the trainer is a public parameter) or imports a test module."""
+    owner = ROOT / "bench" / "harness.py"
+    for path in sorted((ROOT / "bench").glob("*.py")):
+        text, name = path.read_text(), path.relative_to(ROOT)
+        assert not re.search(r"unittest\.mock|mock\.patch|monkeypatch", text), f"{name} patches code at run time"
+        assert not re.search(r"^\s*(from|import) (conftest|test_\w+)\b|\"tests\"\)", text, re.M), f"{name} imports from tests/"
+        if path != owner:
+            assert '"--worker"' not in text, f"{name} defines the hidden worker flags: bench/harness.py owns them"
+            assert 'setdefault("HF_HUB_OFFLINE"' not in text, f"{name} sets the benches' environment: bench/harness.py owns it"
+
+
 # ---------------------------------------------------------------- the run directory's files are documented
 def run_directory_file_names(root: Path) -> set[str]:
     """The name of every file and folder the run directory's layouts (tunelab/runs.py) give a path to."""

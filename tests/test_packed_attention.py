@@ -99,6 +99,7 @@ def test_packed_training_uses_it_on_a_cpu_only(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert attention_implementation(packing=True) == ATTENTION
+    assert attention_implementation(packing=True, per_example=False) == "sdpa"  # the ablation's masked row
     assert attention_implementation(packing=False) is None
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert attention_implementation(packing=True) is None

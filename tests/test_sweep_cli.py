@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from test_compare_sweep import write_sweep
 from typer.testing import CliRunner
 
+from bench.tiny import write_sweep
 from tunelab.cli import app
 from tunelab.compare.store import ResultsStore
 from tunelab.compare.sweep import store_path

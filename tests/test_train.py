@@ -163,6 +163,20 @@ def test_full_finetune_and_sequence_length_error(tmp_path, tiny_model_dir):
         train_recipe(make_recipe(tmp_path / "short", tiny_model_dir, max_seq_length=16, max_steps=2))
 
 
+def test_a_step_choice_where_it_does_not_apply_is_refused(tmp_path, tiny_model_dir):
+    """train_recipe's `step` (what bench/train_throughput.py's ablation varies) is refused before any work where it
+    would change nothing: with padded batches there are no packed rows, and a full fine-tune has no frozen base."""
+    from tunelab.train.run import StepChoices, train_recipe
+
+    padded = make_recipe(tmp_path / "padded", tiny_model_dir, packing=False)
+    for step in (StepChoices(answer_logits=False), StepChoices(attention_per_example=False)):
+        with pytest.raises(ConfigError, match="apply to packed supervised training only"):
+            train_recipe(padded, step=step)
+    with pytest.raises(ConfigError, match="base_dtype applies to supervised LoRA training only, not to full SFT"):
+        train_recipe(make_recipe(tmp_path / "full", tiny_model_dir, method="full"), step=StepChoices(base_dtype="bfloat16"))
+    assert not (tmp_path / "padded" / "runs").exists() and not (tmp_path / "full" / "runs").exists()
+
+
 def test_default_template_for_base_models(tiny_model_dir):
     """Models without a template get tunelab's: BOS first, answers end with EOS, prefixes stay prefixes."""
     from tunelab.models.load import load_tokenizer

@@ -14,6 +14,8 @@ from the platform: it asks `cpu()` and uses one of the decisions below. Each is 
   dies with a general protection fault (llama.cpp issue 20824), so tunelab turns repacking off
   there; everywhere else repacking is llama.cpp's default and stays on.
 - `default_threads()`: torch's and llama.cpp's threads.
+- `label`: how a bench names the CPU its figures were taken on (bench/RESULTS.md has a section
+  per bench and CPU).
 
 Nothing here imports torch: serving a GGUF needs these answers without the training stack.
 """
@@ -45,6 +47,8 @@ ONEDNN_CAPS = {
     "AVX512_CORE_FP16": _BELOW_AMX,
     "AVX10_1_512": _BELOW_AMX,
 }
+# The matmul instructions a CPU is known by, fastest first: (the name people use, its /proc/cpuinfo flag).
+MATMUL_MARKS = (("AMX", "amx_bf16"), ("AVX512-BF16", "avx512_bf16"), ("AVX2", "avx2"))
 
 
 @dataclass(frozen=True)
@@ -87,9 +91,18 @@ class CpuFeatures:
         """llama.cpp may repack weights into its extra buffer types (off on AMX CPUs: see the module docstring)."""
         return not self.amx
 
+    @property
+    def label(self) -> str:
+        """The CPU as a bench names its figures: the model name and the fastest matmul instructions the chip
+        has, e.g. 'Intel(R) Xeon(R) Processor (AMX)' or 'AMD EPYC (AVX512-BF16)'. Cloud machines report
+        generic model names, so the instructions tell an AMX Xeon from an older one. Without any of
+        them, the architecture stands in: 'unknown CPU (arm64)'."""
+        best = next((name for name, flag in MATMUL_MARKS if flag in self.flags), self.arch)
+        return f"{self.model} ({best})"
+
     def describe(self) -> str:
         """One line for logs and bench sections: the CPU and what tunelab decided from it."""
-        marks = [name for name, flag in (("AMX", "amx_bf16"), ("AVX512-BF16", "avx512_bf16"), ("AVX2", "avx2")) if flag in self.flags]
+        marks = [name for name, flag in MATMUL_MARKS if flag in self.flags]
         cap = f", oneDNN capped at {self.onednn_cap}" if self.onednn_cap else ""
         features = ", ".join(marks) if self.flags_known else "features unknown"
         return (

@@ -7,7 +7,10 @@ TensorBoard/MLflow logging, early stopping, and data parallel training over seve
 (DDP, FSDP2, DeepSpeed; started and checked by `tunelab.train.distributed`).
 
 `train_recipe` reads top to bottom as the steps of a run: check, prepare (rank 0 only),
-tokenize, build the Trainer, train, save, summarise (rank 0 only).
+tokenize, build the Trainer, train, save, summarise (rank 0 only). Besides the recipe it takes
+`step` (how the supervised step is built where that is no recipe setting: `StepChoices`, which
+bench/train_throughput.py's ablation varies) and `callbacks` (Trainer callbacks of the caller's,
+such as bench/train_compile.py's clock of every step).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -25,7 +30,7 @@ import yaml
 from accelerate import PartialState
 from accelerate.utils import patch_environment
 from peft import get_peft_model, prepare_model_for_kbit_training
-from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_callback import ProgressCallback as HFProgressCallback
@@ -54,6 +59,37 @@ from tunelab.train.distributed import (
 from tunelab.train.flops import mfu_summary
 from tunelab.train.lora import peft_config
 from tunelab.train.preference import REFERENCE_ADAPTER, check_preference_recipe, continued_adapter, pair_splits, preference_trainer
+
+
+@dataclass(frozen=True)
+class StepChoices:
+    """How the supervised training step is built where that is not a recipe setting. The defaults are what
+    every run does; bench/train_throughput.py's ablation turns one off at a time to measure what it buys
+    (docs/training.md). A choice changed where it does not apply is refused (`check_step_choices`)."""
+
+    # packed batches ask the model for logits at answer tokens only (collate.PackedCollator); False: at every position
+    answer_logits: bool = True
+    # on a CPU, each example of a packed row attends within itself (train/attention.py); False: transformers'
+    # SDPA with the block-diagonal mask over the whole row
+    attention_per_example: bool = True
+    # how the frozen base weights are stored: "bfloat16" instead of casting fp32 weights under autocast every
+    # step (PEFT keeps the LoRA weights in fp32)
+    base_dtype: str = "float32"
+
+
+def check_step_choices(recipe: Recipe, step: StepChoices) -> None:
+    """Refuse a step choice changed where the recipe's training never makes it."""
+    t = recipe.train
+    changed = [f.name for f in fields(step) if getattr(step, f.name) != f.default]
+    packed = [name for name in changed if name in ("answer_logits", "attention_per_example")]
+    if packed and not (t.objective == "sft" and t.packing):
+        raise ConfigError(
+            f"train_recipe(step=...): {', '.join(packed)} apply to packed supervised training only (train.packing: true, SFT)"
+        )
+    if "base_dtype" in changed and not (t.objective == "sft" and t.weights == "lora"):
+        raise ConfigError(
+            f"train_recipe(step=...): base_dtype applies to supervised LoRA training only, not to {t.weights} {t.objective.upper()}"
+        )
 
 
 def recipe_from_cli(recipe_path: Path | None, *, model=None, data=(), name=None, method=None, max_steps=None, overrides=()) -> Recipe:
@@ -174,10 +210,10 @@ def check_sequence_length(tokenizer, max_seq_length: int) -> None:
         )
 
 
-def build_model(recipe: Recipe, base_path: Path):
-    """The base model, wrapped for the chosen method (LoRA, QLoRA or full)."""
+def build_model(recipe: Recipe, base_path: Path, base_dtype: str = "float32"):
+    """The base model, its weights stored as `base_dtype`, wrapped for the chosen method (LoRA, QLoRA or full)."""
     t = recipe.train
-    model = load_causal_lm(base_path, load_in_4bit=(t.weights == "qlora"), trust_remote_code=recipe.trust_remote_code)
+    model = load_causal_lm(base_path, dtype=base_dtype, load_in_4bit=(t.weights == "qlora"), trust_remote_code=recipe.trust_remote_code)
     model.config.use_cache = False
     # under FSDP the wrapper checkpoints activations itself (strategy_arguments); the model's own would repeat gathers
     checkpointing = t.checkpointing and t.distributed != "fsdp"
@@ -338,22 +374,27 @@ def tokenized_splits(run: RunDir, tokenizer, max_len: int, main_process: bool) -
     return train_set, val_set
 
 
-def attention_implementation(packing: bool) -> str | None:
+def attention_implementation(packing: bool, per_example: bool = True) -> str | None:
     """The attention a packed model trains with (None: the model's own). On a CPU each example of a packed
-    row attends within itself, at its own cost (train/attention.py); on CUDA one SDPA call with the
-    block-diagonal mask is faster than a call per example (3.0x on an H200, docs/training.md)."""
-    return ATTENTION if packing and not torch.cuda.is_available() else None
+    row attends within itself, at its own cost (train/attention.py), unless `per_example` is off (SDPA with
+    the block-diagonal mask); on CUDA one SDPA call with the block-diagonal mask is faster than a call per
+    example (3.0x on an H200, docs/training.md)."""
+    if not packing or torch.cuda.is_available():
+        return None
+    return ATTENTION if per_example else "sdpa"
 
 
-def build_trainer(recipe: Recipe, run: RunDir, base_path: Path, tokenizer, train_set, val_set, state: PartialState) -> Trainer:
+def build_trainer(
+    recipe: Recipe, run: RunDir, base_path: Path, tokenizer, train_set, val_set, state: PartialState, step: StepChoices
+) -> Trainer:
     """The model, the batches, the arguments and the callbacks, in one Trainer."""
     t = recipe.train
     torch.manual_seed(t.seed)
-    model = build_model(recipe, base_path)
+    model = build_model(recipe, base_path, step.base_dtype)
     report_trainable(model, recipe, state)
-    if attention := attention_implementation(t.packing):
+    if attention := attention_implementation(t.packing, step.attention_per_example):
         getattr(model, "get_base_model", lambda: model)().set_attn_implementation(attention)
-    collator = PackedCollator() if t.packing else PaddedCollator(tokenizer.pad_token_id)
+    collator = PackedCollator(logits_only_at_labels=step.answer_logits) if t.packing else PaddedCollator(tokenizer.pad_token_id)
     args = training_arguments(recipe, run, steps_per_epoch(recipe, len(train_set), state.num_processes), has_validation=bool(val_set))
     trainer = Trainer(
         model=model,
@@ -469,13 +510,18 @@ def write_training_outputs(run: RunDir, summary: dict) -> None:
     )
 
 
-def train_recipe(recipe: Recipe, resume: bool = False) -> Path:
+def train_recipe(
+    recipe: Recipe, resume: bool = False, *, step: StepChoices = StepChoices(), callbacks: Sequence[TrainerCallback] = ()
+) -> Path:
     """Prepare data if needed, train, and write the model, metrics, curves and summary.
 
+    `step`: how the supervised step is built where that is not a recipe setting (StepChoices; the
+    defaults are what `tunelab train` does). `callbacks`: Trainer callbacks to run after tunelab's own.
     Under torchrun every process calls this; rank 0 alone prepares the data and writes files.
     """
     state = process_state()
     run = RunDir(recipe.run_dir())
+    check_step_choices(recipe, step)
     check_before_training(recipe, run, resume, state.num_processes)
     check_launched(recipe)
     base = resolve_model(recipe.model)
@@ -487,9 +533,11 @@ def train_recipe(recipe: Recipe, resume: bool = False) -> Path:
     supervised = recipe.train.objective == "sft"
     if supervised:
         train_set, val_set = tokenized_splits(run, tokenizer, recipe.train.max_seq_length, state.is_main_process)
-        trainer = build_trainer(recipe, run, base.path, tokenizer, train_set, val_set, state)
+        trainer = build_trainer(recipe, run, base.path, tokenizer, train_set, val_set, state, step)
     else:  # DPO, ORPO
         trainer = build_preference_trainer(recipe, run, base.path, tokenizer, state)
+    for callback in callbacks:
+        trainer.add_callback(callback)
     if state.is_main_process:
         examples = len(trainer.train_dataset)
         steps = recipe.train.max_steps or math.ceil(steps_per_epoch(recipe, examples, state.num_processes) * recipe.train.epochs)
