@@ -78,6 +78,29 @@ def test_mixing_axis_on_a_second_source(tmp_path):
     assert sweep.variants[1].kinds == {"data"}
 
 
+def test_replay_share_and_interpolation_axes_and_the_task_metric(tmp_path):
+    general = write_data(tmp_path, 10, "general.json", offset=100)
+    recipe = {
+        "data": {"sources": [{"path": str(write_data(tmp_path))}, {"path": str(general), "share": 0}]},
+        "eval": {"metrics": ["bleu", "chrf"]},
+    }
+    body = {
+        "variants": [{"name": "no-replay"}, {"name": "replay-20", "set": {"share.1": 0.2}}, {"name": "half", "set": {"interpolation": 0.5}}]
+    }
+    sweep = load_sweep(write_sweep(tmp_path, body, recipe))
+    replay, half = sweep.variants[1], sweep.variants[2]
+    assert canonical_axis("share.1") == "data.sources.1.share" and replay.recipe.data.sources[1].share == 0.2
+    assert replay.kinds == {"data"} and half.kinds == {"model"} and half.recipe.train.interpolation == 0.5
+    assert sweep.task_metric == "bleu"  # the first metric, without a task or `task_metric:`
+    assert load_sweep(write_sweep(tmp_path, {**body, "task_metric": "chrf"}, recipe)).task_metric == "chrf"
+    with pytest.raises(ConfigError, match="task_metric 'chrF' is no metric tunelab scores"):
+        load_sweep(write_sweep(tmp_path, {**body, "task_metric": "chrF"}, recipe))
+    with pytest.raises(ConfigError, match=r"(?s)variant 'too-much'.*data.sources.1.share: Input should be less than 1"):
+        load_sweep(write_sweep(tmp_path, {"variants": [{"name": "a"}, {"name": "too-much", "set": {"share.1": 1.5}}]}, recipe))
+    with pytest.raises(ConfigError, match=r"(?s)variant 'alpha-2'.*train.interpolation: Input should be less than or equal to 1"):
+        load_sweep(write_sweep(tmp_path, {"variants": [{"name": "a"}, {"name": "alpha-2", "set": {"interpolation": 2}}]}, recipe))
+
+
 @pytest.mark.parametrize(
     "axis, message",
     [
