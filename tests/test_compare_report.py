@@ -140,6 +140,8 @@ def test_sentence_wording_and_phrases():
         == "Lowering learning rate 0.001→0.0002 changed BLEU by -0.30 (95% CI -1.20..+0.60, p=0.48): no measurable difference."
     )
     assert change_phrase("data.augment.paraphrase", False, True) == "turning on paraphrase augmentation"
+    assert change_phrase("data.sources.1.share", 0, 0.2) == "raising the replay share of source 1 0→0.2"
+    assert change_phrase("train.interpolation", 1.0, 0.5) == "lowering the interpolation toward the tuned weights (α) 1→0.5"
     assert change_phrase("train.method", "lora", "full") == "changing the fine-tuning method from lora to full"
 
 

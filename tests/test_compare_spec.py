@@ -141,3 +141,20 @@ def test_sweep_file_errors(tmp_path):
     (tmp_path / "nobase.yaml").write_text(yaml.safe_dump({"base": "missing.yaml", "variants": [{"name": "a"}]}))
     with pytest.raises(ConfigError, match="base recipe 'missing.yaml' not found"):
         load_sweep(tmp_path / "nobase.yaml")
+
+
+def test_the_forgetting_sweep_chooses_on_validation_data():
+    """examples/sweep-translate-forgetting.yaml: Tatoeba pairs and an ARC sample disjoint from the reported one,
+    replay at two shares, a smaller adapter, two interpolations that reuse the baseline's training."""
+    from tunelab.compare.sweep import training_key
+
+    sweep = load_sweep(Path(__file__).resolve().parent.parent / "examples" / "sweep-translate-forgetting.yaml")
+    by_name = {v.name: v.recipe for v in sweep.variants}
+    assert sweep.spec.heldout.path is None and sweep.spec.heldout.from_source == 0  # the task: Tatoeba pairs, not FLORES
+    general = sweep.baseline.recipe.eval.general_ability
+    assert general.benchmark == "arc-easy" and general.disjoint_from.model_dump() == {"max_questions": 300, "seed": 0}
+    assert sweep.task_metric == "chrf" and by_name["baseline"].model == "gemma3-270m"
+    assert [by_name[n].data.sources[1].share for n in ("baseline", "replay-10", "replay-20")] == [0, 0.1, 0.2]
+    assert by_name["small-adapter"].train.lora.r == 4 and by_name["small-adapter"].train.lora.target_modules == "attention"
+    keys = {n: training_key(r) for n, r in by_name.items()}
+    assert keys["interp-0.5"] == keys["interp-0.75"] == keys["baseline"] and len(set(keys.values())) == 4
