@@ -166,7 +166,11 @@ def test_gain_against_cost_names_the_best_variant_that_keeps_general_ability(tmp
     arc = "arc-easy.acc"
     variants = {  # name: (chrF gain per example, ARC answers, changes)
         "baseline": (20.0, flip(base_arc, 45, 0), {}),  # the task gain, and 15 points of ARC lost
-        "replay-20": (18.0, flip(base_arc, 6, 3), {"data.sources": ["tatoeba_en_de.csv", "tatoeba_en_de.csv + alpaca_en_demo.json@0.2"]}),
+        "replay-20": (
+            18.0,
+            flip(base_arc, 6, 3),
+            {"data.sources": ["tatoeba_en_de.csv", "tatoeba_en_de.csv + alpaca_en_demo.json (share 0.2)"]},
+        ),
         "interp-0.5": (12.0, list(base_arc), {"train.interpolation": [1.0, 0.5]}),
         "rank-4": (5.0, flip(base_arc, 30, 0), {"train.lora.r": [16, 4]}),  # less gain and a loss: beaten by replay-20
     }

@@ -91,6 +91,10 @@ def test_replay_share_and_interpolation_axes_and_the_task_metric(tmp_path):
     replay, half = sweep.variants[1], sweep.variants[2]
     assert canonical_axis("share.1") == "data.sources.1.share" and replay.recipe.data.sources[1].share == 0.2
     assert replay.kinds == {"data"} and half.kinds == {"model"} and half.recipe.train.interpolation == 0.5
+    assert recipe_changes(sweep.variants[0].recipe, replay.recipe) == {"data.sources.1.share": (0, 0.2)}
+    plain = load_sweep(write_sweep(tmp_path, {"variants": [{"name": "a"}]}, {"data": {"sources": recipe["data"]["sources"][:1]}}))
+    replayed = sweep.variants[1].recipe
+    assert recipe_changes(plain.baseline.recipe, replayed)["data.sources"][1].endswith("general.json (share 0.2)")
     assert sweep.task_metric == "bleu"  # the first metric, without a task or `task_metric:`
     assert load_sweep(write_sweep(tmp_path, {**body, "task_metric": "chrf"}, recipe)).task_metric == "chrf"
     with pytest.raises(ConfigError, match="task_metric 'chrF' is no metric tunelab scores"):

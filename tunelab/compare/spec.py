@@ -310,6 +310,8 @@ def describe_sources(sources: list[dict]) -> str:
             label += f"×{s['weight']:g}"
         if s.get("max_examples"):
             label += f"[{s['max_examples']}]"
+        if s.get("share") is not None:
+            label += f" (share {s['share']:g})"
         parts.append(label)
     return " + ".join(parts)
 
