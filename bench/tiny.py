@@ -57,10 +57,19 @@ def write_facts(folder: Path) -> Path:
     return path
 
 
+def write_questions(folder: Path) -> Path:
+    """A small multiple-choice file in `folder`/questions.jsonl: the general-ability check every row of the sweep gets."""
+    rows = [{"query": f"Question: What is {i} plus one?", "choices": [str(i), str(i + 1), "blue"], "gold": 1} for i in range(12)]
+    path = folder / "questions.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 def write_sweep(folder: Path, model_dir: Path, **extra) -> Path:
-    """A sweep of `model_dir` on the facts: the reference and 3 variants, 2 steps each, scored by BLEU and ROUGE-L;
-    `extra`: more fields of the sweep spec."""
+    """A sweep of `model_dir` on the facts: the reference and 4 variants, 2 steps each, scored by BLEU and ROUGE-L,
+    with the general-ability check on 8 questions of a small file; `extra`: more fields of the sweep spec."""
     data = write_facts(folder)
+    questions = write_questions(folder)
     recipe = {
         "model": str(model_dir),
         "data": {"sources": [{"path": str(data)}], "dedup": "exact", "validation_fraction": 0.1},
@@ -75,7 +84,13 @@ def write_sweep(folder: Path, model_dir: Path, **extra) -> Path:
             "threads": 1,
             "learning_rate": 1e-3,
         },
-        "eval": {"max_new_tokens": 6, "batch_size": 8, "metrics": ["bleu", "rougeL"], "task": "none"},
+        "eval": {
+            "max_new_tokens": 6,
+            "batch_size": 8,
+            "metrics": ["bleu", "rougeL"],
+            "task": "none",
+            "general_ability": {"benchmark": str(questions), "max_questions": 8},
+        },
     }
     (folder / "base.yaml").write_text(yaml.safe_dump(recipe))
     spec = {
@@ -83,7 +98,12 @@ def write_sweep(folder: Path, model_dir: Path, **extra) -> Path:
         "base": "base.yaml",
         "output_dir": str(folder / "sweeps"),
         "heldout": {"from_source": 0, "size": 6},
-        "variants": [{"name": "baseline"}, {"name": "rank-4", "set": {"rank": 4}}, {"name": "no-clean", "set": {"clean": False}}],
+        "variants": [
+            {"name": "baseline"},
+            {"name": "rank-4", "set": {"rank": 4}},
+            {"name": "no-clean", "set": {"clean": False}},
+            {"name": "interp-half", "set": {"interpolation": 0.5}},  # the baseline's training, moved halfway back to the base
+        ],
         **extra,
     }
     path = folder / "sweep.yaml"

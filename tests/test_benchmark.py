@@ -180,3 +180,28 @@ def test_eval_benchmark_command_base_against_run_with_paired_interval(tiny_model
     assert "kept its general reasoning" in (out / "summary.md").read_text()
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 12 and len(rows[0][list(result["models"])[0]]["logprobs"]) == 3
+
+
+def test_validation_sample_shares_no_question_with_the_reported_one(tiny_model_dir, tmp_path):
+    """disjoint_from: the reported sample (seed 0) is taken out before the validation sample is drawn."""
+    from tunelab.config import GeneralAbilityConfig, QuestionSample
+    from tunelab.evaluate.benchmark import question_scores, run_general_ability, without_sample
+
+    arc = write_jsonl(
+        tmp_path / "arc.jsonl",
+        [{"query": f"Question: What is {i} plus one?", "choices": [str(i), str(i + 1), "blue"], "gold": 1} for i in range(30)],
+    )
+    every = read_questions(arc)
+    reported = {q.id for q in sample_questions(every, 10, seed=0)}
+    pool = without_sample(every, 10, 0)
+    assert len(pool) == 20 and not reported & {q.id for q in pool}
+    # a plain sample of another seed overlaps the reported one; the disjoint one cannot
+    assert reported & {q.id for q in sample_questions(every, 10, seed=1)}
+
+    cfg = GeneralAbilityConfig(benchmark=str(arc), max_questions=10, seed=1, disjoint_from=QuestionSample(max_questions=10, seed=0))
+    result = run_general_ability([str(tiny_model_dir)], ["tiny"], cfg, tmp_path / "out")
+    scores = question_scores(tmp_path / "out", "tiny")
+    assert result["questions"] == 10 and result["disjoint_from"] == {"max_questions": 10, "seed": 0}
+    assert len(scores["acc"]) == 10 and not reported & set(scores["acc"])
+    assert sum(scores["acc"].values()) / 10 == pytest.approx(result["models"]["tiny"]["acc"]["mean"])
+    assert "none of the 10 questions of seed 0" in (tmp_path / "out" / "summary.md").read_text()

@@ -78,6 +78,33 @@ def test_mixing_axis_on_a_second_source(tmp_path):
     assert sweep.variants[1].kinds == {"data"}
 
 
+def test_replay_share_and_interpolation_axes_and_the_task_metric(tmp_path):
+    general = write_data(tmp_path, 10, "general.json", offset=100)
+    recipe = {
+        "data": {"sources": [{"path": str(write_data(tmp_path))}, {"path": str(general), "share": 0}]},
+        "eval": {"metrics": ["bleu", "chrf"]},
+    }
+    body = {
+        "variants": [{"name": "no-replay"}, {"name": "replay-20", "set": {"share.1": 0.2}}, {"name": "half", "set": {"interpolation": 0.5}}]
+    }
+    sweep = load_sweep(write_sweep(tmp_path, body, recipe))
+    replay, half = sweep.variants[1], sweep.variants[2]
+    assert canonical_axis("share.1") == "data.sources.1.share" and replay.recipe.data.sources[1].share == 0.2
+    assert replay.kinds == {"data"} and half.kinds == {"model"} and half.recipe.train.interpolation == 0.5
+    assert recipe_changes(sweep.variants[0].recipe, replay.recipe) == {"data.sources.1.share": (0, 0.2)}
+    plain = load_sweep(write_sweep(tmp_path, {"variants": [{"name": "a"}]}, {"data": {"sources": recipe["data"]["sources"][:1]}}))
+    replayed = sweep.variants[1].recipe
+    assert recipe_changes(plain.baseline.recipe, replayed)["data.sources"][1].endswith("general.json (share 0.2)")
+    assert sweep.task_metric == "bleu"  # the first metric, without a task or `task_metric:`
+    assert load_sweep(write_sweep(tmp_path, {**body, "task_metric": "chrf"}, recipe)).task_metric == "chrf"
+    with pytest.raises(ConfigError, match="task_metric 'chrF' is no metric tunelab scores"):
+        load_sweep(write_sweep(tmp_path, {**body, "task_metric": "chrF"}, recipe))
+    with pytest.raises(ConfigError, match=r"(?s)variant 'too-much'.*data.sources.1.share: Input should be less than 1"):
+        load_sweep(write_sweep(tmp_path, {"variants": [{"name": "a"}, {"name": "too-much", "set": {"share.1": 1.5}}]}, recipe))
+    with pytest.raises(ConfigError, match=r"(?s)variant 'alpha-2'.*train.interpolation: Input should be less than or equal to 1"):
+        load_sweep(write_sweep(tmp_path, {"variants": [{"name": "a"}, {"name": "alpha-2", "set": {"interpolation": 2}}]}, recipe))
+
+
 @pytest.mark.parametrize(
     "axis, message",
     [
@@ -118,3 +145,20 @@ def test_sweep_file_errors(tmp_path):
     (tmp_path / "nobase.yaml").write_text(yaml.safe_dump({"base": "missing.yaml", "variants": [{"name": "a"}]}))
     with pytest.raises(ConfigError, match="base recipe 'missing.yaml' not found"):
         load_sweep(tmp_path / "nobase.yaml")
+
+
+def test_the_forgetting_sweep_chooses_on_validation_data():
+    """examples/sweep-translate-forgetting.yaml: Tatoeba pairs and an ARC sample disjoint from the reported one,
+    replay at two shares, a smaller adapter, two interpolations that reuse the baseline's training."""
+    from tunelab.compare.sweep import training_key
+
+    sweep = load_sweep(Path(__file__).resolve().parent.parent / "examples" / "sweep-translate-forgetting.yaml")
+    by_name = {v.name: v.recipe for v in sweep.variants}
+    assert sweep.spec.heldout.path is None and sweep.spec.heldout.from_source == 0  # the task: Tatoeba pairs, not FLORES
+    general = sweep.baseline.recipe.eval.general_ability
+    assert general.benchmark == "arc-easy" and general.disjoint_from.model_dump() == {"max_questions": 300, "seed": 0}
+    assert sweep.task_metric == "chrf" and by_name["baseline"].model == "gemma3-270m"
+    assert [by_name[n].data.sources[1].share for n in ("baseline", "replay-10", "replay-20")] == [0, 0.1, 0.2]
+    assert by_name["small-adapter"].train.lora.r == 4 and by_name["small-adapter"].train.lora.target_modules == "attention"
+    keys = {n: training_key(r) for n, r in by_name.items()}
+    assert keys["interp-0.5"] == keys["interp-0.75"] == keys["baseline"] and len(set(keys.values())) == 4

@@ -29,7 +29,7 @@ def finished_sweep(tmp_path_factory, tiny_model_dir):
 
 def test_sweep_runs_every_variant_on_the_same_heldout_set(finished_sweep):
     folder, path, result = finished_sweep
-    assert result == {"done": 4, "skipped": 0, "failed": []}  # the base model reference + 3 variants
+    assert result == {"done": 5, "skipped": 0, "failed": []}  # the base model reference + 4 variants
     sweep_dir = folder / "sweeps" / "tiny"
     heldout = read_jsonl(sweep_dir / "heldout" / "test.jsonl")
     remainder = read_jsonl(sweep_dir / "heldout" / "train-source.jsonl")
@@ -38,7 +38,12 @@ def test_sweep_runs_every_variant_on_the_same_heldout_set(finished_sweep):
     assert not held_ids & {e["id"] for e in remainder}
     db = sqlite3.connect(store_path(sweep_dir))
     runs = db.execute("SELECT variant, kind, status, run_dir, data_hash, train_seconds FROM runs ORDER BY rowid").fetchall()
-    assert [r[:3] for r in runs][1:] == [("baseline", "variant", "done"), ("rank-4", "variant", "done"), ("no-clean", "variant", "done")]
+    assert [r[:3] for r in runs][1:] == [
+        ("baseline", "variant", "done"),
+        ("rank-4", "variant", "done"),
+        ("no-clean", "variant", "done"),
+        ("interp-half", "variant", "done"),
+    ]
     assert runs[0][1] == "reference" and runs[0][2] == "done"
     for _variant, _kind, _status, run_dir, data_hash, train_seconds in runs[1:]:
         run_dir = Path(run_dir)
@@ -48,8 +53,28 @@ def test_sweep_runs_every_variant_on_the_same_heldout_set(finished_sweep):
         assert not trained_on & held_ids
     # Every run has a score for every held-out example, so comparisons are paired.
     per_run = db.execute("SELECT run_id, COUNT(DISTINCT example_id) FROM scores WHERE metric='rougeL' GROUP BY run_id").fetchall()
-    assert len(per_run) == 4 and {n for _, n in per_run} == {6}
-    assert {r[0] for r in db.execute("SELECT DISTINCT example_id FROM scores")} == held_ids
+    assert len(per_run) == 5 and {n for _, n in per_run} == {6}
+    assert {r[0] for r in db.execute("SELECT DISTINCT example_id FROM scores WHERE metric='rougeL'")} == held_ids
+    # ... and for every question of the general-ability sample, the same 8 for every row, the untuned base included
+    per_run = db.execute("SELECT run_id, COUNT(*) FROM scores WHERE metric='questions.acc' GROUP BY run_id").fetchall()
+    assert len(per_run) == 5 and {n for _, n in per_run} == {8}
+    assert len({r[0] for r in db.execute("SELECT DISTINCT example_id FROM scores WHERE metric='questions.acc'")}) == 8
+    meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+    assert meta["task_metric"] == "bleu" and meta["general_metric"] == "questions.acc"
+
+
+def test_interpolation_variant_reuses_its_twins_training(finished_sweep):
+    folder, _, _ = finished_sweep
+    db = sqlite3.connect(store_path(folder / "sweeps" / "tiny"))
+    dirs = dict(db.execute("SELECT variant, run_dir FROM runs WHERE kind='variant'").fetchall())
+    baseline, half = Path(dirs["baseline"]), Path(dirs["interp-half"])
+    summary = json.loads((half / "train" / "summary.json").read_text())
+    assert summary["training_of"] == str(baseline) and summary["run"] == half.name  # not trained again
+    assert not (half / "train" / "checkpoints").exists()
+    info = json.loads((half / "model" / "tunelab_model.json").read_text())
+    assert info["interpolation"] == 0.5 and json.loads((baseline / "model" / "tunelab_model.json").read_text())["interpolation"] == 1.0
+    assert (half / "model" / "adapter_model.safetensors").read_bytes() == (baseline / "model" / "adapter_model.safetensors").read_bytes()
+    assert yaml.safe_load((half / "recipe.yaml").read_text())["train"]["interpolation"] == 0.5
 
 
 def test_second_run_does_no_work_and_compare_reports(finished_sweep, monkeypatch):
@@ -60,7 +85,7 @@ def test_second_run_does_no_work_and_compare_reports(finished_sweep, monkeypatch
 
     monkeypatch.setattr(sweep_stage, "train_recipe", forbidden)
     monkeypatch.setattr(sweep_stage, "evaluate_models", forbidden)
-    assert sweep_cli(path) == {"done": 0, "skipped": 4, "failed": []}
+    assert sweep_cli(path) == {"done": 0, "skipped": 5, "failed": []}
 
     result = compare_cli(path)
     out = folder / "sweeps" / "tiny" / "report"
@@ -69,7 +94,12 @@ def test_second_run_does_no_work_and_compare_reports(finished_sweep, monkeypatch
     assert "LoRA rank 16→4" in md and "turning off data cleaning" in md.lower()
     assert "(95% CI" in md and ("p=" in md or "p<" in md)
     assert (out / "plots" / "rougeL.png").is_file() and (out / "report.html").is_file()
-    assert {r.name for r in result["rows"]} >= {"baseline", "rank-4", "no-clean"}
+    assert {r.name for r in result["rows"]} >= {"baseline", "rank-4", "no-clean", "interp-half"}
+    # gain against cost: every variant's BLEU and general ability against the untuned base, a sentence and a plot
+    cost = result["gain_against_cost"]
+    assert {cells[0] for cells in cost["body"]} == {"baseline", "rank-4", "no-clean", "interp-half"}
+    assert "## Gain against cost" in md and (out / "plots" / "gain_vs_cost.png").is_file() and (out / "tradeoff.csv").is_file()
+    assert cost["sentence"].startswith(("The best task gain that keeps general ability", "No variant keeps general ability"))
 
 
 def test_half_finished_variant_resumes_from_its_checkpoint(finished_sweep, monkeypatch):
@@ -93,7 +123,7 @@ def test_half_finished_variant_resumes_from_its_checkpoint(finished_sweep, monke
         return real(recipe, resume=resume)
 
     monkeypatch.setattr(sweep_stage, "train_recipe", spy)
-    assert sweep_cli(path) == {"done": 1, "skipped": 3, "failed": []}
+    assert sweep_cli(path) == {"done": 1, "skipped": 4, "failed": []}
     assert len(calls) == 1 and calls[0][0].startswith("rank-4") and calls[0][1] is True
     summary = json.loads((run_dir / "train" / "summary.json").read_text())
     assert summary["resumed_from"].endswith("checkpoint-1") and summary["steps"] == 2

@@ -114,3 +114,78 @@ def test_learning_rate_defaults_follow_the_objective_and_the_weights():
     # the field's description (docs/configuration.md) is written from the same numbers
     description = TrainConfig.model_fields["learning_rate"].description
     assert "2e-4 for LoRA/QLoRA, 2e-5 for full" in description and "5e-5 on an adapter, 1e-6 on every weight" in description
+
+
+TWO_SOURCES = "data:\n  sources: [{path: task.json}, {path: general.json, share: SHARE}]\n"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (TWO_SOURCES.replace("SHARE", "1.5"), r"r.yaml: invalid recipe\n  - data.sources.1.share: Input should be less than 1"),
+        (TWO_SOURCES.replace("SHARE", "1"), r"data.sources.1.share: Input should be less than 1"),
+        (TWO_SOURCES.replace("SHARE", "-0.1"), r"data.sources.1.share: Input should be greater than or equal to 0"),
+        (TWO_SOURCES.replace("SHARE", "0.2, weight: 2"), r"data: Value error, sources.1: give a share or a weight, not both"),
+        ("data:\n  sources: [{path: a.json, share: 0.5}, {path: b.json, share: 0.2}]\n", "every source has a share"),
+        (
+            "data:\n  sources: [{path: a.json}, {path: b.json, share: 0.6}, {path: c.json, share: 0.4}]\n",
+            "the shares of sources add up to 1: together they must stay below 1",
+        ),
+        (
+            "data:\n  sources: [{path: a.json}]\n  eval_source: {path: b.json, share: 0.2}\n",
+            "eval_source.share: a share applies to training sources only",
+        ),
+        (
+            "data:\n  sources: [{path: a.json}]\ntrain:\n  interpolation: 1.2\n",
+            r"train.interpolation: Input should be less than or equal to 1",
+        ),
+        (
+            "data:\n  sources: [{path: a.json}]\ntrain:\n  interpolation: -0.5\n",
+            r"train.interpolation: Input should be greater than or equal to 0",
+        ),
+        (
+            "data:\n  sources: [{path: a.json}]\ntrain:\n  interpolation: 0.5\n  lora: {use_dora: true}\n",
+            "train.interpolation scales a LoRA update toward the base, which DoRA",
+        ),
+        (
+            "data:\n  sources: [{path: a.json}]\n  validation_size: 0\ntrain:\n  early_stopping_patience: 2\n",
+            r"r.yaml: invalid recipe\n  - train.early_stopping_patience stops on the validation loss",
+        ),
+        (
+            "data:\n  sources: [{path: a.json}]\n  validation_fraction: 0\ntrain:\n  early_stopping_patience: 2\n",
+            "leave no validation split",
+        ),
+    ],
+    ids=[
+        "share-above-1",
+        "share-of-1",
+        "share-below-0",
+        "share-and-weight",
+        "only-shares",
+        "shares-add-to-1",
+        "eval-source-share",
+        "alpha-above-1",
+        "alpha-below-0",
+        "alpha-with-dora",
+        "early-stopping-validation-size-0",
+        "early-stopping-validation-fraction-0",
+    ],
+)
+def test_forgetting_levers_refuse_bad_values_naming_file_and_field(tmp_path, text, message):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(path)
+
+
+def test_forgetting_levers_accept_good_values(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "data:\n  sources: [{path: a.json}, {path: b.json, share: 0.25}, {path: c.json, share: 0}]\n  validation_size: 10\n"
+        "train:\n  interpolation: 0.5\n  early_stopping_patience: 2\n"
+    )
+    recipe = load_recipe(path)
+    assert [s.share for s in recipe.data.sources] == [None, 0.25, 0] and recipe.train.interpolation == 0.5
+    # a validation size alone is enough for early stopping, even with no validation fraction
+    recipe = load_recipe(path, ["data.validation_fraction=0"])
+    assert recipe.train.early_stopping_patience == 2

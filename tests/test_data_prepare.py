@@ -300,3 +300,39 @@ def test_cli_prepares_every_shared_file(tmp_path, shared_data, name):
     assert sum(card["counts"].values()) + card["dropped_total"] == records
     assert card["counts"]["test"] > 0 and card["counts"]["train"] > 0.8 * (records - card["dropped_total"])
     check_no_overlap(read_split(out, "train"), read_split(out, "test"))
+
+
+def test_replay_share_is_that_share_of_the_training_split(tmp_path, model):
+    """share 0.25: a quarter of the training split comes from the replay source, which never reaches validation or test."""
+    task = write(tmp_path / "task.json", alpaca_rows(40))
+    general = write(tmp_path / "general.json", alpaca_rows(60, prefix="General: "))
+    kw = dict(test_size=4, validation_size=6, dedup="exact")
+
+    def split_by_source(card_out):
+        train = read_split(card_out, "train")
+        return [e for e in train if e["source"].startswith("general.json")], [e for e in train if e["source"].startswith("task.json")]
+
+    plain = prepare_data(cfg(task, **kw), tmp_path / "plain", model, 512)
+    card = prepare_data(cfg(task, DataSource(path=general, share=0.25), **kw), tmp_path / "replay", model, 512)
+    replay, own = split_by_source(tmp_path / "replay")
+    assert len(own) == plain["counts"]["train"] == 30 and len(replay) == 10 and card["counts"]["train"] == 40
+    assert len(replay) / card["counts"]["train"] == 0.25 and card["sources"][1]["share"] == 0.25
+    assert len({e["id"] for e in replay}) == 10  # sampled without repeats: the source has enough
+    # validation and test come from the task data alone, the same with and without replay
+    for name in ("validation", "test"):
+        assert read_split(tmp_path / "replay", name) == read_split(tmp_path / "plain", name)
+    assert "(replay, share 0.25)" in (tmp_path / "replay" / "card.md").read_text()
+
+    # max_examples counts the whole split: 20 = 15 task + 5 replay
+    card = prepare_data(cfg(task, DataSource(path=general, share=0.25), max_examples=20, **kw), tmp_path / "capped", model, 512)
+    replay, own = split_by_source(tmp_path / "capped")
+    assert (len(own), len(replay)) == (15, 5) and card["drops"]["max_examples"]["count"] == 15
+
+    # a replay source smaller than its share repeats its examples; share 0 reads it and trains on none of it
+    small = write(tmp_path / "small.json", alpaca_rows(4, prefix="Small: "))
+    prepare_data(cfg(task, DataSource(path=small, share=0.5), **kw), tmp_path / "repeat", model, 512)
+    train = read_split(tmp_path / "repeat", "train")
+    repeated = [e for e in train if e["source"].startswith("small.json")]
+    assert len(repeated) == 30 == len(train) / 2 and len({e["id"].split("~rep")[0] for e in repeated}) == 4
+    card = prepare_data(cfg(task, DataSource(path=general, share=0.0), **kw), tmp_path / "zero", model, 512)
+    assert card["counts"]["train"] == 30 and read_split(tmp_path / "zero", "train") == read_split(tmp_path / "plain", "train")

@@ -424,7 +424,7 @@ def test_method_sweep_stores_preference_accuracy(tmp_path, tiny_model_dir):
         "model": str(tiny_model_dir),
         "data": {"sources": [{"path": str(write_pairs(tmp_path / "pairs.json"))}], "dedup": "exact", "validation_fraction": 0},
         "train": {"max_steps": 1, "batch_size": 2, "max_seq_length": 96, "logging_steps": 1, "tensorboard": False, "threads": 1},
-        "eval": {"max_new_tokens": 4, "metrics": ["rougeL"], "bootstrap_samples": 100},
+        "eval": {"max_new_tokens": 4, "metrics": ["rougeL"], "bootstrap_samples": 100, "general_ability": None},
     }
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
     spec = {"name": "methods", "base": "base.yaml", "output_dir": str(tmp_path / "sweeps"), "heldout": {"from_source": 0, "size": 6}}

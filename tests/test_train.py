@@ -243,3 +243,42 @@ def test_compiling_or_not_may_change_on_resume(tmp_path, tiny_model_dir):
     eager = make_recipe(tmp_path, tiny_model_dir)
     assert training_fingerprint(make_recipe(tmp_path, tiny_model_dir, compile=True, threads=2)) == training_fingerprint(eager)
     assert training_fingerprint(make_recipe(tmp_path, tiny_model_dir, learning_rate=1e-4)) != training_fingerprint(eager)
+
+
+def test_early_stopping_stops_on_the_validation_loss_and_keeps_the_best_model(tmp_path, tiny_model_dir):
+    """Every weight at a learning rate of 1 makes the validation loss climb: training stops at the first evaluation
+    that is not better (patience 1) long before max_steps, and the model kept is the checkpoint with the best one."""
+    from tunelab.train.run import train_recipe
+
+    recipe = make_recipe(
+        tmp_path,
+        tiny_model_dir,
+        method="full",
+        max_steps=12,
+        eval_steps=1,
+        save_steps=1,
+        save_total_limit=12,
+        learning_rate=1.0,
+        lr_scheduler="constant",
+        warmup_ratio=0.0,
+        early_stopping_patience=1,
+    )
+    run = train_recipe(recipe)
+    summary = json.loads((run / "train" / "summary.json").read_text())
+    assert summary["steps"] < 12, "early stopping did not stop"
+    # one evaluation per step while training (the summary's own evaluation of the kept model comes last)
+    losses = [r["eval_loss"] for r in read_jsonl(run / "train" / "metrics.jsonl") if "eval_loss" in r][: summary["steps"]]
+    assert len(losses) == summary["steps"] and losses[-1] > min(losses[:-1])  # stopped on one that was not better
+    assert summary["eval_loss"] == pytest.approx(min(losses)) and summary["eval_loss"] < losses[-1]  # the best model is kept
+
+
+def test_early_stopping_without_validation_examples_is_refused(tmp_path, tiny_model_dir):
+    from tunelab.runs import RunDir
+    from tunelab.train.run import check_early_stopping
+
+    recipe = make_recipe(tmp_path, tiny_model_dir, early_stopping_patience=2)
+    run = RunDir(recipe.run_dir())
+    check_early_stopping(recipe, run, has_validation=True)
+    with pytest.raises(TunelabError, match=r"train.early_stopping_patience: .*validation.jsonl holds no validation example"):
+        check_early_stopping(recipe, run, has_validation=False)
+    check_early_stopping(make_recipe(tmp_path, tiny_model_dir), run, has_validation=False)  # no early stopping: nothing to check

@@ -54,6 +54,15 @@ class DataSource(Strict):
     weight: float = Field(
         1.0, gt=0, description="Mixing weight: share of the training mix relative to other sources (1.0 each = keep all examples)."
     )
+    share: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="Replay: this source makes up this share of the final training split (0.2: one example in five), "
+        "sampled (repeated where the source is smaller than its share) after the other sources are mixed by weight and capped "
+        "by `data.max_examples`, which then counts the whole split. Its examples go to training only: the validation and "
+        "test splits come from the other sources, so they do not change with the share. 0: read but not trained on.",
+    )
     max_examples: int | None = Field(None, gt=0, description="Take at most this many examples from this source (a seeded random sample).")
     answers: Literal["any", "python"] = Field(
         "any",
@@ -82,7 +91,7 @@ class AugmentConfig(Strict):
 
 
 class DataConfig(Strict):
-    sources: list[DataSource] = Field(description="Training data sources, mixed by weight.")
+    sources: list[DataSource] = Field(description="Training data sources, mixed by weight (a replay source by its `share`).")
     eval_source: DataSource | None = Field(
         None, description="A separate held-out evaluation set; without it the test split is cut from the sources."
     )
@@ -103,6 +112,23 @@ class DataConfig(Strict):
     seed: int = 42
     strict: bool = Field(False, description="Fail on the first invalid record instead of dropping and counting it.")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+    def model_post_init(self, __context) -> None:
+        for i, src in enumerate(self.sources):
+            if src.share is not None and src.weight != 1.0:
+                raise ValueError(f"sources.{i}: give a share or a weight, not both (a share fixes the source's part of the split)")
+        if self.eval_source is not None and self.eval_source.share is not None:
+            raise ValueError("eval_source.share: a share applies to training sources only")
+        shares = [src.share for src in self.sources if src.share is not None]
+        if shares and len(shares) == len(self.sources):
+            raise ValueError("every source has a share: at least one source must be the task data the shares are a share beside")
+        if sum(shares) >= 1:
+            raise ValueError(f"the shares of sources add up to {sum(shares):g}: together they must stay below 1")
+
+    @property
+    def has_validation_split(self) -> bool:
+        """Whether the settings ask for validation examples (a small pool can still leave none)."""
+        return bool(self.validation_size) if self.validation_size is not None else self.validation_fraction > 0
 
 
 LoraPreset = Literal["attention", "attention_mlp", "all_linear"]
@@ -196,7 +222,19 @@ class TrainConfig(Strict):
     save_steps: int | None = Field(None, gt=0, description="Checkpoint every N steps (default: 4 times per run).")
     save_total_limit: int = 2
     early_stopping_patience: int | None = Field(
-        None, gt=0, description="Stop after this many evaluations without a better validation loss."
+        None,
+        gt=0,
+        description="Stop after this many evaluations (every `eval_steps`) without a better validation loss, and keep the "
+        "checkpoint with the best one as the run's model. Needs a validation split (`data.validation_size` or `data.validation_fraction`).",
+    )
+    interpolation: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="WiSE-FT: the run's model is base + α × (tuned − base), α being this value, wherever it loads (evaluation, "
+        "the general-ability check, serving, export). 1: the weights as trained; 0: the base model. For a LoRA adapter this "
+        "scales the adapter's update by α, which is exactly that interpolation of the merged weights. Choose it on "
+        "validation data (a sweep over it reuses one training), never on the test set.",
     )
     mlflow: bool = False
     tensorboard: bool = True
@@ -231,12 +269,29 @@ class TrainConfig(Strict):
         return self.learning_rate or defaults[self.weights]
 
 
+class QuestionSample(Strict):
+    """A seeded sample of a benchmark's questions, as `GeneralAbilityConfig` draws it."""
+
+    max_questions: int = Field(300, gt=0)
+    seed: int = 0
+
+
 class GeneralAbilityConfig(Strict):
-    """The forgetting check of `tunelab run`: a multiple-choice benchmark, base against tuned."""
+    """The forgetting check of `tunelab run` (base against tuned) and of every sweep variant: a multiple-choice benchmark."""
 
     benchmark: str = Field("arc-easy", description="arc-easy, arc-challenge, or a multiple-choice file (see `tunelab eval --benchmark`).")
-    max_questions: int | None = Field(300, gt=0, description="A seeded sample of this many questions (null: the whole test set).")
+    max_questions: int | None = Field(
+        300,
+        gt=0,
+        description="A seeded sample of this many questions (null: the whole test set). 300 sees a 5-point loss only when "
+        "tuning changes few answers; docs/experiments.md gives the size a sweep needs, and why.",
+    )
     seed: int = 0
+    disjoint_from: QuestionSample | None = Field(
+        None,
+        description="Leave out the questions of this other sample first, e.g. {max_questions: 300, seed: 0}, the sample "
+        "`tunelab run` reports: a validation sample to choose on that shares no question with the reported one.",
+    )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="`auto`: bf16 autocast where supported (faster; both models scored alike); `fp32` equals lm-evaluation-harness."
     )
@@ -365,6 +420,16 @@ class Recipe(Strict):
         return Path(self.output_dir) / self.name
 
     def model_post_init(self, __context) -> None:
+        if self.train.early_stopping_patience is not None and not self.data.has_validation_split:
+            raise ValueError(
+                "train.early_stopping_patience stops on the validation loss, and data.validation_size / data.validation_fraction "
+                "leave no validation split: give one (e.g. data.validation_size: 100) or remove early_stopping_patience"
+            )
+        if self.train.interpolation != 1.0 and self.train.lora.use_dora:
+            raise ValueError(
+                "train.interpolation scales a LoRA update toward the base, which DoRA's normalised magnitudes do not allow: "
+                "set train.lora.use_dora: false or train.interpolation: 1"
+            )
         code = self.eval.code
         if self.eval.task == "code" and code.backend == "gguf" and "gguf-q8_0" not in self.export.formats:
             raise ValueError(
@@ -414,7 +479,8 @@ def format_validation_error(source: str, err: ValidationError, what: str = "reci
     lines = [f"{source}: invalid {what}"]
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
-        lines.append(f"  - {loc}: {e['msg']}")
+        # a check across sections names its fields itself, in its own words
+        lines.append(f"  - {loc}: {e['msg']}" if loc else f"  - {e['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)
 
 
@@ -489,6 +555,7 @@ def config_reference() -> str:
         PreferenceSettings,
         EvalConfig,
         GeneralAbilityConfig,
+        QuestionSample,
         CodeEvalConfig,
         ExportConfig,
     ]:

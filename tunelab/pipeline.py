@@ -15,7 +15,7 @@ import yaml
 from tunelab.config import Recipe, load_recipe, recipe_from_dict
 from tunelab.errors import TunelabError
 from tunelab.evaluate import report as eval_report
-from tunelab.evaluate.benchmark import benchmark_name, benchmark_path, forgetting_verdict, rich_table, run_benchmark
+from tunelab.evaluate.benchmark import benchmark_name, benchmark_path, forgetting_verdict, rich_table, run_general_ability
 from tunelab.evaluate.code import benchmark_name as code_benchmark_name
 from tunelab.evaluate.code import rich_table as code_table
 from tunelab.evaluate.code import run_code_benchmark
@@ -23,7 +23,6 @@ from tunelab.evaluate.preference import preference_stage
 from tunelab.evaluate.run import evaluate_models
 from tunelab.export.run import export_run
 from tunelab.io import read_jsonl
-from tunelab.models.load import wants_bf16
 from tunelab.progress import console, print_table
 from tunelab.report import write_report
 from tunelab.runs import RunDir
@@ -51,16 +50,7 @@ def general_ability(recipe: Recipe, run: RunDir) -> None:
         run.mark_done("general", skipped=str(err))
         return
     name = benchmark_name(cfg.benchmark)
-    result = run_benchmark(
-        [recipe.model, str(run.root)],
-        cfg.benchmark,
-        run.benchmark(name),
-        names=["base", "tuned"],
-        max_questions=cfg.max_questions,
-        seed=cfg.seed,
-        batch_size=cfg.batch_size,
-        bf16=wants_bf16(cfg.precision),
-    )
+    result = run_general_ability([recipe.model, str(run.root)], ["base", "tuned"], cfg, run.benchmark(name))
     print_table(rich_table(result))
     verdict = forgetting_verdict(result)
     console.print(verdict.replace("**", ""))

@@ -85,6 +85,14 @@ def require_base_model(model_dir: str | Path, info: dict) -> str:
     return ref
 
 
+def model_interpolation(model_dir: str | Path, info: dict) -> float:
+    """α of the WiSE-FT interpolation a trained model loads with (base + α × (tuned − base)); 1 when none is recorded."""
+    alpha = info.get("interpolation", 1.0)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+        raise TunelabError(f"{Path(model_dir) / MODEL_INFO}: field 'interpolation' is {alpha!r}; it must be a number from 0 to 1")
+    return float(alpha)
+
+
 def is_adapter(model_dir: str | Path) -> bool:
     """A LoRA/QLoRA adapter (peft's adapter_config.json) rather than full weights."""
     return (Path(model_dir) / "adapter_config.json").is_file()

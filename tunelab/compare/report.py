@@ -22,16 +22,17 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from rich.table import Table
 
+from tunelab.compare import tradeoff
 from tunelab.compare.spec import load_sweep
 from tunelab.compare.store import ResultsStore, store_path
 from tunelab.compare.wording import change_phrase, changes_phrase
 from tunelab.errors import ConfigError
 from tunelab.evaluate import human
-from tunelab.evaluate.metric_facts import ALPHA, higher_is_better, verdict
+from tunelab.evaluate.metric_facts import ALPHA, higher_is_better, split_benchmark_metric, verdict
 from tunelab.evaluate.metric_facts import display_scale as scale
 from tunelab.evaluate.metric_facts import label as metric_name
 from tunelab.evaluate.stats import bootstrap_ci, paired_bootstrap
-from tunelab.io import atomic_write_text
+from tunelab.io import atomic_write_bytes, atomic_write_text
 from tunelab.progress import console, print_table, results
 
 BOOTSTRAP_SAMPLES = 2000
@@ -128,13 +129,12 @@ def paired_on_shared_ids(row: Row, other: Row, metric: str) -> dict | None:
     return {"diff": d["diff"], "low": d["low"], "high": d["high"], "p_value": d["p_value"], "n": len(ids)}
 
 
-def fine_tuning_effects(rows: list[Row], baseline: Row | None) -> None:
-    """Each tuned variant that differs from the baseline at most in its base model, against that model untuned."""
+def fine_tuning_effects(rows: list[Row]) -> None:
+    """Each tuned variant against its base model untuned, on the examples (and benchmark questions) both have."""
     references = {r.model: r for r in rows if r.kind == "reference" and r.model}
     for row in rows:
         untuned = references.get(row.model)
-        same_recipe = row is baseline or set(row.changes) <= {"model"}
-        if row.kind != "variant" or untuned is None or not same_recipe:
+        if row.kind != "variant" or untuned is None:
             continue
         for m in row.per_example:
             d = paired_on_shared_ids(row, untuned, m)
@@ -162,7 +162,7 @@ def compute_stats(rows: list[Row]) -> Row | None:
             d = paired_on_shared_ids(row, baseline, m)
             if d:
                 row.deltas[m] = d
-    fine_tuning_effects(rows, baseline)
+    fine_tuning_effects(rows)
     return baseline
 
 
@@ -220,8 +220,9 @@ def fine_tuning_sentence(row: Row, metric: str) -> str:
 
 
 def fine_tuning_findings(rows: list[Row]) -> tuple[str, list[str], list[tuple[str, str]]] | None:
-    """Did fine-tuning itself beat the untuned base model (the baseline, and each base-model variant)?"""
-    tuned = [r for r in rows if r.vs_untuned]
+    """Did fine-tuning itself beat the untuned base model (the baseline, and each base-model variant)?
+    Variants that change other settings are weighed against their base in the gain-against-cost section."""
+    tuned = [r for r in rows if r.vs_untuned and (r.is_baseline or set(r.changes) <= {"model"})]
     if not tuned:
         return None
     summary = []
@@ -348,13 +349,9 @@ def plot_metric(metric: str, rows: list[Row], path: Path) -> Path:
     used = {"reference" if r.kind == "reference" else "baseline" if r.is_baseline else section_of(r) for r in shown}
     ax.legend(handles=[Patch(color=colours[k], label=label) for k, label in legend.items() if k in used], fontsize=7, loc="best")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    tmp.replace(path)
-    return path
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 # ---------------------------------------------------------------- report
@@ -374,11 +371,13 @@ def build_report(store: ResultsStore, out: Path, config_ids: set[str] | None = N
     atomic_write_text(out / "results.csv", buf.getvalue())
     plots = {m: plot_metric(m, rows, out / "plots" / f"{m}.png") for m in metrics}
     found = findings(rows, baseline) if baseline else []
+    cost = gain_against_cost(store, rows, metrics, out)
 
     intro = _intro(store, baseline)
-    atomic_write_text(out / "report.md", _markdown(name, intro, unfinished, found, header, body, metrics))
-    atomic_write_text(out / "report.html", _html(name, intro, unfinished, found, header, body, plots))
+    atomic_write_text(out / "report.md", _markdown(name, intro, unfinished, found, cost, header, body, metrics))
+    atomic_write_text(out / "report.html", _html(name, intro, unfinished, found, cost, header, body, plots))
     return {
+        "gain_against_cost": cost,
         "rows": rows,
         "baseline": baseline,
         "metrics": metrics,
@@ -387,6 +386,32 @@ def build_report(store: ResultsStore, out: Path, config_ids: set[str] | None = N
         "findings": found,
         "unfinished": unfinished,
         "out": out,
+    }
+
+
+def gain_against_cost(store: ResultsStore, rows: list[Row], metrics: list[str], out: Path) -> dict:
+    """Every variant's task gain and general-ability change against its untuned base: words, table, plot, tradeoff.csv."""
+    task_metric = store.get_meta("task_metric") or next((m for m in metrics if not split_benchmark_metric(m)), metrics[0])
+    general_metric = store.get_meta("general_metric")
+    points = [
+        tradeoff.Point(r.name, r.changes, r.vs_untuned[task_metric], r.vs_untuned.get(general_metric) if general_metric else None)
+        for r in rows
+        if r.kind == "variant" and task_metric in r.vs_untuned
+    ]
+    front = tradeoff.pareto_front(points, task_metric)
+    header, body = tradeoff.table(points, task_metric, general_metric, front)
+    buf = io.StringIO()
+    csv.writer(buf).writerows([header, *body])
+    atomic_write_text(out / "tradeoff.csv", buf.getvalue())
+    plot = tradeoff.plot(points, task_metric, general_metric, front, out / "plots" / "gain_vs_cost.png") if general_metric else None
+    sentence = tradeoff.verdict_sentence(points, task_metric, general_metric)
+    return {
+        "task_metric": task_metric,
+        "general_metric": general_metric,
+        "sentence": sentence,
+        "header": header,
+        "body": body,
+        "plot": plot,
     }
 
 
@@ -402,7 +427,15 @@ def _intro(store: ResultsStore, baseline: Row | None) -> str:
     )
 
 
-def _markdown(name, intro, unfinished, found, header, body, metrics) -> str:
+COST_TITLE = "Gain against cost"
+COST_INTRO = (
+    "Each variant against its own untuned base model, on the same held-out examples and the same benchmark questions "
+    "(paired bootstrap, 95% CI). General ability counts as kept when its change is not a measurable loss. "
+    "The Pareto front: variants no other variant beats on both at once."
+)
+
+
+def _markdown(name, intro, unfinished, found, cost, header, body, metrics) -> str:
     md = [f"# Sweep report: {name}", "", intro, ""]
     if unfinished:
         md += [f"Not finished yet (left out): {', '.join(unfinished)}.", ""]
@@ -411,6 +444,11 @@ def _markdown(name, intro, unfinished, found, header, body, metrics) -> str:
         md += ["Only the baseline has finished; nothing to compare yet.", ""]
     for title, summary, sentences in found:
         md += [f"### {title}", ""] + [line for s in summary for line in (f"**{s}**", "")] + [f"- {text}" for _, text in sentences] + [""]
+    md += [f"## {COST_TITLE}", "", f"**{cost['sentence']}**", "", COST_INTRO, ""]
+    if cost["body"]:
+        md += [markdown_table(cost["header"], cost["body"]), ""]
+    if cost["plot"]:
+        md += [f"![{COST_TITLE}](plots/{cost['plot'].name})", ""]
     md += ["## Results", "", markdown_table(header, body), ""]
     md += ["## Plots", ""] + [f"![{metric_name(m)}](plots/{m}.png)" for m in metrics] + [""]
     return "\n".join(md)
@@ -419,7 +457,7 @@ def _markdown(name, intro, unfinished, found, header, body, metrics) -> str:
 HTML_CLASS = {"better": "better", "worse": "worse", "same": ""}  # verdict -> CSS class of its sentence
 
 
-def _html(name, intro, unfinished, found, header, body, plots: dict[str, Path]) -> str:
+def _html(name, intro, unfinished, found, cost, header, body, plots: dict[str, Path]) -> str:
     h = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>Sweep report: {html.escape(name)}</title>",
         "<style>body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
@@ -433,6 +471,13 @@ def _html(name, intro, unfinished, found, header, body, plots: dict[str, Path]) 
     for title, summary, sentences in found:
         h.append(f"<h3>{html.escape(title)}</h3>" + "".join(f"<p><b>{html.escape(s.replace('`', ''))}</b></p>" for s in summary))
         h.append("<ul>" + "".join(f"<li class='{HTML_CLASS[v]}'>{html.escape(text)}</li>" for v, text in sentences) + "</ul>")
+    h.append(f"<h2>{COST_TITLE}</h2><p><b>{html.escape(cost['sentence'].replace('`', ''))}</b></p><p>{html.escape(COST_INTRO)}</p>")
+    if cost["body"]:
+        h.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cost["header"]) + "</tr>")
+        h += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cost["body"]]
+        h.append("</table>")
+    if cost["plot"]:
+        h.append(f"<p><img alt='{COST_TITLE}' src='data:image/png;base64,{base64.b64encode(cost['plot'].read_bytes()).decode()}'></p>")
     h.append("<h2>Results</h2><table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr>")
     h += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body]
     h.append("</table><h2>Plots</h2>")
@@ -479,6 +524,15 @@ def print_results(result: dict) -> None:
         for cells in result["body"]:
             table.add_row(cells[0], cells[column])
         print_table(table)
+    cost = result["gain_against_cost"]
+    if cost["body"]:
+        table = Table(title=f"{COST_TITLE.lower()}: each variant against its untuned base model, paired bootstrap")
+        for c in cost["header"]:
+            table.add_column(c, overflow="fold")
+        for cells in cost["body"]:
+            table.add_row(*cells)
+        print_table(table)
+    results.print(cost["sentence"].replace("`", ""))
     for title, summary, sentences in result["findings"]:  # results too: stdout, beside the tables
         results.print(f"[bold]{title}[/]")
         for s_ in summary:

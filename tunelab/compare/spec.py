@@ -13,10 +13,11 @@ variants:                       # ... and/or a listed set of variants
 baseline: baseline              # default: the first variant
 seeds: [1, 2, 3]                # repeat every variant over these training seeds
 heldout: {from_source: 0, size: 24}   # or {path: FILE, max_examples: 40}
+task_metric: rougeL             # the task gain weighed against general ability (default below)
 ```
 
 Axes are dotted recipe paths (`train.lora.r`, `data.sources.1.weight`) or friendly
-aliases (`rank`, `lr`, `mix.1`). Every axis is checked against the recipe's pydantic model
+aliases (`rank`, `lr`, `mix.1`, `share.1`). Every axis is checked against the recipe's pydantic model
 and every variant is validated as a full recipe before anything runs.
 """
 
@@ -38,6 +39,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from tunelab.config import Recipe, RowTemplate, Strict, format_validation_error, read_yaml_mapping, recipe_from_dict
 from tunelab.errors import ConfigError
+from tunelab.evaluate.metric_facts import METRICS
 
 # Friendly names for common axes. `mix.N` / `weight.N` mean data.sources.N.weight.
 AXIS_ALIASES: dict[str, str] = {
@@ -55,6 +57,8 @@ AXIS_ALIASES: dict[str, str] = {
     "alpha": "train.lora.alpha",
     "lora_alpha": "train.lora.alpha",
     "target_modules": "train.lora.target_modules",
+    "interpolation": "train.interpolation",
+    "early_stopping_patience": "train.early_stopping_patience",
     "clean": "data.clean",
     "cleaning": "data.clean",
     "dedup": "data.dedup",
@@ -80,6 +84,8 @@ AXIS_LABELS: dict[str, str] = {
     "train.lora.r": "LoRA rank",
     "train.lora.alpha": "LoRA alpha",
     "train.lora.target_modules": "LoRA target modules",
+    "train.interpolation": "the interpolation toward the tuned weights (α)",
+    "train.early_stopping_patience": "the early-stopping patience",
     "data.clean": "data cleaning",
     "data.dedup": "deduplication",
     "data.near_dup_threshold": "the near-duplicate threshold",
@@ -123,6 +129,11 @@ class SweepSpec(Strict):
     baseline: str | None = None
     seeds: list[int] | None = None
     heldout: HeldoutSpec = Field(default_factory=HeldoutSpec)
+    task_metric: str | None = Field(
+        None,
+        description="The task metric `tunelab compare` weighs against general ability (default: the recipe's eval.task, "
+        "else its first eval.metrics entry; bertscore means BERTScore F1).",
+    )
 
 
 @dataclass
@@ -144,6 +155,7 @@ class Sweep:
     variants: list[Variant]
     baseline: Variant
     seeds: list[int]
+    task_metric: str  # the metric whose gain `tunelab compare` weighs against general ability
 
     @property
     def folder(self) -> Path:
@@ -156,6 +168,9 @@ def canonical_axis(axis: str) -> str:
     m = re.fullmatch(r"(?:mix|weight)\.(\d+)", axis)
     if m:
         return f"data.sources.{m.group(1)}.weight"
+    m = re.fullmatch(r"share\.(\d+)", axis)
+    if m:
+        return f"data.sources.{m.group(1)}.share"
     return AXIS_ALIASES.get(axis, axis)
 
 
@@ -295,6 +310,8 @@ def describe_sources(sources: list[dict]) -> str:
             label += f"×{s['weight']:g}"
         if s.get("max_examples"):
             label += f"[{s['max_examples']}]"
+        if s.get("share") is not None:
+            label += f" (share {s['share']:g})"
         parts.append(label)
     return " + ".join(parts)
 
@@ -377,7 +394,23 @@ def build_sweep(spec: SweepSpec, file: Path) -> Sweep:
         sources = baseline.recipe.data.sources
         if held.from_source >= len(sources):
             raise ConfigError(f"{file}: heldout.from_source is {held.from_source} but the base recipe has {len(sources)} source(s)")
-    return Sweep(name=name, file=file, spec=spec, base_raw=base_raw, variants=variants, baseline=baseline, seeds=seeds)
+    task_metric = resolve_task_metric(spec, baseline.recipe, file)
+    return Sweep(
+        name=name, file=file, spec=spec, base_raw=base_raw, variants=variants, baseline=baseline, seeds=seeds, task_metric=task_metric
+    )
+
+
+def resolve_task_metric(spec: SweepSpec, recipe: Recipe, file: Path) -> str:
+    """The sweep's task metric: `task_metric:`, else the recipe's task, else its first metric; one the sweep scores."""
+    ev = recipe.eval
+    scored = ["bertscore_f1" if m == "bertscore" else m for m in ev.metrics]
+    if ev.task not in ("none", "code"):  # pass@k is the code stage's, which a sweep does not run
+        scored.insert(0, ev.task)
+    if spec.task_metric is None:
+        return scored[0]
+    if spec.task_metric not in scored and spec.task_metric not in METRICS:  # METRICS: e.g. preference accuracy, scored on pairs
+        raise ConfigError(f"{file}: task_metric '{spec.task_metric}' is no metric tunelab scores (this sweep's: {', '.join(scored)})")
+    return spec.task_metric
 
 
 def _planned_variants(spec: SweepSpec, base_raw: dict, file: Path) -> list[tuple[str, dict[str, Any]]]:

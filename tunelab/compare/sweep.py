@@ -7,8 +7,12 @@ Order of work, so that no variant can see the test data and errors surface befor
 2. Prepare every variant's data (its own data card and hash) and refuse any variant whose
    training data overlaps the held-out set (content hashes).
 3. Evaluate each distinct base model once (the reference row), then train and evaluate each
-   variant × seed on the identical held-out examples, storing per-example scores.
-Finished runs are skipped; a run stopped half-way resumes from its last checkpoint.
+   variant × seed on the identical held-out examples, storing per-example scores; with the
+   recipe's `eval.general_ability` set, every row is also scored on that benchmark sample, per
+   question, so `tunelab compare` can weigh each variant's task gain against its general ability.
+Finished runs are skipped; a run stopped half-way resumes from its last checkpoint. A variant that
+differs from a trained one only in `train.interpolation` reuses its training (the interpolation is
+applied when the model loads), so a sweep over α costs one training.
 """
 
 from __future__ import annotations
@@ -27,21 +31,26 @@ from rich.table import Table
 from tunelab.compare.spec import Sweep, Variant, hash_obj, load_sweep, recipe_changes, resolved_dict
 from tunelab.compare.store import ResultsStore, store_path
 from tunelab.compare.wording import change_phrase
-from tunelab.config import DataSource, EvalConfig, Recipe, recipe_from_dict
+from tunelab.config import DataSource, EvalConfig, GeneralAbilityConfig, Recipe, recipe_from_dict, write_recipe
 from tunelab.data.loaders import load_examples
 from tunelab.data.prepare import prepare_data
 from tunelab.data.schema import content_hash, split_hash
 from tunelab.errors import ConfigError, DataError, TunelabError
+from tunelab.evaluate.benchmark import benchmark_name, benchmark_path, question_scores, run_general_ability
 from tunelab.evaluate.code import benchmark_name as code_benchmark_name
 from tunelab.evaluate.code import problem_scores, run_code_benchmark
+from tunelab.evaluate.metric_facts import benchmark_metric
 from tunelab.evaluate.preference import evaluate_preferences, has_pairs, store_rows
 from tunelab.evaluate.run import evaluate_models
 from tunelab.export.run import export_run
 from tunelab.io import atomic_dir, atomic_write_json, atomic_write_jsonl, read_jsonl
 from tunelab.models.load import set_threads
 from tunelab.progress import console, print_table, progress_bar
-from tunelab.runs import DEFAULT_RUNS_DIR, EvalDir, RunDir, now
-from tunelab.train.run import train_recipe
+from tunelab.runs import DEFAULT_RUNS_DIR, EvalDir, RunDir, now, read_model_info, write_model_info
+from tunelab.train.run import train_recipe, training_fingerprint
+
+# the general-ability metric weighed against the task gain: lm-evaluation-harness's acc, as the forgetting verdict reports it
+GENERAL_METRIC = "acc"
 
 
 @dataclass
@@ -285,9 +294,48 @@ def train_done(run_dir: Path) -> bool:
     return rd.train_summary.is_file() and rd.has_model()
 
 
-def train_run(run: PlannedRun, store: ResultsStore) -> None:
+def training_key(recipe: Recipe) -> str:
+    """What training computes, without the interpolation (applied when the model loads): equal keys, equal training."""
+    fingerprint = training_fingerprint(recipe)
+    fingerprint["train"].pop("interpolation")
+    return hash_obj(fingerprint)
+
+
+def trained_twin(run: PlannedRun, planned: list[PlannedRun]) -> PlannedRun | None:
+    """A trained run of this sweep whose training is this run's (it may differ in train.interpolation only)."""
+    key = training_key(run.recipe)
+    for other in planned:
+        if other.recipe is not None and other is not run and train_done(other.run_dir) and training_key(other.recipe) == key:
+            return other
+    return None
+
+
+def reuse_training(twin: PlannedRun, run: PlannedRun) -> None:
+    """Give `run` its twin's trained weights and training record; its own interpolation is written into its model
+    info, which every loader applies (models/interpolate.py). The summary is written last: it marks training done."""
+    source, rd = RunDir(twin.run_dir), RunDir(run.run_dir)
+    console.print(f"[bold]{run.recipe.name}[/]: reusing the training of {twin.recipe.name} (they differ in train.interpolation only)")
+    with atomic_dir(rd.model) as tmp:
+        shutil.copytree(source.model, tmp, dirs_exist_ok=True)
+        info = read_model_info(tmp)
+        info.update(interpolation=run.recipe.train.interpolation, run=rd.root.name, recipe=run.recipe.model_dump(mode="json"))
+        write_model_info(tmp, info)
+    write_recipe(rd, run.recipe)
+    for name in (source.metrics, source.loss_plot):
+        if name.is_file():
+            rd.train.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(name, rd.train / name.name)
+    summary = {**json.loads(source.train_summary.read_text()), "run": rd.root.name, "training_of": str(source.root)}
+    atomic_write_json(rd.train_summary, summary)
+    rd.mark_done("train", steps=summary.get("steps"), reused=str(source.root))
+
+
+def train_run(run: PlannedRun, store: ResultsStore, planned: list[PlannedRun]) -> None:
     rd = RunDir(run.run_dir)
-    if not train_done(run.run_dir):
+    twin = None if train_done(run.run_dir) else trained_twin(run, planned)
+    if twin is not None:
+        reuse_training(twin, run)
+    elif not train_done(run.run_dir):
         # A run that started before resumes from its last checkpoint (train_recipe checks the recipe matches).
         resume = rd.checkpoints.is_dir() and any(rd.checkpoints.glob("checkpoint-*"))
         if resume:
@@ -302,7 +350,34 @@ def eval_config(sweep: Sweep, heldout: Heldout):
     return sweep.baseline.recipe.eval.model_copy(update={"max_examples": None, "compare_base": False})
 
 
-def evaluate_run(run: PlannedRun, sweep: Sweep, heldout: Heldout, store: ResultsStore) -> None:
+def general_ability_of(sweep: Sweep) -> GeneralAbilityConfig | None:
+    """The recipe's general-ability check, which every row of the sweep gets; None, said once, where its benchmark is missing."""
+    cfg = sweep.baseline.recipe.eval.general_ability
+    if cfg is None:
+        return None
+    try:
+        benchmark_path(cfg.benchmark)
+    except TunelabError as err:
+        console.print(f"[yellow]general-ability check skipped in this sweep:[/] {err}")
+        return None
+    return cfg
+
+
+def general_ability_scores(run: PlannedRun, name: str, cfg: GeneralAbilityConfig) -> tuple[dict[str, dict], list[tuple[str, str, float]]]:
+    """One row's score on the general-ability sample, per question, under keys like `arc-easy.acc` (metric_facts)."""
+    bench = benchmark_name(cfg.benchmark)
+    out = RunDir(run.run_dir).benchmark(bench)
+    result = run_general_ability([run.model_ref], [name], cfg, out)
+    metrics, scores = {}, []
+    for metric, by_question in question_scores(out, name).items():
+        key = benchmark_metric(bench, metric)
+        block = result["models"][name][metric]
+        metrics[key] = {"mean": block["mean"], "low": block["low"], "high": block["high"], "n": block["n"]}
+        scores += [(question, key, value) for question, value in by_question.items()]
+    return metrics, scores
+
+
+def evaluate_run(run: PlannedRun, sweep: Sweep, heldout: Heldout, store: ResultsStore, general: GeneralAbilityConfig | None) -> None:
     out = RunDir(run.run_dir).eval
     start = time.perf_counter()
     name = run.variant.name if run.variant else "base"
@@ -312,7 +387,6 @@ def evaluate_run(run: PlannedRun, sweep: Sweep, heldout: Heldout, store: Results
     if cfg.task == "code":
         code_metrics, code_scores = evaluate_code(run, cfg, name)
         metrics, scores = {**metrics, **code_metrics}, scores + code_scores
-    seconds = time.perf_counter() - start
     if has_pairs(heldout.examples):  # preference pairs: held-out preference accuracy too (evaluate/preference.py)
         pref_out = RunDir(run.run_dir).preference_eval
         pref = evaluate_preferences(
@@ -326,6 +400,10 @@ def evaluate_run(run: PlannedRun, sweep: Sweep, heldout: Heldout, store: Results
         )
         pref_metrics, pref_scores = store_rows(pref, name, pref_out)
         metrics, scores = {**metrics, **pref_metrics}, scores + pref_scores
+    if general is not None:
+        general_metrics, general_scores = general_ability_scores(run, name, general)
+        metrics, scores = {**metrics, **general_metrics}, scores + general_scores
+    seconds = time.perf_counter() - start
     store.save_results(run.run_id, metrics, scores)
     store.set_status(run.run_id, "done", eval_seconds=seconds, error=None)
 
@@ -381,8 +459,13 @@ def run_sweep(sweep: Sweep, shard: str | None = None, only: list[str] | None = N
         store.set_meta("sweep_file", str(sweep.file.resolve()))
         store.set_meta("baseline", sweep.baseline.name)
         store.set_meta("seeds", ",".join(map(str, sweep.seeds)))
+        store.set_meta("task_metric", sweep.task_metric)
         heldout = fix_heldout(sweep, store)
-        runs = select_shard(select_only(plan_runs(sweep, heldout), sweep, only), shard)
+        general = general_ability_of(sweep)
+        if general is not None:
+            store.set_meta("general_metric", benchmark_metric(benchmark_name(general.benchmark), GENERAL_METRIC))
+        planned = plan_runs(sweep, heldout)
+        runs = select_shard(select_only(planned, sweep, only), shard)
         for r in runs:
             register(store, sweep, r)
         todo = [r for r in runs if (store.get_run(r.run_id) or {}).get("status") != "done"]
@@ -394,7 +477,7 @@ def run_sweep(sweep: Sweep, shard: str | None = None, only: list[str] | None = N
             console.print(f"sweep '{sweep.name}': {skipped} finished runs skipped, {len(todo)} to do")
         set_threads(sweep.baseline.recipe.train.threads)
         prepare_all(todo, heldout, store)  # every variant's data, and the overlap check, before any training
-        done, failed = train_and_evaluate_all(todo, sweep, heldout, store)
+        done, failed = train_and_evaluate_all(todo, sweep, heldout, store, planned, general)
         write_sweep_summary(sweep, heldout)
         return {"done": done, "skipped": skipped, "failed": failed}
 
@@ -418,7 +501,14 @@ def prepare_all(todo: list[PlannedRun], heldout: Heldout, store: ResultsStore) -
                 store.set_status(r.run_id, "prepared")
 
 
-def train_and_evaluate_all(todo: list[PlannedRun], sweep: Sweep, heldout: Heldout, store: ResultsStore) -> tuple[int, list[str]]:
+def train_and_evaluate_all(
+    todo: list[PlannedRun],
+    sweep: Sweep,
+    heldout: Heldout,
+    store: ResultsStore,
+    planned: list[PlannedRun],
+    general: GeneralAbilityConfig | None,
+) -> tuple[int, list[str]]:
     """Reference rows are evaluated, variants trained then evaluated; one failure does not stop the others."""
     failed: list[str] = []
     done = 0
@@ -431,8 +521,8 @@ def train_and_evaluate_all(todo: list[PlannedRun], sweep: Sweep, heldout: Heldou
                 store.upsert_run(r.run_id, started=now())
             try:
                 if r.variant is not None:
-                    train_run(r, store)
-                evaluate_run(r, sweep, heldout, store)
+                    train_run(r, store, planned)
+                evaluate_run(r, sweep, heldout, store, general)
                 done += 1
             except (KeyboardInterrupt, SystemExit):
                 raise

@@ -29,6 +29,8 @@ def change_phrase(path: str, old: Any, new: Any, plain: bool = False) -> str:
             label = f"the {parts[3].replace('_', ' ')} of source {parts[2]}"
             if parts[3] == "weight":
                 label = f"the mixing weight of source {parts[2]}"
+            elif parts[3] == "share":
+                label = f"the replay share of source {parts[2]}"
         else:
             label = path
     if plain:

@@ -86,7 +86,9 @@ def card_markdown(card: dict) -> str:
     ]
     for s in card["sources"]:
         lines.append(
-            f"| `{s['path']}`{' (eval)' if s.get('eval') else ''} | {s['format']} | {s['records']} | {s['loaded']} | {s.get('train', '')} |"
+            f"| `{s['path']}`{' (eval)' if s.get('eval') else ''} | {s['format']} | {s['records']} | {s['loaded']} | {s.get('train', '')}"
+            + (f" (replay, share {s['share']:g})" if s.get("share") is not None else "")
+            + " |"
         )
     lines += ["", "## Dropped", ""]
     if card["drops"]:

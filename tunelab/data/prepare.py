@@ -6,8 +6,10 @@ Order of work (each step's drops are counted by reason in the card):
 3. exact or near deduplication across all sources (the first copy is kept);
 4. per-source `max_examples` (seeded sample);
 5. split: test from `eval_source` when set, else cut from the pool; validation from the pool;
-   training (and validation) examples equal to a test example are dropped ("overlaps_test");
-6. mixing of the training split by source `weight` (see `mix_by_weight`), then total `max_examples`;
+   a replay source (one with a `share`) goes to training only; training (and validation)
+   examples equal to a test example are dropped ("overlaps_test");
+6. mixing of the training split by source `weight`, then total `max_examples`, then each replay
+   source sampled to its `share` of the whole split (see `mix_and_cap`);
 7. augmentation of the training split only;
 8. write {train,validation,test}.jsonl, card.json, card.md, lengths.png into a temporary
    folder that is renamed to `out_dir` at the end.
@@ -159,6 +161,10 @@ class Preparation:
     source_of: dict[str, int] = field(default_factory=dict)  # example id -> index in cfg.sources
     infos: list[dict] = field(default_factory=list)  # one per source (and the eval source), for the card
 
+    def is_replay(self, example: dict) -> bool:
+        """Whether the example comes from a source with a `share` (training only)."""
+        return self.cfg.sources[self.source_of[example["id"]]].share is not None
+
 
 def prepare_data(data_cfg: DataConfig, out_dir: Path, model_ref: str, max_seq_length: int) -> dict:
     """Build the data splits and card in `out_dir` (atomically); return the card. Steps as in the module docstring."""
@@ -265,8 +271,13 @@ def cap_sources(prep: Preparation, pool: list[dict]) -> list[dict]:
 
 
 def split_without_leaks(prep: Preparation, pool: list[dict], eval_examples: list[dict] | None) -> tuple[list[dict], list[dict], list[dict]]:
-    """Step 5: train/validation/test; training and validation examples equal to a test example are dropped."""
+    """Step 5: train/validation/test; training and validation examples equal to a test example are dropped.
+
+    Replay examples (sources with a `share`) join training only, so the validation and test splits,
+    and what is chosen on them, stay the same whatever the share."""
     cfg = prep.cfg
+    replay = [e for e in pool if prep.is_replay(e)]
+    pool = [e for e in pool if not prep.is_replay(e)]
     if eval_examples is None:
         train, validation, test = split_examples(
             pool,
@@ -281,6 +292,7 @@ def split_without_leaks(prep: Preparation, pool: list[dict], eval_examples: list
             pool, seed=cfg.seed, validation_size=cfg.validation_size, validation_fraction=cfg.validation_fraction
         )
         test = seeded_sample(eval_examples, cfg.test_size, cfg.seed) if cfg.test_size is not None else eval_examples
+    train = train + replay
     train, validation = (drop_test_overlap(prep, split, test, name) for name, split in (("train", train), ("validation", validation)))
     if not train:
         raise DataError(
@@ -298,15 +310,33 @@ def drop_test_overlap(prep: Preparation, split: list[dict], test: list[dict], na
 
 
 def mix_and_cap(prep: Preparation, train: list[dict]) -> list[dict]:
-    """Step 6: the training split mixed by source weight, then the total `max_examples`."""
+    """Step 6: the training split mixed by source weight, capped at `max_examples` (less the replay
+    shares), then each replay source sampled to its `share` of the whole split.
+
+    With replay shares s_i adding up to S, the task part of n examples is (1 − S) of the split, so the
+    split holds n / (1 − S) examples and replay source i round(s_i × n / (1 − S)) of them."""
     cfg = prep.cfg
     by_source = [[e for e in train if prep.source_of[e["id"]] == i] for i in range(len(cfg.sources))]
-    train = mix_by_weight(by_source, [s.weight for s in cfg.sources], cfg.seed)
-    if cfg.max_examples and len(train) > cfg.max_examples:
-        prep.drops.add("max_examples", f"{len(train) - cfg.max_examples} of {len(train)}", count=len(train) - cfg.max_examples)
-        train = seeded_sample(train, cfg.max_examples, cfg.seed)
+    shares = [s.share for s in cfg.sources]
+    task_rows = [[] if share is not None else rows for rows, share in zip(by_source, shares)]
+    train = mix_by_weight(task_rows, [s.weight for s in cfg.sources], cfg.seed)
+    replay_share = sum(share or 0.0 for share in shares)
+    cap = round(cfg.max_examples * (1 - replay_share)) if cfg.max_examples else None
+    if cap and len(train) > cap:
+        prep.drops.add("max_examples", f"{len(train) - cap} of {len(train)}", count=len(train) - cap)
+        train = seeded_sample(train, cap, cfg.seed)
+    total = len(train) / (1 - replay_share)
+    for i, (rows, share) in enumerate(zip(by_source, shares)):
+        if share and not rows:
+            raise DataError(cfg.sources[i].path, None, "share", f"share {share:g}, but no example of this source is left to replay")
+    # mix_by_weight takes round(weight × size) of a source: this weight gives round(share × total)
+    replay_weights = [round(share * total) / len(rows) if share and rows else 0.0 for rows, share in zip(by_source, shares)]
+    replay_rows = [rows if share else [] for rows, share in zip(by_source, shares)]
+    train += mix_by_weight(replay_rows, replay_weights, cfg.seed)
     for index, info in enumerate(prep.infos[: len(cfg.sources)]):
         info["train"] = sum(1 for e in train if prep.source_of.get(e["id"].split("~rep")[0]) == index)
+        if shares[index] is not None:
+            info["share"] = shares[index]
     return train
 
 

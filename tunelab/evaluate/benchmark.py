@@ -26,12 +26,13 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
+from tunelab.config import GeneralAbilityConfig
 from tunelab.data.loaders import read_file_records
 from tunelab.errors import DataError, TunelabError
 from tunelab.evaluate.loading import free_memory, load_for_scoring, run_dirs_among, unique_names, with_base_model
 from tunelab.evaluate.metric_facts import label, verdict
 from tunelab.evaluate.stats import bootstrap_ci, bootstrap_method, paired_bootstrap
-from tunelab.io import atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text
+from tunelab.io import atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
 from tunelab.models.load import set_threads, wants_bf16
 from tunelab.paths import shared_data_dir
 from tunelab.progress import console, print_table, progress_bar
@@ -165,6 +166,13 @@ def sample_questions(questions: list[Question], n: int | None, seed: int = 0) ->
     return [q for i, q in enumerate(questions) if i in keep]
 
 
+def without_sample(questions: list[Question], n: int, seed: int) -> list[Question]:
+    """The questions left once the seeded sample `sample_questions(questions, n, seed)` is taken out: a
+    validation pool that shares no question with that (reported) sample."""
+    taken = {id(q) for q in sample_questions(questions, n, seed)}
+    return [q for q in questions if id(q) not in taken]
+
+
 def questions_hash(questions: list[Question]) -> str:
     digest = hashlib.sha256()
     for q in questions:
@@ -245,7 +253,15 @@ def score_model(ref: str, name: str, questions: list[Question], batch_size: int,
 
 
 def summarize(
-    bench: str, path: Path, questions: list[Question], total: int, seed: int, bf16: bool, scored: list[ModelScores], samples: int
+    bench: str,
+    path: Path,
+    questions: list[Question],
+    total: int,
+    seed: int,
+    bf16: bool,
+    scored: list[ModelScores],
+    samples: int,
+    disjoint_from: tuple[int, int] | None = None,
 ) -> dict:
     base = scored[0]
     models = {}
@@ -266,6 +282,8 @@ def summarize(
         "questions": len(questions),
         "of": total,
         "seed": seed,
+        # (questions, seed) of the sample left out before sampling: a validation sample disjoint from it
+        "disjoint_from": {"max_questions": disjoint_from[0], "seed": disjoint_from[1]} if disjoint_from else None,
         "sha256": questions_hash(questions),
         "precision": "bf16 autocast" if bf16 else "fp32",
         "protocol": "lm-evaluation-harness multiple_choice: context 'Question: ...\\nAnswer:', continuation ' <choice>'; "
@@ -278,9 +296,24 @@ def summarize(
     }
 
 
+def question_scores(out_dir: Path, name: str) -> dict[str, dict[str, float]]:
+    """Model `name`'s score on each question of a written benchmark (metric -> question id -> 0 or 1), the
+    way `accuracies` counts them: what a sweep stores to compare variants question by question."""
+    rows = read_jsonl(BenchmarkDir(Path(out_dir)).predictions)
+    return {
+        "acc": {str(r["id"]): float(r[name]["pick"] == r["gold"]) for r in rows},
+        "acc_norm": {str(r["id"]): float(r[name]["pick_norm"] == r["gold"]) for r in rows},
+    }
+
+
 def summary_markdown(result: dict) -> str:
+    apart = result.get("disjoint_from")
     head = f"{result['questions']} of {result['of']} questions" + (
-        f" (seeded sample, seed {result['seed']})" if result["questions"] < result["of"] else ""
+        f" (seeded sample, seed {result['seed']}"
+        + (f"; none of the {apart['max_questions']} questions of seed {apart['seed']}" if apart else "")
+        + ")"
+        if result["questions"] < result["of"]
+        else ""
     )
     lines = [
         f"# {result['benchmark']}: {', '.join(result['models'])}",
@@ -361,16 +394,34 @@ def run_benchmark(
     bf16: bool = False,
     fields: dict[str, str] | None = None,
     bootstrap_samples: int = 1000,
+    disjoint_from: tuple[int, int] | None = None,
 ) -> dict:
-    """Score `models` on a multiple-choice benchmark (the first is the baseline); write out_dir atomically."""
+    """Score `models` on a multiple-choice benchmark (the first is the baseline); write out_dir atomically.
+    `disjoint_from` (questions, seed): the seeded sample left out before this one is drawn."""
     path = benchmark_path(benchmark)
     every = read_questions(path, fields)
-    questions = sample_questions(every, max_questions, seed)
+    pool = without_sample(every, *disjoint_from) if disjoint_from else every
+    questions = sample_questions(pool, max_questions, seed)
     names = unique_names(names or [Path(m).name if Path(m).exists() else str(m) for m in models])
     scored = [score_model(ref, name, questions, batch_size, bf16) for ref, name in zip(models, names)]
-    result = summarize(benchmark_name(benchmark), path, questions, len(every), seed, bf16, scored, bootstrap_samples)
+    result = summarize(benchmark_name(benchmark), path, questions, len(every), seed, bf16, scored, bootstrap_samples, disjoint_from)
     write_benchmark(Path(out_dir), result, questions, scored)
     return result
+
+
+def run_general_ability(models: list[str], names: list[str], cfg: GeneralAbilityConfig, out_dir: Path) -> dict:
+    """The general-ability check a recipe's `eval.general_ability` describes, on `models` (the first is the baseline)."""
+    return run_benchmark(
+        models,
+        cfg.benchmark,
+        out_dir,
+        names=names,
+        max_questions=cfg.max_questions,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        bf16=wants_bf16(cfg.precision),
+        disjoint_from=(cfg.disjoint_from.max_questions, cfg.disjoint_from.seed) if cfg.disjoint_from else None,
+    )
 
 
 def benchmark_cli(

@@ -74,9 +74,27 @@ METRICS: dict[str, Metric] = {
 }
 
 
+def benchmark_metric(benchmark: str, key: str) -> str:
+    """The key of a benchmark's metric beside a sweep's held-out metrics: `arc-easy.acc`."""
+    return f"{benchmark}.{key}"
+
+
+def split_benchmark_metric(key: str) -> tuple[str, str] | None:
+    """(benchmark, metric) of a key `benchmark_metric` made; None for any other key."""
+    benchmark, dot, inner = key.rpartition(".")
+    return (benchmark, inner) if dot and benchmark and inner in METRICS else None
+
+
 def metric(key: str) -> Metric:
-    """The facts of a metric; an unknown key is a 0-1, higher-is-better score labelled by its key."""
-    return METRICS.get(key) or Metric(key, key)
+    """The facts of a metric (a benchmark's, `arc-easy.acc`, are its metric's, labelled with the benchmark);
+    an unknown key is a 0-1, higher-is-better score labelled by its key."""
+    if key in METRICS:
+        return METRICS[key]
+    parts = split_benchmark_metric(key)
+    if parts:
+        inner = METRICS[parts[1]]
+        return Metric(key, f"{parts[0]} {inner.label}", inner.higher_is_better, inner.fraction, inner.description)
+    return Metric(key, key)
 
 
 def label(key: str) -> str:

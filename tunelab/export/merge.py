@@ -16,9 +16,10 @@ from peft import PeftModel
 from safetensors import safe_open
 
 from tunelab.errors import ModelNotFound, TunelabError
+from tunelab.models.interpolate import interpolate_toward_base
 from tunelab.models.load import load_causal_lm, load_tokenizer
 from tunelab.models.resolve import resolve_model
-from tunelab.runs import MODEL_INFO, is_adapter, read_model_info
+from tunelab.runs import MODEL_INFO, is_adapter, model_interpolation, read_model_info, require_base_model
 
 
 def base_model_path(model_dir: Path) -> Path | None:
@@ -44,20 +45,24 @@ def weights_config_dir(model_dir: Path) -> Path:
 
 
 def load_pytorch_model(model_dir: Path):
-    """(model, tokenizer, info): the trained model in fp32 as PyTorch runs it; adapters stay unmerged."""
+    """(model, tokenizer, info): the trained model in fp32 as PyTorch runs it, moved toward its base by the
+    interpolation its tunelab_model.json records (models/interpolate.py); adapters stay unmerged."""
     model_dir = Path(model_dir)
     info = read_model_info(model_dir)
     tokenizer = load_tokenizer(model_dir)
     base = base_model_path(model_dir)
+    alpha = model_interpolation(model_dir, info)
     if base is None:
         model = load_causal_lm(model_dir)
+        if alpha != 1.0:  # full weights move toward their base model
+            model = interpolate_toward_base(model, alpha, resolve_model(require_base_model(model_dir, info)).path)
     else:
         if info.get("method") == "qlora":
             quantized = load_causal_lm(base, load_in_4bit=True)
             model = quantized.dequantize().to(torch.float32)
         else:
             model = load_causal_lm(base)
-        model = PeftModel.from_pretrained(model, str(model_dir))
+        model = interpolate_toward_base(PeftModel.from_pretrained(model, str(model_dir)), alpha)
     return model.eval(), tokenizer, info
 
 

@@ -13,10 +13,11 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from tunelab.models.interface import GenerationSettings
+from tunelab.models.interpolate import interpolate_toward_base
 from tunelab.models.likelihood import continuation_logprobs
 from tunelab.models.load import load_causal_lm, load_tokenizer
 from tunelab.models.resolve import resolve_model
-from tunelab.runs import is_adapter, read_model_info, require_base_model, trained_model_dir
+from tunelab.runs import is_adapter, model_interpolation, read_model_info, require_base_model, trained_model_dir
 
 
 class HFChatModel:
@@ -130,15 +131,18 @@ def load_hf_model(ref: str | Path, *, dtype: str = "float32", trust_remote_code:
     trained = trained_model_dir(ref)
     if trained is not None:
         tokenizer = load_tokenizer(trained)
+        info = read_model_info(trained)
+        alpha = model_interpolation(trained, info)
+        base = resolve_model(require_base_model(trained, info)) if is_adapter(trained) or alpha != 1.0 else None
         if is_adapter(trained):
             # peft imports bitsandbytes and torch._inductor: several seconds, paid only when an adapter loads
             from peft import PeftModel
 
-            base = resolve_model(require_base_model(trained, read_model_info(trained)))
             model = load_causal_lm(base.path, dtype=dtype, trust_remote_code=trust_remote_code)
             model = PeftModel.from_pretrained(model, str(trained))
         else:
             model = load_causal_lm(trained, dtype=dtype, trust_remote_code=trust_remote_code)
+        model = interpolate_toward_base(model, alpha, base.path if base else None)
         name = Path(ref).name if Path(ref).name != "model" else Path(ref).parent.name
         return model, tokenizer, name
     resolved = resolve_model(str(ref))

@@ -41,7 +41,7 @@ from tunelab.errors import ConfigError, DataError, TunelabError
 from tunelab.io import read_jsonl
 from tunelab.models.load import load_causal_lm
 from tunelab.models.resolve import resolve_model
-from tunelab.runs import RunDir, is_adapter, read_model_info, require_base_model, trained_model_dir
+from tunelab.runs import RunDir, is_adapter, model_interpolation, read_model_info, require_base_model, trained_model_dir
 
 REFERENCE_ADAPTER = "ref"  # the frozen copy TRL's DPOTrainer adds to an adapter model (trl/trainer/dpo_trainer.py)
 INSTALL = "pip install 'tunelab[preference]'"
@@ -73,7 +73,14 @@ def start_adapter(recipe: Recipe) -> Path:
         )
     if t.weights == "full":
         raise ConfigError("train.preference.start_from continues an adapter: use preference.weights lora or qlora, not full")
-    base = require_base_model(folder, read_model_info(folder))
+    info = read_model_info(folder)
+    base = require_base_model(folder, info)
+    if model_interpolation(folder, info) != 1.0:
+        raise ConfigError(
+            f"train.preference.start_from: {ref} is loaded interpolated toward its base (train.interpolation "
+            f"{model_interpolation(folder, info):g}), and training would continue its adapter as trained instead; "
+            "start from a run with train.interpolation: 1 and interpolate this run"
+        )
     if resolve_model(base).path != resolve_model(recipe.model).path:
         raise ConfigError(
             f"train.preference.start_from: {ref} was tuned from {base}, but this recipe's model is {recipe.model}; set model: {base}"

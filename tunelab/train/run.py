@@ -315,6 +315,7 @@ def save_trained_model(trainer, tokenizer, recipe: Recipe, base_path: Path, run:
                 "base_model_path": str(base_path),
                 "method": recipe.train.weights,  # what the weights are (lora, qlora, full): loaders and exports branch on it
                 "objective": recipe.train.objective,  # sft, dpo or orpo
+                "interpolation": recipe.train.interpolation,  # every loader moves the weights this far from the base (models/interpolate.py)
                 "run": run.root.name,
                 "recipe": recipe.model_dump(mode="json"),
             },
@@ -434,9 +435,20 @@ def report_trainable(model, recipe: Recipe, state: PartialState) -> None:
         console.print(f"{t.method}: training {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)")
 
 
+def check_early_stopping(recipe: Recipe, run: RunDir, has_validation: bool) -> None:
+    """Early stopping watches the validation loss: a run without validation examples cannot stop on it.
+    The recipe check (config.Recipe) refuses settings that ask for no split; this catches a pool too small to give one."""
+    if recipe.train.early_stopping_patience is not None and not has_validation:
+        raise TunelabError(
+            f"train.early_stopping_patience: {run.split('validation')} holds no validation example (this data is too small for "
+            "data.validation_fraction to give one); set data.validation_size, or remove early_stopping_patience"
+        )
+
+
 def training_callbacks(recipe: Recipe, run: RunDir, state: PartialState, has_validation: bool) -> list:
     """Progress bar, metrics.jsonl, TensorBoard and early stopping, as the recipe asks."""
     t = recipe.train
+    check_early_stopping(recipe, run, has_validation)
     callbacks = [ProgressCallback(), MetricsFileCallback(run.metrics)]
     if t.tensorboard:
         callbacks.append(tensorboard_callback(run, state.is_main_process))
@@ -560,4 +572,9 @@ def train_recipe(
     summary = training_summary(trainer, result, recipe, run, checkpoint, threads, seconds)
     if state.is_main_process:
         write_training_outputs(run, summary)
+        if recipe.train.interpolation != 1.0:
+            console.print(
+                f"the run's model is the base moved {recipe.train.interpolation:g} of the way to the tuned weights "
+                "(train.interpolation), wherever it loads: evaluation, serving, export"
+            )
     return run.root
