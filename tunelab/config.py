@@ -318,13 +318,23 @@ class EvalConfig(Strict):
             raise ValueError("eval.code applies with eval.task 'code' only")
 
 
-# what `tunelab export` can write: the merged Hugging Face folder, or a GGUF file as `gguf-<quantization>`
-ExportFormat = Literal["merged", "gguf-f16", "gguf-q8_0", "gguf-q4_k_m"]
+# what `tunelab export` can write: the merged Hugging Face folder, the merged model as a GGUF file
+# (`gguf-<quantization>`), or the LoRA adapter alone as a GGUF beside its base's (`gguf-lora`)
+ExportFormat = Literal["merged", "gguf-f16", "gguf-q8_0", "gguf-q4_k_m", "gguf-lora"]
 EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
+GGUF_LORA = "gguf-lora"
+MERGED_GGUF_FORMATS: tuple[str, ...] = tuple(f for f in EXPORT_FORMATS if f.startswith("gguf-") and f != GGUF_LORA)
+# the quantization of the base GGUF a gguf-lora adapter is paired with (the adapter itself is f16)
+LORA_BASE_QUANT = "q8_0"
 
 
 class ExportConfig(Strict):
-    formats: list[ExportFormat] = Field(default_factory=lambda: ["gguf-q8_0"])
+    formats: list[ExportFormat] = Field(
+        default_factory=lambda: ["gguf-q8_0"],
+        description=f"`merged`: a Hugging Face folder; {', '.join(f'`{f}`' for f in MERGED_GGUF_FORMATS)}: the merged model as one GGUF file; "
+        f"`gguf-lora`: the LoRA adapter alone as a GGUF, beside its base model's {LORA_BASE_QUANT} GGUF and an Ollama Modelfile "
+        f"with FROM and ADAPTER (a LoRA or QLoRA run only).",
+    )
     check_prompts: int = Field(8, gt=0, description="Prompts in the faithfulness check.")
     check_tokens: int = Field(16, gt=0, description="Greedy tokens compared per prompt.")
     evaluate: bool = Field(True, description="Also score the export with the evaluation metrics (quality delta).")
@@ -351,6 +361,15 @@ class Recipe(Strict):
         return Path(self.output_dir) / self.name
 
     def model_post_init(self, __context) -> None:
+        if GGUF_LORA in self.export.formats and (self.train.weights == "full" or self.train.lora.use_dora):
+            what = (
+                "training updates every weight (no adapter)"
+                if self.train.weights == "full"
+                else "train.lora.use_dora is true, and llama.cpp's LoRA GGUF has no DoRA magnitudes"
+            )
+            raise ValueError(
+                f"export.formats has {GGUF_LORA}, which writes the LoRA adapter alone, but {what}; export a merged GGUF (gguf-q8_0) instead"
+            )
         code = self.eval.code
         if self.eval.task == "code" and code.backend == "gguf" and "gguf-q8_0" not in self.export.formats:
             raise ValueError(

@@ -52,13 +52,14 @@ def load_pytorch_model(model_dir: Path):
     if base is None:
         model = load_causal_lm(model_dir)
     else:
-        if info.get("method") == "qlora":
-            quantized = load_causal_lm(base, load_in_4bit=True)
-            model = quantized.dequantize().to(torch.float32)
-        else:
-            model = load_causal_lm(base)
+        model = qlora_base(base) if info.get("method") == "qlora" else load_causal_lm(base)
         model = PeftModel.from_pretrained(model, str(model_dir))
     return model.eval(), tokenizer, info
+
+
+def qlora_base(base: Path):
+    """The weights a QLoRA adapter was trained against: the base loaded in 4 bit (NF4, as in training), dequantized to fp32."""
+    return load_causal_lm(base, load_in_4bit=True).dequantize().to(torch.float32)
 
 
 def merged_model(model):
