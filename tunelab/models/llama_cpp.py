@@ -2,8 +2,10 @@
 
 `LlamaCppChatModel` formats prompts with the chat template stored in the GGUF (llama-cpp-python's
 Jinja2ChatFormatter, the same jinja settings as transformers) and stops on the model's
-end-of-generation tokens. The export stage (tunelab/export/llama_cpp.py) writes GGUF files;
-this module only reads and runs them, so serving and evaluation do not depend on export.
+end-of-generation tokens; with `lora`, a LoRA adapter GGUF is applied to the model (its base) through
+llama-cpp-python's `lora_path`, once `check_lora_fits` has found its architecture and tensor shapes to fit.
+The export stage (tunelab/export/llama_cpp.py) writes GGUF files; this module only reads and runs
+them, so serving and evaluation do not depend on export.
 
 llama-cpp-python is an optional dependency (the `gguf` extra, built once by `make setup-gguf`):
 it is imported where a GGUF is opened, never when this module is imported.
