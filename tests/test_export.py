@@ -262,6 +262,27 @@ def test_missing_converter_source_is_a_clear_error(tmp_path, monkeypatch):
     assert not (tmp_path / "cache" / "llama.cpp" / "0.0.0-missing").exists()
 
 
+def test_a_converter_folder_from_before_gets_the_missing_script_alone(tmp_path, monkeypatch):
+    """A folder extracted before the LoRA converter was added gets convert_lora_to_gguf.py; what is there
+    stays as it is (a converter may be running from it), where the folder used to be replaced whole."""
+    from tunelab.export import llama_cpp
+
+    if not any((d / llama_cpp.SDIST_NAME).is_file() for d in llama_cpp.wheel_dirs()):
+        pytest.skip(f"{llama_cpp.SDIST_NAME} is not in the wheel cache (make setup-gguf)")
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    old = tmp_path / "cache" / "llama.cpp" / llama_cpp.LLAMA_CPP_VERSION
+    for name in ("conversion", "gguf-py"):
+        (old / name).mkdir(parents=True)
+        (old / name / "in-use.txt").write_text("a running converter's file")
+    for name in ("convert_hf_to_gguf.py", "LICENSE"):
+        (old / name).write_text("# the earlier extraction")
+    assert llama_cpp.converter_dir() == old
+    assert "LoraModel" in (old / "convert_lora_to_gguf.py").read_text()
+    assert (old / "conversion" / "in-use.txt").is_file() and (old / "gguf-py" / "in-use.txt").is_file()
+    assert (old / "convert_hf_to_gguf.py").read_text() == "# the earlier extraction"
+    assert sorted(p.name for p in old.parent.iterdir()) == [llama_cpp.LLAMA_CPP_VERSION]  # no temporary folder left
+
+
 def test_no_disk_room_is_a_clear_error(lora_run, tmp_path, monkeypatch):
     from tunelab.export import run as export_stage
     from tunelab.export.run import export_run

@@ -50,7 +50,10 @@ def check_adapter(model_dir: Path) -> dict:
             f"is its own); export a merged GGUF (gguf-q8_0) instead"
         )
     path = model_dir / "adapter_config.json"
-    config = json.loads(path.read_text())
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise TunelabError(f"{path}: not valid JSON ({err})") from None
     problems = [
         ("peft_type", config.get("peft_type", "LORA") != "LORA", f"is {config.get('peft_type')!r}, not LoRA"),
         ("use_dora", config.get("use_dora"), "is true: DoRA adds a magnitude vector to every adapted weight"),
