@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repositor
 from bench import harness, results  # noqa: E402
 
 # tunelab after the path above; importing it (torch, transformers, bert-score) raises the load average little, so check_idle still reads it
-from tunelab.config import EXPORT_FORMATS, EvalConfig  # noqa: E402
+from tunelab.config import MERGED_GGUF_FORMATS, EvalConfig  # noqa: E402
 from tunelab.errors import TunelabError  # noqa: E402
 from tunelab.evaluate.likelihood import answer_pair, perplexities  # noqa: E402
 from tunelab.evaluate.metric_facts import label  # noqa: E402
@@ -62,7 +62,7 @@ from tunelab.runs import ExportDir, RunDir  # noqa: E402
 TITLE = "Export quality (bench/export_quality.py)"
 BENCH = harness.Bench(__file__, smoke={"prompts": 4, "tokens": 8}, repeats=None)  # deterministic: one pass
 DEFAULT_MODEL = "smollm2-135m-instruct"
-FORMATS = tuple(f for f in EXPORT_FORMATS if f.startswith("gguf-"))  # every GGUF tunelab exports
+FORMATS = MERGED_GGUF_FORMATS  # every GGUF of the merged model tunelab exports
 ALPACA_EVAL = "alpaca_eval_gpt4_reference.json"
 TEXT_METRICS = ["bleu", "rougeL", "bertscore"]
 # format: (largest |Δ BERTScore F1|, largest Δ perplexity in %); f16 is the control, without a goal

@@ -66,6 +66,23 @@ def tiny_model_dir(tmp_path_factory, smollm2_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def peaked_tiny_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model with its (tied) embeddings scaled up, so greedy choices have clear margins and
+    float16 rounding cannot flip them: a random tiny model's logits are otherwise almost flat."""
+    import torch
+
+    from tunelab.models.load import load_causal_lm, load_tokenizer
+
+    out = tmp_path_factory.mktemp("peaked")
+    model = load_causal_lm(tiny_model_dir)
+    with torch.no_grad():
+        model.model.embed_tokens.weight.mul_(40.0)
+    model.save_pretrained(out)
+    load_tokenizer(tiny_model_dir).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     if SHARED is None:
         pytest.skip("../shared/data is not present")

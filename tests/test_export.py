@@ -25,26 +25,9 @@ def _has_llama_cpp() -> bool:
 needs_llama = pytest.mark.skipif(not _has_llama_cpp(), reason="llama-cpp-python is not installed (make setup-gguf)")
 
 
-@pytest.fixture(scope="module")
-def peaked_tiny_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    """The tiny model with its (tied) embeddings scaled up, so greedy choices have clear margins and
-    float16 rounding cannot flip them: a random tiny model's logits are otherwise almost flat."""
-    import torch
-
-    from tunelab.models.load import load_causal_lm, load_tokenizer
-
-    out = tmp_path_factory.mktemp("peaked")
-    model = load_causal_lm(tiny_model_dir)
-    with torch.no_grad():
-        model.model.embed_tokens.weight.mul_(40.0)
-    model.save_pretrained(out)
-    load_tokenizer(tiny_model_dir).save_pretrained(out)
-    return out
-
-
-def make_lora_run(root: Path, base_dir: Path, method: str = "lora", b_scale: float = 1.0) -> Path:
-    """A run directory as `tunelab train` leaves it: model/ with a LoRA adapter (non-zero B) and
-    tunelab_model.json, plus data/test.jsonl and data/card.json."""
+def make_lora_run(root: Path, base_dir: Path, method: str = "lora", b_scale: float = 1.0, **lora_options) -> Path:
+    """A run directory as `tunelab train` leaves it: model/ with a LoRA adapter (non-zero B; `lora_options`
+    go to peft's LoraConfig) and tunelab_model.json, plus data/test.jsonl and data/card.json."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -57,6 +40,7 @@ def make_lora_run(root: Path, base_dir: Path, method: str = "lora", b_scale: flo
         lora_alpha=8,
         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         init_lora_weights=False,
+        **lora_options,
     )
     peft_model = get_peft_model(model, config)
     with torch.no_grad():
@@ -278,6 +262,27 @@ def test_missing_converter_source_is_a_clear_error(tmp_path, monkeypatch):
     assert not (tmp_path / "cache" / "llama.cpp" / "0.0.0-missing").exists()
 
 
+def test_a_converter_folder_from_before_gets_the_missing_script_alone(tmp_path, monkeypatch):
+    """A folder extracted before the LoRA converter was added gets convert_lora_to_gguf.py; what is there
+    stays as it is (a converter may be running from it), where the folder used to be replaced whole."""
+    from tunelab.export import llama_cpp
+
+    if not any((d / llama_cpp.SDIST_NAME).is_file() for d in llama_cpp.wheel_dirs()):
+        pytest.skip(f"{llama_cpp.SDIST_NAME} is not in the wheel cache (make setup-gguf)")
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    old = tmp_path / "cache" / "llama.cpp" / llama_cpp.LLAMA_CPP_VERSION
+    for name in ("conversion", "gguf-py"):
+        (old / name).mkdir(parents=True)
+        (old / name / "in-use.txt").write_text("a running converter's file")
+    for name in ("convert_hf_to_gguf.py", "LICENSE"):
+        (old / name).write_text("# the earlier extraction")
+    assert llama_cpp.converter_dir() == old
+    assert "LoraModel" in (old / "convert_lora_to_gguf.py").read_text()
+    assert (old / "conversion" / "in-use.txt").is_file() and (old / "gguf-py" / "in-use.txt").is_file()
+    assert (old / "convert_hf_to_gguf.py").read_text() == "# the earlier extraction"
+    assert sorted(p.name for p in old.parent.iterdir()) == [llama_cpp.LLAMA_CPP_VERSION]  # no temporary folder left
+
+
 def test_no_disk_room_is_a_clear_error(lora_run, tmp_path, monkeypatch):
     from tunelab.export import run as export_stage
     from tunelab.export.run import export_run
@@ -322,11 +327,11 @@ def test_unknown_format_is_rejected(lora_run):
 
 
 def test_every_export_format_has_its_disk_cost_and_a_gguf_its_quantization():
-    from tunelab.config import EXPORT_FORMATS
+    from tunelab.config import EXPORT_FORMATS, MERGED_GGUF_FORMATS
     from tunelab.export.run import BYTES_PER_PARAM, MODELFILE_PREFERENCE
 
     assert set(BYTES_PER_PARAM) == set(EXPORT_FORMATS)  # one list of formats (config.py); the costs follow it
-    assert set(MODELFILE_PREFERENCE) == {f for f in EXPORT_FORMATS if f.startswith("gguf-")}
+    assert set(MODELFILE_PREFERENCE) == set(MERGED_GGUF_FORMATS)
 
 
 def test_modelfile_for_chatml_and_default_templates(smollm2_dir):

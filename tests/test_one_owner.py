@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tunelab.config import EXPORT_FORMATS
+from tunelab.config import LORA_BASE_QUANT, MERGED_GGUF_FORMATS
 from tunelab.runs import BenchmarkDir, DataDir, EvalDir, ExportDir, PreferenceEvalDir, RunDir, gguf_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,7 +114,8 @@ def run_directory_file_names(root: Path) -> set[str]:
             if isinstance(value, property) and isinstance(path := getattr(layout, attr), Path):
                 names.add(path.name)
     names |= {DataDir(root).split(s).name for s in ("train", "validation", "test")}
-    names |= {gguf_name("<name>", f.removeprefix("gguf-")) for f in EXPORT_FORMATS if f.startswith("gguf-")}
+    names |= {gguf_name("<name>", f.removeprefix("gguf-")) for f in MERGED_GGUF_FORMATS}
+    names |= {ExportDir(root).lora_adapter("<name>").name, ExportDir(root).lora_base("<base>", LORA_BASE_QUANT).name}
     return names
 
 

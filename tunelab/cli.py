@@ -431,7 +431,7 @@ def export(
     format: list[str] = typer.Option(
         [],
         "--format",
-        help="A value of export.formats (docs/configuration.md: the merged folder or a GGUF quantization) or space (a Hugging Face Space folder) (repeatable) [default: the run recipe's export.formats]",
+        help="A value of export.formats (docs/configuration.md: the merged folder, a GGUF quantization, or gguf-lora: the LoRA adapter as a GGUF beside its base's) or space (a Hugging Face Space folder) (repeatable) [default: the run recipe's export.formats]",
     ),
     out: Path | None = typer.Option(None, help="Output folder (default: <run>/export)"),
     check: bool | None = typer.Option(None, help="Run the faithfulness check [default: on]"),
@@ -456,7 +456,7 @@ def export(
 @app.command()
 @friendly
 def generate(
-    model: str = typer.Argument(..., help="Any model: name, folder, run directory, .gguf"),
+    model: str = typer.Argument(..., help="Any model: name, folder, run directory, .gguf, or a LoRA GGUF folder (export/gguf-lora)"),
     prompt: str = typer.Argument(...),
     system: str | None = typer.Option(None),
     max_new_tokens: int = typer.Option(128),
@@ -485,7 +485,9 @@ def serve_limits(**options):
 @app.command()
 @friendly
 def serve(
-    models: list[str] = typer.Argument(None, help="Models to offer (default: every run and export under --runs)"),
+    models: list[str] = typer.Argument(
+        None, help="Models to offer: runs, folders, .gguf files, LoRA GGUF folders (default: every run and export under --runs)"
+    ),
     runs: Path | None = typer.Option(None, help="Folder searched for runs and exports [default: runs]"),
     host: str | None = typer.Option(None, help="[default: 127.0.0.1, this machine only]"),
     port: int | None = typer.Option(None, help="[default: 7860]"),
@@ -512,7 +514,9 @@ def serve(
 @app.command()
 @friendly
 def api(
-    models: list[str] = typer.Argument(None, help="Models to offer (default: every run and export under --runs)"),
+    models: list[str] = typer.Argument(
+        None, help="Models to offer: runs, folders, .gguf files, LoRA GGUF folders (default: every run and export under --runs)"
+    ),
     runs: Path | None = typer.Option(None, help="Folder searched for runs and exports [default: runs]"),
     host: str | None = typer.Option(None, help="[default: 127.0.0.1, this machine only]"),
     port: int | None = typer.Option(None, help="[default: 8000]"),

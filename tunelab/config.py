@@ -387,13 +387,23 @@ class EvalConfig(Strict):
         return self.model_copy(update={"task": "none"}) if self.task == "code" else self
 
 
-# what `tunelab export` can write: the merged Hugging Face folder, or a GGUF file as `gguf-<quantization>`
-ExportFormat = Literal["merged", "gguf-f16", "gguf-q8_0", "gguf-q4_k_m"]
+# what `tunelab export` can write: the merged Hugging Face folder, the merged model as a GGUF file
+# (`gguf-<quantization>`), or the LoRA adapter alone as a GGUF beside its base's (`gguf-lora`)
+ExportFormat = Literal["merged", "gguf-f16", "gguf-q8_0", "gguf-q4_k_m", "gguf-lora"]
 EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
+GGUF_LORA = "gguf-lora"
+MERGED_GGUF_FORMATS: tuple[str, ...] = tuple(f for f in EXPORT_FORMATS if f.startswith("gguf-") and f != GGUF_LORA)
+# the quantization of the base GGUF a gguf-lora adapter is paired with (the adapter itself is f16)
+LORA_BASE_QUANT = "q8_0"
 
 
 class ExportConfig(Strict):
-    formats: list[ExportFormat] = Field(default_factory=lambda: ["gguf-q8_0"])
+    formats: list[ExportFormat] = Field(
+        default_factory=lambda: ["gguf-q8_0"],
+        description=f"`merged`: a Hugging Face folder; {', '.join(f'`{f}`' for f in MERGED_GGUF_FORMATS)}: the merged model as one GGUF file; "
+        f"`gguf-lora`: the LoRA adapter alone as a GGUF, beside its base model's {LORA_BASE_QUANT} GGUF and an Ollama Modelfile "
+        f"with FROM and ADAPTER (a LoRA or QLoRA run only).",
+    )
     check_prompts: int = Field(8, gt=0, description="Prompts in the faithfulness check.")
     check_tokens: int = Field(16, gt=0, description="Greedy tokens compared per prompt.")
     evaluate: bool = Field(True, description="Also score the export with the evaluation metrics (quality delta).")
@@ -429,6 +439,20 @@ class Recipe(Strict):
             raise ValueError(
                 "train.interpolation scales a LoRA update toward the base, which DoRA's normalised magnitudes do not allow: "
                 "set train.lora.use_dora: false or train.interpolation: 1"
+            )
+        if GGUF_LORA in self.export.formats and (self.train.weights == "full" or self.train.lora.use_dora):
+            what = (
+                "training updates every weight (no adapter)"
+                if self.train.weights == "full"
+                else "train.lora.use_dora is true, and llama.cpp's LoRA GGUF has no DoRA magnitudes"
+            )
+            raise ValueError(
+                f"export.formats has {GGUF_LORA}, which writes the LoRA adapter alone, but {what}; export a merged GGUF (gguf-q8_0) instead"
+            )
+        if GGUF_LORA in self.export.formats and self.train.interpolation != 1.0:
+            raise ValueError(
+                f"export.formats has {GGUF_LORA}, an adapter that llama.cpp and Ollama apply at full strength, but "
+                f"train.interpolation is {self.train.interpolation}; export a merged GGUF (gguf-q8_0), which holds the interpolated weights"
             )
         code = self.eval.code
         if self.eval.task == "code" and code.backend == "gguf" and "gguf-q8_0" not in self.export.formats:

@@ -119,7 +119,8 @@ def run_pipeline(recipe_path: Path, overrides: list[str] | None = None, restart:
     console.rule("[bold]5. report")
     md, html = write_report(run)
     run.mark_done("report")
-    serve_target = next(iter(run.export_dir.gguf_files()), None)
+    lora = run.export_dir.lora
+    serve_target = next(iter(run.export_dir.gguf_files()), lora if lora.is_dir() else None)
     console.print(f"\n[bold green]Done.[/] Report: {html} (and {md.name})")
     console.print(
         f"Chat with the tuned model:  tunelab serve {run.root}"

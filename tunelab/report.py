@@ -139,7 +139,9 @@ def export_section(faith: dict | None, run: RunDir) -> str:
         row = [
             fmt,
             f"`{Path(e['path']).name}`",
-            f"{e['bytes'] / 2**20:.0f} MiB",
+            f"{e['bytes'] / 2**20:.1f} MiB + base {e['base_bytes'] / 2**20:.0f} MiB"
+            if "base_bytes" in e
+            else f"{e['bytes'] / 2**20:.0f} MiB",
             f"{tps:.1f}" if tps else "-",
             f"{e.get('prompts_equal', '-')}/{e.get('prompts', '-')}",
             f"{e['agreement']:.1%}" if "agreement" in e else "-",
@@ -232,7 +234,7 @@ def evaluation_section(run: RunDir, ev: dict | None) -> list[str]:
 
 
 def serve_section(run: RunDir) -> list[str]:
-    gguf = run.export_dir.gguf_files()
+    gguf, lora = run.export_dir.gguf_files(), run.export_dir.lora
     out = ["```bash", f"tunelab serve {run.root}            # chat UI with base vs tuned side by side"]
     if gguf:
         out += [
@@ -241,6 +243,10 @@ def serve_section(run: RunDir) -> list[str]:
         ]
         if run.export_dir.modelfile.is_file():
             out += [f"ollama create {run.root.name} -f {run.export_dir.modelfile}"]
+    if lora.is_dir():
+        out += [f"tunelab serve {lora}   # the LoRA adapter GGUF on its base model's GGUF, through llama.cpp"]
+        if run.export_dir.lora_modelfile.is_file():
+            out += [f"ollama create {run.root.name}-lora -f {run.export_dir.lora_modelfile}"]
     return out + [f'tunelab generate {run.root} "Who are you?"', "```", ""]
 
 

@@ -241,6 +241,35 @@ class ExportDir:
     def modelfile(self) -> Path:
         return self.gguf / "Modelfile"
 
+    # gguf-lora/: the LoRA adapter as a GGUF, its base model's GGUF and a Modelfile pairing them; a
+    # folder of its own, so that nothing taking export/gguf/ for whole models finds the adapter there
+    @property
+    def lora(self) -> Path:
+        return self.root / "gguf-lora"
+
+    def lora_adapter(self, name: str) -> Path:
+        """gguf-lora/<name>-lora-f16.gguf: model `name`'s LoRA adapter (f16), named as the model `<name>-lora`."""
+        return self.lora / gguf_name(f"{name}-lora", "f16")
+
+    def lora_base(self, base_name: str, quant: str) -> Path:
+        """gguf-lora/<base_name>-<quant>.gguf: the base model's GGUF the adapter is applied to."""
+        return self.lora / gguf_name(base_name, quant)
+
+    @property
+    def lora_modelfile(self) -> Path:
+        return self.lora / "Modelfile"
+
+    @property
+    def lora_card(self) -> Path:
+        """gguf-lora/README.md: the model card, which says what each file needs."""
+        return self.lora / "README.md"
+
+    @property
+    def source_json(self) -> Path:
+        """Only in tunelab's cache of base models' GGUFs (<cache>/base-exports/<model>/): which folder and
+        weights they were converted from, so a changed model is converted again."""
+        return self.root / "source.json"
+
     @property
     def faithfulness_json(self) -> Path:
         return self.root / "faithfulness.json"
@@ -261,6 +290,11 @@ class ExportDir:
     @property
     def quantize_log(self) -> Path:
         return self.logs / "quantize.log"
+
+    @property
+    def convert_lora_log(self) -> Path:
+        """llama.cpp's LoRA converter output (adapter folder -> adapter GGUF)."""
+        return self.logs / "convert_lora.log"
 
     @property
     def space(self) -> Path:

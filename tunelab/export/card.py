@@ -1,5 +1,5 @@
-"""The model card (README.md) of a merged export: what it is, what it was trained on, how it scores,
-how faithful each export is, under which licence, and how to run it."""
+"""The model card (README.md) of a merged export and of a gguf-lora export: what it is, what it was trained on,
+how it scores, how faithful each export is, under which licence, what each file needs, and how to run it."""
 
 from __future__ import annotations
 
@@ -34,18 +34,32 @@ def base_licence(base_ref: str | None, base_dir: Path | None) -> str:
     return "unknown: check the base model's licence before sharing"
 
 
-def model_card(*, name: str, info: dict, licence: str, run_root: Path | None, faithfulness_md: str | None, gguf_files: list[str]) -> str:
+def model_card(
+    *,
+    name: str,
+    info: dict,
+    licence: str,
+    run_root: Path | None,
+    faithfulness_md: str | None,
+    merged: bool,
+    gguf_files: list[str],
+    lora_files: tuple[str, str] | None,
+    folder: str,
+) -> str:
+    """The card of the export folder `folder` (merged/ or gguf-lora/); its Files section lists every
+    artefact of the export and what each needs (`lora_files`: the gguf-lora pair's base and adapter)."""
     base = info.get("base_model") or "(this model)"
     method = info.get("method", "unknown")
-    front = {"license": licence, "base_model": base, "library_name": "transformers", "tags": ["tunelab", method, "text-generation"]}
+    front = {"license": licence, "base_model": base}
+    if folder == "merged":
+        front |= {"library_name": "transformers", "tags": ["tunelab", method, "text-generation"]}
+        how = "LoRA adapter merged into the base weights" + (", the 4-bit base dequantized first" if method == "qlora" else "")
+    else:
+        front |= {"tags": list(dict.fromkeys(["tunelab", method, "gguf", "lora", "text-generation"]))}
+        how = "the LoRA adapter as a GGUF file, applied to its base model's GGUF when it runs"
     lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {name}", ""]
     lines += [
-        f"Fine-tuned from **{base}** with **{method}** by tunelab "
-        + (
-            "(LoRA adapter merged into the base weights" + (", the 4-bit base dequantized first" if method == "qlora" else "") + ")."
-            if method in ("lora", "qlora")
-            else "."
-        ),
+        f"Fine-tuned from **{base}** with **{method}** by tunelab" + (f" ({how})." if method in ("lora", "qlora") else "."),
         "",
         f"Licence: **{licence}** (inherited from the base model; the training data's licence may add terms, see below).",
         "",
@@ -67,27 +81,72 @@ def model_card(*, name: str, info: dict, licence: str, run_root: Path | None, fa
             lines += ["## Evaluation", "", "```json", eval_json.read_text()[:4000], "```", ""]
     if faithfulness_md:
         lines += ["## Export faithfulness", "", _demote(faithfulness_md), ""]
-    lines += [
-        "## Use",
-        "",
-        "```python",
-        "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        "tok = AutoTokenizer.from_pretrained('PATH/merged')",
-        "model = AutoModelForCausalLM.from_pretrained('PATH/merged')",
-        "ids = tok.apply_chat_template([{'role': 'user', 'content': 'Hello'}], add_generation_prompt=True, return_tensors='pt')",
-        "print(tok.decode(model.generate(ids, max_new_tokens=64)[0, ids.shape[1]:], skip_special_tokens=True))",
-        "```",
-        "",
-        'or `tunelab generate PATH/merged "Hello"`.',
-    ]
-    if gguf_files:
+    lines += files_section(base, method, merged, gguf_files, lora_files)
+    if merged:
         lines += [
+            "## Use",
             "",
-            "GGUF files (llama.cpp, Ollama): "
-            + ", ".join(f"`gguf/{f}`" for f in gguf_files)
-            + '; `ollama create NAME -f gguf/Modelfile`, or `tunelab generate gguf/FILE.gguf "Hello"`.',
+            "```python",
+            "from transformers import AutoModelForCausalLM, AutoTokenizer",
+            "tok = AutoTokenizer.from_pretrained('PATH/merged')",
+            "model = AutoModelForCausalLM.from_pretrained('PATH/merged')",
+            "ids = tok.apply_chat_template([{'role': 'user', 'content': 'Hello'}], add_generation_prompt=True, return_tensors='pt')",
+            "print(tok.decode(model.generate(ids, max_new_tokens=64)[0, ids.shape[1]:], skip_special_tokens=True))",
+            "```",
+            "",
+            'or `tunelab generate PATH/merged "Hello"`.',
         ]
     return "\n".join(lines) + "\n"
+
+
+def files_section(base: str, method: str, merged: bool, gguf_files: list[str], lora_files: tuple[str, str] | None) -> list[str]:
+    """What each file of the export is and what it needs to run (paths within the export folder)."""
+    rows = []
+    if merged:
+        rows.append(
+            ("merged/", "the fine-tuned model, adapter merged in: fp32 safetensors, tokenizer, chat template", "transformers, nothing else")
+        )
+    for f in gguf_files:
+        rows.append(
+            (
+                f"gguf/{f}",
+                "the whole fine-tuned model in one GGUF file",
+                "llama.cpp, llama-cpp-python or Ollama (`gguf/Modelfile`); no other file",
+            )
+        )
+    if lora_files:
+        base_file, adapter = lora_files
+        rows.append(
+            (
+                f"gguf-lora/{adapter}",
+                "the LoRA adapter alone (f16)",
+                f"its base, `gguf-lora/{base_file}`: llama.cpp (`--lora`), llama-cpp-python (`lora_path`) or Ollama "
+                "(`ADAPTER` in `gguf-lora/Modelfile`) apply it at load time. On another base model it is refused (another "
+                "architecture or tensor shapes) or answers wrongly (same shapes, other weights)",
+            )
+        )
+        what = f"{base} without the adapter, Q8_0; it answers as the base model alone, and serves every adapter of this base"
+        if method == "qlora":
+            what = (
+                f"{base} as the QLoRA adapter was trained against it: quantized to 4 bit (NF4), dequantized, then Q8_0. "
+                "The original base's weights differ by the NF4 rounding, which the adapter learned to correct"
+            )
+        rows.append((f"gguf-lora/{base_file}", what, "llama.cpp, llama-cpp-python or Ollama; no other file"))
+    lines = [
+        "## Files",
+        "",
+        "Paths are within the export folder (a run's `export/`).",
+        "",
+        "| file | what it is | what it needs |",
+        "|---|---|---|",
+    ]
+    lines += [f"| `{f}` | {what} | {needs} |" for f, what, needs in rows]
+    commands = [f'`tunelab generate gguf/{gguf_files[0]} "Hello"`'] if gguf_files else []
+    if lora_files:
+        commands += ['`tunelab generate gguf-lora "Hello"` (the base with the adapter)', "`ollama create NAME -f gguf-lora/Modelfile`"]
+    if gguf_files:
+        commands.append("`ollama create NAME -f gguf/Modelfile`")
+    return lines + ([""] + ["Run it: " + "; ".join(commands) + "."] if commands else []) + [""]
 
 
 def _demote(markdown: str) -> str:

@@ -4,9 +4,9 @@ For each of a fixed set of prompts (the run's first test examples, else FIXED_PR
 PyTorch model (base + adapter, unmerged) and every export generate greedily. We compare
 
 - tokens: the first `check_tokens` generated token ids (an end-of-turn counts as a token). An
-  exact format (merged, f16, Q8_0) passes when every prompt matches, or diverges only where the
-  PyTorch model itself was undecided: its top two logits within `TIE_MARGIN[format]` (float
-  rounding may then pick either). Q4_K_M reports the agreement rate (mean share of leading
+  exact format (merged, f16, Q8_0, and gguf-lora: its Q8_0 base with the f16 adapter applied by
+  llama.cpp) passes when every prompt matches, or diverges only where the PyTorch model itself was
+  undecided: its top two logits within `TIE_MARGIN[format]` (float rounding may then pick either). Q4_K_M reports the agreement rate (mean share of leading
   tokens equal) and passes above `MIN_AGREEMENT`.
 - prompts: whether the export's own prompt tokens (its chat template and tokenizer) equal the
   PyTorch tokenizer's (required for exact formats).
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from tunelab.config import LORA_BASE_QUANT
 from tunelab.evaluate.metrics import score_predictions
 from tunelab.io import read_jsonl
 from tunelab.models.interface import GenerationSettings
@@ -28,6 +29,7 @@ from tunelab.runs import RunDir
 
 # A divergence at a step where the PyTorch model's top-2 logit gap is below this is a tie.
 TIE_MARGIN = {"merged": 1e-3, "gguf-f16": 0.05, "gguf-q8_0": 0.25}
+TIE_MARGIN["gguf-lora"] = TIE_MARGIN[f"gguf-{LORA_BASE_QUANT}"]  # the base's rounding; the f16 adapter adds less than it
 MIN_AGREEMENT = {"gguf-q4_k_m": 0.4}  # a sanity floor: a broken export (template, tokenizer, weights) scores near 0
 END = -1  # stands for "stopped at end of turn" in compared sequences
 
@@ -214,7 +216,7 @@ def markdown_table(report: dict) -> str:
     for fmt, r in report["formats"].items():
         row = [
             fmt,
-            _size(r.get("bytes")),
+            size_text(r),
             f"{r['prompts_equal']}/{r['prompts']}",
             f"{r['agreement']:.1%}",
             "yes" if r["prompt_tokens_equal"] else "no",
@@ -232,6 +234,12 @@ def markdown_table(report: dict) -> str:
         lines += ["", report["metrics_note"]]
     lines += ["", "Rules: " + "; ".join(f"{fmt}: {r['rule']}" for fmt, r in report["formats"].items()), ""]
     return "\n".join(lines)
+
+
+def size_text(entry: dict) -> str:
+    """An export's size for people; gguf-lora's is its adapter's and its base's."""
+    size = _size(entry.get("bytes"))
+    return f"{size} + base {_size(entry['base_bytes'])}" if "base_bytes" in entry else size
 
 
 def _size(n: int | None) -> str:

@@ -1,10 +1,11 @@
-"""llama.cpp's converter (HF folder -> GGUF) and quantizer. Running a GGUF is the models stage's
-job (tunelab/models/llama_cpp.py: LlamaCppChatModel, metadata, llama-cpp-python itself).
+"""llama.cpp's converters (HF folder -> GGUF, PEFT LoRA adapter -> adapter GGUF) and quantizer, and
+the cache of base models' GGUFs. Running a GGUF is the models stage's job (tunelab/models/llama_cpp.py:
+LlamaCppChatModel, metadata, llama-cpp-python itself).
 
-- The converter is llama.cpp's own `convert_hf_to_gguf.py` with its `conversion/` package and
-  `gguf-py`. The `gguf` wheel does not carry them; the llama-cpp-python source distribution
-  does. tunelab extracts them once into `<cache>/llama.cpp/<version>/` and runs the script
-  with this Python as a subprocess.
+- The converters are llama.cpp's own `convert_hf_to_gguf.py` and `convert_lora_to_gguf.py` with
+  their `conversion/` package and `gguf-py`. The `gguf` wheel does not carry them; the
+  llama-cpp-python source distribution does. tunelab extracts them once into
+  `<cache>/llama.cpp/<version>/` and runs the scripts with this Python as a subprocess.
 - Quantizing (Q8_0, Q4_K_M) goes through `llama_cpp.llama_model_quantize`, the same C function
   llama.cpp's `llama-quantize` binary calls.
 """
@@ -19,14 +20,17 @@ import os
 import subprocess
 import sys
 import tarfile
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 
 from tunelab.cpu import default_threads
 from tunelab.errors import TunelabError
-from tunelab.io import atomic_dir
+from tunelab.io import atomic_write_json
 from tunelab.models.llama_cpp import LLAMA_CPP_VERSION, LlamaCppMissing, require_llama_cpp
 from tunelab.paths import cache_dir
+from tunelab.progress import console
+from tunelab.runs import ExportDir
 
 SDIST_NAME = f"llama_cpp_python-{LLAMA_CPP_VERSION}.tar.gz"
 QUANT_TYPES = {"f16": "LLAMA_FTYPE_MOSTLY_F16", "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
@@ -78,26 +82,39 @@ def find_sdist() -> Path:
     )
 
 
+# what tunelab takes from the sdist's vendor/llama.cpp/: the two converters, the package they share, gguf-py
+CONVERTER_FILES = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion", "gguf-py", "LICENSE")
+
+
 def converter_dir() -> Path:
-    """`<cache>/llama.cpp/<version>/` holding convert_hf_to_gguf.py, conversion/ and gguf-py/ (extracted once)."""
+    """`<cache>/llama.cpp/<version>/` holding CONVERTER_FILES, each extracted once. Each missing entry
+    appears whole (a rename) and present ones are left alone: a converter may be running from them
+    (a folder extracted before the LoRA converter was added gets that script alone)."""
     out = cache_dir() / "llama.cpp" / LLAMA_CPP_VERSION
-    if (out / "convert_hf_to_gguf.py").is_file():
+    missing = [f for f in CONVERTER_FILES if not (out / f).exists()]
+    if not missing:
         return out
     sdist = find_sdist()
     prefix = f"llama_cpp_python-{LLAMA_CPP_VERSION}/vendor/llama.cpp/"
-    wanted = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "LICENSE")
-    with atomic_dir(out) as tmp, tarfile.open(sdist) as tar:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".llama.cpp.", dir=out.parent) as tmp, tarfile.open(sdist) as tar:
         members = []
         for m in tar.getmembers():
-            if not m.name.startswith(prefix) or not (m.isfile() or m.isdir()):
-                continue
             rel = m.name[len(prefix) :]
-            if rel.startswith(wanted):
+            if m.name.startswith(prefix) and (m.isfile() or m.isdir()) and rel.split("/")[0] in missing:
                 m.name = rel
                 members.append(m)
-        if not any(m.name == "convert_hf_to_gguf.py" for m in members):
-            raise LlamaCppMissing(f"{sdist} does not contain vendor/llama.cpp/convert_hf_to_gguf.py")
+        absent = [f for f in missing if not any(m.name == f or m.name.startswith(f + "/") for m in members)]
+        if absent:
+            raise LlamaCppMissing(f"{sdist} does not contain {', '.join('vendor/llama.cpp/' + f for f in absent)}")
         tar.extractall(tmp, members=members, filter="data")
+        out.mkdir(exist_ok=True)
+        for f in missing:
+            try:
+                os.replace(Path(tmp) / f, out / f)
+            except OSError:
+                if not (out / f).exists():  # not another process extracting it at the same moment
+                    raise
     return out
 
 
@@ -158,14 +175,33 @@ def check_gguf_architecture(hf_dir: Path) -> str:
     return arch
 
 
-def convert_hf_to_gguf(hf_dir: Path, out_file: Path, outtype: str = "f16", *, log_file: Path | None = None) -> Path:
-    """Convert a Hugging Face folder to one GGUF file with llama.cpp's converter (atomic)."""
+def convert_hf_to_gguf(
+    hf_dir: Path, out_file: Path, outtype: str = "f16", *, log_file: Path | None = None, model_name: str | None = None
+) -> Path:
+    """Convert a Hugging Face folder to one GGUF file with llama.cpp's converter (atomic); its general.name is
+    `model_name`, else the file's stem."""
     hf_dir, out_file = Path(hf_dir), Path(out_file)
     check_gguf_architecture(hf_dir)
-    script = converter_dir() / "convert_hf_to_gguf.py"
-    out_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_file.with_name(f".{out_file.name}.tmp")
-    cmd = [sys.executable, str(script), str(hf_dir), "--outfile", str(tmp), "--outtype", outtype, "--model-name", out_file.stem]
+    args = [str(hf_dir), "--outfile", str(tmp), "--outtype", outtype, "--model-name", model_name or out_file.stem]
+    return _run_converter("convert_hf_to_gguf.py", args, hf_dir, tmp, out_file, log_file)
+
+
+def convert_lora_to_gguf(adapter_dir: Path, base_dir: Path, out_file: Path, *, log_file: Path | None = None) -> Path:
+    """Convert a PEFT LoRA adapter folder to an f16 adapter GGUF with llama.cpp's convert_lora_to_gguf.py
+    (atomic). `base_dir` is the base model's folder: the converter reads its config (the architecture and
+    how its tensors are named and laid out in GGUF), not its weights."""
+    adapter_dir, base_dir, out_file = Path(adapter_dir), Path(base_dir), Path(out_file)
+    check_gguf_architecture(base_dir)
+    tmp = out_file.with_name(f".{out_file.name}.tmp")
+    args = [str(adapter_dir), "--base", str(base_dir), "--outfile", str(tmp), "--outtype", "f16"]
+    return _run_converter("convert_lora_to_gguf.py", args, adapter_dir, tmp, out_file, log_file)
+
+
+def _run_converter(script: str, args: list[str], source: Path, tmp: Path, out_file: Path, log_file: Path | None) -> Path:
+    """Run one of llama.cpp's converter scripts with this Python, writing `tmp`, then rename it to `out_file`."""
+    cmd = [sys.executable, str(converter_dir() / script), *args]
+    out_file.parent.mkdir(parents=True, exist_ok=True)
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, env=_converter_env())
         if log_file is not None:
@@ -173,11 +209,50 @@ def convert_hf_to_gguf(hf_dir: Path, out_file: Path, outtype: str = "f16", *, lo
             log_file.write_text("$ " + " ".join(cmd) + "\n" + done.stdout + done.stderr)
         if done.returncode != 0 or not tmp.is_file():
             tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
-            raise TunelabError(f"llama.cpp's converter failed on {hf_dir} (exit {done.returncode}):\n{tail}")
+            what = "converter" if script == "convert_hf_to_gguf.py" else f"converter ({script})"
+            raise TunelabError(f"llama.cpp's {what} failed on {source} (exit {done.returncode}):\n{tail}")
         os.replace(tmp, out_file)
     finally:
         tmp.unlink(missing_ok=True)
     return out_file
+
+
+def convert_and_quantize(hf_dir: Path, out_file: Path, quant: str, *, threads: int | None = None) -> Path:
+    """`hf_dir` as one GGUF file in `quant`: llama.cpp's converter writes f16, its quantizer the rest
+    (the f16 intermediate, beside `out_file`, is removed)."""
+    out_file = Path(out_file)
+    if quant == "f16":
+        return convert_hf_to_gguf(hf_dir, out_file, "f16")
+    f16 = convert_hf_to_gguf(hf_dir, out_file.with_suffix(".f16.tmp"), "f16", model_name=out_file.stem)
+    try:
+        return quantize_gguf(f16, out_file, quant, threads=threads)
+    finally:
+        f16.unlink(missing_ok=True)
+
+
+def base_model_gguf(model_dir: Path, quant: str, *, threads: int | None = None) -> Path:
+    """A base model's GGUF in `quant`, converted once into tunelab's cache (<cache>/base-exports/<folder
+    name>/, laid out like a run's export folder) and shared by every user: the code benchmark's GGUF
+    backend and every gguf-lora export of that base. It is converted again when the folder or any of its
+    files changed since (its source.json records which folder and files it was made from)."""
+    model_dir = Path(model_dir).resolve()
+    export = ExportDir(cache_dir() / "base-exports" / model_dir.name)
+    out = export.gguf_file(model_dir.name, quant)
+    source = {
+        "folder": str(model_dir),
+        "files": {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(model_dir.iterdir()) if f.is_file()},
+    }
+    recorded = json.loads(export.source_json.read_text()) if export.source_json.is_file() else None
+    if out.is_file() and recorded == source:
+        return out
+    if recorded != source:  # files made from another folder, or from these files before they changed
+        for stale in export.gguf_files():
+            stale.unlink()
+        export.source_json.unlink(missing_ok=True)
+    console.print(f"converting {model_dir.name} to a {quant} GGUF once (cached in {export.gguf})")
+    convert_and_quantize(model_dir, out, quant, threads=threads)
+    atomic_write_json(export.source_json, source)
+    return out
 
 
 def quantize_gguf(src: Path, dst: Path, qtype: str, *, threads: int | None = None, log_file: Path | None = None) -> Path:

@@ -57,13 +57,14 @@ def load_pytorch_model(model_dir: Path):
         if alpha != 1.0:  # full weights move toward their base model
             model = interpolate_toward_base(model, alpha, resolve_model(require_base_model(model_dir, info)).path)
     else:
-        if info.get("method") == "qlora":
-            quantized = load_causal_lm(base, load_in_4bit=True)
-            model = quantized.dequantize().to(torch.float32)
-        else:
-            model = load_causal_lm(base)
+        model = qlora_base(base) if info.get("method") == "qlora" else load_causal_lm(base)
         model = interpolate_toward_base(PeftModel.from_pretrained(model, str(model_dir)), alpha)
     return model.eval(), tokenizer, info
+
+
+def qlora_base(base: Path):
+    """The weights a QLoRA adapter was trained against: the base loaded in 4 bit (NF4, as in training), dequantized to fp32."""
+    return load_causal_lm(base, load_in_4bit=True).dequantize().to(torch.float32)
 
 
 def merged_model(model):

@@ -1,4 +1,5 @@
-"""An Ollama Modelfile next to the GGUF files (`ollama create NAME -f Modelfile`).
+"""An Ollama Modelfile next to the GGUF files (`ollama create NAME -f Modelfile`): FROM the model's GGUF,
+or, for a LoRA adapter (gguf-lora), FROM its base model's GGUF with the adapter on an ADAPTER line.
 
 Ollama writes prompts with Go templates, not jinja, so the Modelfile carries a Go template that
 renders what the model's jinja chat template renders, and the stop sequences that end a turn:
@@ -80,16 +81,21 @@ def default_system_prompt(fmt: OllamaFormat, user_only_prompt: str) -> str | Non
     return found.group(1) if found else None
 
 
-def modelfile_text(gguf_file: str, chat_template: str, eos_token: str, user_only_prompt: str, *, other_files: list[str] = ()) -> str:
+def modelfile_text(
+    gguf_file: str, chat_template: str, eos_token: str, user_only_prompt: str, *, other_files: list[str] = (), adapter: str | None = None
+) -> str:
     """The Modelfile. `user_only_prompt` is the template rendered for one user message "X" (it
-    shows a default system prompt, if the template adds one)."""
+    shows a default system prompt, if the template adds one). With `adapter` (a LoRA adapter GGUF),
+    `gguf_file` is its base model's GGUF."""
     lines = [
         "# Ollama Modelfile written by `tunelab export`.",
         "#   ollama create my-model -f Modelfile && ollama run my-model",
     ]
     for f in other_files:
         lines.append(f"# Other quantization in this folder: FROM ./{f}")
-    lines += [f"FROM ./{gguf_file}", ""]
+    if adapter:
+        lines.append("# FROM is the base model; ADAPTER is the fine-tuned LoRA adapter that Ollama applies to it.")
+    lines += [f"FROM ./{gguf_file}", *([f"ADAPTER ./{adapter}"] if adapter else []), ""]
     stops = [eos_token] if eos_token else []
     fmt = ollama_format(chat_template)
     if fmt is None:

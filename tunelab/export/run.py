@@ -1,13 +1,14 @@
-"""`tunelab export`: merged Hugging Face folder, GGUF f16 / Q8_0 / Q4_K_M, an Ollama Modelfile, and
-a faithfulness check of every export against the PyTorch model.
+"""`tunelab export`: merged Hugging Face folder, GGUF f16 / Q8_0 / Q4_K_M, the LoRA adapter as a GGUF
+beside its base's (tunelab/export/lora.py), Ollama Modelfiles, and a faithfulness check of every
+export against the PyTorch model.
 
 Everything is built in a hidden staging folder beside `<run>/export/` and moved into place only
 when the whole export succeeded, so a failure (unsupported architecture, missing llama.cpp, full
 disk, converter error, Ctrl-C) leaves no half-written export behind.
 
 `export_run` reads top to bottom as its steps: plan, check before any heavy work, answer with the
-PyTorch model, write the merged folder, convert and quantize, check each format, score, write the
-check files, Modelfile and model card, publish.
+PyTorch model, write the merged folder, convert and quantize, write the adapter pair, check each
+format, score, write the check files, Modelfiles and model cards, publish.
 """
 
 from __future__ import annotations
@@ -22,22 +23,25 @@ from pathlib import Path
 
 from rich.table import Table
 
-from tunelab.config import EXPORT_FORMATS, EvalConfig, ExportConfig, load_recipe
+from tunelab.config import EXPORT_FORMATS, GGUF_LORA, MERGED_GGUF_FORMATS, EvalConfig, ExportConfig, load_recipe
 from tunelab.errors import ConfigError, TunelabError
 from tunelab.export import faithfulness as fc
 from tunelab.export.card import base_licence, model_card
 from tunelab.export.llama_cpp import check_gguf_architecture, convert_hf_to_gguf, converter_dir, quantize_gguf
+from tunelab.export.lora import check_adapter, write_lora_pair
 from tunelab.export.merge import base_model_path, count_parameters, load_pytorch_model, merged_model, save_merged, weights_config_dir
 from tunelab.export.modelfile import modelfile_text
 from tunelab.io import atomic_write_json, atomic_write_text
 from tunelab.models.llama_cpp import LlamaCppChatModel, gguf_metadata, require_llama_cpp
 from tunelab.models.load import load_causal_lm, load_tokenizer, set_threads
 from tunelab.models.resolve import resolve_model
+from tunelab.models.templates import DEFAULT_CHAT_TEMPLATE
 from tunelab.progress import console, print_table, progress_bar
 from tunelab.runs import ExportDir, RunDir, trained_model_dir
 
-# bytes per parameter of each artefact, for the free-space check (Q8_0: 34 bytes per 32 weights)
-BYTES_PER_PARAM = {"merged": 4.0, "gguf-f16": 2.0, "gguf-q8_0": 1.07, "gguf-q4_k_m": 0.62}
+# bytes per parameter of each artefact, for the free-space check (Q8_0: 34 bytes per 32 weights; gguf-lora:
+# its Q8_0 base where it is copied, not linked, from tunelab's cache, the adapter being a small fraction)
+BYTES_PER_PARAM = {"merged": 4.0, "gguf-f16": 2.0, "gguf-q8_0": 1.07, "gguf-q4_k_m": 0.62, "gguf-lora": 1.07}
 # preference order of the GGUF the Modelfile points at
 MODELFILE_PREFERENCE = ("gguf-q8_0", "gguf-q4_k_m", "gguf-f16")
 
@@ -57,7 +61,17 @@ class ExportPlan:
 
     @property
     def ggufs(self) -> list[str]:
-        return [f for f in self.formats if f.startswith("gguf-")]
+        """The merged model's GGUF formats asked for."""
+        return [f for f in self.formats if f in MERGED_GGUF_FORMATS]
+
+    @property
+    def lora(self) -> bool:
+        return GGUF_LORA in self.formats
+
+    @property
+    def writes_merged(self) -> bool:
+        """The merged folder is written when asked for or when the GGUF converter needs it."""
+        return "merged" in self.formats or bool(self.ggufs)
 
 
 def locate(run: str | Path) -> tuple[Path, Path | None, str]:
@@ -110,13 +124,19 @@ def disk_free(path: Path) -> int:
 def check_can_export(plan: ExportPlan) -> None:
     """Fail fast, before any heavy work, on what would fail later: llama.cpp, the architecture, disk space."""
     ggufs = plan.ggufs
-    if ggufs:
+    if plan.lora:
+        check_adapter(plan.model_dir)
+    if ggufs or plan.lora:
         require_llama_cpp()
         converter_dir()
         check_gguf_architecture(weights_config_dir(plan.model_dir))
     params = count_parameters(weights_config_dir(plan.model_dir))
-    # the merged folder is always written (the converter reads it); an f16 GGUF is an intermediate of any quantization
-    per_param = BYTES_PER_PARAM["merged"] + sum(BYTES_PER_PARAM[f] for f in ggufs) + (2.0 if ggufs and "gguf-f16" not in ggufs else 0)
+    # an f16 GGUF is an intermediate of any quantization (the pair's base is quantized from one too, unless cached)
+    per_param = (
+        (BYTES_PER_PARAM["merged"] if plan.writes_merged else 0)
+        + sum(BYTES_PER_PARAM[f] for f in ggufs + ([GGUF_LORA] if plan.lora else []))
+        + (2.0 if (ggufs and "gguf-f16" not in ggufs) or plan.lora else 0)
+    )
     need = int(per_param * params * 1.1) + 50 * 2**20
     free = disk_free(plan.out.parent)
     if free < need:
@@ -150,7 +170,7 @@ def export_run(
     stage = ExportDir(Path(tempfile.mkdtemp(prefix=f".{plan.out.name}.staging-", dir=plan.out.parent)))
     try:
         n_prompts = len(conversations) if check else 0
-        total = 2 + n_prompts + len(plan.ggufs) + (1 if plan.ggufs else 0) + n_prompts * len(plan.formats)
+        total = 2 + n_prompts + len(plan.ggufs) + (1 if plan.ggufs else 0) + plan.lora + n_prompts * len(plan.formats)
         with progress_bar() as bar:
             task = bar.add_task(f"Export {plan.name}", total=total, info="loading the PyTorch model")
 
@@ -160,18 +180,24 @@ def export_run(
             model, tokenizer, info = load_pytorch_model(plan.model_dir)
             step("PyTorch model: greedy answers" if check else "merging")
             reference, t_ref = _pytorch_answers(model, tokenizer, conversations, answer_tokens, step) if check else (None, 0.0)
-            _write_merged(model, tokenizer, stage)
+            if plan.writes_merged:
+                _write_merged(model, tokenizer, stage)
             del model
             gc.collect()
-            step("merged" + ("; converting to GGUF" if plan.ggufs else ""))
+            step(("merged" if plan.writes_merged else "answered") + ("; converting to GGUF" if plan.ggufs or plan.lora else ""))
             files = _write_ggufs(plan, stage, n_threads, step)
+            pair = write_lora_pair(plan.model_dir, plan.name, stage, threads=n_threads) if plan.lora else None
+            if pair:
+                step(f"{GGUF_LORA} written")
 
             report = _new_report(plan, info, prompt_source, len(conversations), answer_tokens, reference, t_ref)
             for fmt in plan.formats:
-                entry = _artefact_entry(fmt, plan.out, stage, files, tokenizer)
+                entry = _artefact_entry(fmt, plan.out, stage, files, pair, tokenizer)
                 if check:
                     step(f"checking {fmt}", advance=0)
-                    entry.update(_check_format(fmt, stage, files, conversations, reference, answer_tokens, plan.config, n_threads, step))
+                    entry.update(
+                        _check_format(fmt, stage, files, pair, conversations, reference, answer_tokens, plan.config, n_threads, step)
+                    )
                     _require_template_and_eos(entry)
                     report["passed"] = report["passed"] and entry["passed"]
                 report["formats"][fmt] = entry
@@ -184,9 +210,12 @@ def export_run(
             if check:
                 atomic_write_json(stage.faithfulness_json, report)
                 atomic_write_text(stage.faithfulness_md, faith_md)
-            if files:
-                _write_modelfile(stage, files, tokenizer)
-            _finish_merged(plan, stage, info, faith_md, files)
+            if plan.ggufs:
+                chosen = next(files[f] for f in MODELFILE_PREFERENCE if f in files)
+                _write_modelfile(stage.modelfile, tokenizer, chosen, other_files=[p.name for p in files.values() if p != chosen])
+            if pair:
+                _write_modelfile(stage.lora_modelfile, tokenizer, pair[0], adapter=pair[1].name)
+            _write_cards(plan, stage, info, faith_md, files, pair)
             bar.update(task, completed=total, info=f"done in {time.time() - t0:.0f} s")
         _publish(stage, ExportDir(plan.out))
     finally:
@@ -255,33 +284,45 @@ def _new_report(plan: ExportPlan, info: dict, prompt_source: str, n_prompts: int
     return report
 
 
-def _artefact_entry(fmt: str, out: Path, stage: ExportDir, files: dict[str, Path], tokenizer) -> dict:
-    """Where the artefact will live, its size and, for a GGUF, whether it carries the chat template and EOS."""
+def _artefact_entry(fmt: str, out: Path, stage: ExportDir, files: dict[str, Path], pair, tokenizer) -> dict:
+    """Where the artefact will live, its size and, for a GGUF, whether it carries the chat template and EOS
+    (for gguf-lora: the adapter's size and its base's, whose GGUF carries the tokenizer)."""
     if fmt == "merged":
         return {"path": str(ExportDir(out).merged), "bytes": sum(p.stat().st_size for p in stage.merged.rglob("*") if p.is_file())}
-    meta = gguf_metadata(files[fmt])
-    return {
-        "path": str(ExportDir(out).gguf / files[fmt].name),
-        "bytes": files[fmt].stat().st_size,
+    if fmt == GGUF_LORA:
+        base, adapter = pair
+        where = {"path": str(ExportDir(out).lora), "bytes": adapter.stat().st_size, "adapter": adapter.name}
+        where.update(base=base.name, base_bytes=base.stat().st_size, lora_alpha=gguf_metadata(adapter).get("adapter.lora.alpha"))
+    else:
+        base = files[fmt]
+        where = {"path": str(ExportDir(out).gguf / base.name), "bytes": base.stat().st_size}
+    meta = gguf_metadata(base)
+    # the template tunelab serves with: the GGUF's, else tunelab's default (a base model without one)
+    template = meta.get("tokenizer.chat_template") or DEFAULT_CHAT_TEMPLATE
+    return where | {
         "gguf": {
             "architecture": meta.get("general.architecture"),
             "file_type": meta.get("general.file_type"),
-            "chat_template_equal": meta.get("tokenizer.chat_template") == tokenizer.chat_template,
+            "chat_template_equal": template == tokenizer.chat_template,
             "eos_token_id": meta.get("tokenizer.ggml.eos_token_id"),
             "eos_token_id_equal": meta.get("tokenizer.ggml.eos_token_id") == tokenizer.eos_token_id,
         },
     }
 
 
-def _check_format(fmt, stage: ExportDir, files, conversations, reference, answer_tokens, config: ExportConfig, n_threads, step) -> dict:
-    """Greedy answers of one export on the check prompts, compared token by token with the PyTorch model's."""
+def _check_format(
+    fmt, stage: ExportDir, files, pair, conversations, reference, answer_tokens, config: ExportConfig, n_threads, step
+) -> dict:
+    """Greedy answers of one export on the check prompts, compared token by token with the PyTorch model's
+    (`files`: the merged model's GGUFs by format; `pair`: gguf-lora's (base, adapter), applied as llama.cpp does)."""
     result: dict = {}
     if fmt == "merged":
         merged = load_causal_lm(stage.merged).eval()
         gens = fc.hf_greedy(merged, load_tokenizer(stage.merged), conversations, answer_tokens, on_done=step)
         del merged
     else:
-        chat = LlamaCppChatModel(files[fmt], n_threads=n_threads, n_ctx=4096)
+        base, adapter = pair if fmt == GGUF_LORA else (files[fmt], None)
+        chat = LlamaCppChatModel(base, n_threads=n_threads, n_ctx=4096, lora=adapter)
         start = time.time()
         gens = fc.gguf_greedy(chat, conversations, answer_tokens, on_done=step)
         result["tokens_per_second"] = round(sum(len(g.ids) for g in gens) / max(time.time() - start, 1e-9), 1)
@@ -312,30 +353,30 @@ def _score_formats(report: dict, references: list[str], eval_config: EvalConfig)
         report["metrics_note"] = f"metric deltas skipped: the evaluation stage is not available ({err})"
 
 
-def _write_modelfile(stage: ExportDir, files: dict[str, Path], tokenizer) -> None:
-    """An Ollama Modelfile beside the GGUF files, pointing at the preferred one."""
-    chosen = next(files[f] for f in MODELFILE_PREFERENCE if f in files)
-    others = [p.name for p in files.values() if p != chosen]
+def _write_modelfile(path: Path, tokenizer, gguf_file: Path, **files) -> None:
+    """An Ollama Modelfile at `path` for `gguf_file` (`files`: the other quantizations, or the LoRA adapter on it)."""
     user_only = tokenizer.apply_chat_template([{"role": "user", "content": "X"}], tokenize=False, add_generation_prompt=True)
-    atomic_write_text(
-        stage.modelfile, modelfile_text(chosen.name, tokenizer.chat_template, tokenizer.eos_token or "", user_only, other_files=others)
-    )
+    atomic_write_text(path, modelfile_text(gguf_file.name, tokenizer.chat_template, tokenizer.eos_token or "", user_only, **files))
 
 
-def _finish_merged(plan: ExportPlan, stage: ExportDir, info: dict, faith_md: str | None, files: dict[str, Path]) -> None:
-    """Give the merged folder its model card, or remove it when only GGUF files were asked for."""
-    if "merged" not in plan.formats:
+def _write_cards(plan: ExportPlan, stage: ExportDir, info: dict, faith_md: str | None, files: dict[str, Path], pair) -> None:
+    """The model card in each folder one shares: merged/ and gguf-lora/; the merged folder goes when only the converter needed it."""
+    if plan.writes_merged and "merged" not in plan.formats:
         shutil.rmtree(stage.merged)
-        return
-    card = model_card(
+    common = dict(
         name=plan.name,
         info=info,
         licence=base_licence(info.get("base_model"), base_model_path(plan.model_dir) or plan.model_dir),
         run_root=plan.run.root if plan.run else None,
         faithfulness_md=faith_md,
+        merged="merged" in plan.formats,
         gguf_files=[p.name for p in files.values()],
+        lora_files=tuple(p.name for p in pair) if pair else None,
     )
-    atomic_write_text(stage.merged / "README.md", card)
+    if "merged" in plan.formats:
+        atomic_write_text(stage.merged / "README.md", model_card(**common, folder="merged"))
+    if pair:
+        atomic_write_text(stage.lora_card, model_card(**common, folder=GGUF_LORA))
 
 
 def _publish(stage: ExportDir, out: ExportDir) -> None:
@@ -343,13 +384,14 @@ def _publish(stage: ExportDir, out: ExportDir) -> None:
     for p in stage.root.rglob("*"):  # temporary files and folders are private (0600/0700); artefacts are for sharing
         p.chmod(0o755 if p.is_dir() else 0o644)
     out.root.mkdir(parents=True, exist_ok=True)
-    if stage.merged.is_dir():
-        old = out.root / ".merged.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if out.merged.exists():
-            out.merged.rename(old)
-        stage.merged.rename(out.merged)
-        shutil.rmtree(old, ignore_errors=True)
+    for staged, final in ((stage.merged, out.merged), (stage.lora, out.lora)):  # folders replaced whole
+        if staged.is_dir():
+            old = out.root / f".{final.name}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            if final.exists():
+                final.rename(old)
+            staged.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
     if stage.gguf.is_dir():
         out.gguf.mkdir(exist_ok=True)
         for f in sorted(stage.gguf.iterdir()):
@@ -372,7 +414,7 @@ def export_cli(run: str | Path, formats: list[str] | None = None, out: Path | No
     for c in cols + [f"Δ {m}" for m in metric_names]:
         table.add_column(c, overflow="fold")
     for fmt, e in report["formats"].items():
-        row = [fmt, e["path"], f"{e['bytes'] / 2**20:.0f} MiB"]
+        row = [fmt, e["path"], fc.size_text(e)]
         if check:
             row += [f"{e['prompts_equal']}/{e['prompts']}", f"{e['agreement']:.1%}", "[green]yes[/]" if e["passed"] else "[red]no[/]"]
         row += [f"{e['metrics'][m]['delta']:+.4f}" if m in e.get("metrics", {}) else "-" for m in metric_names]

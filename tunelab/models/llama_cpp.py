@@ -2,8 +2,10 @@
 
 `LlamaCppChatModel` formats prompts with the chat template stored in the GGUF (llama-cpp-python's
 Jinja2ChatFormatter, the same jinja settings as transformers) and stops on the model's
-end-of-generation tokens. The export stage (tunelab/export/llama_cpp.py) writes GGUF files;
-this module only reads and runs them, so serving and evaluation do not depend on export.
+end-of-generation tokens; with `lora`, a LoRA adapter GGUF is applied to the model (its base) through
+llama-cpp-python's `lora_path`, once `check_lora_fits` has found its architecture and tensor shapes to fit.
+The export stage (tunelab/export/llama_cpp.py) writes GGUF files; this module only reads and runs
+them, so serving and evaluation do not depend on export.
 
 llama-cpp-python is an optional dependency (the `gguf` extra, built once by `make setup-gguf`):
 it is imported where a GGUF is opened, never when this module is imported.
@@ -141,7 +143,10 @@ def open_llama(path: str | Path, *, n_ctx: int, n_threads: int | None = None, re
 
 def gguf_metadata(path: Path) -> dict:
     """The key/value metadata of a GGUF file (strings, numbers; arrays left out), read with gguf-py."""
-    reader = GGUFReader(str(path))
+    return _metadata(GGUFReader(str(path)))
+
+
+def _metadata(reader: GGUFReader) -> dict:
     meta = {}
     for key, field in reader.fields.items():
         if not field.types or field.types[0] == GGUFValueType.ARRAY:
@@ -154,9 +159,75 @@ def gguf_metadata(path: Path) -> dict:
     return meta
 
 
-def scoring_llama(path: str | Path, n_ctx: int = SCORING_CONTEXT, n_threads: int | None = None):
+def scoring_llama(path: str | Path, n_ctx: int = SCORING_CONTEXT, n_threads: int | None = None, lora: Path | None = None):
     """A llama_cpp.Llama for scoring: logits kept for every position, `n_ctx` tokens at most."""
-    return open_llama(path, n_ctx=n_ctx, n_threads=n_threads, logits_all=True)
+    return open_llama(path, n_ctx=n_ctx, n_threads=n_threads, logits_all=True, **_lora_args(lora))
+
+
+def _lora_args(lora: Path | None) -> dict:
+    """llama-cpp-python's argument applying a LoRA adapter GGUF at scale 1 (it then reads the base into
+    memory instead of mapping it)."""
+    return {"lora_path": str(lora)} if lora else {}
+
+
+# ---------------------------------------------------------------- LoRA adapters as GGUF files
+def is_lora_adapter(path: str | Path) -> bool:
+    """A GGUF file holding a LoRA adapter (llama.cpp's convert_lora_to_gguf.py writes general.type 'adapter')."""
+    return gguf_metadata(Path(path)).get("general.type") == "adapter"
+
+
+def lora_pair(folder: str | Path) -> tuple[Path, Path] | None:
+    """(base GGUF, adapter GGUF) of a folder holding a LoRA adapter GGUF and its base model's GGUF
+    (`tunelab export --format gguf-lora` writes export/gguf-lora/); None for a folder with no adapter GGUF."""
+    folder = Path(folder)
+    ggufs = sorted(folder.glob("*.gguf"))
+    adapters = [p for p in ggufs if is_lora_adapter(p)]
+    bases = [p for p in ggufs if p not in adapters]
+    if not adapters:
+        return None
+    if not bases:
+        raise TunelabError(
+            f"{folder}: the LoRA adapter {adapters[0].name} has no base model GGUF beside it, and llama.cpp applies an "
+            f"adapter to the base it was trained on: put that base's .gguf in the folder (`tunelab export RUN --format gguf-lora` writes both)"
+        )
+    if len(adapters) > 1 or len(bases) > 1:
+        raise TunelabError(
+            f"{folder}: a LoRA GGUF folder holds one adapter and one base model GGUF; it has adapters "
+            f"{', '.join(p.name for p in adapters)} and bases {', '.join(p.name for p in bases)}"
+        )
+    return bases[0], adapters[0]
+
+
+def check_lora_fits(base: Path, adapter: Path) -> None:
+    """Refuse, naming both files, an adapter that llama.cpp would not apply to `base`: not a LoRA adapter,
+    made for another architecture, or adapting a tensor the base lacks or holds in another shape. These are
+    llama.cpp's own rules, read here from the two files' headers before the base is loaded. A base of the
+    same architecture and shapes but other weights cannot be told apart from the files (nor by llama.cpp)."""
+    adapter_reader, base_reader = GGUFReader(str(adapter)), GGUFReader(str(base))
+    adapter_meta, base_meta = _metadata(adapter_reader), _metadata(base_reader)
+    if adapter_meta.get("general.type") != "adapter" or adapter_meta.get("adapter.type") != "lora":
+        raise TunelabError(f"{adapter}: not a LoRA adapter GGUF (general.type {adapter_meta.get('general.type')!r})")
+    if base_meta.get("general.type") == "adapter":
+        raise TunelabError(f"{base}: a LoRA adapter, not a base model to apply {adapter.name} to")
+    arch, base_arch = adapter_meta.get("general.architecture"), base_meta.get("general.architecture")
+    if arch != base_arch:
+        raise TunelabError(
+            f"{adapter} adapts a '{arch}' model and {base} is a '{base_arch}' model: an adapter for another base model; "
+            f"give the base it was trained on"
+        )
+    shapes = {t.name: [int(n) for n in t.shape] for t in base_reader.tensors}  # llama.cpp's ne: [inputs, outputs]
+    for tensor in adapter_reader.tensors:
+        name, _, part = tensor.name.rpartition(".")
+        if part not in ("lora_a", "lora_b"):
+            continue
+        shape, target = [int(n) for n in tensor.shape], shapes.get(name)
+        # lora_a is [inputs, rank] and lora_b [rank, outputs]: they must meet the base tensor's inputs and outputs
+        if target is None or (shape[0] != target[0] if part == "lora_a" else shape[1] != target[1]):
+            held = f"holds it as {target}" if target else "has no such tensor"
+            raise TunelabError(
+                f"{adapter} does not fit {base}: its {tensor.name} is {shape} and the base {held}: "
+                f"an adapter for another base model; give the base it was trained on"
+            )
 
 
 class LlamaCppChatModel:
@@ -164,18 +235,29 @@ class LlamaCppChatModel:
 
     backend = "llama.cpp"
 
-    def __init__(self, path: str | Path, n_threads: int | None = None, n_ctx: int = 4096, name: str | None = None):
+    def __init__(
+        self, path: str | Path, n_threads: int | None = None, n_ctx: int = 4096, name: str | None = None, lora: str | Path | None = None
+    ):
+        """`lora`: a LoRA adapter GGUF applied to the model at `path` (its base), through llama-cpp-python's `lora_path`."""
         llama_cpp = require_llama_cpp()
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter  # optional dependency: see the module docstring
 
         self.path = Path(path)
-        self.name = name or self.path.stem
+        self.lora = Path(lora) if lora else None
+        self.name = name or (self.lora or self.path).stem
         threads = n_threads or default_threads()
         meta = gguf_metadata(self.path)
+        if meta.get("general.type") == "adapter":
+            raise TunelabError(
+                f"{self.path} is a LoRA adapter, not a model: llama.cpp applies it to its base model. Load the folder "
+                f"holding the adapter and its base GGUF (`tunelab export RUN --format gguf-lora` writes RUN/export/gguf-lora/)"
+            )
+        if self.lora:
+            check_lora_fits(self.path, self.lora)
         trained_ctx = meta.get(f"{meta.get('general.architecture')}.context_length")
         if trained_ctx:
             n_ctx = min(n_ctx, int(trained_ctx))
-        self.llm = open_llama(self.path, n_ctx=n_ctx, n_threads=threads)
+        self.llm = open_llama(self.path, n_ctx=n_ctx, n_threads=threads, **_lora_args(self.lora))
         self._is_eog = llama_cpp.llama_vocab_is_eog
         self._vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         self.adds_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))  # what the tokenizer does by default
@@ -232,7 +314,8 @@ class LlamaCppChatModel:
         with self._lock:
             if self._scorer is None:
                 fits = SCORING_MEMORY // (4 * self.llm.n_vocab())
-                self._scorer = scoring_llama(self.path, n_ctx=max(256, min(SCORING_CONTEXT, self.n_ctx, fits)), n_threads=self.threads)
+                n_ctx = max(256, min(SCORING_CONTEXT, self.n_ctx, fits))
+                self._scorer = scoring_llama(self.path, n_ctx=n_ctx, n_threads=self.threads, lora=self.lora)
             return gguf_logprobs(self._scorer, pairs, on_batch)
 
     def is_end(self, token: int) -> bool:

@@ -1,7 +1,7 @@
 """Which models the server offers, where they may come from, and a small cache of loaded ones.
 
 A `ModelRegistry` holds `ModelEntry`s found in the runs folder (adapters, merged exports,
-GGUF exports), the base models those runs were tuned from, and models named on the command
+GGUF exports, LoRA adapter GGUFs with their base's), the base models those runs were tuned from, and models named on the command
 line. Every path is resolved (symlinks followed) and must lie inside an allowed folder;
 weights must be safetensors or GGUF (pickle files are never loaded) and remote code is never
 trusted. Models load lazily, at most `cache_size` stay in memory (least recently used goes
@@ -22,6 +22,7 @@ from pathlib import Path
 from tunelab.errors import ModelNotFound, TunelabError
 from tunelab.models.catalog import DEFAULT_MODEL, lookup
 from tunelab.models.interface import GenerationSettings
+from tunelab.models.llama_cpp import lora_pair
 from tunelab.models.resolve import package_dir, resolve_model
 from tunelab.paths import models_cache_dir
 from tunelab.runs import DEFAULT_RUNS_DIR, RunDir, gguf_quant, is_adapter, read_model_info, require_base_model, trained_model_dir
@@ -38,7 +39,7 @@ class ModelEntry:
     id: str  # short name used by the API (`model` field) and in URLs
     label: str  # what the picker shows
     ref: str  # what `load_chat_model` receives: a path, or a catalog name
-    kind: str  # "base" | "adapter" | "full" | "merged" | "gguf"
+    kind: str  # "base" | "adapter" | "full" | "merged" | "gguf" | "gguf-lora" (a folder: LoRA adapter GGUF + base GGUF)
     base: str | None = None  # id of the base model entry, for side-by-side
     run: str | None = None  # name of the run it comes from
     run_dir: str | None = None  # that run's folder (held-out prompts and human votes for the Evaluate tab)
@@ -84,6 +85,10 @@ def check_weights(path: Path) -> None:
         return
     if not path.is_dir():
         raise ModelNotFound(f"{path} does not exist")
+    if is_gguf_folder(path):
+        for gguf in path.glob("*.gguf"):
+            check_weights(gguf)
+        return
     if (path / "adapter_config.json").is_file():
         if not (path / "adapter_model.safetensors").is_file():
             raise UnsafeModel(f"{path}: the adapter has no adapter_model.safetensors (pickled adapter weights are never loaded)")
@@ -195,6 +200,8 @@ class ModelRegistry:
                 check_weights(base_path)
         else:
             check_weights(ref)
+            for gguf in ref.glob("*.gguf") if is_gguf_folder(ref) else []:  # each file of a gguf-lora folder, links followed
+                self.check_path(gguf)
 
     # ------------------------------------------------------------ loading
     def get(self, entry: ModelEntry):
@@ -227,12 +234,26 @@ class ModelRegistry:
                 pieces.close()
 
 
+def is_gguf_folder(path: Path) -> bool:
+    """A folder of GGUF files, not a Hugging Face or run folder: a LoRA adapter GGUF with its base's (gguf-lora/)."""
+    return path.is_dir() and any(path.glob("*.gguf")) and not (path / "config.json").is_file() and trained_model_dir(path) is None
+
+
 # ---------------------------------------------------------------- discovery
 def entries_for_path(path: Path) -> list[ModelEntry]:
-    """Entries for one run directory, merged folder, HF folder or GGUF file."""
+    """Entries for one run directory, merged folder, HF folder, GGUF file or gguf-lora folder."""
     path = Path(path)
     if path.is_file() and path.suffix == ".gguf":
         return [ModelEntry(slug(path.stem), f"{path.stem} · gguf", str(path), "gguf")]
+    if is_gguf_folder(path):
+        pair = lora_pair(path)  # a clear error for an adapter without its base, or several of either
+        if pair is None:
+            return []
+        owner = RunDir(path.parent.parent)
+        if owner.export_dir.lora == path and owner.has_model():  # <run>/export/gguf-lora
+            run = owner.root.name
+            return [ModelEntry(slug(f"{run}-lora-gguf"), f"{run} · lora gguf", str(path), "gguf-lora", run=run, run_dir=str(owner.root))]
+        return [ModelEntry(slug(pair[1].stem), f"{pair[1].stem} · lora gguf", str(path), "gguf-lora")]
     trained = trained_model_dir(path)
     if trained is None:
         if (path / "config.json").is_file():
@@ -257,6 +278,9 @@ def entries_for_path(path: Path) -> list[ModelEntry]:
     for g in run_dir.export_dir.gguf_files():
         quant = gguf_quant(g) or g.stem
         out.append(ModelEntry(slug(f"{run}-{quant}-gguf"), f"{run} · {quant} gguf", str(g), "gguf", base_id, run, root))
+    if run_dir.export_dir.lora.is_dir():
+        lora = run_dir.export_dir.lora
+        out.append(ModelEntry(slug(f"{run}-lora-gguf"), f"{run} · lora gguf", str(lora), "gguf-lora", base_id, run, root))
     if base_ref:
         out.append(ModelEntry(base_id, f"{Path(base_ref).name if Path(base_ref).exists() else base_ref} (base)", base_ref, "base"))
     return out
