@@ -103,3 +103,18 @@ def test_bad_recorded_interpolation_names_the_file_and_field(tmp_path, tiny_mode
     write_model_info(bad, {**info, "interpolation": "half"})
     with pytest.raises(TunelabError, match="field 'interpolation' is 'half'"):
         load_pytorch_model(bad)
+
+
+def test_an_interpolated_run_is_refused_for_an_adapter_gguf(tmp_path, tiny_model_dir, adapter_dir):
+    # llama.cpp and Ollama apply an adapter file at full strength: gguf-lora would silently drop α
+    from tunelab.config import recipe_from_dict
+    from tunelab.errors import ConfigError
+    from tunelab.export.lora import check_adapter
+
+    half = with_alpha(adapter_dir, tmp_path / "half", tiny_model_dir, 0.5, "lora")
+    with pytest.raises(TunelabError, match=rf"{half / MODEL_INFO}: field 'interpolation' is 0.5"):
+        check_adapter(half)
+    assert check_adapter(with_alpha(adapter_dir, tmp_path / "whole", tiny_model_dir, None, "lora"))["r"] == 4
+    recipe = {"model": str(tiny_model_dir), "data": {"sources": [{"path": "x.json"}]}, "export": {"formats": ["gguf-lora"]}}
+    with pytest.raises((ConfigError, ValueError), match="train.interpolation is 0.5"):
+        recipe_from_dict({**recipe, "train": {"interpolation": 0.5}}, "recipe.yaml")
