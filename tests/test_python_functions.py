@@ -158,3 +158,10 @@ def test_answers_python_drops_every_other_answer_and_counts_it(tmp_path, tiny_mo
 
 def test_problem_halves_interleave():
     assert [problem_half(i) for i in range(5)] == ["dev", "test", "dev", "test", "dev"]
+
+
+def test_a_sweep_names_the_python_sources_it_changed():
+    from tunelab.compare.spec import describe_sources
+
+    sources = [{"path": "../data/code_alpaca_2k.json", "answers": "python"}, {"path": "stdlib", "format": "python_functions"}]
+    assert describe_sources(sources) == "code_alpaca_2k.json (python answers) + stdlib functions"

@@ -305,7 +305,9 @@ def recipe_changes(base: Recipe, other: Recipe) -> dict[str, tuple[Any, Any]]:
 def describe_sources(sources: list[dict]) -> str:
     parts = []
     for s in sources:
-        label = Path(s["path"]).name
+        label = Path(s["path"]).name + (" functions" if s.get("format") == "python_functions" else "")
+        if s.get("answers", "any") != "any":
+            label += f" ({s['answers']} answers)"
         if s.get("weight", 1.0) != 1.0:
             label += f"×{s['weight']:g}"
         if s.get("max_examples"):
