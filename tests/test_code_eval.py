@@ -89,9 +89,38 @@ def test_a_chat_prompt_starts_the_answer_with_the_function(tiny_model_dir):
     from tunelab.models.chat import load_chat_model
 
     chat = load_chat_model(str(tiny_model_dir))
-    text = chat.tokenizer.decode(code.prompt_ids(chat, PROBLEM, "chat"))
-    assert text.endswith("<|im_start|>assistant\n```python\n" + PROBLEM.prompt)  # ChatML, the assistant's turn opened
-    assert text.count(PROBLEM.prompt) == 1 and code.CHAT_REQUEST in text  # the function is in the answer only
+    prompt, ids = code.asked_prompt(chat, PROBLEM, "chat")
+    text = chat.tokenizer.decode(ids)
+    assert text.endswith("<|im_start|>assistant\n```python\n" + prompt)  # ChatML, the assistant's turn opened
+    assert text.count(prompt) == 1 and code.CHAT_REQUEST in text  # the function is in the answer only
+
+
+class CharacterTokenizer:
+    """A tokenizer of one token per character: no newline ever merges with what follows it."""
+
+    def prompt_text(self, messages):
+        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
+
+    def tokenize(self, text):
+        return [ord(c) for c in text]
+
+    encode = tokenize
+
+
+def test_the_prompt_ends_where_the_tokenizer_ends_a_token(tiny_model_dir):
+    from tunelab.models.chat import load_chat_model
+
+    # SmolLM2 merges a newline with the indentation after it: its prompt loses the newline, and the
+    # model writes it with the body's indentation (asked after a lone newline, it closed the block)
+    smollm2 = load_chat_model(str(tiny_model_dir))
+    for fmt in ("chat", "completion"):
+        prompt, ids = code.asked_prompt(smollm2, PROBLEM, fmt)
+        assert prompt == PROBLEM.prompt.rstrip("\n") and PROBLEM.prompt.endswith('"""\n')
+        whole = smollm2.tokenize("```python\n" + PROBLEM.prompt + "    return a + b")
+        assert smollm2.tokenize(prompt)[-1] in whole  # the prompt's last token is one the whole text has
+    # a tokenizer that keeps the newline apart gets the prompt as it is
+    prompt, ids = code.asked_prompt(CharacterTokenizer(), PROBLEM, "chat")
+    assert prompt == PROBLEM.prompt and ids[-len(prompt) :] == [ord(c) for c in prompt]
 
 
 def test_pass_at_k_is_human_evals_unbiased_estimator():
@@ -149,8 +178,8 @@ def test_prompt_format_follows_the_model(tiny_model_dir):
     assert code.prompt_format(chat) == "chat"  # SmolLM2's tokenizer carries its ChatML template
     chat.tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE  # what tunelab gives a base model
     assert code.prompt_format(chat) == "completion"
-    ids = code.prompt_ids(chat, PROBLEM, "completion")
-    assert chat.tokenizer.decode(ids, skip_special_tokens=True) == PROBLEM.prompt
+    prompt, ids = code.asked_prompt(chat, PROBLEM, "completion")
+    assert chat.tokenizer.decode(ids, skip_special_tokens=True) == prompt
 
 
 def test_a_whole_code_benchmark_through_the_cli(tmp_path, tiny_model_dir):

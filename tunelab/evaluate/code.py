@@ -78,21 +78,40 @@ def prompt_format(chat) -> str:
     return "completion" if not template or template == DEFAULT_CHAT_TEMPLATE else "chat"
 
 
-def prompt_ids(chat, problem: CodeProblem, fmt: str) -> list[int]:
+INDENTED_LINE = "    pass"  # what follows a function's docstring: an indented line of its body
+
+
+def asked_prompt(chat, problem: CodeProblem, fmt: str) -> tuple[str, list[int]]:
+    """(the function's prompt as the model continues it, the token ids it is asked with).
+
+    The prompt ends where the model's tokenizer ends a token. HumanEval's prompts end with a newline;
+    a tokenizer that merges a newline with the indentation after it (SmolLM2's '\\n   ') would hand
+    the model a lone newline token, which in its training text comes before a closing fence or a
+    top-level line, not before a body: asked so, SmolLM2 closed the code block at once on every
+    problem, tuned on bodies or not. For such a tokenizer the prompt loses its trailing newline and
+    the model writes it with the indentation (bigcode-evaluation-harness strips HumanEval's prompts
+    for the same reason). A tokenizer that keeps the newline apart (Qwen2.5's '\"\"\"\\n') gets the
+    prompt as it is. The program that runs is this prompt, then the completion."""
     if fmt == "completion":
-        return chat.encode(problem.prompt)
-    request = chat.prompt_text([{"role": "user", "content": CHAT_REQUEST}])
-    return chat.tokenize(request + CHAT_ANSWER_START + problem.prompt)  # the assistant's turn starts with the function
+        head, encode = "", chat.encode
+    else:  # the assistant's turn starts with the function
+        head, encode = chat.prompt_text([{"role": "user", "content": CHAT_REQUEST}]) + CHAT_ANSWER_START, chat.tokenize
+    prompt = problem.prompt
+    ids = encode(head + prompt)
+    if encode(head + prompt + INDENTED_LINE)[: len(ids)] != ids:
+        prompt = prompt.rstrip("\n")
+        ids = encode(head + prompt)
+    return prompt, ids
 
 
 def _finished(text: str, fmt: str) -> bool:
     return any(stop in text for stop in COMPLETION_STOPS) or (fmt == "chat" and "```" in text)  # or the code block closed
 
 
-def generate_answer(chat, problem: CodeProblem, fmt: str, settings: GenerationSettings) -> str:
-    """The model's raw answer, generation stopped as soon as the answer is complete (see `_finished`)."""
+def generate_answer(chat, ids: list[int], fmt: str, settings: GenerationSettings) -> str:
+    """The model's raw answer to the prompt `ids`, generation stopped as soon as the answer is complete (see `_finished`)."""
     text = ""
-    pieces = chat.stream_ids(prompt_ids(chat, problem, fmt), settings)
+    pieces = chat.stream_ids(ids, settings)
     try:
         for piece in pieces:
             text += piece
@@ -180,11 +199,12 @@ def score_model(
         task = bar.add_task(f"{bench} ({name})", total=len(problems) * n, info="")
         for problem in problems:
             row = []
+            prompt, ids = asked_prompt(chat, problem, fmt)
             for i in range(n):
                 s = GenerationSettings(**{**settings.__dict__, "seed": settings.seed + i})
-                answer = generate_answer(chat, problem, fmt, s)
+                answer = generate_answer(chat, ids, fmt, s)
                 code = completion_code(answer, fmt)
-                program = humaneval_program(problem.prompt, code, problem.test, problem.entry_point)
+                program = humaneval_program(prompt, code, problem.test, problem.entry_point)
                 row.append((answer, code, runner.submit(run_program, program, limits)))
                 bar.update(task, advance=1)
             futures.append(row)
