@@ -160,7 +160,7 @@ def test_real_smollm2_on_arc_easy_matches_lm_eval_to_three_decimals(smollm2_dir,
 
 
 # ---------------------------------------------------------------- the command
-def test_eval_benchmark_command_base_against_run_with_paired_interval(tiny_model_dir, tmp_path):
+def test_benchmark_command_base_against_run_with_paired_interval(tiny_model_dir, tmp_path):
     from typer.testing import CliRunner
 
     from tunelab.cli import app
