@@ -1,4 +1,4 @@
-"""Speed of `tunelab eval --benchmark` against lm-evaluation-harness itself, on the same ARC questions.
+"""Speed of `tunelab benchmark` against lm-evaluation-harness itself, on the same ARC questions.
 
     .venv/bin/python bench/arc_scoring.py [--model smollm2-135m-instruct] [--benchmark arc-easy] [--questions 200]
                                           [--batch-size 16] [--threads 2] [--repeats 3]
@@ -65,7 +65,7 @@ def report(args, rounds: list[dict]) -> str:
     rows = [
         ["lm-evaluation-harness 0.4.13 (`hf` model, fp32)", r([x["lm_eval_qps"] for x in rounds], 2), "1.00x"],
         [
-            "tunelab `eval --benchmark` (fp32)",
+            "tunelab `benchmark` (fp32)",
             r([x["tunelab_qps"] for x in rounds], 2),
             r([x["tunelab_qps"] / x["lm_eval_qps"] for x in rounds], 2, "x"),
         ],

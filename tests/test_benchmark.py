@@ -160,7 +160,7 @@ def test_real_smollm2_on_arc_easy_matches_lm_eval_to_three_decimals(smollm2_dir,
 
 
 # ---------------------------------------------------------------- the command
-def test_eval_benchmark_command_base_against_run_with_paired_interval(tiny_model_dir, tmp_path):
+def test_benchmark_command_base_against_run_with_paired_interval(tiny_model_dir, tmp_path):
     from typer.testing import CliRunner
 
     from tunelab.cli import app
@@ -170,7 +170,7 @@ def test_eval_benchmark_command_base_against_run_with_paired_interval(tiny_model
         [{"query": f"Question: What is {i} plus one?", "choices": [str(i), str(i + 1), "blue"], "gold": 1} for i in range(12)],
     )
     out = tmp_path / "bench"
-    res = CliRunner().invoke(app, ["eval", str(tiny_model_dir), str(tiny_model_dir), "--benchmark", str(arc), "--out", str(out)])
+    res = CliRunner().invoke(app, ["benchmark", str(tiny_model_dir), str(tiny_model_dir), "--benchmark", str(arc), "--out", str(out)])
     assert res.exit_code == 0, res.output
     result = json.loads((out / "benchmark.json").read_text())
     a, b = result["models"].values()

@@ -11,7 +11,8 @@ import typer
 from typer.testing import CliRunner
 
 import tunelab.serve.run as serve_run
-from tunelab.cli import app
+from tunelab.cli import OLD_EVAL_SPELLINGS, app
+from tunelab.config import CodeEvalConfig, EvalConfig
 from tunelab.serve.generation import CHARS_PER_TOKEN, ServeLimits
 from tunelab.serve.registry import MODEL_CACHE_SIZE
 
@@ -93,84 +94,163 @@ def test_data_prepare_takes_the_recipe_defaults_for_options_left_out(prepared):
     assert prepared[-1]["config"] == given
 
 
-# ---------------------------------------------------------------- tunelab eval: options that do not apply are errors
+# ---------------------------------------------------------------- eval, benchmark, votes: options that do not apply are errors
+EVALUATION_COMMANDS = ("eval", "benchmark", "votes")
+
+
 @pytest.fixture
 def evaluated(monkeypatch) -> list[tuple[str, dict]]:
-    """(which evaluation, its keyword arguments) for each `tunelab eval` that got past its checks (nothing is scored)."""
+    """(which evaluation, its keyword arguments) for each evaluation command that got past its checks (nothing is scored)."""
     import tunelab.evaluate.benchmark as benchmark_stage
+    import tunelab.evaluate.code as code_stage
     import tunelab.evaluate.human as human_stage
     import tunelab.evaluate.run as evaluate_stage
 
     calls: list[tuple[str, dict]] = []
     monkeypatch.setattr(evaluate_stage, "evaluate_cli", lambda models, **kw: calls.append(("held-out", kw)))
     monkeypatch.setattr(benchmark_stage, "benchmark_cli", lambda models, bench, **kw: calls.append(("benchmark", kw)))
+    monkeypatch.setattr(code_stage, "code_benchmark_cli", lambda models, cfg, **kw: calls.append(("code", {"config": cfg, **kw})))
     monkeypatch.setattr(human_stage, "human_cli", lambda target, **kw: calls.append(("human", kw)) or {})
     return calls
 
 
+def words(output: str) -> str:
+    """The output as one line of words: the console wraps long lines, inside an error panel's borders."""
+    return " ".join(output.replace("│", " ").split())
+
+
 def refusal(args: list[str]) -> str:
-    res = CliRunner().invoke(app, ["eval", "runs/x", *args])
+    res = CliRunner().invoke(app, args)
     assert res.exit_code == 2, res.output
-    return " ".join(res.output.split())  # the console wraps long lines
+    return words(res.output)
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
         (
-            ["--benchmark", "arc-easy", "--max-examples", "40"],
-            "--max-examples does not apply with a multiple-choice --benchmark; use --max-questions",
+            ["benchmark", "runs/x", "--benchmark", "arc-easy", "--max-examples", "40"],
+            "--max-examples does not apply to `tunelab benchmark` (a multiple-choice or code benchmark); "
+            "use --max-questions (multiple choice) or --max-problems (code)",
         ),
-        (["--max-questions", "40"], "--max-questions does not apply without --benchmark or --human; use --max-examples"),
         (
-            ["--benchmark", "arc-easy", "--data", "q.jsonl"],
-            "--data does not apply with a multiple-choice --benchmark; give the file itself as --benchmark FILE",
+            ["eval", "runs/x", "--max-questions", "40"],
+            "--max-questions does not apply to `tunelab eval` (held-out examples); use --max-examples",
         ),
-        (["--precision", "bf16"], "--precision does not apply without --benchmark or --human; use --set generation_precision="),
         (
-            ["--benchmark", "arc-easy", "--temperature", "0.5"],
-            "--temperature does not apply with a multiple-choice --benchmark; it applies to the held-out evaluation and a code --benchmark",
+            ["benchmark", "runs/x", "--benchmark", "arc-easy", "--data", "q.jsonl"],
+            "--data does not apply to `tunelab benchmark` (a multiple-choice or code benchmark); give the file itself as --benchmark FILE",
         ),
-        (["--human", "--data", "q.jsonl"], "--data does not apply with --human; it applies to the held-out evaluation only"),
         (
-            ["--human", "--no-base"],
-            "--base does not apply with --human; it applies to the held-out evaluation, a multiple-choice --benchmark and a code --benchmark",
+            ["eval", "runs/x", "--precision", "bf16"],
+            "--precision does not apply to `tunelab eval` (held-out examples); use --set generation_precision=",
         ),
-        (["--seed", "3"], "--seed does not apply without --benchmark or --human; it applies to a multiple-choice --benchmark only"),
-        (["--human", "--benchmark", "arc-easy"], "--benchmark and --human are two different evaluations"),
+        (
+            ["benchmark", "runs/x", "--benchmark", "arc-easy", "--temperature", "0.5"],
+            "--temperature does not apply to a multiple-choice benchmark; it applies to a code benchmark only",
+        ),
+        (
+            ["votes", "runs/x", "--data", "q.jsonl"],
+            "--data does not apply to `tunelab votes` (people's blind A/B votes); it is an option of `tunelab eval` (held-out examples)",
+        ),
+        (
+            ["votes", "runs/x", "--no-base"],
+            "--no-base does not apply to `tunelab votes` (people's blind A/B votes); it is an option of "
+            "`tunelab eval` (held-out examples) and `tunelab benchmark` (a multiple-choice or code benchmark)",
+        ),
+        (
+            ["eval", "runs/x", "--seed", "3"],
+            "--seed does not apply to `tunelab eval` (held-out examples); it is an option of `tunelab benchmark`",
+        ),
+        (["benchmark", "runs/x", "--benchmark", "arc-easy", "--set", "batch_size=4"], "a benchmark's settings are its own options"),
+        (["votes", "runs/x", "--set", "metrics=[bleu]"], "--set does not apply to `tunelab votes`"),
+        # the old spellings are refused alike, in the words of the command they now run
+        (["eval", "runs/x", "--benchmark", "arc-easy", "--max-examples", "40"], "--max-examples does not apply to `tunelab benchmark`"),
+        (["eval", "--human", "runs/x", "--data", "q.jsonl"], "--data does not apply to `tunelab votes`"),
+        (["eval", "runs/x", "--human", "--benchmark", "arc-easy"], "--benchmark and --human are two different evaluations"),
     ],
 )
-def test_an_eval_option_that_does_not_apply_is_an_error_naming_what_does(evaluated, args, message):
+def test_an_evaluation_option_that_does_not_apply_is_an_error_naming_what_does(evaluated, args, message):
     assert message in refusal(args)
     assert evaluated == []  # refused before any work
 
 
-def test_eval_options_that_apply_are_passed_on(evaluated):
-    res = CliRunner().invoke(app, ["eval", "runs/x", "--benchmark", "arc-easy", "--max-questions", "40", "--batch-size", "4"])
+def command_options(name: str) -> set[str]:
+    command = typer.main.get_command(app).commands[name]
+    return {o for p in command.params if p.param_type_name == "option" for o in (*p.opts, *p.secondary_opts)}
+
+
+@pytest.mark.parametrize(
+    "command, option",
+    sorted(
+        (command, option)
+        for command in EVALUATION_COMMANDS
+        for other in EVALUATION_COMMANDS
+        for option in command_options(other) - command_options(command)
+        if not (command == "eval" and option in OLD_EVAL_SPELLINGS)  # the deprecated spellings, tested below
+    ),
+)
+def test_every_evaluation_command_refuses_the_options_of_the_others(evaluated, command, option):
+    """An option of `eval`, `benchmark` or `votes` given to one of the others is refused, never ignored."""
+    assert f"{option} does not apply to `tunelab {command}`" in refusal([command, "runs/x", option, "1"])
+    assert evaluated == []
+
+
+def test_evaluation_options_that_apply_are_passed_on(evaluated):
+    res = CliRunner().invoke(app, ["benchmark", "runs/x", "--benchmark", "arc-easy", "--max-questions", "40", "--batch-size", "4"])
     assert res.exit_code == 0, res.output
     kind, passed = evaluated[-1]
     assert kind == "benchmark" and passed["max_questions"] == 40 and passed["batch_size"] == 4
     assert not {"seed", "precision"} & passed.keys()  # benchmark_cli's own defaults apply
+    assert passed["compare_base"] is EvalConfig().compare_base  # the recipe's default, its one owner
+
+    res = CliRunner().invoke(app, ["benchmark", "runs/x", "--benchmark", "humaneval", "--samples", "4", "--temperature", "0.8"])
+    assert res.exit_code == 0, res.output
+    kind, passed = evaluated[-1]
+    assert kind == "code" and passed["config"] == CodeEvalConfig(samples=4, temperature=0.8)  # CodeEvalConfig's defaults for the rest
 
     res = CliRunner().invoke(app, ["eval", "runs/x", "--max-examples", "5", "--temperature", "0.3"])
     assert res.exit_code == 0, res.output
     kind, passed = evaluated[-1]
     assert kind == "held-out" and passed["config"].max_examples == 5 and passed["config"].temperature == 0.3
 
-    res = CliRunner().invoke(app, ["eval", "runs/x", "--human", "--metrics", "bleu"])
+    res = CliRunner().invoke(app, ["votes", "runs/x", "--metrics", "bleu"])
     assert res.exit_code == 0, res.output
-    assert evaluated[-1] == ("human", {"metrics": ["bleu"], "bertscore_model": passed["config"].bertscore_model})
+    assert evaluated[-1] == ("human", {"metrics": ["bleu"], "bertscore_model": EvalConfig().bertscore_model})
 
 
-def test_every_eval_option_says_where_it_applies():
-    """A new `tunelab eval` option (a new benchmark's, say) must be placed in EVAL_OPTION_MODES, or it would
-    be accepted, and perhaps ignored, in every mode."""
-    from tunelab.cli import EVAL_OPTION_MODES
+@pytest.mark.parametrize(
+    "args, spelling, kind",
+    [
+        (
+            ["runs/x", "--benchmark", "arc-easy", "--max-questions", "40"],
+            "`tunelab eval --benchmark` is now `tunelab benchmark MODEL...",
+            "benchmark",
+        ),
+        (
+            ["runs/x", "--benchmark=humaneval", "--allow-code-execution"],
+            "`tunelab eval --benchmark` is now `tunelab benchmark MODEL...",
+            "code",
+        ),
+        (["--human", "runs/x", "--metrics", "bleu"], "`tunelab eval --human` is now `tunelab votes RUN|votes.jsonl`", "human"),
+    ],
+)
+def test_the_old_eval_spellings_still_run_for_a_release_naming_the_new_command(evaluated, args, spelling, kind):
+    res = CliRunner().invoke(app, ["eval", *args])
+    assert res.exit_code == 0, res.output
+    assert f"deprecated: {spelling}" in words(res.output)
+    assert evaluated[-1][0] == kind
 
-    command = typer.main.get_command(app).commands["eval"]
+
+def test_every_benchmark_option_says_which_kind_of_benchmark_it_applies_to():
+    """A new `tunelab benchmark` option must be placed in BENCHMARK_OPTION_KINDS (or be one both kinds
+    use), or it would be accepted, and perhaps ignored, by the kind it does not apply to."""
+    from tunelab.cli import BENCHMARK_OPTION_KINDS
+
+    command = typer.main.get_command(app).commands["benchmark"]
     options = {p.opts[0] for p in command.params if p.param_type_name == "option"}
-    applies_everywhere = {"--set", "--benchmark", "--human"}
-    assert options - applies_everywhere == set(EVAL_OPTION_MODES)
+    both_kinds = {"--benchmark", "--out", "--name", "--base", "--field"}
+    assert options - both_kinds == set(BENCHMARK_OPTION_KINDS)
 
 
 def test_export_passes_on_check_only_when_given(monkeypatch):

@@ -133,7 +133,7 @@ def test_pass_at_k_is_human_evals_unbiased_estimator():
 def test_running_model_code_is_an_explicit_opt_in(tmp_path):
     with pytest.raises(CodeExecutionNotAllowed, match="--allow-code-execution"):
         code.run_code_benchmark(["x"], CodeEvalConfig(), tmp_path / "out")
-    result = CliRunner().invoke(app, ["eval", "smollm2-135m-instruct", "--benchmark", "humaneval"])
+    result = CliRunner().invoke(app, ["benchmark", "smollm2-135m-instruct", "--benchmark", "humaneval"])
     assert result.exit_code != 0 and "--allow-code-execution" in result.output
     assert not (tmp_path / "out").exists()
 
@@ -142,19 +142,24 @@ def test_running_model_code_is_an_explicit_opt_in(tmp_path):
     "args, message",
     [
         (
-            ["--benchmark", "humaneval", "--max-questions", "5"],
-            "--max-questions does not apply with a code --benchmark; use --max-problems",
+            ["benchmark", "--benchmark", "humaneval", "--max-questions", "5"],
+            "--max-questions does not apply to a code benchmark; use --max-problems",
         ),
-        (["--benchmark", "humaneval", "--batch-size", "4"], "--batch-size does not apply with a code --benchmark"),
-        (["--benchmark", "arc-easy", "--samples", "5"], "--samples does not apply with a multiple-choice --benchmark"),
-        (["--max-problems", "5"], "--max-problems does not apply without --benchmark or --human"),
-        (["--benchmark", "humaneval", "--field", "prompt"], "--field 'prompt' must look like name=value"),
-        (["--benchmark", "humaneval", "--allow-code-execution", "--samples", "4"], "needs sampling"),
+        (["benchmark", "--benchmark", "humaneval", "--batch-size", "4"], "--batch-size does not apply to a code benchmark"),
+        (["benchmark", "--benchmark", "arc-easy", "--samples", "5"], "--samples does not apply to a multiple-choice benchmark"),
+        (
+            ["benchmark", "--benchmark", "arc-easy", "--max-problems", "5"],
+            "--max-problems does not apply to a multiple-choice benchmark; use --max-questions",
+        ),
+        (["eval", "--max-problems", "5"], "--max-problems does not apply to `tunelab eval` (held-out examples); use --max-examples"),
+        (["benchmark", "--benchmark", "humaneval", "--field", "prompt"], "--field 'prompt' must look like name=value"),
+        (["benchmark", "--benchmark", "humaneval", "--allow-code-execution", "--samples", "4"], "needs sampling"),
     ],
 )
 def test_code_options_apply_to_code_benchmarks_only(args, message):
-    result = CliRunner().invoke(app, ["eval", "smollm2-135m-instruct", *args])
-    assert result.exit_code != 0 and message in " ".join(result.output.split()), result.output
+    command, *options = args
+    result = CliRunner().invoke(app, [command, "smollm2-135m-instruct", *options])
+    assert result.exit_code != 0 and message in " ".join(result.output.replace("│", " ").split()), result.output
 
 
 def test_recipes_opt_in_too_and_need_a_q8_0_gguf_for_the_fast_path():
@@ -192,7 +197,7 @@ def test_a_whole_code_benchmark_through_the_cli(tmp_path, tiny_model_dir):
     result = CliRunner().invoke(
         app,
         [
-            "eval",
+            "benchmark",
             str(tiny_model_dir),
             str(tiny_model_dir),
             "--name",

@@ -192,7 +192,7 @@ def test_human_command_writes_summary_and_report(tmp_path):
         human.human_cli(run.root, metrics=["rougeL"], bertscore_model="x")
     for i, v in enumerate(["A", "A", "B"]):
         human.append_vote(run.human_votes, vote(v, prompt=[{"role": "user", "content": f"q{i}"}], reference="I am Tuna."))
-    result = CliRunner().invoke(app, ["eval", "--human", str(run.root), "--metrics", "rougeL,perplexity"], terminal_width=200)
+    result = CliRunner().invoke(app, ["votes", str(run.root), "--metrics", "rougeL,perplexity"], terminal_width=200)
     assert result.exit_code == 0, result.output
     summary = json.loads(run.eval_dir.human_json.read_text())
     assert summary["votes"] == 3 and summary["pairs"][0]["overall"]["win"] == 2 and set(summary["metric_agreement"]) == {"rougeL"}

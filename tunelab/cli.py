@@ -15,11 +15,43 @@ from pathlib import Path
 
 import typer
 from rich.table import Table
+from typer.core import TyperCommand, TyperGroup
 
 from tunelab.errors import ConfigError, TunelabError
 from tunelab.progress import console, print_table
 
+# `tunelab eval --benchmark ...` and `tunelab eval --human ...`, the spellings of the release before
+# the evaluation commands, and the command each is now; they go in the next release
+OLD_EVAL_SPELLINGS = {"--benchmark": "benchmark", "--human": "votes"}
+NEW_EVAL_USAGE = {"benchmark": "tunelab benchmark MODEL... --benchmark NAME", "votes": "tunelab votes RUN|votes.jsonl"}
+
+
+def option_tokens(args: list[str]) -> list[str]:
+    """The option names on a command line (`--out` of `--out=x` too), up to a `--` that ends the options."""
+    options = args[: args.index("--")] if "--" in args else args
+    return [token.split("=", 1)[0] for token in options if token.startswith("--")]
+
+
+class TunelabCommands(TyperGroup):
+    """tunelab's commands; an old `tunelab eval` spelling runs the command it is now, with a deprecation message."""
+
+    def resolve_command(self, ctx: typer.Context, args: list[str]):
+        name, command, rest = super().resolve_command(ctx, args)
+        options = option_tokens(rest)
+        old = [option for option in OLD_EVAL_SPELLINGS if option in options] if name == "eval" else []
+        if len(old) > 1:
+            ctx.fail("--benchmark and --human are two different evaluations: `tunelab benchmark` and `tunelab votes`")
+        if not old:
+            return name, command, rest
+        new = OLD_EVAL_SPELLINGS[old[0]]
+        console.print(
+            f"[yellow]deprecated:[/] `tunelab eval {old[0]}` is now `{NEW_EVAL_USAGE[new]}`; the old spelling goes in the next release"
+        )
+        return new, self.get_command(ctx, new), [token for token in rest if token != "--human"]
+
+
 app = typer.Typer(
+    cls=TunelabCommands,
     help="Fine-tune small LLMs on a CPU or GPUs, measure them against their base, export and serve them.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -207,6 +239,56 @@ def train(
 
 
 # ---------------------------------------------------------------- evaluate
+# Three evaluations, three commands, each with only its own options: `eval` (held-out examples),
+# `benchmark` (multiple choice or code) and `votes` (people's blind A/B votes). They are top-level
+# commands rather than `eval benchmark` / `eval human`: a typer group whose callback takes MODEL...
+# reads a subcommand's name, and every option after the first model, as more models.
+EVALUATIONS = {
+    "eval": "held-out examples",
+    "benchmark": "a multiple-choice or code benchmark",
+    "votes": "people's blind A/B votes",
+}
+OPTION_INSTEAD = {  # (command, an option of another evaluation) -> what applies in that command instead
+    ("benchmark", "--max-examples"): "use --max-questions (multiple choice) or --max-problems (code)",
+    ("benchmark", "--data"): "give the file itself as --benchmark FILE",
+    ("benchmark", "--set"): "a benchmark's settings are its own options (tunelab benchmark --help)",
+    ("eval", "--max-questions"): "use --max-examples",
+    ("eval", "--max-problems"): "use --max-examples",
+    ("eval", "--field"): "give --data a file in a supported format (docs/data.md)",
+    ("eval", "--precision"): "use --set generation_precision=fp32|bf16|auto",
+    ("votes", "--set"): "give --metrics and --bertscore-model",
+}
+
+
+def option_names(command, ctx: typer.Context) -> set[str]:
+    """Every spelling of a command's options (`--base` and `--no-base`, `--help`)."""
+    return {name for param in command.get_params(ctx) for name in (*param.opts, *param.secondary_opts)}
+
+
+def misplaced_option(ctx: typer.Context, option: str) -> str | None:
+    """Why an option of another evaluation command does not apply to this one, and what does (None: no evaluation has it)."""
+    command = ctx.command.name
+    siblings = ctx.parent.command.commands if ctx.parent else {}
+    owners = [name for name in EVALUATIONS if name in siblings and option in option_names(siblings[name], ctx)]
+    if not owners:
+        return None
+    where = " and ".join(f"`tunelab {name}` ({EVALUATIONS[name]})" for name in owners)
+    instead = OPTION_INSTEAD.get((command, option), f"it is an option of {where}")
+    return f"{option} does not apply to `tunelab {command}` ({EVALUATIONS[command]}); {instead}"
+
+
+class EvaluationCommand(TyperCommand):
+    """An evaluation command: an option of another evaluation is an error naming what applies here instead."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        own = option_names(self, ctx)
+        for option in option_tokens(args):
+            message = misplaced_option(ctx, option) if option not in own else None
+            if message:
+                ctx.fail(message)
+        return super().parse_args(ctx, args)
+
+
 def metric_list(metrics: str | None, task: str | None) -> list[str] | None:
     """--metrics as a list: `none` is the empty list, and a --task given alone is scored alone."""
     if metrics is None:
@@ -215,89 +297,20 @@ def metric_list(metrics: str | None, task: str | None) -> list[str] | None:
     return [] if names == ["none"] else names
 
 
-# `tunelab eval` has three modes; an option given in a mode it does not apply to is an error, not
-# silently ignored (`--benchmark arc-easy --max-examples 40` once scored all 2,376 questions).
-HELD_OUT, BENCHMARK, CODE, HUMAN = "held-out", "--benchmark", "code", "--human"
-EVAL_MODE_WORDS = {
-    HELD_OUT: "without --benchmark or --human",
-    BENCHMARK: "with a multiple-choice --benchmark",
-    CODE: "with a code --benchmark",
-    HUMAN: "with --human",
-}
-EVAL_MODE_NAMES = {
-    HELD_OUT: "the held-out evaluation",
-    BENCHMARK: "a multiple-choice --benchmark",
-    CODE: "a code --benchmark",
-    HUMAN: "--human",
-}
-EVAL_OPTION_MODES = {  # option -> the modes it applies to; one not listed (--set, --benchmark, --human) applies to all
-    "--data": (HELD_OUT,),
-    "--out": (HELD_OUT, BENCHMARK, CODE),
-    "--max-examples": (HELD_OUT,),
-    "--max-new-tokens": (HELD_OUT, CODE),
-    "--batch-size": (HELD_OUT, BENCHMARK),
-    "--task": (HELD_OUT,),
-    "--keyword": (HELD_OUT,),
-    "--metrics": (HELD_OUT, HUMAN),
-    "--bertscore-model": (HELD_OUT, HUMAN),
-    "--temperature": (HELD_OUT, CODE),
-    "--top-p": (HELD_OUT, CODE),
-    "--bootstrap-samples": (HELD_OUT,),
-    "--base": (HELD_OUT, BENCHMARK, CODE),
-    "--name": (HELD_OUT, BENCHMARK, CODE),
-    "--max-questions": (BENCHMARK,),
-    "--field": (BENCHMARK, CODE),
-    "--seed": (BENCHMARK,),
-    "--precision": (BENCHMARK,),
-    "--allow-code-execution": (CODE,),
-    "--samples": (CODE,),
-    "--max-problems": (CODE,),
-    "--prompt-format": (CODE,),
-    "--code-backend": (CODE,),
-}
-EVAL_OPTION_INSTEAD = {  # (option, mode) -> the option that applies there instead
-    ("--max-examples", BENCHMARK): "use --max-questions",
-    ("--max-examples", CODE): "use --max-problems",
-    ("--max-questions", CODE): "use --max-problems",
-    ("--batch-size", CODE): "code answers are generated one at a time",
-    ("--max-questions", HELD_OUT): "use --max-examples",
-    ("--data", BENCHMARK): "give the file itself as --benchmark FILE",
-    ("--field", HELD_OUT): "give --data a file in a supported format (docs/data.md)",
-    ("--precision", HELD_OUT): "use --set generation_precision=fp32|bf16|auto",
-}
+MODELS_HELP = (
+    "Models to compare; the first is the baseline (e.g. the base model, then a run). A lone run directory is compared with its base model."
+)
+BASE_HELP = "With a lone run directory, also evaluate its base model [default: eval.compare_base]"
 
 
-def options_given(ctx: typer.Context) -> list[str]:
-    """The options a user gave the command (on the command line or through their environment variable)."""
-    # by name: typer carries its own copy of click, whose ParameterSource is not click's
-    typed = {"COMMANDLINE", "ENVIRONMENT"}
-    params = [p for p in ctx.command.params if p.param_type_name == "option"]
-    return [p.opts[0] for p in params if getattr(ctx.get_parameter_source(p.name), "name", None) in typed]
-
-
-def check_eval_options(mode: str, options: list[str]) -> None:
-    """Refuse an option given in a mode it does not apply to, saying what applies instead."""
-    for option in options:
-        applies = EVAL_OPTION_MODES.get(option, (HELD_OUT, BENCHMARK, CODE, HUMAN))
-        if mode not in applies:
-            names = [EVAL_MODE_NAMES[m] for m in applies]
-            where = ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0] + " only"
-            instead = EVAL_OPTION_INSTEAD.get((option, mode), f"it applies to {where}")
-            raise TunelabError(f"{option} does not apply {EVAL_MODE_WORDS[mode]}; {instead}")
-
-
-@app.command("eval")
+@app.command("eval", cls=EvaluationCommand)
 @friendly
 def eval_cmd(
-    ctx: typer.Context,
-    models: list[str] = typer.Argument(
-        ...,
-        help="Models to compare; the first is the baseline (e.g. the base model, then a run). A lone run directory is compared with its base model.",
-    ),
+    models: list[str] = typer.Argument(..., help=MODELS_HELP),
     data: Path | None = typer.Option(
         None, help="Held-out JSONL in the message schema, or any supported data file (default: the run's data/test.jsonl)"
     ),
-    out: Path | None = typer.Option(None, help="Output folder (default: <run>/eval, with --benchmark <run>/eval/benchmarks/<name>)"),
+    out: Path | None = typer.Option(None, help="Output folder (default: <run>/eval)"),
     max_examples: int | None = typer.Option(None, help="Evaluate the first N examples only (default: all of them)"),
     max_new_tokens: int | None = typer.Option(None, help="[default: eval.max_new_tokens]"),
     batch_size: int | None = typer.Option(None, help="[default: eval.batch_size]"),
@@ -313,56 +326,18 @@ def eval_cmd(
     temperature: float | None = typer.Option(None, help="0 = greedy decoding [default: eval.temperature]"),
     top_p: float | None = typer.Option(None),
     bootstrap_samples: int | None = typer.Option(None),
-    base: bool | None = typer.Option(None, help="With a lone run directory, also evaluate its base model [default: eval.compare_base]"),
+    base: bool | None = typer.Option(None, help=BASE_HELP),
     name: list[str] = typer.Option([], "--name", help="Display name per model, in order (repeatable)"),
     set: list[str] = typer.Option([], "--set", help="Set any eval field: bertscore_precision=fp32 (see docs/configuration.md)"),
-    benchmark: str | None = typer.Option(
-        None,
-        help="Score a benchmark instead: arc-easy, arc-challenge or a multiple-choice file (lm-evaluation-harness protocol); humaneval or a file of code problems (run with --allow-code-execution)",
-    ),
-    max_questions: int | None = typer.Option(None, help="With --benchmark: a seeded sample of this many questions (default: all)"),
-    field: list[str] = typer.Option(
-        [], help="With --benchmark: a file's field name, e.g. --field gold=answerKey (question, choices, gold)"
-    ),
-    seed: int | None = typer.Option(None, help="With --benchmark: the seed of the --max-questions sample"),
-    precision: str | None = typer.Option(
-        None, help="With --benchmark: fp32 (equal to lm-evaluation-harness; the default) or bf16 autocast (faster)"
-    ),
-    human: bool = typer.Option(
-        False, "--human", help="Instead: win rates of the blind A/B votes cast in `tunelab serve`'s Evaluate tab (RUN or a votes .jsonl)"
-    ),
-    allow_code_execution: bool = typer.Option(
-        False,
-        "--allow-code-execution",
-        help="With a code benchmark (humaneval, or a file of prompt/test/entry_point problems): run the code the models write, each program in a subprocess with limits",
-    ),
-    samples: int | None = typer.Option(
-        None, help="With a code benchmark: answers per problem (above 1: pass@k, needs --temperature > 0) [default: 1]"
-    ),
-    max_problems: int | None = typer.Option(None, help="With a code benchmark: the first N problems only (default: all)"),
-    prompt_format: str | None = typer.Option(
-        None, help="With a code benchmark: auto (chat for instruct models, completion for base models), chat or completion [default: auto]"
-    ),
-    code_backend: str | None = typer.Option(
-        None,
-        help="With a code benchmark: gguf (every model as a Q8_0 GGUF through llama.cpp, the fast CPU path; a base model is converted once) or pytorch (transformers fp32)",
-    ),
 ):
-    """Score models on the same held-out examples (or a benchmark), with 95% intervals and paired differences.
+    """Score models on the same held-out examples, with 95% intervals and paired differences.
 
     Options left out take the recipe defaults (EvalConfig in tunelab/config.py, listed in
     docs/configuration.md), except --max-examples: a one-off evaluation scores every example.
-    An option that does not apply to the chosen evaluation (held-out, --benchmark, --human) is an error."""
+    A benchmark is `tunelab benchmark`; people's votes are `tunelab votes`."""
     from tunelab.config import eval_config_from_options
-    from tunelab.evaluate.code import is_code_benchmark
     from tunelab.evaluate.run import evaluate_cli
 
-    if benchmark is not None and human:
-        raise TunelabError("--benchmark and --human are two different evaluations: give one of them")
-    fields = name_value_pairs("--field", field, "gold=answerKey")
-    code = benchmark is not None and is_code_benchmark(benchmark, fields)
-    mode = CODE if code else BENCHMARK if benchmark is not None else HUMAN if human else HELD_OUT
-    check_eval_options(mode, options_given(ctx))
     options = {
         "max_new_tokens": max_new_tokens,
         "batch_size": batch_size,
@@ -377,50 +352,149 @@ def eval_cmd(
     }
     # max_examples is always passed: None here means every example, not the recipe's 50
     config = eval_config_from_options({"max_examples": max_examples, **given(**options)}, set)
-    if mode == HUMAN:
-        from tunelab.evaluate.human import human_cli
-        from tunelab.report import write_report
-        from tunelab.runs import RunDir
+    evaluate_cli(models, config=config, data=data, out=out, names=name or None)
 
-        for target in models:
-            summary = human_cli(target, metrics=config.metrics, bertscore_model=config.bertscore_model)
-            if summary.get("run"):  # its report shows the votes too
-                console.print(f"report: {write_report(RunDir(Path(summary['run'])))[1]}")
-        return
-    if mode == CODE:
-        from tunelab.config import code_config_from_options
-        from tunelab.evaluate.code import code_benchmark_cli
 
-        code_options = {
-            "benchmark": benchmark,
-            "allow_execution": allow_code_execution or None,
-            "fields": fields or None,
-            "max_problems": max_problems,
-            "samples": samples,
-            "temperature": temperature,
-            "top_p": top_p,
-            "max_new_tokens": max_new_tokens,
-            "prompt_format": prompt_format,
-            "backend": code_backend,
-        }
-        code_benchmark_cli(models, code_config_from_options(code_options), out=out, names=name or None, compare_base=config.compare_base)
-        return
-    if mode == BENCHMARK:
+# `tunelab benchmark` scores two kinds of benchmark; which one is known from --benchmark's value, so
+# an option of the other kind is refused once that is read.
+MULTIPLE_CHOICE, CODE = "multiple-choice", "code"
+BENCHMARK_OPTION_KINDS = {  # option -> the one kind it applies to; the others (--benchmark, --out, --name, --base, --field) apply to both
+    "--max-questions": MULTIPLE_CHOICE,
+    "--batch-size": MULTIPLE_CHOICE,
+    "--seed": MULTIPLE_CHOICE,
+    "--precision": MULTIPLE_CHOICE,
+    "--allow-code-execution": CODE,
+    "--samples": CODE,
+    "--max-problems": CODE,
+    "--prompt-format": CODE,
+    "--code-backend": CODE,
+    "--max-new-tokens": CODE,
+    "--temperature": CODE,
+    "--top-p": CODE,
+}
+BENCHMARK_OPTION_INSTEAD = {
+    ("--max-questions", CODE): "use --max-problems",
+    ("--max-problems", MULTIPLE_CHOICE): "use --max-questions",
+    ("--batch-size", CODE): "code answers are generated one at a time",
+}
+
+
+def options_given(ctx: typer.Context) -> list[str]:
+    """The options a user gave the command (on the command line or through their environment variable)."""
+    # by name: typer carries its own copy of click, whose ParameterSource is not click's
+    typed = {"COMMANDLINE", "ENVIRONMENT"}
+    params = [p for p in ctx.command.params if p.param_type_name == "option"]
+    return [p.opts[0] for p in params if getattr(ctx.get_parameter_source(p.name), "name", None) in typed]
+
+
+def check_benchmark_options(kind: str, options: list[str]) -> None:
+    """Refuse an option of the other kind of benchmark, saying what applies instead."""
+    for option in options:
+        applies = BENCHMARK_OPTION_KINDS.get(option, kind)
+        if applies != kind:
+            instead = BENCHMARK_OPTION_INSTEAD.get((option, kind), f"it applies to a {applies} benchmark only")
+            raise TunelabError(f"{option} does not apply to a {kind} benchmark; {instead}")
+
+
+@app.command("benchmark", cls=EvaluationCommand)
+@friendly
+def benchmark_cmd(
+    ctx: typer.Context,
+    models: list[str] = typer.Argument(..., help=MODELS_HELP),
+    benchmark: str = typer.Option(
+        ...,
+        help="arc-easy, arc-challenge or a multiple-choice file (lm-evaluation-harness protocol); humaneval or a file of code problems (run with --allow-code-execution)",
+    ),
+    out: Path | None = typer.Option(None, help="Output folder (default: <run>/eval/benchmarks/<name>, else ./eval/<name>)"),
+    name: list[str] = typer.Option([], "--name", help="Display name per model, in order (repeatable)"),
+    base: bool | None = typer.Option(None, help=BASE_HELP),
+    field: list[str] = typer.Option(
+        [], help="A file's field name, e.g. --field gold=answerKey (question, choices, gold; task_id, prompt, test, entry_point)"
+    ),
+    max_questions: int | None = typer.Option(None, help="Multiple choice: a seeded sample of this many questions (default: all)"),
+    batch_size: int | None = typer.Option(None, help="Multiple choice: sequences per forward pass [default: eval.batch_size]"),
+    seed: int | None = typer.Option(None, help="Multiple choice: the seed of the --max-questions sample [default: 0]"),
+    precision: str | None = typer.Option(
+        None, help="Multiple choice: fp32 (equal to lm-evaluation-harness; the default) or bf16 autocast (faster)"
+    ),
+    allow_code_execution: bool = typer.Option(
+        False,
+        "--allow-code-execution",
+        help="Code: run the code the models write, each program in a subprocess with limits",
+    ),
+    samples: int | None = typer.Option(None, help="Code: answers per problem (above 1: pass@k, needs --temperature > 0) [default: 1]"),
+    max_problems: int | None = typer.Option(None, help="Code: the first N problems only (default: all)"),
+    prompt_format: str | None = typer.Option(
+        None, help="Code: auto (chat for instruct models, completion for base models), chat or completion [default: auto]"
+    ),
+    code_backend: str | None = typer.Option(
+        None,
+        help="Code: gguf (every model as a Q8_0 GGUF through llama.cpp, the fast CPU path; a base model is converted once) or pytorch (transformers fp32)",
+    ),
+    max_new_tokens: int | None = typer.Option(None, help="Code: the longest answer, in tokens [default: eval.code.max_new_tokens]"),
+    temperature: float | None = typer.Option(None, help="Code: 0 = greedy decoding [default: eval.code.temperature]"),
+    top_p: float | None = typer.Option(None, help="Code: nucleus sampling, with --temperature above 0 [default: eval.code.top_p]"),
+):
+    """Score models on a multiple-choice benchmark (ARC, any file) or a code benchmark (HumanEval, any file).
+
+    Multiple choice is scored as lm-evaluation-harness scores it; code by running it against its tests
+    (pass@k). Each model gets 95% intervals and paired differences against the first. An option of the
+    other kind of benchmark is an error."""
+    from tunelab.config import eval_config_from_options
+    from tunelab.evaluate.code import is_code_benchmark
+
+    fields = name_value_pairs("--field", field, "gold=answerKey")
+    kind = CODE if is_code_benchmark(benchmark, fields) else MULTIPLE_CHOICE
+    check_benchmark_options(kind, options_given(ctx))
+    settings = eval_config_from_options(given(batch_size=batch_size, compare_base=base), command="tunelab benchmark")
+    where = {"out": out, "names": name or None, "compare_base": settings.compare_base}
+    if kind == MULTIPLE_CHOICE:
         from tunelab.evaluate.benchmark import benchmark_cli
 
-        benchmark_cli(
-            models,
-            benchmark,
-            out=out,
-            names=name or None,
-            max_questions=max_questions,
-            batch_size=config.batch_size,
-            fields=fields,
-            compare_base=config.compare_base,
-            **given(seed=seed, precision=precision),
-        )
+        chosen = given(seed=seed, precision=precision)
+        benchmark_cli(models, benchmark, max_questions=max_questions, batch_size=settings.batch_size, fields=fields, **chosen, **where)
         return
-    evaluate_cli(models, config=config, data=data, out=out, names=name or None)
+    from tunelab.config import code_config_from_options
+    from tunelab.evaluate.code import code_benchmark_cli
+
+    code_options = {
+        "benchmark": benchmark,
+        "allow_execution": allow_code_execution or None,
+        "fields": fields or None,
+        "max_problems": max_problems,
+        "samples": samples,
+        "temperature": temperature,
+        "top_p": top_p,
+        "max_new_tokens": max_new_tokens,
+        "prompt_format": prompt_format,
+        "backend": code_backend,
+    }
+    code_benchmark_cli(models, code_config_from_options(code_options), **where)
+
+
+@app.command("votes", cls=EvaluationCommand)
+@friendly
+def votes_cmd(
+    targets: list[str] = typer.Argument(..., help="Run directories (their eval/human_votes.jsonl) or votes .jsonl files"),
+    metrics: str | None = typer.Option(
+        None, help="Metrics whose agreement with people is measured, comma-separated: bleu, rougeL, bertscore [default: eval.metrics]"
+    ),
+    bertscore_model: str | None = typer.Option(None, help="BERTScore encoder: the offline package name, a local folder or a hub id"),
+):
+    """Win rates of people's blind A/B votes, cast in `tunelab serve`'s Evaluate tab.
+
+    With 95% Wilson intervals, rater agreement and how often each metric agrees with people; for a
+    run, also eval/human.json, eval/human.md and its re-rendered report."""
+    from tunelab.config import eval_config_from_options
+    from tunelab.evaluate.human import human_cli
+    from tunelab.report import write_report
+    from tunelab.runs import RunDir
+
+    config = eval_config_from_options(given(metrics=metric_list(metrics, None), bertscore_model=bertscore_model), command="tunelab votes")
+    for target in targets:
+        summary = human_cli(target, metrics=config.metrics, bertscore_model=config.bertscore_model)
+        if summary.get("run"):  # its report shows the votes too
+            console.print(f"report: {write_report(RunDir(Path(summary['run'])))[1]}")
 
 
 # ---------------------------------------------------------------- export

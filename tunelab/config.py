@@ -279,7 +279,7 @@ class QuestionSample(Strict):
 class GeneralAbilityConfig(Strict):
     """The forgetting check of `tunelab run` (base against tuned) and of every sweep variant: a multiple-choice benchmark."""
 
-    benchmark: str = Field("arc-easy", description="arc-easy, arc-challenge, or a multiple-choice file (see `tunelab eval --benchmark`).")
+    benchmark: str = Field("arc-easy", description="arc-easy, arc-challenge, or a multiple-choice file (see `tunelab benchmark`).")
     max_questions: int | None = Field(
         300,
         gt=0,
@@ -481,22 +481,23 @@ def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
     return raw
 
 
-def eval_config_from_options(options: dict, overrides: list[str] | None = None) -> EvalConfig:
-    """The `tunelab eval` settings: the options given on the command line, then `--set key=value`
-    overrides (an `eval.` prefix is accepted); every field left out keeps EvalConfig's default."""
+def eval_config_from_options(options: dict, overrides: list[str] | None = None, command: str = "tunelab eval") -> EvalConfig:
+    """The settings of `command` (`tunelab eval`, or the eval fields `benchmark` and `votes` share): the
+    options given on the command line, then `--set key=value` overrides (an `eval.` prefix is accepted);
+    every field left out keeps EvalConfig's default."""
     raw = apply_overrides(dict(options), [o.strip().removeprefix("eval.") for o in overrides or []])
     try:
         return EvalConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(format_validation_error("tunelab eval", err, "options")) from None
+        raise ConfigError(format_validation_error(command, err, "options")) from None
 
 
 def code_config_from_options(options: dict) -> CodeEvalConfig:
-    """A code benchmark's settings from `tunelab eval --benchmark humaneval` options: those given (not None), CodeEvalConfig's defaults for the rest."""
+    """A code benchmark's settings from `tunelab benchmark --benchmark humaneval` options: those given (not None), CodeEvalConfig's defaults for the rest."""
     try:
         return CodeEvalConfig.model_validate({k: v for k, v in options.items() if v is not None})
     except ValidationError as err:
-        raise ConfigError(format_validation_error("tunelab eval", err, "options")) from None
+        raise ConfigError(format_validation_error("tunelab benchmark", err, "options")) from None
 
 
 def format_validation_error(source: str, err: ValidationError, what: str = "recipe") -> str:

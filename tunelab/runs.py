@@ -156,7 +156,7 @@ class EvalDir:
 
     @property
     def human_json(self) -> Path:
-        """`tunelab eval --human`'s statistics of those votes."""
+        """`tunelab votes`' statistics of those votes."""
         return self.root / "human.json"
 
     @property
@@ -166,7 +166,7 @@ class EvalDir:
 
 @dataclass(frozen=True)
 class BenchmarkDir:
-    """eval/benchmarks/<name>/ (or `tunelab eval --benchmark --out`): a multiple-choice or code benchmark's scores."""
+    """eval/benchmarks/<name>/ (or `tunelab benchmark --out`): a multiple-choice or code benchmark's scores."""
 
     root: Path
 

@@ -432,13 +432,14 @@ def benchmark_cli(
     names: list[str] | None = None,
     max_questions: int | None = None,
     seed: int = 0,
-    batch_size: int = 16,
+    batch_size: int,
     precision: str = "fp32",
     fields: dict[str, str] | None = None,
-    compare_base: bool = True,
+    compare_base: bool,
 ) -> dict:
-    """`tunelab eval MODEL... --benchmark NAME`: the table, the verdict and where the files went.
-    `fields` maps a role (question, choices, gold) to a file's own field name."""
+    """`tunelab benchmark MODEL... --benchmark NAME`: the table, the verdict and where the files went.
+    `fields` maps a role (question, choices, gold) to a file's own field name. `batch_size` and
+    `compare_base` have no default here: the command passes the recipe's (EvalConfig's)."""
     if precision not in ("fp32", "bf16", "auto"):
         raise TunelabError(f"--precision '{precision}': choose fp32 (matches lm-evaluation-harness exactly), bf16 or auto")
     models, names = with_base_model(models, names, compare_base)

@@ -450,9 +450,10 @@ def is_code_benchmark(name: str, fields: dict[str, str] | None = None) -> bool:
 
 
 def code_benchmark_cli(
-    models: list[str], cfg: CodeEvalConfig, *, out: Path | None = None, names: list[str] | None = None, compare_base: bool = True
+    models: list[str], cfg: CodeEvalConfig, *, out: Path | None = None, names: list[str] | None = None, compare_base: bool
 ) -> dict:
-    """`tunelab eval MODEL... --benchmark humaneval --allow-code-execution`: the table and where the files went."""
+    """`tunelab benchmark MODEL... --benchmark humaneval --allow-code-execution`: the table and where the files went.
+    `compare_base` has no default here: the command passes the recipe's (EvalConfig's)."""
     require_opt_in(cfg.allow_execution, f"--benchmark {cfg.benchmark}")
     models, names = with_base_model(models, names, compare_base)
     runs = run_dirs_among(models)

@@ -393,23 +393,23 @@ def print_summary(summary: dict) -> None:
 
 
 def report_section(run: RunDir) -> str:
-    """The run report's section: `tunelab eval --human`'s summary when it covers every vote, else
+    """The run report's section: `tunelab votes`' summary when it covers every vote, else
     the counts recomputed here (ROUGE-L agreement only: BERTScore would load an encoder)."""
     votes = read_votes(run.human_votes, quiet=True)
     if not votes:
-        return f"_no votes yet: `tunelab serve {run.root}`, tab **Evaluate**, then `tunelab eval --human {run.root}`_"
+        return f"_no votes yet: `tunelab serve {run.root}`, tab **Evaluate**, then `tunelab votes {run.root}`_"
     saved_file = run.eval_dir.human_json
     saved = json.loads(saved_file.read_text()) if saved_file.is_file() else None
     if saved and saved.get("votes") == len(votes):
         return markdown(saved)
     summary = summarize(votes, metrics=("rougeL",))
-    summary["notes"].append(f"`tunelab eval --human {run.root}` adds BERTScore's agreement with people")
+    summary["notes"].append(f"`tunelab votes {run.root}` adds BERTScore's agreement with people")
     return markdown(summary)
 
 
 # ---------------------------------------------------------------- the command
 def human_cli(target: str | Path, *, metrics: list[str], bertscore_model: str) -> dict:
-    """`tunelab eval --human RUN` (or a votes .jsonl file): print the statistics; for a run, write
+    """`tunelab votes RUN` (or a votes .jsonl file): print the statistics; for a run, write
     eval/human.json and eval/human.md (the command then re-renders the run's report)."""
     target = Path(target)
     run = None if target.suffix == ".jsonl" else RunDir(target)

@@ -197,7 +197,7 @@ def readme(run: RunDir, info: dict, files: dict[str, Path], examples: int) -> st
             "- **Side by side**: one prompt, both models.",
             f"- **Evaluate**: blind A/B votes on the {examples} held-out prompts in `data/test.jsonl` (or typed ones). Votes are appended to "
             "`eval/human_votes.jsonl`; a Space's disk is wiped on restart, so set `TUNELAB_VOTES=/data/human_votes.jsonl` with persistent storage, "
-            "or download the file. `tunelab eval --human human_votes.jsonl` (or the file placed in the run's `eval/`) computes win rates.",
+            "or download the file. `tunelab votes human_votes.jsonl` (or the file placed in the run's `eval/`) computes win rates.",
             "",
             "Push: create a Gradio Space on huggingface.co, then `git clone` it, copy this folder's files in (hidden `.gitattributes` included, "
             "it sends `*.gguf` through Git LFS), `git lfs install`, commit and push; or upload the folder with the `hf` command line.",

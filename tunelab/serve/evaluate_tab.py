@@ -5,7 +5,7 @@ the run's held-out split (data/test.jsonl, in file order, skipping those this ra
 judged with these two models) or types one, and gets both answers in a random order, labelled
 only A and B. The models' names appear only after the vote, which is appended to the run's
 eval/human_votes.jsonl (fsynced first). The order (which model is A) lives in the server-side
-session state, never in the page. Statistics: `tunelab eval --human RUN` (tunelab.evaluate.human).
+session state, never in the page. Statistics: `tunelab votes RUN` (tunelab.evaluate.human).
 
 API names (for `gradio_client`): `/evaluate_next`, `/evaluate_answers` (streamed), and one per
 vote: `/vote_a`, `/vote_b`, `/vote_tie`, `/vote_both_bad`.
