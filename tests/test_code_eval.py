@@ -257,3 +257,16 @@ def test_problem_scores_give_pass_at_1_overall_and_on_each_declared_half(tmp_pat
     assert {k: v["mean"] for k, v in metrics.items()} == {"pass@1": 0.5, "pass@1_dev": 1.0, "pass@1_test": 0.0}
     assert {k: v["n"] for k, v in metrics.items()} == {"pass@1": 4, "pass@1_dev": 2, "pass@1_test": 2}
     assert ("T/1", "pass@1_test", 0.0) in scores and ("T/2", "pass@1_dev", 1.0) in scores
+
+
+def test_a_dev_half_metric_is_shown_but_never_a_finding():
+    # a change significant on the dev half alone is what the test half exists to check
+    from tunelab.compare.report import Row, overall
+
+    significant = {"diff": 0.06, "low": 0.01, "high": 0.12, "p_value": 0.007, "n": 82}
+    unchanged = {"diff": -0.01, "low": -0.04, "high": 0.0, "p_value": 0.72, "n": 82}
+    row = Row("no-stdlib", "variant", False, ["data"], {}, [42], {}, {}, None, None)
+    row.deltas = {"pass@1_dev": significant, "pass@1_test": unchanged}
+    assert overall(row) == "no difference"
+    row.deltas["pass@1_test"] = significant
+    assert overall(row) == "improved"

@@ -28,7 +28,7 @@ from tunelab.compare.store import ResultsStore, store_path
 from tunelab.compare.wording import change_phrase, changes_phrase
 from tunelab.errors import ConfigError
 from tunelab.evaluate import human
-from tunelab.evaluate.metric_facts import ALPHA, higher_is_better, split_benchmark_metric, verdict
+from tunelab.evaluate.metric_facts import ALPHA, higher_is_better, reported, split_benchmark_metric, verdict
 from tunelab.evaluate.metric_facts import display_scale as scale
 from tunelab.evaluate.metric_facts import label as metric_name
 from tunelab.evaluate.stats import bootstrap_ci, paired_bootstrap
@@ -191,7 +191,7 @@ def sentence(row: Row, metric: str, k: float) -> str:
 
 
 def overall(row: Row) -> str:
-    verdicts = {m: verdict(m, d) for m, d in row.deltas.items()}
+    verdicts = {m: verdict(m, d) for m, d in row.deltas.items() if reported(m)}
     better = [m for m, v in verdicts.items() if v == "better"]
     worse = [m for m, v in verdicts.items() if v == "worse"]
     if better and not worse:
@@ -227,7 +227,7 @@ def fine_tuning_findings(rows: list[Row]) -> tuple[str, list[str], list[tuple[st
         return None
     summary = []
     for r in tuned:
-        verdicts = {verdict(m, d) for m, d in r.vs_untuned.items()}
+        verdicts = {verdict(m, d) for m, d in r.vs_untuned.items() if reported(m)}
         state = "beat" if verdicts == {"better"} else "did not beat" if "better" not in verdicts else "partly beat"
         summary.append(f"The tuned `{r.name}` {state} its untuned base model {r.model}.")
     sentences = [(verdict(m, r.vs_untuned[m]), fine_tuning_sentence(r, m)) for r in tuned for m in sorted(r.vs_untuned)]

@@ -23,6 +23,7 @@ class Metric:
     higher_is_better: bool = True
     fraction: bool = True  # a 0-1 score (shown as points out of 100 beside BLEU/chrF)
     description: str = ""
+    for_choosing: bool = False  # scored on a dev split that settings are chosen on: shown, never a report's finding
 
 
 METRICS: dict[str, Metric] = {
@@ -66,7 +67,12 @@ METRICS: dict[str, Metric] = {
         ),
         Metric("reward_accuracy", "reward accuracy", description="share of held-out pairs with a positive implicit DPO reward margin, 0-1"),
         Metric("pass@1", "pass@1", description="share of code problems whose program passes its unit tests (greedy), 0-1"),
-        Metric("pass@1_dev", "pass@1 (dev half)", description="pass@1 on the dev half of the problem file: where settings are chosen"),
+        Metric(
+            "pass@1_dev",
+            "pass@1 (dev half)",
+            description="pass@1 on the dev half of the problem file: where settings are chosen",
+            for_choosing=True,
+        ),
         Metric("pass@1_test", "pass@1 (test half)", description="pass@1 on the test half of the problem file: what is reported"),
         Metric("eval_loss", "validation loss", higher_is_better=False, fraction=False),
         Metric("loss", "training loss", higher_is_better=False, fraction=False),
@@ -95,6 +101,12 @@ def metric(key: str) -> Metric:
         inner = METRICS[parts[1]]
         return Metric(key, f"{parts[0]} {inner.label}", inner.higher_is_better, inner.fraction, inner.description)
     return Metric(key, key)
+
+
+def reported(key: str) -> bool:
+    """A metric a report's verdicts rest on; a dev-split metric settings are chosen on is not one
+    (a change significant on dev alone is what a held-out test exists to check)."""
+    return not metric(key).for_choosing
 
 
 def label(key: str) -> str:
