@@ -121,25 +121,34 @@ class StopText:
         if self.hit:
             return ""
         text = self.held + piece
-        found = [i for i in (text.find(s) for s in self.stops) if i >= 0]
-        if found:
+        first = self._first_stop(text)
+        # a stop sequence that starts before the first complete one and runs past the end of the text
+        # may still complete (stops '<' and '><<' on the pieces '><', '<'): wait for the next piece
+        pending = self._pending_start(text, len(text) if first is None else first)
+        if first is not None and pending is None:
             self.hit, self.held = True, ""
-            return text[: min(found)]
-        keep = self._partial_stop_length(text)
-        self.held = text[len(text) - keep :]
-        return text[: len(text) - keep]
+            return text[:first]
+        cut = len(text) if pending is None else pending
+        self.held = text[cut:]
+        return text[:cut]
 
     def flush(self) -> str:
-        out, self.held = ("" if self.hit else self.held), ""
-        return out
+        """At the end of generation: what was held back, up to its first complete stop sequence."""
+        text, self.held = ("" if self.hit else self.held), ""
+        first = self._first_stop(text)
+        return text if first is None else text[:first]
 
-    def _partial_stop_length(self, text: str) -> int:
-        """Length of the longest tail of `text` that is a proper prefix of a stop sequence."""
-        longest = max((len(s) for s in self.stops), default=1) - 1
-        for k in range(min(longest, len(text)), 0, -1):
-            if any(s.startswith(text[-k:]) for s in self.stops):
-                return k
-        return 0
+    def _first_stop(self, text: str) -> int | None:
+        return min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=None)
+
+    def _pending_start(self, text: str, before: int) -> int | None:
+        """The earliest position before `before` from which the rest of `text` is a proper prefix of a stop sequence."""
+        longest = max((len(s) for s in self.stops), default=1)
+        for start in range(max(0, len(text) - longest + 1), before):
+            tail = text[start:]
+            if any(len(s) > len(tail) and s.startswith(tail) for s in self.stops):
+                return start
+        return None
 
 
 _ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
