@@ -114,6 +114,11 @@ def ngrams(text: str, n: int = LEAK_NGRAM) -> set[tuple[str, ...]]:
     return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
+def problem_ngrams(problem: CodeProblem, n: int = LEAK_NGRAM) -> set[tuple[str, ...]]:
+    """The runs of `n` words through which a problem can leak: its prompt's and its reference solution's."""
+    return ngrams(problem.prompt, n) | ngrams(problem.solution, n)
+
+
 def leaked_problems(texts: list[str], problems: list[CodeProblem], n: int = LEAK_NGRAM) -> dict[str, int]:
     """{problem id: shared n-grams} for the problems whose prompt or reference solution shares a run of
     `n` words with any of `texts` (a run's training examples): HumanEval leaking into the training data."""
@@ -122,7 +127,7 @@ def leaked_problems(texts: list[str], problems: list[CodeProblem], n: int = LEAK
         seen |= ngrams(text, n)
     found = {}
     for p in problems:
-        shared = len((ngrams(p.prompt, n) | ngrams(p.solution, n)) & seen)
+        shared = len(problem_ngrams(p, n) & seen)
         if shared:
             found[p.id] = shared
     return found

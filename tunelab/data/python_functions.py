@@ -26,7 +26,7 @@ import re
 import sysconfig
 from pathlib import Path
 
-from tunelab.data.code_problems import CHAT_ANSWER_START, CHAT_REQUEST, code_benchmark_path, ngrams, read_code_problems
+from tunelab.data.code_problems import CHAT_ANSWER_START, CHAT_REQUEST, code_benchmark_path, ngrams, problem_ngrams, read_code_problems
 from tunelab.errors import DataError
 
 STDLIB = "stdlib"  # the `path` that names the standard library of the running Python
@@ -116,7 +116,7 @@ def as_benchmark_answer(prompt: str, body: str) -> str:
 def python_function_records(path: str) -> list[dict]:
     """One chat record per function under `path`, leaving out any that shares 13 words with HumanEval."""
     problems = read_code_problems(code_benchmark_path("humaneval"))
-    test_ngrams = set().union(*(ngrams(p.prompt) | ngrams(p.solution) for p in problems))
+    test_ngrams = set().union(*map(problem_ngrams, problems))
     records = []
     for f in documented_functions(path):
         if ngrams(f["prompt"] + f["body"]) & test_ngrams:

@@ -28,7 +28,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from statistics import mean
 
 import numpy as np
 from rich.table import Table
@@ -367,7 +366,7 @@ def problem_scores(out_dir: Path, name: str, bootstrap_samples: int) -> tuple[di
     rows = read_jsonl(BenchmarkDir(out_dir).predictions)
     scores = []
     for index, row in enumerate(rows):  # the file's problems in order: a benchmark scores a prefix of its file
-        passed = mean(s["passed"] for s in row[name])
+        passed = pass_at_k(len(row[name]), sum(s["passed"] for s in row[name]), 1)
         scores += [(row["id"], "pass@1", passed), (row["id"], f"pass@1_{problem_half(index)}", passed)]
     metrics = {}
     for metric in ["pass@1", *(f"pass@1_{half}" for half in HALVES)]:
