@@ -51,7 +51,7 @@ def test_chunked_loss_equals_transformers(arch, num_items, monkeypatch):
     reference = lora(arch)
     chunked = copy.deepcopy(reference)
     monkeypatch.setattr(answer_loss, "LOGITS_BUDGET", 3 * 128)  # chunks of 3 answer positions of a 128-token vocabulary
-    answer_loss.use_chunked_answer_loss(chunked.get_base_model())
+    answer_loss.use_chunked_answer_loss(chunked.get_base_model(), chunk_on_cpu=False)
     batch = packed_batch()
     extra = {} if num_items is None else {"num_items_in_batch": torch.tensor(num_items)}
     assert chunked(**batch).logits is None  # it does take the chunked path
@@ -73,11 +73,25 @@ def test_chunked_loss_equals_transformers(arch, num_items, monkeypatch):
     assert error(bf16_grads) <= 1.1 * error(bf16_ref_grads), (error(bf16_grads), error(bf16_ref_grads))
 
 
+def test_on_a_cpu_every_packed_batch_is_chunked_in_cache_sized_chunks(monkeypatch):
+    reference = lora("llama")
+    chunked = copy.deepcopy(reference)
+    monkeypatch.setattr(answer_loss, "CPU_CHUNK", 3 * 128)  # chunks of 3 positions, far under LOGITS_BUDGET
+    answer_loss.use_chunked_answer_loss(chunked.get_base_model())
+    batch = packed_batch()
+    assert chunked(**batch).logits is None
+    ref_loss, ref_grads = loss_and_grads(reference, batch, False)
+    loss, grads = loss_and_grads(chunked, batch, False)
+    torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=1e-5)
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_small_batches_and_other_batches_keep_transformers_path(monkeypatch):
     model = lora("llama")
-    answer_loss.use_chunked_answer_loss(model.get_base_model())
+    answer_loss.use_chunked_answer_loss(model.get_base_model(), chunk_on_cpu=False)
     batch = packed_batch()
-    assert model(**batch).logits is not None  # under the budget: transformers' own forward
+    assert model(**batch).logits is not None  # under the budget, not always chunked: transformers' own forward
     monkeypatch.setattr(answer_loss, "LOGITS_BUDGET", 3 * 128)
     padded = {"input_ids": batch["input_ids"], "labels": batch["labels"]}  # no shift_labels: not a packed answer batch
     assert model(**padded).logits.shape[1] == batch["input_ids"].shape[1]
@@ -97,14 +111,17 @@ def test_training_with_the_chunked_loss_logs_the_same_losses(tmp_path, tiny_mode
     from tunelab.io import read_jsonl
     from tunelab.train.run import train_recipe
 
+    from tunelab.train.run import StepChoices
+
     def losses(folder: str) -> list[float]:
-        run = train_recipe(make_recipe(tmp_path / folder, tiny_model_dir, precision="fp32", max_steps=3, eval_steps=3))
+        step = StepChoices(chunked_loss_on_cpu=folder == "chunked")
+        run = train_recipe(make_recipe(tmp_path / folder, tiny_model_dir, precision="fp32", max_steps=3, eval_steps=3), step=step)
         rows = read_jsonl(run / "train" / "metrics.jsonl")
         return [r[k] for r in rows for k in ("loss", "eval_loss") if k in r]
 
     plain = losses("plain")
     calls = []
-    monkeypatch.setattr(answer_loss, "LOGITS_BUDGET", 1)  # every batch chunked, one position per chunk
+    monkeypatch.setattr(answer_loss, "CPU_CHUNK", 1)  # one position per chunk
     monkeypatch.setattr(answer_loss, "chunked_loss", lambda *a: calls.append(1) or chunked_loss(*a))
     chunked = losses("chunked")
     assert calls, "the chunked loss never ran"

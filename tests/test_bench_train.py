@@ -25,7 +25,7 @@ def test_smoke_run_writes_its_section(tmp_path, tiny_model_dir):
         bench_train.TRL_OLD,
         bench_train.TUNELAB,
         *bench_train.ABLATION,
-        bench_train.ANSWER_LOGITS_STEP,
+        bench_train.LAST_STEP,
         *bench_train.CANDIDATES,
     ]
     number = r"[\d,.]+"

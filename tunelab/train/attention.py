@@ -52,11 +52,14 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=
     groups = getattr(module, "num_key_value_groups", 1)
     key, value = (repeat_kv(key, groups), repeat_kv(value, groups)) if groups > 1 else (key, value)
     window = getattr(module, "sliding_window", None)
+    # split, not slice: the backward of a slice adds its gradient into a zeroed tensor as long as the whole row,
+    # once per example (quadratic in examples per row); split's backward is one cat
+    lengths = [end - start for start, end in example_bounds(position_ids.reshape(-1))]
     outputs = []
-    for start, end in example_bounds(position_ids.reshape(-1)):
-        q, k, v = query[:, :, start:end], key[:, :, start:end], value[:, :, start:end]
-        if window is not None and end - start > window:
-            mask = window_mask(end - start, window, query.device)
+    for q, k, v in zip(query.split(lengths, dim=2), key.split(lengths, dim=2), value.split(lengths, dim=2)):
+        length = q.shape[2]
+        if window is not None and length > window:
+            mask = window_mask(length, window, query.device)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling)
         else:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, scale=scaling)

@@ -75,13 +75,16 @@ class StepChoices:
     # how the frozen base weights are stored: "bfloat16" instead of casting fp32 weights under autocast every
     # step (PEFT keeps the LoRA weights in fp32)
     base_dtype: str = "float32"
+    # on a CPU, the answer-token loss always runs in cache-sized chunks (train/answer_loss.py); False: only where a
+    # batch's answer logits pass answer_loss.LOGITS_BUDGET
+    chunked_loss_on_cpu: bool = True
 
 
 def check_step_choices(recipe: Recipe, step: StepChoices) -> None:
     """Refuse a step choice changed where the recipe's training never makes it."""
     t = recipe.train
     changed = [f.name for f in fields(step) if getattr(step, f.name) != f.default]
-    packed = [name for name in changed if name in ("answer_logits", "attention_per_example")]
+    packed = [name for name in changed if name in ("answer_logits", "attention_per_example", "chunked_loss_on_cpu")]
     if packed and not (t.objective == "sft" and t.packing):
         raise ConfigError(
             f"train_recipe(step=...): {', '.join(packed)} apply to packed supervised training only (train.packing: true, SFT)"
@@ -210,10 +213,10 @@ def check_sequence_length(tokenizer, max_seq_length: int) -> None:
         )
 
 
-def build_model(recipe: Recipe, base_path: Path, base_dtype: str = "float32"):
-    """The base model, its weights stored as `base_dtype`, wrapped for the chosen method (LoRA, QLoRA or full)."""
+def build_model(recipe: Recipe, base_path: Path, step: StepChoices = StepChoices()):
+    """The base model, its weights stored as `step.base_dtype`, wrapped for the chosen method (LoRA, QLoRA or full)."""
     t = recipe.train
-    model = load_causal_lm(base_path, dtype=base_dtype, load_in_4bit=(t.weights == "qlora"), trust_remote_code=recipe.trust_remote_code)
+    model = load_causal_lm(base_path, dtype=step.base_dtype, load_in_4bit=(t.weights == "qlora"), trust_remote_code=recipe.trust_remote_code)
     model.config.use_cache = False
     # under FSDP the wrapper checkpoints activations itself (strategy_arguments); the model's own would repeat gathers
     checkpointing = t.checkpointing and t.distributed != "fsdp"
@@ -228,7 +231,7 @@ def build_model(recipe: Recipe, base_path: Path, base_dtype: str = "float32"):
         model.enable_input_require_grads()
     model = get_peft_model(model, peft_config(model, t.lora))
     if t.distributed == "ddp":  # FSDP and ZeRO-3 shard the output projection's weight; they keep transformers' loss
-        use_chunked_answer_loss(model.get_base_model())
+        use_chunked_answer_loss(model.get_base_model(), chunk_on_cpu=step.chunked_loss_on_cpu)
     return model
 
 
@@ -391,7 +394,7 @@ def build_trainer(
     """The model, the batches, the arguments and the callbacks, in one Trainer."""
     t = recipe.train
     torch.manual_seed(t.seed)
-    model = build_model(recipe, base_path, step.base_dtype)
+    model = build_model(recipe, base_path, step)
     report_trainable(model, recipe, state)
     if attention := attention_implementation(t.packing, step.attention_per_example):
         getattr(model, "get_base_model", lambda: model)().set_attn_implementation(attention)
