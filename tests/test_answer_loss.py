@@ -109,9 +109,7 @@ def test_training_with_the_chunked_loss_logs_the_same_losses(tmp_path, tiny_mode
     from test_train import make_recipe
 
     from tunelab.io import read_jsonl
-    from tunelab.train.run import train_recipe
-
-    from tunelab.train.run import StepChoices
+    from tunelab.train.run import StepChoices, train_recipe
 
     def losses(folder: str) -> list[float]:
         step = StepChoices(chunked_loss_on_cpu=folder == "chunked")
