@@ -237,6 +237,29 @@ def test_compile_without_a_cpp_compiler_is_refused(tmp_path, tiny_model_dir, mon
     assert not (tmp_path / "runs").exists()  # refused before any work
 
 
+def test_compile_auto_compiles_long_supervised_cpu_runs_only(tmp_path, tiny_model_dir, monkeypatch):
+    from tunelab.config import COMPILE_FROM_STEPS
+    from tunelab.train import run as train_run
+
+    auto = make_recipe(tmp_path, tiny_model_dir)
+    assert auto.train.compile == "auto"
+    long_run = COMPILE_FROM_STEPS
+    assert train_run.compiles(auto, long_run) and not train_run.compiles(auto, long_run - 1)
+    assert not train_run.compiles(make_recipe(tmp_path, tiny_model_dir, compile=False), 10 * long_run)
+    assert train_run.compiles(make_recipe(tmp_path, tiny_model_dir, compile=True), 1)
+    dpo = auto.model_copy(update={"train": auto.train.model_copy(update={"method": "dpo"})})
+    assert dpo.train.objective == "dpo" and not train_run.compiles(dpo, 10 * long_run)  # not measured with TRL's trainers
+    monkeypatch.setattr("tunelab.train.run.shutil.which", lambda name: None)
+    assert not train_run.compiles(auto, 10 * long_run)  # no compiler: auto stays eager instead of failing
+
+
+def test_a_short_run_with_compile_auto_trains_eager_and_says_so(tmp_path, tiny_model_dir):
+    from tunelab.train.run import train_recipe
+
+    run = train_recipe(make_recipe(tmp_path, tiny_model_dir, max_steps=1, save_steps=1))
+    assert json.loads((run / "train" / "summary.json").read_text())["compiled"] is False
+
+
 def test_compiling_or_not_may_change_on_resume(tmp_path, tiny_model_dir):
     from tunelab.train.run import training_fingerprint
 

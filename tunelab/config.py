@@ -175,6 +175,12 @@ class PreferenceSettings(Strict):
     )
 
 
+# train.compile: auto compiles a run of at least this many optimizer steps: compiling cost 95-106 s of the first
+# steps on 2 cores and saved about 1 s a step after them (SmolLM2 LoRA, batch 8: break-even near 66 steps on the
+# EPYC, 85 on the AMX Xeon; docs/training.md), so from here it pays back with a margin for a larger model's compile
+COMPILE_FROM_STEPS = 200
+
+
 class TrainConfig(Strict):
     method: Literal["lora", "qlora", "full", "dpo", "orpo"] = Field(
         "lora",
@@ -205,9 +211,10 @@ class TrainConfig(Strict):
     threads: int | None = Field(
         None, gt=0, description="torch threads (default: every core available, shared among the training processes on the machine)."
     )
-    compile: bool = Field(
-        False,
-        description="torch.compile the model (inductor; needs a C++ compiler on a CPU). On 2 cores compiling cost SmolLM2 LoRA 106 s in its first steps, after which steps ran 1.28x faster: worth it from about 520 examples (bench/train_compile.py).",
+    compile: bool | Literal["auto"] = Field(
+        "auto",
+        description="torch.compile the model (inductor; needs a C++ compiler on a CPU). Compiling costs a minute or two in the first steps, after which steps ran 1.28x faster on the EPYC and about 1.36x on the AMX Xeon (bench/train_compile.py, docs/training.md). `auto`: on for supervised training on a CPU with a C++ compiler "
+        f"when the run has at least {COMPILE_FROM_STEPS} optimizer steps, where it pays back; off otherwise.",
     )
     gradient_checkpointing: bool | None = Field(
         None,

@@ -35,7 +35,7 @@ from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_callback import ProgressCallback as HFProgressCallback
 
-from tunelab.config import DataSource, Recipe, apply_overrides, load_recipe, recipe_from_dict, write_recipe
+from tunelab.config import COMPILE_FROM_STEPS, DataSource, Recipe, apply_overrides, load_recipe, recipe_from_dict, write_recipe
 from tunelab.data.prepare import prepare_data
 from tunelab.data.render import IGNORE_INDEX, render_example
 from tunelab.errors import ConfigError, TunelabError
@@ -166,6 +166,19 @@ def tokenize_split(tokenizer, rows: list[dict], max_seq_length: int) -> tuple[li
     return out, dropped
 
 
+def has_cpp_compiler() -> bool:
+    return any(map(shutil.which, ("c++", "g++", "clang++")))
+
+
+def compiles(recipe: Recipe, steps: int) -> bool:
+    """Whether a run of `steps` optimizer steps trains through torch.compile (`train.compile`, with `auto` resolved)."""
+    setting = recipe.train.compile
+    if setting != "auto":
+        return setting
+    on_cpu = not torch.cuda.is_available()
+    return recipe.train.objective == "sft" and on_cpu and has_cpp_compiler() and steps >= COMPILE_FROM_STEPS
+
+
 def check_before_training(recipe: Recipe, run: RunDir, resume: bool, processes: int = 1) -> None:
     """Refuse, before any time is spent, what cannot work."""
     if recipe.train.weights == "qlora":
@@ -175,7 +188,7 @@ def check_before_training(recipe: Recipe, run: RunDir, resume: bool, processes: 
             raise TunelabError(
                 f"train.method=qlora needs bitsandbytes, which cannot run here ({err}); install tunelab[qlora] or use method=lora"
             ) from None
-    if recipe.train.compile and not torch.cuda.is_available() and not any(map(shutil.which, ("c++", "g++", "clang++"))):
+    if recipe.train.compile is True and not torch.cuda.is_available() and not has_cpp_compiler():
         raise TunelabError(
             "train.compile=true needs a C++ compiler (g++ or clang++) on a CPU machine; install one or set train.compile=false"
         )
@@ -281,7 +294,7 @@ def training_settings(recipe: Recipe, run: RunDir, steps_per_epoch: int, has_val
         disable_tqdm=True,
         include_num_input_tokens_seen="all",
         dataloader_num_workers=0,
-        torch_compile=t.compile,
+        torch_compile=compiles(recipe, total_steps),
         **strategy_arguments(recipe),
     )
 
@@ -501,6 +514,7 @@ def training_summary(trainer: Trainer, result, recipe: Recipe, run: RunDir, chec
         "train_loss_mean": result.training_loss,
         "eval_loss": final_eval.get("eval_loss"),
         "precision": "bf16" if args.bf16 else "fp32",
+        "compiled": bool(args.torch_compile),  # train.compile, `auto` resolved for this run
         "threads": threads,
         "peak_memory_gib": peak_memory,  # one value per process
         "peak_memory_measure": memory_measure,
@@ -563,11 +577,11 @@ def train_recipe(
             f"{'bf16 autocast' if trainer.args.bf16 else 'fp32'}, {threads} threads"
             + (f" in each of {state.num_processes} processes ({recipe.train.distributed})" if state.num_processes > 1 else "")
             + f", {'packed' if recipe.train.packing and supervised else 'padded'} batches"
-            + (" (torch.compile: the first steps wait for the compiler, a minute or more)" if recipe.train.compile else "")
+            + (" (torch.compile: the first steps wait for the compiler, a minute or more)" if trainer.args.torch_compile else "")
         )
     # packed rows change length every step: compile for symbolic shapes at once, instead of
     # specialising on the first step's length and compiling again at the second
-    compiling = torch._dynamo.config.patch(assume_static_by_default=False) if recipe.train.compile else contextlib.nullcontext()
+    compiling = torch._dynamo.config.patch(assume_static_by_default=False) if trainer.args.torch_compile else contextlib.nullcontext()
     t0 = time.time()
     with compiling:
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
