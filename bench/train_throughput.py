@@ -200,6 +200,9 @@ def tunelab_recipe(args, model_path: Path, train: list[dict], workdir: Path, **s
     lora = {"r": LORA["r"], "alpha": LORA["lora_alpha"], "dropout": 0.0, "target_modules": "all_linear"}
     train_cfg = {"epochs": 1, "batch_size": BATCH, "learning_rate": LR, "lr_scheduler": "constant", "warmup_ratio": 0}
     train_cfg.update(max_seq_length=MAX_LEN, threads=args.threads, save_steps=100000, tensorboard=False, seed=args.seed, lora=lora)
+    # eager, whatever the run's length (train.compile: auto would compile a long one, and TRL here does not):
+    # bench/train_compile.py measures compiling
+    train_cfg["compile"] = False
     return recipe_from_dict(
         {
             "name": "bench",
