@@ -162,3 +162,17 @@ def test_the_forgetting_sweep_chooses_on_validation_data():
     assert by_name["small-adapter"].train.lora.r == 4 and by_name["small-adapter"].train.lora.target_modules == "attention"
     keys = {n: training_key(r) for n, r in by_name.items()}
     assert keys["interp-0.5"] == keys["interp-0.75"] == keys["baseline"] and len(set(keys.values())) == 4
+
+
+def test_config_id_ignores_how_a_run_goes_but_not_what_it_computes(tmp_path):
+    """A new default for train.compile or threads must not re-run a sweep's finished variants."""
+    from tunelab.compare.spec import config_id
+    from tunelab.config import HOW_NOT_WHAT_TRAIN_FIELDS, recipe_from_dict
+
+    def recipe(**train):
+        return recipe_from_dict({"name": "r", "model": "smollm2-135m-instruct", "data": {"sources": [{"path": "x.jsonl"}]}, "train": train})
+
+    plain = config_id(recipe())
+    assert {"compile", "threads"} <= HOW_NOT_WHAT_TRAIN_FIELDS
+    assert config_id(recipe(compile=True, threads=1, logging_steps=1, tensorboard=False)) == plain
+    assert config_id(recipe(learning_rate=1e-4)) != plain

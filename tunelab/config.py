@@ -179,6 +179,9 @@ class PreferenceSettings(Strict):
 # steps on 2 cores and saved about 1 s a step after them (SmolLM2 LoRA, batch 8: break-even near 66 steps on the
 # EPYC, 85 on the AMX Xeon; docs/training.md), so from here it pays back with a margin for a larger model's compile
 COMPILE_FROM_STEPS = 200
+# train fields that change how a run goes (its speed, its logs), not what it computes: a resume may change them,
+# and a sweep's config id leaves them out, so a new default for one of them re-runs nothing
+HOW_NOT_WHAT_TRAIN_FIELDS = frozenset({"threads", "compile", "logging_steps", "mlflow", "tensorboard"})
 
 
 class TrainConfig(Strict):

@@ -37,7 +37,15 @@ from typing import Any, Union
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
-from tunelab.config import Recipe, RowTemplate, Strict, format_validation_error, read_yaml_mapping, recipe_from_dict
+from tunelab.config import (
+    HOW_NOT_WHAT_TRAIN_FIELDS,
+    Recipe,
+    RowTemplate,
+    Strict,
+    format_validation_error,
+    read_yaml_mapping,
+    recipe_from_dict,
+)
 from tunelab.errors import ConfigError
 from tunelab.evaluate.metric_facts import METRICS
 
@@ -264,9 +272,11 @@ def hash_obj(obj: Any) -> str:
 
 
 def config_id(recipe: Recipe) -> str:
-    """Hash of the resolved recipe (every default filled in), without name, folder and seed."""
+    """Hash of the resolved recipe (every default filled in), without name, folder, seed and the train fields that
+    change how a run goes, not what it computes."""
     d = resolved_dict(recipe)
-    d["train"].pop("seed", None)
+    for key in ("seed", *HOW_NOT_WHAT_TRAIN_FIELDS):
+        d["train"].pop(key, None)
     return hash_obj(d)[:16]
 
 

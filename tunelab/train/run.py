@@ -35,7 +35,16 @@ from transformers.integrations import TensorBoardCallback
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_callback import ProgressCallback as HFProgressCallback
 
-from tunelab.config import COMPILE_FROM_STEPS, DataSource, Recipe, apply_overrides, load_recipe, recipe_from_dict, write_recipe
+from tunelab.config import (
+    COMPILE_FROM_STEPS,
+    HOW_NOT_WHAT_TRAIN_FIELDS,
+    DataSource,
+    Recipe,
+    apply_overrides,
+    load_recipe,
+    recipe_from_dict,
+    write_recipe,
+)
 from tunelab.data.prepare import prepare_data
 from tunelab.data.render import IGNORE_INDEX, render_example
 from tunelab.errors import ConfigError, TunelabError
@@ -123,8 +132,7 @@ def training_fingerprint(recipe: Recipe) -> dict:
     return {
         "model": dumped["model"],
         "data": dumped["data"],
-        # how fast a run goes is not what it computes: threads and compiling may change on resume
-        "train": {k: v for k, v in dumped["train"].items() if k not in {"threads", "compile", "logging_steps", "mlflow", "tensorboard"}},
+        "train": {k: v for k, v in dumped["train"].items() if k not in HOW_NOT_WHAT_TRAIN_FIELDS},
     }
 
 
