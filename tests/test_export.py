@@ -137,7 +137,8 @@ def test_export_merged_with_card_and_check(lora_run):
     assert json.loads((merged / "generation_config.json").read_text())["eos_token_id"] == 2
     assert (merged / "README.md").stat().st_mode & 0o777 == 0o644  # shareable, not the temp file's 0600
     card = (merged / "README.md").read_text()
-    assert "license:" in card and "lora" in card and "Export faithfulness" in card and "test" in card
+    assert "license:" in card and "Export faithfulness" in card and "test" in card
+    assert "by tunelab: **lora** weights, objective **sft**" in card and "- sft" in card  # both axes, in the text and the tags
     m = report["formats"]["merged"]
     assert m["passed"] and m["prompts_equal"] == 3 and m["agreement"] == 1.0
     # quality delta, scored by the evaluation stage: the merged model answers exactly like PyTorch
@@ -145,6 +146,7 @@ def test_export_merged_with_card_and_check(lora_run):
     assert m["metrics"]["rougeL"]["delta"] == 0.0 and m["metrics"]["bleu"]["delta"] == 0.0
     saved = json.loads((lora_run / "export" / "faithfulness.json").read_text())
     assert saved["formats"]["merged"]["passed"] and saved["prompt_source"].endswith("test.jsonl")
+    assert (saved["weights"], saved["objective"]) == ("lora", "sft")
     assert (lora_run / "export" / "faithfulness.md").read_text().count("| merged |") == 1
     assert _no_leftovers(lora_run) == [] and _no_leftovers(lora_run / "export") == []
 
