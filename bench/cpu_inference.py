@@ -76,7 +76,13 @@ def random_lora_run(root: Path, base_dir: Path) -> Path:
     (root / "model").mkdir(parents=True, exist_ok=True)
     model.save_pretrained(root / "model")
     load_tokenizer(base_dir).save_pretrained(root / "model")
-    info = {"base_model": "smollm2-135m-instruct", "base_model_path": str(base_dir), "method": "lora", "note": "random LoRA stand-in"}
+    info = {
+        "base_model": "smollm2-135m-instruct",
+        "base_model_path": str(base_dir),
+        "weights": "lora",
+        "objective": "sft",
+        "note": "random LoRA stand-in",
+    }
     (root / "model" / "tunelab_model.json").write_text(json.dumps(info))
     return root
 

@@ -18,7 +18,7 @@ trains with seed r:
   is faster in the same run (named in the section). Precomputing the reference log-probabilities
   (`precompute_ref_log_probs`) saves nothing in one epoch: it runs the same reference forward
   passes, before training instead of during it;
-- tunelab: `tunelab train` with `train.method: dpo` (train_recipe) and the recipe's defaults
+- tunelab: `tunelab train` with `train.objective: dpo` (train_recipe) and the recipe's defaults
   (since that run: gradient checkpointing on for DPO, `train.gradient_checkpointing`).
 
 tunelab's DPO *is* TRL's DPOTrainer, built with tunelab's model, arguments and callbacks
@@ -54,7 +54,7 @@ TRL_DEFAULT, TRL_NO_CHECKPOINTING, TUNELAB = "TRL DPOTrainer, defaults", "TRL DP
 DESCRIBE = {
     TRL_DEFAULT: "DPOConfig defaults: bf16, gradient checkpointing",
     TRL_NO_CHECKPOINTING: "bf16, no gradient checkpointing",
-    TUNELAB: "`tunelab train`, `method: dpo`, recipe defaults (bf16, gradient checkpointing)",
+    TUNELAB: "`tunelab train`, `objective: dpo`, recipe defaults (bf16, gradient checkpointing)",
 }
 SMOKE_PAIRS = [
     ("What is 2 + 2?", "2 + 2 is 4.", "It is 5."),
@@ -157,7 +157,7 @@ def tunelab_worker(args, model_path: Path, workdir: Path, train: list[dict]):
     atomic_write_jsonl(data_file, train)
     data = {"sources": [{"path": str(data_file)}], "dedup": "none", "clean": False, "test_fraction": 0, "validation_fraction": 0}
     lora = {"r": LORA["r"], "alpha": LORA["lora_alpha"], "dropout": 0.0, "target_modules": "all_linear"}
-    train_cfg = {"method": "dpo", "epochs": 1, "batch_size": BATCH, "learning_rate": LR, "lr_scheduler": "constant", "warmup_ratio": 0}
+    train_cfg = {"objective": "dpo", "epochs": 1, "batch_size": BATCH, "learning_rate": LR, "lr_scheduler": "constant", "warmup_ratio": 0}
     train_cfg.update(max_seq_length=MAX_LEN, threads=args.threads, save_steps=100000, tensorboard=False, seed=args.seed, lora=lora)
     recipe = recipe_from_dict(
         {"name": "bench", "output_dir": str(workdir / DEFAULT_RUNS_DIR), "model": str(model_path), "data": data, "train": train_cfg}

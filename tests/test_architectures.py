@@ -160,10 +160,10 @@ def test_qlora_trains_two_steps_then_merges_and_exports_faithfully(tmp_path, tin
     model.save_pretrained(peaked)
     load_tokenizer(tiny_model_dir).save_pretrained(peaked)
 
-    run = train_recipe(tiny_recipe(tmp_path, peaked, method="qlora", learning_rate=1e-2))
+    run = train_recipe(tiny_recipe(tmp_path, peaked, weights="qlora", learning_rate=1e-2))
     summary = json.loads((run / "train" / "summary.json").read_text())
     info = json.loads((run / "model" / "tunelab_model.json").read_text())
-    assert summary["steps"] == 2 and summary["method"] == info["method"] == "qlora"
+    assert summary["steps"] == 2 and summary["weights"] == info["weights"] == "qlora" and summary["objective"] == "sft"
     lora_b = {k: v for k, v in load_file(run / "model" / "adapter_model.safetensors").items() if "lora_B" in k}
     assert lora_b and any(v.abs().max() > 0 for v in lora_b.values()), "2 QLoRA steps must move the adapter off zero"
     export_and_check(run, architecture="llama")

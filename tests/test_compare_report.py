@@ -142,7 +142,7 @@ def test_sentence_wording_and_phrases():
     assert change_phrase("data.augment.paraphrase", False, True) == "turning on paraphrase augmentation"
     assert change_phrase("data.sources.1.share", 0, 0.2) == "raising the replay share of source 1 0→0.2"
     assert change_phrase("train.interpolation", 1.0, 0.5) == "lowering the interpolation toward the tuned weights (α) 1→0.5"
-    assert change_phrase("train.method", "lora", "full") == "changing the fine-tuning method from lora to full"
+    assert change_phrase("train.weights", "lora", "full") == "changing what training updates from lora to full"
 
 
 def flip(values: list[float], right_to_wrong: int, wrong_to_right: int) -> list[float]:

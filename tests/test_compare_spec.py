@@ -176,3 +176,63 @@ def test_config_id_ignores_how_a_run_goes_but_not_what_it_computes(tmp_path):
     assert {"compile", "threads"} <= HOW_NOT_WHAT_TRAIN_FIELDS
     assert config_id(recipe(compile=True, threads=1, logging_steps=1, tensorboard=False)) == plain
     assert config_id(recipe(learning_rate=1e-4)) != plain
+
+
+# Config ids computed at commit d9a77a7, before the two axes of training had a field each, for the recipe
+# {data: {sources: [{path: pairs.json}]}, train: TRAIN}. A sweep's store keys its runs by these ids: a recipe
+# must keep its id in either spelling, or every stored run of a sweep would train again. (A new recipe field
+# changes every id, on purpose: recompute these then, and say so where the change is described.)
+@pytest.mark.parametrize(
+    "old, new, stored_id",
+    [
+        ({}, {"weights": "lora", "objective": "sft"}, "182a2de4e8126d10"),
+        ({"method": "full"}, {"weights": "full"}, "f8490f24f8b918b8"),
+        ({"method": "qlora"}, {"weights": "qlora"}, "c452ed07acfb2889"),
+        ({"method": "dpo"}, {"objective": "dpo"}, "bb82e413dd3f3402"),
+        ({"method": "orpo", "preference": {"weights": "full"}}, {"objective": "orpo", "weights": "full"}, "555dddf8736651ff"),
+        (
+            {"method": "dpo", "preference": {"weights": "qlora", "beta": 0.2}},
+            {"objective": "dpo", "weights": "qlora", "preference": {"beta": 0.2}},
+            "af4ce512dbf8a2cf",
+        ),
+    ],
+)
+def test_a_recipe_keeps_its_stored_config_id_in_either_spelling(old, new, stored_id):
+    from tunelab.compare.spec import config_id
+    from tunelab.config import recipe_from_dict
+
+    for train in (old, new):
+        assert config_id(recipe_from_dict({"data": {"sources": [{"path": "pairs.json"}]}, "train": train})) == stored_id
+
+
+def test_an_old_method_axis_gives_the_variants_of_the_new_axes(tmp_path, capsys):
+    """A sweep in the old spelling (`method` axis, `train.method` in its base) has the variants, names aside, and
+    the config ids of the same sweep in the new spelling; the old axis is named once, not once per variant."""
+    data = write_data(tmp_path)
+    old_base = {"data": {"sources": [{"path": str(data)}]}, "train": {"method": "full", "max_steps": 2}}
+    old = load_sweep(write_sweep(tmp_path, {"grid": {"method": ["sft", "full", "dpo"]}}, old_base))
+    said = " ".join(capsys.readouterr().err.split())
+    assert said.count("the axis 'method' is now two, `objective` (sft, dpo, orpo) and `weights` (lora, qlora, full)") == 1
+    assert "train.method: full is now two fields, train.weights: full and train.objective: sft" in said  # the base recipe
+    new_base = {"data": {"sources": [{"path": str(data)}]}, "train": {"weights": "full", "max_steps": 2}}
+    new = load_sweep(
+        write_sweep(
+            tmp_path,
+            {
+                "variants": [
+                    {"name": n, "set": s}
+                    for n, s in [
+                        ("sft", {"weights": "lora", "objective": "sft"}),
+                        ("full", {"objective": "sft"}),
+                        ("dpo", {"objective": "dpo"}),
+                    ]
+                ]
+            },
+            new_base,
+        )
+    )
+    assert "deprecated" not in capsys.readouterr().err
+    assert [v.name for v in old.variants] == ["method=sft", "method=full", "method=dpo"]
+    assert [(v.recipe.train.weights, v.recipe.train.objective) for v in old.variants] == [("lora", "sft"), ("full", "sft"), ("full", "dpo")]
+    assert [v.config_id for v in old.variants] == [v.config_id for v in new.variants]
+    assert recipe_changes(old.variants[1].recipe, old.variants[2].recipe) == {"train.objective": ("sft", "dpo")}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from tunelab.config import EvalConfig, TrainConfig, config_reference, eval_config_from_options, load_recipe
 from tunelab.errors import ConfigError
@@ -91,26 +92,26 @@ def test_data_prepare_length_limit_is_the_training_default(tmp_path, monkeypatch
 
 def test_gradient_checkpointing_defaults_on_for_dpo_only():
     """DPO recomputes activations by default (faster and smaller on the CPU bench); SFT and ORPO keep them;
-    a recipe's own choice wins, and a sweep that switches the method gets the new method's default."""
+    a recipe's own choice wins, and a sweep that switches the objective gets the new objective's default."""
     from tunelab.config import TrainConfig
 
-    assert TrainConfig(method="dpo").checkpointing is True
-    assert TrainConfig(method="lora").checkpointing is False
-    assert TrainConfig(method="orpo").checkpointing is False
-    assert TrainConfig(method="dpo", gradient_checkpointing=False).checkpointing is False
-    assert TrainConfig(method="lora", gradient_checkpointing=True).checkpointing is True
-    assert TrainConfig(method="dpo").model_dump()["gradient_checkpointing"] is None  # unresolved in a dumped recipe
+    assert TrainConfig(objective="dpo").checkpointing is True
+    assert TrainConfig(objective="sft").checkpointing is False
+    assert TrainConfig(objective="orpo").checkpointing is False
+    assert TrainConfig(objective="dpo", gradient_checkpointing=False).checkpointing is False
+    assert TrainConfig(objective="sft", gradient_checkpointing=True).checkpointing is True
+    assert TrainConfig(objective="dpo").model_dump()["gradient_checkpointing"] is None  # unresolved in a dumped recipe
 
 
 def test_learning_rate_defaults_follow_the_objective_and_the_weights():
     from tunelab.config import PREFERENCE_LEARNING_RATES, SFT_LEARNING_RATES, TrainConfig
 
     assert TrainConfig().resolved_learning_rate == SFT_LEARNING_RATES["lora"] == 2e-4
-    assert TrainConfig(method="full").resolved_learning_rate == SFT_LEARNING_RATES["full"] == 2e-5
-    assert TrainConfig(method="dpo").resolved_learning_rate == PREFERENCE_LEARNING_RATES["lora"] == 5e-5
-    orpo_full = TrainConfig(method="orpo", preference={"weights": "full"})
+    assert TrainConfig(weights="full").resolved_learning_rate == SFT_LEARNING_RATES["full"] == 2e-5
+    assert TrainConfig(objective="dpo").resolved_learning_rate == PREFERENCE_LEARNING_RATES["lora"] == 5e-5
+    orpo_full = TrainConfig(objective="orpo", weights="full")
     assert orpo_full.resolved_learning_rate == PREFERENCE_LEARNING_RATES["full"] == 1e-6
-    assert TrainConfig(method="dpo", learning_rate=1e-4).resolved_learning_rate == 1e-4
+    assert TrainConfig(objective="dpo", learning_rate=1e-4).resolved_learning_rate == 1e-4
     # the field's description (docs/configuration.md) is written from the same numbers
     description = TrainConfig.model_fields["learning_rate"].description
     assert "2e-4 for LoRA/QLoRA, 2e-5 for full" in description and "5e-5 on an adapter, 1e-6 on every weight" in description
@@ -189,3 +190,91 @@ def test_forgetting_levers_accept_good_values(tmp_path):
     # a validation size alone is enough for early stopping, even with no validation fraction
     recipe = load_recipe(path, ["data.validation_fraction=0"])
     assert recipe.train.early_stopping_patience == 2
+
+
+# ---------------------------------------------------------------- the two axes of training, and their old spelling
+def one_line(text: str) -> str:
+    """Console output as one line of words (the console wraps long lines)."""
+    return " ".join(text.split())
+
+
+def recipe_file(folder: Path, train: str) -> Path:
+    path = folder / "old.yaml"
+    path.write_text(f"data:\n  sources: [{{path: x.json}}]\ntrain: {train}\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    "method, weights, objective",
+    [
+        ("sft", "lora", "sft"),
+        ("lora", "lora", "sft"),
+        ("qlora", "qlora", "sft"),
+        ("full", "full", "sft"),
+        ("dpo", "lora", "dpo"),
+        ("orpo", "lora", "orpo"),
+    ],
+)
+def test_the_old_train_method_loads_as_the_two_fields_with_a_message(tmp_path, monkeypatch, capsys, method, weights, objective):
+    monkeypatch.chdir(tmp_path)  # a short file name in the message, which the console would otherwise wrap mid-path
+    train = load_recipe(recipe_file(Path("."), f"{{method: {method}}}").name).train
+    assert (train.weights, train.objective) == (weights, objective)
+    said = one_line(capsys.readouterr().err)
+    assert (
+        f"deprecated: old.yaml: train.method: {method} is now two fields, train.weights: {weights} and train.objective: {objective}" in said
+    )
+    assert "the old spelling goes in the next release" in said
+
+
+def test_the_old_preference_weights_and_the_new_spelling(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    train = load_recipe(recipe_file(Path("."), "{method: orpo, preference: {weights: full, beta: 0.2}}").name).train
+    assert (train.weights, train.objective, train.preference.beta) == ("full", "orpo", 0.2)
+    said = one_line(capsys.readouterr().err)
+    assert (
+        "old.yaml: train.method: orpo and train.preference.weights: full are now two fields, train.weights: full and train.objective: orpo"
+        in said
+    )
+    # a recipe.yaml written before the split holds preference.weights: lora (its default) beside every method: ignored as before
+    assert load_recipe(recipe_file(Path("."), "{method: full, preference: {weights: lora}}").name).train.weights == "full"
+    # an old field that agrees with a new one beside it is accepted
+    assert load_recipe(recipe_file(Path("."), "{method: full, weights: full}").name).train.objective == "sft"
+    capsys.readouterr()
+    train = load_recipe(recipe_file(Path("."), "{weights: qlora, objective: dpo}").name).train
+    assert (train.weights, train.objective) == ("qlora", "dpo") and "deprecated" not in capsys.readouterr().err
+    with pytest.raises(ValidationError, match="preference.weights"):  # the model has one owner of what training updates
+        TrainConfig.model_validate({"preference": {"weights": "full"}})
+
+
+@pytest.mark.parametrize(
+    "train, message",
+    [
+        ("{method: full, objective: dpo}", "train.method: full (the old spelling) says train.objective: sft, but train.objective is dpo"),
+        (
+            "{method: dpo, weights: lora, preference: {weights: full}}",
+            "train.preference.weights: full (the old spelling) says train.weights: full, but train.weights is lora",
+        ),
+        ("{method: lora, preference: {weights: qlora}}", "train.preference.weights: qlora applied to DPO and ORPO only"),
+        ("{method: magic}", "train.method: 'magic' is none of sft, lora, qlora, full, dpo, orpo"),
+    ],
+)
+def test_old_and_new_spellings_that_disagree_are_refused_naming_the_file_and_the_fields(tmp_path, train, message):
+    path = recipe_file(tmp_path, train)
+    with pytest.raises(ConfigError) as err:
+        load_recipe(path)
+    assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
+
+
+def test_an_old_override_sets_the_new_fields_it_stands_for(tmp_path, capsys):
+    """`--set train.method=...` replaces the recipe's fields as any override does: no conflict with the new spelling."""
+    path = recipe_file(tmp_path, "{weights: full, objective: sft}")
+    train = load_recipe(path, ["train.method=dpo"]).train
+    assert (train.weights, train.objective) == ("full", "dpo")
+    assert "deprecated: --set train.method=dpo is now --set train.objective=dpo" in one_line(capsys.readouterr().err)
+    train = load_recipe(path, ["train.method=qlora"]).train
+    assert (train.weights, train.objective) == ("qlora", "sft")
+    train = load_recipe(path, ["train.preference.weights=lora"]).train
+    assert (train.weights, train.objective) == ("lora", "sft")
+    # an old recipe with a new override: the recipe is read in the new spelling first
+    train = load_recipe(recipe_file(tmp_path, "{method: full}"), ["train.objective=orpo"]).train
+    assert (train.weights, train.objective) == ("full", "orpo")

@@ -175,8 +175,8 @@ def test_sharded_strategies_refused_on_a_cpu(tmp_path, strategy):
         check_strategy(recipe)
     if strategy.startswith("deepspeed"):  # both missing pieces are named, so the user fixes them in one go
         assert ("the deepspeed package" in str(err.value)) == (importlib.util.find_spec("deepspeed") is None)
-    qlora = recipe_from_dict({"data": {"sources": [{"path": "x.json"}]}, "train": {"distributed": strategy, "method": "qlora"}})
-    with pytest.raises(TunelabError, match="method=qlora"):
+    qlora = recipe_from_dict({"data": {"sources": [{"path": "x.json"}]}, "train": {"distributed": strategy, "weights": "qlora"}})
+    with pytest.raises(TunelabError, match="weights=qlora"):
         check_strategy(qlora)
 
 

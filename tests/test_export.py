@@ -25,7 +25,7 @@ def _has_llama_cpp() -> bool:
 needs_llama = pytest.mark.skipif(not _has_llama_cpp(), reason="llama-cpp-python is not installed (make setup-gguf)")
 
 
-def make_lora_run(root: Path, base_dir: Path, method: str = "lora", b_scale: float = 1.0, **lora_options) -> Path:
+def make_lora_run(root: Path, base_dir: Path, weights: str = "lora", b_scale: float = 1.0, **lora_options) -> Path:
     """A run directory as `tunelab train` leaves it: model/ with a LoRA adapter (non-zero B; `lora_options`
     go to peft's LoraConfig) and tunelab_model.json, plus data/test.jsonl and data/card.json."""
     import torch
@@ -51,7 +51,7 @@ def make_lora_run(root: Path, base_dir: Path, method: str = "lora", b_scale: flo
     peft_model.save_pretrained(root / "model")
     load_tokenizer(base_dir).save_pretrained(root / "model")
     (root / "model" / "tunelab_model.json").write_text(
-        json.dumps({"base_model": str(base_dir), "base_model_path": str(base_dir), "method": method})
+        json.dumps({"base_model": str(base_dir), "base_model_path": str(base_dir), "weights": weights, "objective": "sft"})
     )
     (root / "data").mkdir()
     rows = [
@@ -94,7 +94,7 @@ def test_merge_equals_adapter_logits(lora_run, peaked_tiny_dir, tmp_path):
     from tunelab.models.load import load_causal_lm, load_tokenizer
 
     model, tokenizer, info = load_pytorch_model(lora_run / "model")
-    assert info["method"] == "lora"
+    assert info["weights"] == "lora"
     with_adapter = _logits(model, tokenizer)
     base = _logits(load_causal_lm(peaked_tiny_dir), tokenizer)
     assert (with_adapter - base).abs().max() > 1e-2  # the adapter really changes the model
@@ -111,7 +111,7 @@ def test_qlora_merge_adds_adapter_to_dequantized_base(peaked_tiny_dir, tmp_path)
     from tunelab.export.merge import load_pytorch_model, merged_model
     from tunelab.models.load import load_causal_lm
 
-    run = make_lora_run(tmp_path / "qrun", peaked_tiny_dir, method="qlora")
+    run = make_lora_run(tmp_path / "qrun", peaked_tiny_dir, weights="qlora")
     model, _, _ = load_pytorch_model(run / "model")
     layer = model.base_model.model.model.layers[0].self_attn.q_proj
     delta = layer.get_delta_weight("default").detach().clone()
@@ -137,7 +137,8 @@ def test_export_merged_with_card_and_check(lora_run):
     assert json.loads((merged / "generation_config.json").read_text())["eos_token_id"] == 2
     assert (merged / "README.md").stat().st_mode & 0o777 == 0o644  # shareable, not the temp file's 0600
     card = (merged / "README.md").read_text()
-    assert "license:" in card and "lora" in card and "Export faithfulness" in card and "test" in card
+    assert "license:" in card and "Export faithfulness" in card and "test" in card
+    assert "by tunelab: **lora** weights, objective **sft**" in card and "- sft" in card  # both axes, in the text and the tags
     m = report["formats"]["merged"]
     assert m["passed"] and m["prompts_equal"] == 3 and m["agreement"] == 1.0
     # quality delta, scored by the evaluation stage: the merged model answers exactly like PyTorch
@@ -145,6 +146,7 @@ def test_export_merged_with_card_and_check(lora_run):
     assert m["metrics"]["rougeL"]["delta"] == 0.0 and m["metrics"]["bleu"]["delta"] == 0.0
     saved = json.loads((lora_run / "export" / "faithfulness.json").read_text())
     assert saved["formats"]["merged"]["passed"] and saved["prompt_source"].endswith("test.jsonl")
+    assert (saved["weights"], saved["objective"]) == ("lora", "sft")
     assert (lora_run / "export" / "faithfulness.md").read_text().count("| merged |") == 1
     assert _no_leftovers(lora_run) == [] and _no_leftovers(lora_run / "export") == []
 

@@ -169,7 +169,7 @@ def test_a_base_model_without_a_chat_template(own_cache, smollm2_dir, tmp_path):
 
 
 def test_a_qlora_pairs_base_is_the_base_it_was_trained_against(own_cache, lora_export, peaked_tiny_dir, tmp_path):
-    run = make_lora_run(tmp_path / "qlora-run", peaked_tiny_dir, method="qlora", b_scale=B_SCALE)
+    run = make_lora_run(tmp_path / "qlora-run", peaked_tiny_dir, weights="qlora", b_scale=B_SCALE)
     pair = export(run, ["gguf-lora"])["formats"]["gguf-lora"]
     base, _ = pair_files(run, peaked_tiny_dir, "-nf4")
     assert pair["passed"] and pair["base"] == base.name, pair
@@ -199,12 +199,12 @@ def test_a_model_without_an_adapter_is_refused_before_any_work(tiny_model_dir, t
     load_causal_lm(tiny_model_dir).save_pretrained(run / "model")
     load_tokenizer(tiny_model_dir).save_pretrained(run / "model")
     (run / "model" / "tunelab_model.json").write_text(json.dumps({"base_model": str(tiny_model_dir), "method": "full"}))
-    with pytest.raises(TunelabError, match="gguf-lora writes a LoRA adapter, and this model has no adapter .method full"):
+    with pytest.raises(TunelabError, match="gguf-lora writes a LoRA adapter, and this model has no adapter .weights full"):
         export(run, ["gguf-lora"])
     assert not (run / "export").exists()
     # a recipe says so before training
     recipe = tmp_path / "r.yaml"
-    for train, why in [("{method: full}", "every weight"), ("{lora: {use_dora: true}}", "DoRA")]:
+    for train, why in [("{weights: full}", "every weight"), ("{lora: {use_dora: true}}", "DoRA")]:
         recipe.write_text(f"data:\n  sources: [{{path: x.json}}]\ntrain: {train}\nexport: {{formats: [gguf-lora]}}\n")
         with pytest.raises(ConfigError, match=f"gguf-lora.*{why}"):
             load_recipe(recipe)

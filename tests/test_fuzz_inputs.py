@@ -269,7 +269,7 @@ VALID_RECIPE = {
     "name": "fuzz",
     "model": "smollm2-135m-instruct",
     "data": {"sources": [{"path": "data.json", "format": "alpaca", "placeholders": {"name": "Tuna"}}], "dedup": "exact"},
-    "train": {"method": "lora", "max_steps": 2, "lora": {"r": 4, "target_modules": ["q_proj"]}},
+    "train": {"weights": "lora", "max_steps": 2, "lora": {"r": 4, "target_modules": ["q_proj"]}},
     "eval": {"metrics": ["bleu"], "max_new_tokens": 8},
     "export": {"formats": ["merged"]},
 }

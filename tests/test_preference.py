@@ -138,7 +138,7 @@ def test_length_limit_counts_the_longer_side(tmp_path, tiny_model_dir):
 
 
 # ---------------------------------------------------------------- training
-def pair_recipe(tmp_path: Path, model_dir: Path, method: str = "dpo", name: str = "pref", **train):
+def pair_recipe(tmp_path: Path, model_dir: Path, objective: str = "dpo", name: str = "pref", **train):
     tmp_path.mkdir(parents=True, exist_ok=True)
     data = write_pairs(tmp_path / "pairs.json")
     return recipe_from_dict(
@@ -148,7 +148,7 @@ def pair_recipe(tmp_path: Path, model_dir: Path, method: str = "dpo", name: str 
             "model": str(model_dir),
             "data": {"sources": [{"path": str(data)}], "dedup": "exact", "test_size": 6, "validation_size": 2},
             "train": {
-                "method": method,
+                "objective": objective,
                 "max_steps": 2,
                 "batch_size": 2,
                 "logging_steps": 1,
@@ -164,23 +164,25 @@ def pair_recipe(tmp_path: Path, model_dir: Path, method: str = "dpo", name: str 
     )
 
 
-@pytest.mark.parametrize("method, logged", [("dpo", "rewards/margins"), ("orpo", "log_odds_ratio")])
-def test_two_step_preference_run(tmp_path, tiny_model_dir, method, logged):
+@pytest.mark.parametrize("objective, logged", [("dpo", "rewards/margins"), ("orpo", "log_odds_ratio")])
+def test_two_step_preference_run(tmp_path, tiny_model_dir, objective, logged):
     from tunelab.train.run import train_recipe
 
-    run = train_recipe(pair_recipe(tmp_path, tiny_model_dir, method))
+    run = train_recipe(pair_recipe(tmp_path, tiny_model_dir, objective))
     info = json.loads((run / "model" / "tunelab_model.json").read_text())
-    assert info["method"] == "lora" and info["objective"] == method and info["base_model"] == str(tiny_model_dir)
+    assert (
+        info["weights"] == "lora" and info["objective"] == objective and "method" not in info and info["base_model"] == str(tiny_model_dir)
+    )
     assert (run / "model" / "adapter_model.safetensors").is_file() and not (run / "model" / "ref").exists()
     rows = read_jsonl(run / "train" / "metrics.jsonl")
     assert [r["step"] for r in rows if "loss" in r] == [1, 2]
     assert any(logged in r for r in rows) and any("eval_loss" in r for r in rows)
     assert all(r["tokens_per_second"] > 0 for r in rows if "loss" in r)  # the Trainer counted the pairs' tokens
     summary = json.loads((run / "train" / "summary.json").read_text())
-    assert summary["method"] == method and summary["steps"] == 2 and summary["tokens_seen"] > 0
+    assert summary["weights"] == "lora" and summary["objective"] == objective and summary["steps"] == 2 and summary["tokens_seen"] > 0
     assert summary["train_examples"] == 28 and summary["eval_loss"] is not None
     assert (
-        summary["mfu"] is None and summary["model_flops_per_token"] is None and method.upper() in summary["mfu_note"]
+        summary["mfu"] is None and summary["model_flops_per_token"] is None and objective.upper() in summary["mfu_note"]
     )  # n/a, not a wrong figure
     assert (run / "train" / "loss.png").is_file()
 
@@ -206,13 +208,13 @@ def built_trainer(recipe):
     return build_preference_trainer(recipe, run, Path(recipe.model), tokenizer, state), tokenizer
 
 
-@pytest.mark.parametrize("method", ["dpo", "orpo"])
-def test_trainers_see_tunelabs_rendering(tmp_path, tiny_model_dir, method):
+@pytest.mark.parametrize("objective", ["dpo", "orpo"])
+def test_trainers_see_tunelabs_rendering(tmp_path, tiny_model_dir, objective):
     """The tokens TRL trains on are the prompt as generation renders it and each answer as the template renders the turn."""
     from tunelab.evaluate.likelihood import answer_pair
     from tunelab.models.hf_chat import HFChatModel
 
-    trainer, tok = built_trainer(pair_recipe(tmp_path, tiny_model_dir, method))
+    trainer, tok = built_trainer(pair_recipe(tmp_path, tiny_model_dir, objective))
     chat = HFChatModel(trainer.model, tok, "policy")
     pairs = read_jsonl(tmp_path / "runs" / "pref" / "data" / "train.jsonl")
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(3)])
@@ -222,7 +224,7 @@ def test_trainers_see_tunelabs_rendering(tmp_path, tiny_model_dir, method):
             prompt_ids, answer_ids = answer_pair(tok, prompt, answer)
             assert prompt_ids == chat.prompt_tokens(prompt)
             row = trainer.train_dataset[i]
-            if method == "dpo":
+            if objective == "dpo":
                 assert row["prompt_ids"] == prompt_ids and row[f"{side}_ids"] == answer_ids
                 width = len(prompt_ids) + len(answer_ids)
                 k = i if side == "chosen" else 3 + i  # the collator stacks every chosen, then every rejected sequence
@@ -232,7 +234,7 @@ def test_trainers_see_tunelabs_rendering(tmp_path, tiny_model_dir, method):
                 cut = answer_ids[: answer_ids.index(tok.eos_token_id) + 1]
                 assert row[f"{side}_input_ids"] == prompt_ids + cut
                 assert row[f"{side}_labels"] == [-100] * len(prompt_ids) + cut
-    if method == "orpo":  # the Trainer counts both sides' real tokens
+    if objective == "orpo":  # the Trainer counts both sides' real tokens
         assert int(batch["attention_mask"].sum()) == sum(
             len(trainer.train_dataset[i][f"{s}_input_ids"]) for i in range(3) for s in ("chosen", "rejected")
         )
@@ -367,7 +369,7 @@ def test_run_pipeline_on_pairs_reports_preference_accuracy(tmp_path, tiny_model_
         "model": str(tiny_model_dir),
         "data": {"sources": [{"path": str(write_pairs(tmp_path / "pairs.json"))}], "dedup": "exact", "test_size": 6, "validation_size": 0},
         "train": {
-            "method": "dpo",
+            "objective": "dpo",
             "max_steps": 2,
             "batch_size": 2,
             "logging_steps": 1,
@@ -401,19 +403,19 @@ def test_stand_in_pairs_and_example_recipes(tmp_path, monkeypatch):
 
     monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
     recipe_file = tmp_path / "r.yaml"
-    recipe_file.write_text("data:\n  sources:\n    - {path: ../nowhere/dpo_en_demo.json}\ntrain: {method: dpo}\n")
+    recipe_file.write_text("data:\n  sources:\n    - {path: ../nowhere/dpo_en_demo.json}\ntrain: {objective: dpo}\n")
     stand_in = load_examples(load_recipe(recipe_file).data.sources[0], strict=True)
     assert len(stand_in) >= 30 and len({e["messages"][0]["content"] for e in stand_in}) == len(stand_in)  # every prompt once
     examples = Path(__file__).resolve().parent.parent / "examples"
     assert load_recipe(examples / "dpo.yaml").train.objective == "dpo"
     sweep = load_sweep(examples / "sweep-preference.yaml")
-    methods = {v.name: (v.recipe.train.method, v.recipe.train.objective) for v in sweep.variants}
-    assert methods == {"method=sft": ("lora", "sft"), "method=dpo": ("dpo", "dpo"), "method=orpo": ("orpo", "orpo")}
-    assert sweep.baseline.name == "method=dpo"
+    axes = {v.name: (v.recipe.train.weights, v.recipe.train.objective) for v in sweep.variants}
+    assert axes == {"objective=sft": ("lora", "sft"), "objective=dpo": ("lora", "dpo"), "objective=orpo": ("lora", "orpo")}
+    assert sweep.baseline.name == "objective=dpo"
 
 
-def test_method_sweep_stores_preference_accuracy(tmp_path, tiny_model_dir):
-    """`method: [sft, dpo, orpo]` over the same pairs: every variant's held-out preference accuracy is in the store and the report."""
+def test_objective_sweep_stores_preference_accuracy(tmp_path, tiny_model_dir):
+    """`objective: [sft, dpo, orpo]` over the same pairs: every variant's held-out preference accuracy is in the store and the report."""
     import yaml
 
     from tunelab.compare.report import compare_cli
@@ -428,7 +430,7 @@ def test_method_sweep_stores_preference_accuracy(tmp_path, tiny_model_dir):
     }
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
     spec = {"name": "methods", "base": "base.yaml", "output_dir": str(tmp_path / "sweeps"), "heldout": {"from_source": 0, "size": 6}}
-    spec["grid"] = {"method": ["sft", "dpo", "orpo"]}
+    spec["grid"] = {"objective": ["sft", "dpo", "orpo"]}
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(spec))
     assert sweep_cli(tmp_path / "sweep.yaml") == {"done": 4, "skipped": 0, "failed": []}  # the base model + 3 variants
     folder = tmp_path / "sweeps" / "methods"
@@ -438,19 +440,19 @@ def test_method_sweep_stores_preference_accuracy(tmp_path, tiny_model_dir):
             assert len(store.scores(run["id"])["preference_accuracy"]) == 6
     compare_cli(tmp_path / "sweep.yaml")
     report = (folder / "report" / "report.md").read_text()
-    assert "preference accuracy" in report and "method=orpo" in report
+    assert "preference accuracy" in report and "objective=orpo" in report
 
 
 @pytest.mark.parametrize("weights", ["full", "qlora"])
 def test_dpo_on_every_weight_and_on_qlora(tmp_path, tiny_model_dir, weights):
-    """`preference.weights: full` trains against a frozen copy of the base; `qlora` an adapter on a 4-bit base."""
+    """DPO with `weights: full` trains against a frozen copy of the base; `qlora` an adapter on a 4-bit base."""
     if weights == "qlora":
         pytest.importorskip("bitsandbytes")
     from tunelab.train.run import train_recipe
 
-    run = train_recipe(pair_recipe(tmp_path, tiny_model_dir, "dpo", max_steps=1, preference={"weights": weights}))
+    run = train_recipe(pair_recipe(tmp_path, tiny_model_dir, "dpo", max_steps=1, weights=weights))
     info = json.loads((run / "model" / "tunelab_model.json").read_text())
-    assert info["method"] == weights and info["objective"] == "dpo"
+    assert info["weights"] == weights and info["objective"] == "dpo"
     assert (run / "model" / ("model.safetensors" if weights == "full" else "adapter_model.safetensors")).is_file()
     first = next(r for r in read_jsonl(run / "train" / "metrics.jsonl") if "loss" in r)
     assert first["loss"] == pytest.approx(0.6931, abs=2e-3)  # policy == reference before the first update

@@ -13,6 +13,7 @@ from tunelab.runs import (
     RunDir,
     gguf_name,
     gguf_quant,
+    model_weights,
     read_model_info,
     require_base_model,
     split_gguf_name,
@@ -86,3 +87,17 @@ def test_gguf_names_are_built_and_read_back_in_one_place(tmp_path):
     for name in ("run-q8_0.gguf", "run-f16.gguf", "plain.gguf", "Modelfile"):
         (export.gguf / name).write_text("")
     assert export.ggufs_by_quant() == {"f16": export.gguf_file("run", "f16"), "q8_0": export.gguf_file("run", "q8_0")}
+
+
+def test_old_run_folders_still_say_what_was_trained_and_how(tmp_path):
+    """Folders trained before the two axes had a key each: tunelab_model.json says the weights as `method`, and
+    train/summary.json holds the old `train.method` ("dpo"); readers and the report still give both axes."""
+    from tunelab.report import training_section
+
+    run = RunDir(tmp_path / "old")
+    write_model_info(run.model, {"base_model": "b", "method": "qlora", "objective": "dpo"})
+    run.train_summary.parent.mkdir(parents=True)
+    run.train_summary.write_text(json.dumps({"method": "dpo", "base_model": "b", "steps": 2}))
+    assert model_weights(run.model_info()) == "qlora" and model_weights({"weights": "full", "method": "x"}) == "full"
+    table = training_section(run)
+    assert table[0].startswith("| weights | objective | base_model | steps |") and table[2].startswith("| qlora | dpo | b | 2 |")

@@ -154,11 +154,17 @@ def test_resume_with_changed_recipe_is_refused(tmp_path, tiny_model_dir):
 
 
 def test_full_finetune_and_sequence_length_error(tmp_path, tiny_model_dir):
+    from tunelab.report import build_markdown
+    from tunelab.runs import RunDir
     from tunelab.train.run import train_recipe
 
-    run = train_recipe(make_recipe(tmp_path / "full", tiny_model_dir, method="full", max_steps=2, save_steps=2))
+    run = train_recipe(make_recipe(tmp_path / "full", tiny_model_dir, weights="full", max_steps=2, save_steps=2))
     info = json.loads((run / "model" / "tunelab_model.json").read_text())
-    assert info["method"] == "full" and (run / "model" / "model.safetensors").is_file()
+    assert info["weights"] == "full" and info["objective"] == "sft" and (run / "model" / "model.safetensors").is_file()
+    summary = json.loads((run / "train" / "summary.json").read_text())
+    assert summary["weights"] == "full" and summary["objective"] == "sft" and "method" not in summary
+    report = build_markdown(RunDir(run))
+    assert "| weights | objective |" in report and "| full | sft |" in report
     with pytest.raises(TunelabError, match="max_seq_length"):
         train_recipe(make_recipe(tmp_path / "short", tiny_model_dir, max_seq_length=16, max_steps=2))
 
@@ -173,7 +179,7 @@ def test_a_step_choice_where_it_does_not_apply_is_refused(tmp_path, tiny_model_d
         with pytest.raises(ConfigError, match="apply to packed supervised training only"):
             train_recipe(padded, step=step)
     with pytest.raises(ConfigError, match="base_dtype applies to supervised LoRA training only, not to full SFT"):
-        train_recipe(make_recipe(tmp_path / "full", tiny_model_dir, method="full"), step=StepChoices(base_dtype="bfloat16"))
+        train_recipe(make_recipe(tmp_path / "full", tiny_model_dir, weights="full"), step=StepChoices(base_dtype="bfloat16"))
     assert not (tmp_path / "padded" / "runs").exists() and not (tmp_path / "full" / "runs").exists()
 
 
@@ -247,7 +253,7 @@ def test_compile_auto_compiles_long_supervised_cpu_runs_only(tmp_path, tiny_mode
     assert train_run.compiles(auto, long_run) and not train_run.compiles(auto, long_run - 1)
     assert not train_run.compiles(make_recipe(tmp_path, tiny_model_dir, compile=False), 10 * long_run)
     assert train_run.compiles(make_recipe(tmp_path, tiny_model_dir, compile=True), 1)
-    dpo = auto.model_copy(update={"train": auto.train.model_copy(update={"method": "dpo"})})
+    dpo = auto.model_copy(update={"train": auto.train.model_copy(update={"objective": "dpo"})})
     assert dpo.train.objective == "dpo" and not train_run.compiles(dpo, 10 * long_run)  # not measured with TRL's trainers
     monkeypatch.setattr("tunelab.train.run.shutil.which", lambda name: None)
     assert not train_run.compiles(auto, 10 * long_run)  # no compiler: auto stays eager instead of failing
@@ -276,7 +282,7 @@ def test_early_stopping_stops_on_the_validation_loss_and_keeps_the_best_model(tm
     recipe = make_recipe(
         tmp_path,
         tiny_model_dir,
-        method="full",
+        weights="full",
         max_steps=12,
         eval_steps=1,
         save_steps=1,
@@ -305,3 +311,18 @@ def test_early_stopping_without_validation_examples_is_refused(tmp_path, tiny_mo
     with pytest.raises(TunelabError, match=r"train.early_stopping_patience: .*validation.jsonl holds no validation example"):
         check_early_stopping(recipe, run, has_validation=False)
     check_early_stopping(make_recipe(tmp_path, tiny_model_dir), run, has_validation=False)  # no early stopping: nothing to check
+
+
+def test_the_cli_names_the_two_axes_and_the_old_method_option_still_works(tmp_path, capsys):
+    from tunelab.train.run import recipe_from_cli
+
+    train = recipe_from_cli(None, data=["x.json"], weights="qlora", objective="orpo").train
+    assert (train.weights, train.objective) == ("qlora", "orpo")
+    train = recipe_from_cli(None, data=["x.json"], method="full").train
+    assert (train.weights, train.objective) == ("full", "sft")
+    assert "deprecated: --method full is now --weights full --objective sft" in " ".join(capsys.readouterr().err.split())
+    assert recipe_from_cli(None, data=["x.json"], method="dpo").train.objective == "dpo"
+    with pytest.raises(ConfigError, match="--method is the old spelling of --weights and --objective: give those alone"):
+        recipe_from_cli(None, data=["x.json"], method="dpo", weights="full")
+    with pytest.raises(ConfigError, match=r"(?s)command line: invalid recipe.*train\.objective"):
+        recipe_from_cli(None, data=["x.json"], objective="ppo")

@@ -213,7 +213,11 @@ def train(
     model: str | None = typer.Option(None, help="Base model (one-liner mode, or override)"),
     data: list[str] = typer.Option([], help="Data file(s) (one-liner mode)"),
     name: str | None = typer.Option(None, help="Run name"),
-    method: str | None = typer.Option(None, help="lora | qlora | full (supervised) | dpo | orpo (preference pairs)"),
+    weights: str | None = typer.Option(None, help="What training updates: lora | qlora | full (train.weights)"),
+    objective: str | None = typer.Option(
+        None, help="What training optimises: sft | dpo | orpo (train.objective; dpo, orpo: preference pairs)"
+    ),
+    method: str | None = typer.Option(None, hidden=True, help="Deprecated: --weights and --objective"),
     max_steps: int | None = typer.Option(None),
     set: list[str] = typer.Option([], "--set", help="Override any field: train.learning_rate=1e-4"),
     resume: bool = typer.Option(False, help="Continue from the last checkpoint"),
@@ -226,7 +230,9 @@ def train(
     from tunelab.train.distributed import launch, launched, process_state
     from tunelab.train.run import check_before_training, recipe_from_cli, train_recipe
 
-    r = recipe_from_cli(recipe, model=model, data=data, name=name, method=method, max_steps=max_steps, overrides=set)
+    r = recipe_from_cli(
+        recipe, model=model, data=data, name=name, weights=weights, objective=objective, method=method, max_steps=max_steps, overrides=set
+    )
     if (processes > 1 or r.train.distributed != "ddp") and not launched():
         # refuse here what every process would refuse, then start them all with this same command line
         # (sys.argv: the children parse the very options this process did; inside them launched() is true)

@@ -7,6 +7,7 @@ generated from these models (`python -m tunelab.config > docs/configuration.md`)
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -143,9 +144,11 @@ class LoraSettings(Strict):
     use_rslora: bool = False
 
 
-WeightsMethod = Literal["lora", "qlora", "full"]
+# The two axes of training: what it updates, and what it optimises.
+TrainWeights = Literal["lora", "qlora", "full"]
+Objective = Literal["sft", "dpo", "orpo"]
 
-# The learning rate of a recipe that names none, by what training updates (`TrainConfig.weights`).
+# The learning rate of a recipe that names none, by what training updates (`train.weights`).
 # Preference losses take smaller steps than the answers' loss (the usual DPO recipes: 5e-7 to 5e-6 on
 # every weight, about ten times that on an adapter): large steps push the model far from its
 # reference, and its answers degrade.
@@ -158,12 +161,8 @@ def _rate(value: float) -> str:
 
 
 class PreferenceSettings(Strict):
-    """DPO and ORPO (`train.method: dpo | orpo`): what they update, and their one strength setting."""
+    """DPO and ORPO (`train.objective: dpo | orpo`): their one strength setting, and the run they continue."""
 
-    weights: WeightsMethod = Field(
-        "lora",
-        description="What preference training updates: a LoRA adapter (DPO's reference is then a frozen copy of the adapter as it started, on the same base weights: no second model), a QLoRA adapter on a 4-bit base, or every weight (DPO then keeps a frozen copy of the whole model as its reference).",
-    )
     beta: float = Field(
         0.1,
         gt=0,
@@ -185,9 +184,17 @@ HOW_NOT_WHAT_TRAIN_FIELDS = frozenset({"threads", "compile", "logging_steps", "m
 
 
 class TrainConfig(Strict):
-    method: Literal["lora", "qlora", "full", "dpo", "orpo"] = Field(
+    weights: TrainWeights = Field(
         "lora",
-        description="Supervised fine-tuning of a LoRA adapter, a QLoRA adapter or every weight, or preference tuning (DPO, ORPO) on preference pairs (see `preference`). `sft` is accepted and means `lora`.",
+        description="What training updates: a LoRA adapter, a QLoRA adapter on a 4-bit base, or every weight (`full`). With DPO, "
+        "an adapter's reference is a frozen copy of the adapter as it started, on the same base weights (no second model); "
+        "`full` keeps a frozen copy of the whole model as the reference.",
+    )
+    objective: Objective = Field(
+        "sft",
+        description="What training optimises: `sft`, the likelihood of the answers (supervised fine-tuning); `dpo` or `orpo`, "
+        "preferences between a chosen and a rejected answer (preference pairs; see `preference`). A recipe that says both in the "
+        "old `method` (with `preference.weights`) loads for one more release, with a message that says what to write instead.",
     )
     lora: LoraSettings = Field(default_factory=LoraSettings)
     preference: PreferenceSettings = Field(default_factory=PreferenceSettings)
@@ -249,28 +256,12 @@ class TrainConfig(Strict):
     mlflow: bool = False
     tensorboard: bool = True
 
-    @field_validator("method", mode="before")
-    @classmethod
-    def _sft_is_lora(cls, v):
-        # `method: [sft, dpo, orpo]` in a sweep: supervised fine-tuning is tunelab's default, a LoRA adapter
-        return "lora" if v == "sft" else v
-
-    @property
-    def objective(self) -> str:
-        """What training optimises: 'sft' (the answers' likelihood), 'dpo' or 'orpo' (preference pairs)."""
-        return self.method if self.method in ("dpo", "orpo") else "sft"
-
     @property
     def checkpointing(self) -> bool:
         """Whether activations are recomputed: the recipe's choice, else on for DPO only. DPO keeps the
         activations of both answers of every pair, and allocating them cost more than recomputing them
         (bench/dpo_throughput.py); for SFT keeping them is faster (bench/train_throughput.py --ablation)."""
         return self.gradient_checkpointing if self.gradient_checkpointing is not None else self.objective == "dpo"
-
-    @property
-    def weights(self) -> str:
-        """What training updates: 'lora', 'qlora' or 'full' (for DPO and ORPO: `preference.weights`)."""
-        return self.preference.weights if self.objective != "sft" else self.method
 
     @property
     def resolved_learning_rate(self) -> float:
@@ -472,6 +463,88 @@ class Recipe(Strict):
             )
 
 
+# ---------------------------------------------------------------- the old spelling of the two axes
+# Before the two axes had a field each, `train.method` named both (lora, qlora, full: supervised training of
+# those weights; dpo, orpo: that objective; sft: lora) and `train.preference.weights` said what DPO and ORPO
+# update. Both still load for one release, rewritten into `train.weights` and `train.objective`.
+OLD_TRAIN_FIELDS = ("train.method", "train.preference.weights")
+METHOD_AXES: dict[str, dict[str, str]] = {
+    "sft": {"weights": "lora", "objective": "sft"},
+    "lora": {"weights": "lora", "objective": "sft"},
+    "qlora": {"weights": "qlora", "objective": "sft"},
+    "full": {"weights": "full", "objective": "sft"},
+    "dpo": {"objective": "dpo"},  # what DPO updates was `train.preference.weights`
+    "orpo": {"objective": "orpo"},
+}
+OLD_SPELLING_GOES = "the old spelling goes in the next release"
+
+
+def method_axes(method: Any, where: str) -> dict[str, str]:
+    """The new fields an old `train.method` value stands for (`dpo` -> {objective: dpo})."""
+    if not isinstance(method, str) or method not in METHOD_AXES:
+        raise ConfigError(
+            f"{where}: {method!r} is none of {', '.join(METHOD_AXES)}; the field is deprecated: write "
+            f"train.weights ({' | '.join(get_args(TrainWeights))}) and train.objective ({' | '.join(get_args(Objective))})"
+        )
+    return METHOD_AXES[method]
+
+
+def _train_default(field: str) -> str:
+    return TrainConfig.model_fields[field].default
+
+
+def upgrade_old_train_fields(raw: Any, source: str) -> str | None:
+    """Rewrite a raw recipe's `train.method` and `train.preference.weights` into `train.weights` and
+    `train.objective`, in place; return the deprecation message, or None for a recipe without them. An old
+    field beside a new one that says otherwise is refused, naming both."""
+    train = raw.get("train") if isinstance(raw, dict) else None
+    preference = train.get("preference") if isinstance(train, dict) else None
+    has_method, has_preference_weights = (
+        isinstance(train, dict) and "method" in train,
+        isinstance(preference, dict) and "weights" in preference,
+    )
+    if not (has_method or has_preference_weights):
+        return None
+    said: dict[str, tuple[str, str]] = {}  # new field -> (its value, the old spelling that says so)
+    old: list[str] = []
+    if has_method:
+        method = train.pop("method")
+        old.append(f"train.method: {method}")
+        said = {field: (value, old[-1]) for field, value in method_axes(method, f"{source}: train.method").items()}
+    if has_preference_weights:
+        value = preference.pop("weights")
+        old.append(f"train.preference.weights: {value}")
+        objective = said["objective"][0] if "objective" in said else train.get("objective", _train_default("objective"))
+        if objective != "sft":
+            said["weights"] = (value, old[-1])
+        elif value not in ("lora", said.get("weights", ("lora",))[0]):  # lora, its old default, is in every old recipe.yaml
+            raise ConfigError(
+                f"{source}: train.preference.weights: {value} applied to DPO and ORPO only, and this recipe's objective is sft; "
+                f"write train.weights: {value} if supervised training should update {value} weights"
+            )
+    for field, (value, spelling) in said.items():
+        if field in train and train[field] != value:
+            raise ConfigError(
+                f"{source}: {spelling} (the old spelling) says train.{field}: {value}, but train.{field} is {train[field]}; "
+                f"write train.weights and train.objective only"
+            )
+        train[field] = value
+    weights, objective = (train.get(field, _train_default(field)) for field in ("weights", "objective"))
+    return (
+        f"[yellow]deprecated:[/] {source}: {' and '.join(old)} {'is' if len(old) == 1 else 'are'} now two fields, "
+        f"train.weights: {weights} and train.objective: {objective}; {OLD_SPELLING_GOES}"
+    )
+
+
+def set_old_train_field(raw: dict, dotted: str, value: Any, where: str) -> str:
+    """Set an old field as an override does (`--set train.method=dpo`, a sweep axis): as the new fields it stands
+    for, replacing the recipe's own (which must be upgraded first). Returns them as `train.objective=dpo`."""
+    new = {"weights": value} if dotted == "train.preference.weights" else method_axes(value, where)
+    for field, v in new.items():
+        _set_dotted(raw, f"train.{field}", v)
+    return ", ".join(f"train.{field}={v}" for field, v in new.items())
+
+
 def _set_dotted(d: dict, dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     for k in keys[:-1]:
@@ -487,7 +560,12 @@ def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like section.key=value")
         key, value = item.split("=", 1)
-        _set_dotted(raw, key.strip(), yaml.safe_load(value))
+        key, value = key.strip(), yaml.safe_load(value)
+        if key in OLD_TRAIN_FIELDS:
+            new = set_old_train_field(raw, key, value, f"override '{item}'")
+            console.print(f"[yellow]deprecated:[/] --set {key}={value} is now --set {new}; {OLD_SPELLING_GOES}")
+        else:
+            _set_dotted(raw, key, value)
     return raw
 
 
@@ -520,6 +598,10 @@ def format_validation_error(source: str, err: ValidationError, what: str = "reci
 
 
 def recipe_from_dict(raw: dict, source: str = "recipe") -> Recipe:
+    raw = copy.deepcopy(raw)  # the caller's dict stays as it was written
+    note = upgrade_old_train_fields(raw, source)
+    if note:
+        console.print(note)
     try:
         return Recipe.model_validate(raw)
     except ValidationError as err:
@@ -545,8 +627,11 @@ def read_yaml_mapping(path: Path, what: str, shape: str) -> dict:
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     path = Path(path)
-    raw = apply_overrides(read_yaml_mapping(path, "recipe", "data, train, eval, export, ..."), overrides)
-    recipe = recipe_from_dict(raw, str(path))
+    raw = read_yaml_mapping(path, "recipe", "data, train, eval, export, ...")
+    note = upgrade_old_train_fields(raw, str(path))  # before the overrides, which replace the new fields
+    if note:
+        console.print(note)
+    recipe = recipe_from_dict(apply_overrides(raw, overrides), str(path))
     # Relative data paths are relative to the recipe file, unless they exist from the cwd.
     for src in recipe.data.sources + ([recipe.data.eval_source] if recipe.data.eval_source else []):
         try:

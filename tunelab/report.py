@@ -23,7 +23,7 @@ from tunelab.evaluate.code import KIND as CODE_KIND
 from tunelab.evaluate.code import code_headline
 from tunelab.evaluate.metric_facts import label, verdict
 from tunelab.io import atomic_write_text, read_jsonl
-from tunelab.runs import BenchmarkDir, RunDir
+from tunelab.runs import BenchmarkDir, RunDir, model_weights
 
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
 table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
@@ -159,7 +159,8 @@ def export_section(faith: dict | None, run: RunDir) -> str:
 
 
 TRAINING_KEYS = [
-    "method",
+    "weights",
+    "objective",
     "base_model",
     "steps",
     "epochs",
@@ -207,6 +208,9 @@ def build_markdown(run: RunDir) -> str:
 
 def training_section(run: RunDir) -> list[str]:
     summary = _load_json(run.train_summary) or {}
+    if summary and "weights" not in summary:  # written before the two axes had a key each: the model info has them
+        info = run.model_info()
+        summary |= {"weights": model_weights(info), "objective": info.get("objective")}
     out = []
     if summary:
         cells = [f"{summary.get(k):.4g}" if isinstance(summary.get(k), float) else str(summary.get(k)) for k in TRAINING_KEYS]

@@ -21,7 +21,7 @@ from pathlib import Path
 from tunelab.errors import TunelabError
 from tunelab.io import atomic_write_json
 
-MODEL_INFO = "tunelab_model.json"  # beside the trained weights: base model, method, recipe
+MODEL_INFO = "tunelab_model.json"  # beside the trained weights: base model, weights, objective, recipe
 # where runs go and where serving looks for them, unless a recipe's output_dir or --runs says otherwise
 DEFAULT_RUNS_DIR = Path("runs")
 
@@ -67,7 +67,7 @@ def read_model_info(model_dir: str | Path) -> dict:
     except json.JSONDecodeError as err:
         raise TunelabError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(info, dict):
-        raise TunelabError(f"{path}: must hold a JSON object (base_model, method, ...), not {type(info).__name__}")
+        raise TunelabError(f"{path}: must hold a JSON object (base_model, weights, ...), not {type(info).__name__}")
     return info
 
 
@@ -83,6 +83,12 @@ def require_base_model(model_dir: str | Path, info: dict) -> str:
     if not ref or not isinstance(ref, str):
         raise TunelabError(f"{Path(model_dir) / MODEL_INFO}: field 'base_model' is missing, so the model's base is unknown")
     return ref
+
+
+def model_weights(info: dict) -> str | None:
+    """What a trained model's weights are, from its model info: lora, qlora or full (None: not a tunelab run).
+    Folders trained before the key was `weights` wrote the same value as `method`."""
+    return info.get("weights", info.get("method"))
 
 
 def model_interpolation(model_dir: str | Path, info: dict) -> float:

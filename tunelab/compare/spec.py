@@ -39,21 +39,28 @@ from pydantic import BaseModel, Field, ValidationError
 
 from tunelab.config import (
     HOW_NOT_WHAT_TRAIN_FIELDS,
+    OLD_SPELLING_GOES,
+    OLD_TRAIN_FIELDS,
     Recipe,
     RowTemplate,
     Strict,
     format_validation_error,
     read_yaml_mapping,
     recipe_from_dict,
+    set_old_train_field,
+    upgrade_old_train_fields,
 )
 from tunelab.errors import ConfigError
 from tunelab.evaluate.metric_facts import METRICS
+from tunelab.progress import console
 
 # Friendly names for common axes. `mix.N` / `weight.N` mean data.sources.N.weight.
 AXIS_ALIASES: dict[str, str] = {
     "base_model": "model",
     "model": "model",
-    "method": "train.method",
+    "weights": "train.weights",
+    "objective": "train.objective",
+    "method": "train.method",  # the old spelling of the two above, for one release
     "lr": "train.learning_rate",
     "learning_rate": "train.learning_rate",
     "epochs": "train.epochs",
@@ -83,9 +90,9 @@ AXIS_ALIASES: dict[str, str] = {
 # Plain names for the report ("Raising LoRA rank 8→32 ...").
 AXIS_LABELS: dict[str, str] = {
     "model": "the base model",
-    "train.method": "the fine-tuning method",
+    "train.weights": "what training updates",
+    "train.objective": "the training objective",
     "train.preference.beta": "the DPO/ORPO β",
-    "train.preference.weights": "what preference tuning updates",
     "train.learning_rate": "learning rate",
     "train.epochs": "epochs",
     "train.max_steps": "training steps",
@@ -207,6 +214,8 @@ def _unwrap(annotation) -> tuple[str, Any]:
 
 def check_axis(path: str, raw: dict, where: str, allow_eval: bool = False) -> None:
     """Refuse an axis the recipe does not have, naming the nearest valid choices."""
+    if path in OLD_TRAIN_FIELDS:  # set as the new fields it stands for (set_path)
+        return
     parts = path.split(".")
     model: type[BaseModel] = Recipe
     node: Any = raw
@@ -242,7 +251,10 @@ def check_axis(path: str, raw: dict, where: str, allow_eval: bool = False) -> No
             raise ConfigError(f"{where}: axis '{path}': '{'.'.join(parts[:i])}' is a value, not a section")
 
 
-def set_path(raw: dict, path: str, value: Any) -> None:
+def set_path(raw: dict, path: str, value: Any, where: str = "") -> None:
+    if path in OLD_TRAIN_FIELDS:
+        set_old_train_field(raw, path, value, f"{where}axis '{path}'")
+        return
     parts = path.split(".")
     node: Any = raw
     for part in parts[:-1]:
@@ -275,9 +287,25 @@ def config_id(recipe: Recipe) -> str:
     """Hash of the resolved recipe (every default filled in), without name, folder, seed and the train fields that
     change how a run goes, not what it computes."""
     d = resolved_dict(recipe)
-    for key in ("seed", *HOW_NOT_WHAT_TRAIN_FIELDS):
-        d["train"].pop(key, None)
-    return hash_obj(d)[:16]
+    d["train"].pop("seed", None)
+    # how a run goes is not what it computes: hashed at the values every store began with, so a new default for
+    # one of them (train.compile became `auto`) or a sweep that sets one re-runs nothing
+    d["train"].update({key: HASHED_AS[key] for key in HOW_NOT_WHAT_TRAIN_FIELDS})
+    return hash_obj(hashed_as_one_method(d))[:16]
+
+
+HASHED_AS = {"threads": None, "compile": False, "logging_steps": 5, "mlflow": False, "tensorboard": True}
+
+
+def hashed_as_one_method(d: dict) -> dict:
+    """A resolved recipe with the two axes of training spelled as they were when the sweep stores began:
+    one `train.method` (the weights for SFT, else the objective) and `train.preference.weights`. Hashed in
+    that spelling, a recipe keeps the id its runs already have, whichever spelling it is written in."""
+    train = d["train"]
+    weights, objective = train.pop("weights"), train.pop("objective")
+    train["method"] = weights if objective == "sft" else objective
+    train["preference"]["weights"] = weights if objective != "sft" else "lora"  # lora: what SFT recipes held there
+    return d
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -386,10 +414,11 @@ def build_sweep(spec: SweepSpec, file: Path) -> Sweep:
     if not re.fullmatch(r"[A-Za-z0-9._-]+", name) or name.startswith("."):
         raise ConfigError(f"{file}: sweep name '{name}' must be a plain folder name")
     base_raw = _base_recipe_dict(spec, file)
+    note_old_spelling(spec, base_raw, file)
     for axis, value in spec.set.items():
         path = canonical_axis(axis)
         check_axis(path, base_raw, f"{file}: set", allow_eval=True)
-        set_path(base_raw, path, value)
+        set_path(base_raw, path, value, f"{file}: set: ")
     _resolve_source_paths(base_raw, file.parent)
 
     variants = [_make_variant(vname, settings, base_raw, file) for vname, settings in _planned_variants(spec, base_raw, file)]
@@ -410,6 +439,19 @@ def build_sweep(spec: SweepSpec, file: Path) -> Sweep:
     return Sweep(
         name=name, file=file, spec=spec, base_raw=base_raw, variants=variants, baseline=baseline, seeds=seeds, task_metric=task_metric
     )
+
+
+def note_old_spelling(spec: SweepSpec, base_raw: dict, file: Path) -> None:
+    """Upgrade the base recipe's old `train.method` (with its message), and say once per old axis what it is now."""
+    note = upgrade_old_train_fields(base_raw, f"{file}: {spec.base or 'recipe'}")
+    if note:
+        console.print(note)
+    axes = [*spec.set, *spec.grid, *(axis for v in spec.variants for axis in v.set)]
+    for axis in dict.fromkeys(a for a in axes if canonical_axis(a) in OLD_TRAIN_FIELDS):
+        console.print(
+            f"[yellow]deprecated:[/] {file}: the axis '{axis}' is now two, `objective` (sft, dpo, orpo) and `weights` "
+            f"(lora, qlora, full); {OLD_SPELLING_GOES}"
+        )
 
 
 def resolve_task_metric(spec: SweepSpec, recipe: Recipe, file: Path) -> str:
@@ -461,7 +503,7 @@ def _planned_variants(spec: SweepSpec, base_raw: dict, file: Path) -> list[tuple
 def _make_variant(vname: str, settings: dict[str, Any], base_raw: dict, file: Path) -> Variant:
     raw = copy.deepcopy(base_raw)
     for path, value in settings.items():
-        set_path(raw, path, value)
+        set_path(raw, path, value, f"{file}: variant '{vname}': ")
     _resolve_source_paths(raw, file.parent)
     raw["name"] = vname
     recipe = recipe_from_dict(copy.deepcopy(raw), f"{file}: variant '{vname}'")

@@ -10,7 +10,7 @@ import yaml
 
 from tunelab.models.catalog import lookup
 from tunelab.models.resolve import MARKER
-from tunelab.runs import RunDir
+from tunelab.runs import RunDir, model_weights
 
 
 def base_licence(base_ref: str | None, base_dir: Path | None) -> str:
@@ -49,17 +49,18 @@ def model_card(
     """The card of the export folder `folder` (merged/ or gguf-lora/); its Files section lists every
     artefact of the export and what each needs (`lora_files`: the gguf-lora pair's base and adapter)."""
     base = info.get("base_model") or "(this model)"
-    method = info.get("method", "unknown")
+    weights, objective = model_weights(info) or "unknown", info.get("objective", "sft")
     front = {"license": licence, "base_model": base}
     if folder == "merged":
-        front |= {"library_name": "transformers", "tags": ["tunelab", method, "text-generation"]}
-        how = "LoRA adapter merged into the base weights" + (", the 4-bit base dequantized first" if method == "qlora" else "")
+        front |= {"library_name": "transformers", "tags": list(dict.fromkeys(["tunelab", weights, objective, "text-generation"]))}
+        how = "LoRA adapter merged into the base weights" + (", the 4-bit base dequantized first" if weights == "qlora" else "")
     else:
-        front |= {"tags": list(dict.fromkeys(["tunelab", method, "gguf", "lora", "text-generation"]))}
+        front |= {"tags": list(dict.fromkeys(["tunelab", weights, objective, "gguf", "lora", "text-generation"]))}
         how = "the LoRA adapter as a GGUF file, applied to its base model's GGUF when it runs"
     lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {name}", ""]
     lines += [
-        f"Fine-tuned from **{base}** with **{method}** by tunelab" + (f" ({how})." if method in ("lora", "qlora") else "."),
+        f"Fine-tuned from **{base}** by tunelab: **{weights}** weights, objective **{objective}**"
+        + (f" ({how})." if weights in ("lora", "qlora") else "."),
         "",
         f"Licence: **{licence}** (inherited from the base model; the training data's licence may add terms, see below).",
         "",
@@ -81,7 +82,7 @@ def model_card(
             lines += ["## Evaluation", "", "```json", eval_json.read_text()[:4000], "```", ""]
     if faithfulness_md:
         lines += ["## Export faithfulness", "", _demote(faithfulness_md), ""]
-    lines += files_section(base, method, merged, gguf_files, lora_files)
+    lines += files_section(base, weights, merged, gguf_files, lora_files)
     if merged:
         lines += [
             "## Use",
@@ -99,7 +100,7 @@ def model_card(
     return "\n".join(lines) + "\n"
 
 
-def files_section(base: str, method: str, merged: bool, gguf_files: list[str], lora_files: tuple[str, str] | None) -> list[str]:
+def files_section(base: str, weights: str, merged: bool, gguf_files: list[str], lora_files: tuple[str, str] | None) -> list[str]:
     """What each file of the export is and what it needs to run (paths within the export folder)."""
     rows = []
     if merged:
@@ -126,7 +127,7 @@ def files_section(base: str, method: str, merged: bool, gguf_files: list[str], l
             )
         )
         what = f"{base} without the adapter, Q8_0; it answers as the base model alone, and serves every adapter of this base"
-        if method == "qlora":
+        if weights == "qlora":
             what = (
                 f"{base} as the QLoRA adapter was trained against it: quantized to 4 bit (NF4), dequantized, then Q8_0. "
                 "The original base's weights differ by the NF4 rounding, which the adapter learned to correct"

@@ -35,7 +35,7 @@ from tunelab.io import atomic_write_json, atomic_write_text
 from tunelab.models.catalog import lookup
 from tunelab.models.llama_cpp import check_lora_fits
 from tunelab.models.load import load_tokenizer
-from tunelab.runs import MODEL_INFO, ExportDir, is_adapter, model_interpolation, read_model_info
+from tunelab.runs import MODEL_INFO, ExportDir, is_adapter, model_interpolation, model_weights, read_model_info
 
 NOT_IN_GGUF = "llama.cpp's LoRA GGUF cannot hold it; export a merged GGUF (gguf-q8_0) instead"
 
@@ -44,9 +44,9 @@ def check_adapter(model_dir: Path) -> dict:
     """The adapter's PEFT config (adapter_config.json), or a clear error for a model gguf-lora cannot carry."""
     model_dir = Path(model_dir)
     if not is_adapter(model_dir):
-        method = read_model_info(model_dir).get("method", "pretrained")
+        weights = model_weights(read_model_info(model_dir)) or "pretrained"
         raise TunelabError(
-            f"{model_dir}: gguf-lora writes a LoRA adapter, and this model has no adapter (method {method}: every weight "
+            f"{model_dir}: gguf-lora writes a LoRA adapter, and this model has no adapter (weights {weights}: every weight "
             f"is its own); export a merged GGUF (gguf-q8_0) instead"
         )
     path = model_dir / "adapter_config.json"
@@ -82,7 +82,7 @@ def write_lora_pair(model_dir: Path, name: str, stage: ExportDir, *, threads: in
     with tempfile.TemporaryDirectory(prefix=".lora-", dir=stage.root) as work:
         source = _converter_input(model_dir, config, name, Path(work) / "adapter")
         adapter = convert_lora_to_gguf(source, base_dir, stage.lora_adapter(name), log_file=stage.convert_lora_log)
-        if read_model_info(model_dir).get("method") == "qlora":
+        if model_weights(read_model_info(model_dir)) == "qlora":
             base = _qlora_base_gguf(base_dir, stage, Path(work) / "nf4-base", threads)
         else:
             base = _link(base_model_gguf(base_dir, LORA_BASE_QUANT, threads=threads), stage.lora_base(base_dir.name, LORA_BASE_QUANT))

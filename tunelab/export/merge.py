@@ -19,7 +19,7 @@ from tunelab.errors import ModelNotFound, TunelabError
 from tunelab.models.interpolate import interpolate_toward_base
 from tunelab.models.load import load_causal_lm, load_tokenizer
 from tunelab.models.resolve import resolve_model
-from tunelab.runs import MODEL_INFO, is_adapter, model_interpolation, read_model_info, require_base_model
+from tunelab.runs import MODEL_INFO, is_adapter, model_interpolation, model_weights, read_model_info, require_base_model
 
 
 def base_model_path(model_dir: Path) -> Path | None:
@@ -57,7 +57,7 @@ def load_pytorch_model(model_dir: Path):
         if alpha != 1.0:  # full weights move toward their base model
             model = interpolate_toward_base(model, alpha, resolve_model(require_base_model(model_dir, info)).path)
     else:
-        model = qlora_base(base) if info.get("method") == "qlora" else load_causal_lm(base)
+        model = qlora_base(base) if model_weights(info) == "qlora" else load_causal_lm(base)
         model = interpolate_toward_base(PeftModel.from_pretrained(model, str(model_dir)), alpha)
     return model.eval(), tokenizer, info
 

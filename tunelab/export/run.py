@@ -37,7 +37,7 @@ from tunelab.models.load import load_causal_lm, load_tokenizer, set_threads
 from tunelab.models.resolve import resolve_model
 from tunelab.models.templates import DEFAULT_CHAT_TEMPLATE
 from tunelab.progress import console, print_table, progress_bar
-from tunelab.runs import ExportDir, RunDir, trained_model_dir
+from tunelab.runs import ExportDir, RunDir, model_weights, trained_model_dir
 
 # bytes per parameter of each artefact, for the free-space check (Q8_0: 34 bytes per 32 weights; gguf-lora:
 # its Q8_0 base where it is copied, not linked, from tunelab's cache, the adapter being a small fraction)
@@ -261,7 +261,8 @@ def _new_report(plan: ExportPlan, info: dict, prompt_source: str, n_prompts: int
     report = {
         "model": plan.name,
         "model_dir": str(plan.model_dir.resolve()),
-        "method": info.get("method", "pretrained"),
+        "weights": model_weights(info) or "pretrained",
+        "objective": info.get("objective"),
         "base_model": info.get("base_model"),
         "out": str(plan.out),
         "formats": {},

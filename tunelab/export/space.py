@@ -36,7 +36,7 @@ from tunelab.export.merge import base_model_path
 from tunelab.export.run import export_run
 from tunelab.io import atomic_dir, atomic_write_json, atomic_write_text
 from tunelab.progress import console
-from tunelab.runs import RunDir, gguf_quant, split_gguf_name
+from tunelab.runs import RunDir, gguf_quant, model_weights, split_gguf_name
 
 QUANT_PREFERENCE = ("q8_0", "q4_k_m", "f16")  # the tuned GGUF the Space serves, if the run has several
 # what app.py runs: tunelab/serve/space_app.py (the UI, all three tabs) and, once a model loads, the GGUF backend
@@ -190,7 +190,7 @@ def readme(run: RunDir, info: dict, files: dict[str, Path], examples: int) -> st
             "",
             f"# {run.root.name}",
             "",
-            f"`{info.get('base_model')}` fine-tuned with tunelab ({info.get('method', 'lora')}), served next to its base by llama.cpp on the CPU: {sizes}.",
+            f"`{info.get('base_model')}` fine-tuned with tunelab ({model_weights(info) or 'lora'}, {info.get('objective', 'sft')}), served next to its base by llama.cpp on the CPU: {sizes}.",
             f"Base model licence: {licence}.",
             "",
             "- **Chat**: the tuned model, streaming.",

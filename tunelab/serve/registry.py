@@ -25,7 +25,16 @@ from tunelab.models.interface import GenerationSettings
 from tunelab.models.llama_cpp import lora_pair
 from tunelab.models.resolve import package_dir, resolve_model
 from tunelab.paths import models_cache_dir
-from tunelab.runs import DEFAULT_RUNS_DIR, RunDir, gguf_quant, is_adapter, read_model_info, require_base_model, trained_model_dir
+from tunelab.runs import (
+    DEFAULT_RUNS_DIR,
+    RunDir,
+    gguf_quant,
+    is_adapter,
+    model_weights,
+    read_model_info,
+    require_base_model,
+    trained_model_dir,
+)
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
 
@@ -268,10 +277,10 @@ def entries_for_path(path: Path) -> list[ModelEntry]:
     info = read_model_info(trained)
     base_ref = str(info.get("base_model") or "")
     base_id = slug(Path(base_ref).name if Path(base_ref).exists() else base_ref) if base_ref else None
-    method = info.get("method", "lora")
+    weights = model_weights(info) or "lora"
     kind = "adapter" if is_adapter(trained) else "full"
     root = str(run_dir.root)
-    out = [ModelEntry(slug(run), f"{run} ({'adapter' if kind == 'adapter' else method})", root, kind, base_id, run, root)]
+    out = [ModelEntry(slug(run), f"{run} ({'adapter' if kind == 'adapter' else weights})", root, kind, base_id, run, root)]
     merged = run_dir.export_dir.merged
     if (merged / "config.json").is_file():
         out.append(ModelEntry(slug(f"{run}-merged"), f"{run} · merged", str(merged), "merged", base_id, run, root))

@@ -43,12 +43,12 @@ def process_state() -> PartialState:
 
 def check_strategy(recipe) -> None:
     """Refuse, before any work, a strategy this machine cannot run (rather than let it fall back silently)."""
-    strategy, method = recipe.train.distributed, recipe.train.weights
+    strategy = recipe.train.distributed
     if strategy == "ddp":
         return
-    if method == "qlora":
+    if recipe.train.weights == "qlora":
         raise TunelabError(
-            f"train.distributed={strategy} with method=qlora is not supported: 4-bit weights cannot be sharded as loaded here; use train.distributed=ddp"
+            f"train.distributed={strategy} with train.weights=qlora is not supported: 4-bit weights cannot be sharded as loaded here; use train.distributed=ddp"
         )
     has_gpu = torch.cuda.is_available()
     if strategy == "fsdp" and not has_gpu:

@@ -1,4 +1,4 @@
-"""Preference tuning, `train.method: dpo | orpo`: TRL's DPOTrainer and ORPOTrainer on tunelab's pieces.
+"""Preference tuning, `train.objective: dpo | orpo`: TRL's DPOTrainer and ORPOTrainer on tunelab's pieces.
 
 tunelab brings the prepared pairs (data/: `messages` ending with the chosen answer, plus
 `rejected`), the model built as for supervised training (LoRA, QLoRA or every weight) or an
@@ -54,9 +54,9 @@ def check_preference_recipe(recipe: Recipe, processes: int) -> None:
     if t.objective == "sft":
         return
     if importlib.util.find_spec("trl") is None:
-        raise TunelabError(f"train.method={t.method} uses TRL's {t.method.upper()} trainer, which is not installed: {INSTALL}")
+        raise TunelabError(f"train.objective={t.objective} uses TRL's {t.objective.upper()} trainer, which is not installed: {INSTALL}")
     if processes > 1:
-        raise TunelabError(f"train.method={t.method} runs in one process for now; leave out --processes (or use 1)")
+        raise TunelabError(f"train.objective={t.objective} runs in one process for now; leave out --processes (or use 1)")
     if t.preference.start_from:
         start_adapter(recipe)
 
@@ -72,7 +72,7 @@ def start_adapter(recipe: Recipe) -> Path:
             "to preference-tune a fully fine-tuned model, give its model/ folder as `model` instead"
         )
     if t.weights == "full":
-        raise ConfigError("train.preference.start_from continues an adapter: use preference.weights lora or qlora, not full")
+        raise ConfigError("train.preference.start_from continues an adapter: use train.weights lora or qlora, not full")
     info = read_model_info(folder)
     base = require_base_model(folder, info)
     if model_interpolation(folder, info) != 1.0:

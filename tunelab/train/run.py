@@ -38,10 +38,12 @@ from transformers.trainer_callback import ProgressCallback as HFProgressCallback
 from tunelab.config import (
     COMPILE_FROM_STEPS,
     HOW_NOT_WHAT_TRAIN_FIELDS,
+    OLD_SPELLING_GOES,
     DataSource,
     Recipe,
     apply_overrides,
     load_recipe,
+    method_axes,
     recipe_from_dict,
     write_recipe,
 )
@@ -104,15 +106,28 @@ def check_step_choices(recipe: Recipe, step: StepChoices) -> None:
         )
 
 
-def recipe_from_cli(recipe_path: Path | None, *, model=None, data=(), name=None, method=None, max_steps=None, overrides=()) -> Recipe:
-    """A recipe from a YAML file, or from one-liner options (`--model ... --data ...`), plus overrides."""
+def recipe_from_cli(
+    recipe_path: Path | None, *, model=None, data=(), name=None, weights=None, objective=None, method=None, max_steps=None, overrides=()
+) -> Recipe:
+    """A recipe from a YAML file, or from one-liner options (`--model ... --data ...`), plus overrides.
+    `method` is the old `--method`, kept for one release: it sets the `weights` and `objective` it stands for."""
     extra = list(overrides or [])
     if model:
         extra.append(f"model={model}")
     if name:
         extra.append(f"name={name}")
     if method:
-        extra.append(f"train.method={method}")
+        if weights or objective:
+            raise ConfigError("--method is the old spelling of --weights and --objective: give those alone")
+        axes = method_axes(method, "--method")
+        console.print(
+            f"[yellow]deprecated:[/] --method {method} is now {' '.join(f'--{k} {v}' for k, v in axes.items())}; {OLD_SPELLING_GOES}"
+        )
+        weights, objective = axes.get("weights"), axes.get("objective")
+    if weights:
+        extra.append(f"train.weights={weights}")
+    if objective:
+        extra.append(f"train.objective={objective}")
     if max_steps:
         extra.append(f"train.max_steps={max_steps}")
     if recipe_path is not None:
@@ -194,7 +209,7 @@ def check_before_training(recipe: Recipe, run: RunDir, resume: bool, processes: 
             import bitsandbytes  # noqa: F401  (imported only to learn whether it loads here)
         except Exception as err:  # ImportError, or a broken native library
             raise TunelabError(
-                f"train.method=qlora needs bitsandbytes, which cannot run here ({err}); install tunelab[qlora] or use method=lora"
+                f"train.weights=qlora needs bitsandbytes, which cannot run here ({err}); install tunelab[qlora] or use train.weights=lora"
             ) from None
     if recipe.train.compile is True and not torch.cuda.is_available() and not has_cpp_compiler():
         raise TunelabError(
@@ -339,7 +354,7 @@ def save_trained_model(trainer, tokenizer, recipe: Recipe, base_path: Path, run:
             {
                 "base_model": recipe.model,
                 "base_model_path": str(base_path),
-                "method": recipe.train.weights,  # what the weights are (lora, qlora, full): loaders and exports branch on it
+                "weights": recipe.train.weights,  # lora, qlora or full: loaders and exports branch on it (runs.model_weights)
                 "objective": recipe.train.objective,  # sft, dpo or orpo
                 "interpolation": recipe.train.interpolation,  # every loader moves the weights this far from the base (models/interpolate.py)
                 "run": run.root.name,
@@ -458,7 +473,7 @@ def report_trainable(model, recipe: Recipe, state: PartialState) -> None:
     if t.weights != "full" and state.is_main_process:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
-        console.print(f"{t.method}: training {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)")
+        console.print(f"{t.weights}: training {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)")
 
 
 def check_early_stopping(recipe: Recipe, run: RunDir, has_validation: bool) -> None:
@@ -507,7 +522,8 @@ def training_summary(trainer: Trainer, result, recipe: Recipe, run: RunDir, chec
     mfu = mfu_summary(trainer.model, None if no_mfu else trainer.train_dataset, tokens_per_second, args.world_size)
     return {
         "run": run.root.name,
-        "method": recipe.train.method,
+        "weights": recipe.train.weights,
+        "objective": recipe.train.objective,
         "base_model": recipe.model,
         "steps": trainer.state.global_step,
         "epochs": round(trainer.state.epoch or 0, 3),
@@ -581,7 +597,7 @@ def train_recipe(
         examples = len(trainer.train_dataset)
         steps = recipe.train.max_steps or math.ceil(steps_per_epoch(recipe, examples, state.num_processes) * recipe.train.epochs)
         console.print(
-            f"Training {recipe.name}: {examples} {'examples' if supervised else recipe.train.method.upper() + ' pairs'}, {steps} steps, "
+            f"Training {recipe.name}: {examples} {'examples' if supervised else recipe.train.objective.upper() + ' pairs'}, {steps} steps, "
             f"{'bf16 autocast' if trainer.args.bf16 else 'fp32'}, {threads} threads"
             + (f" in each of {state.num_processes} processes ({recipe.train.distributed})" if state.num_processes > 1 else "")
             + f", {'packed' if recipe.train.packing and supervised else 'padded'} batches"
