@@ -114,6 +114,17 @@ def test_too_little_calibration_text_is_a_clear_error(tiny_model_dir, tmp_path):
     assert not (tmp_path / "c.txt").exists()
 
 
+def test_building_the_tools_without_cmake_is_a_clear_error(tmp_path, monkeypatch):
+    from tunelab.export.llama_cpp import llama_tools, tools_dir
+    from tunelab.models.llama_cpp import LlamaCppMissing
+
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(LlamaCppMissing, match="builds once with cmake and a C\\+\\+ compiler; cmake and c\\+\\+ are not on PATH"):
+        llama_tools()
+    assert not tools_dir().exists()
+
+
 @pytest.mark.slow
 @pytest.mark.gguf
 @needs_llama

@@ -337,10 +337,12 @@ def llama_tools() -> Path:
     out = tools_dir()
     if all((out / t).is_file() for t in TOOLS):
         return out
-    if shutil.which("cmake") is None or shutil.which("c++") is None:
+    missing = [tool for tool in ("cmake", "c++") if shutil.which(tool) is None]
+    if missing:
         raise LlamaCppMissing(
             "quantizing with an importance matrix needs llama.cpp's llama-imatrix and llama-quantize, which tunelab builds "
-            "once with cmake and a C++ compiler; neither cmake nor c++ is on PATH (e.g. `apt-get install cmake g++`)"
+            f"once with cmake and a C++ compiler; {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not on PATH "
+            "(e.g. `apt-get install cmake g++`)"
         )
     sdist = find_sdist()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -364,7 +366,7 @@ def _extract_llama_cpp(sdist: Path, into: Path) -> Path:
     """The sdist's vendor/llama.cpp source tree, extracted into `into`."""
     prefix = f"llama_cpp_python-{LLAMA_CPP_VERSION}/vendor/llama.cpp/"
     with tarfile.open(sdist) as tar:
-        members = [m for m in tar.getmembers() if m.name.startswith(prefix) and (m.isfile() or m.isdir() or m.issym())]
+        members = [m for m in tar.getmembers() if m.name.startswith(prefix) and (m.isfile() or m.isdir())]
         tar.extractall(into, members=members, filter="data")
     return into / prefix
 
