@@ -137,9 +137,9 @@ def test_tiny_model_exports_with_an_importance_matrix_end_to_end(peaked_tiny_dir
 
     root = make_lora_run(tmp_path / "imat-run", peaked_tiny_dir)
     write_split(RunDir(root).split("train"), TRAIN)
-    config = ExportConfig(check_prompts=3, check_tokens=8, evaluate=False, imatrix=ImatrixConfig(chunks=4, chunk_tokens=64))
     formats = ["merged", "gguf-f16", "gguf-q4_k_m", "gguf-q4_k_m_imat", "gguf-iq4_xs_imat"]
-    report = export_run(root, formats, config=config)
+    imatrix = ImatrixConfig(chunks=4, chunk_tokens=64)
+    report = export_run(root, config=ExportConfig(formats=formats, check_prompts=3, check_tokens=8, evaluate=False, imatrix=imatrix))
     export = ExportDir(root / "export")
 
     assert report["imatrix"]["tokens"] == 4 * 64 and report["imatrix"]["training_split"]

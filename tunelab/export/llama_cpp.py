@@ -319,8 +319,8 @@ TOOLS_CMAKE_ARGS = (
     "-DLLAMA_BUILD_APP=OFF",
     "-DLLAMA_OPENSSL=OFF",
 )
-# measured: docs/export.md (#importance-matrix-quantization), on the 2-core Xeon at nice 19 beside a training job
-TOOLS_BUILD_NOTE = "about 25 minutes on 2 busy cores"
+# measured on the 2-core Xeon at nice 19 beside a training job (docs/export.md, importance-matrix section)
+TOOLS_BUILD_NOTE = "about 12 minutes on 2 busy cores"
 
 
 def tools_dir() -> Path:
