@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repositor
 from bench import harness, results  # noqa: E402
 
 # tunelab after the path above; importing it (torch, transformers, bert-score) raises the load average little, so check_idle still reads it
-from tunelab.config import IMATRIX_FORMATS, MERGED_GGUF_FORMATS, EvalConfig, ExportConfig, ImatrixConfig  # noqa: E402
+from tunelab.config import IMATRIX_FORMATS, MERGED_GGUF_FORMATS, TRAINING_SPLIT, EvalConfig, ExportConfig, ImatrixConfig  # noqa: E402
 from tunelab.errors import TunelabError  # noqa: E402
 from tunelab.evaluate.likelihood import answer_pair, perplexities  # noqa: E402
 from tunelab.evaluate.metric_facts import label  # noqa: E402
@@ -64,7 +64,7 @@ from tunelab.export.merge import load_pytorch_model, merged_model  # noqa: E402
 from tunelab.export.run import export_run, locate  # noqa: E402
 from tunelab.io import atomic_write_json  # noqa: E402
 from tunelab.models.hf_chat import HFChatModel  # noqa: E402
-from tunelab.models.llama_cpp import LlamaCppChatModel, require_llama_cpp  # noqa: E402
+from tunelab.models.llama_cpp import LlamaCppChatModel, gguf_metadata, require_llama_cpp  # noqa: E402
 from tunelab.models.load import set_threads  # noqa: E402
 from tunelab.paths import cache_dir, shared_data_dir  # noqa: E402
 from tunelab.runs import ExportDir, RunDir  # noqa: E402
@@ -281,7 +281,20 @@ def metrics_table(ref_scores: dict, by_format: dict) -> str:
     return results.table(["format", "metric", "PyTorch", "GGUF", "Δ GGUF − PyTorch [95% CI]", "p"], rows)
 
 
-def report(model_desc: str, source: str, args, ref: dict, by_format: dict, ref_scores: dict, seconds: dict) -> str:
+def imatrix_note(export: ExportDir, imatrix: ImatrixConfig | None) -> str:
+    """What the `_imat` formats' importance matrix was computed on, as llama-imatrix recorded it."""
+    if imatrix is None:
+        return ""
+    meta = gguf_metadata(export.imatrix_file)
+    count, size = meta["imatrix.chunk_count"], meta["imatrix.chunk_size"]
+    source = "the run's training split" if imatrix.calibration == TRAINING_SPLIT else f"{Path(imatrix.calibration).name} (training data)"
+    return (
+        f"Importance matrix of the `_imat` formats: llama.cpp's llama-imatrix on {count * size:,} tokens ({count} chunks of {size}) "
+        f"of {source}, rendered with the chat template; none of the held-out prompts is in that text (checked).\n\n"
+    )
+
+
+def report(model_desc: str, source: str, args, ref: dict, by_format: dict, ref_scores: dict, seconds: dict, note: str = "") -> str:
     n = len(ref["perplexity"])
     intro = (
         f"Model: {model_desc}, exported with `tunelab export` to {', '.join(by_format)}. {n} held-out prompts from {source}; "
@@ -295,6 +308,7 @@ def report(model_desc: str, source: str, args, ref: dict, by_format: dict, ref_s
         f"repeats to take a median over. Time: export {seconds['export']:.0f} s (0 when reused), PyTorch {seconds['pytorch']:.0f} s, "
         f"GGUFs {seconds['gguf']:.0f} s, scoring {seconds['scoring']:.0f} s.\n\n"
     )
+    intro += note
     if n < 64:
         intro += f"**{n} prompts: fewer than the 64 the goals are stated for.**\n\n"
     parts = [summary_table(ref, by_format, n), metrics_table(ref_scores, by_format), "\n".join(goal_lines(by_format))]
@@ -357,7 +371,7 @@ def main(argv=None) -> None:
     seconds["scoring"] = time.perf_counter() - start
 
     desc = f"`{model_ref}`" if args.run else "SmolLM2-135M-Instruct (`smollm2-135m-instruct`)"
-    body = report(desc, source, args, ref, by_format, ref_scores, seconds)
+    body = report(desc, source, args, ref, by_format, ref_scores, seconds, imatrix_note(ExportDir(work / "export"), imatrix))
     write_details(work / "export_quality.json", source, convs, refs, ref, ref_scores, sides, by_format)
     harness.write_section(args, TITLE, body, idle)
     print(f"per-prompt figures: {work / 'export_quality.json'}")

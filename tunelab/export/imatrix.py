@@ -41,8 +41,9 @@ def calibration_file(run: RunDir | None, config: ImatrixConfig) -> Path:
 
 def write_calibration(source: Path, config: ImatrixConfig, tokenizer, out: Path) -> dict:
     """Render the conversations of `source` in order with the chat template into the text file `out`, until
-    there are enough tokens for `config.chunks` chunks; returns the source, conversations and tokens used."""
-    wanted = config.chunks * config.chunk_tokens
+    there are enough tokens for `config.chunks` chunks and one more (llama.cpp's tokenizer may count a few
+    fewer than the model's own); returns the source, conversations and tokens used."""
+    wanted = (config.chunks + 1) * config.chunk_tokens
     texts, tokens = [], 0
     for example in load_examples(source, strict=True):
         text = conversation_text(tokenizer, example["messages"])

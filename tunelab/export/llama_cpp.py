@@ -411,7 +411,8 @@ def compute_imatrix(
     from: chunks, tokens per chunk and tokens, as llama-imatrix recorded them in the file."""
     tool = llama_tools() / "llama-imatrix"
     cmd = [str(tool), "-m", str(model), "-f", str(calibration), "-o", str(out), "-c", str(chunk_tokens), "--chunks", str(chunks)]
-    cmd += ["--parse-special", "--no-ppl", "-t", str(threads or default_threads())]
+    # one chunk per batch (-b): with several, llama-imatrix records fewer chunks in the file than it ran
+    cmd += ["-b", str(chunk_tokens), "--parse-special", "--no-ppl", "-t", str(threads or default_threads())]
     _run_tool(cmd, log_file, f"on {calibration}")
     if not Path(out).is_file():
         raise TunelabError(f"llama.cpp's llama-imatrix wrote no {out} (log: {log_file})")
