@@ -13,7 +13,7 @@ LOCK_EXTRAS := qlora serve dev bench preference gguf
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-slow lint setup setup-gguf lock bench docs clean-venv
+.PHONY: demo test test-slow lint setup setup-gguf setup-imatrix lock bench docs clean-venv
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -60,6 +60,12 @@ $(VENV)/.gguf-installed: $(VENV)/.installed
 
 setup-gguf: $(VENV)/.gguf-installed
 
+# llama.cpp's llama-imatrix and llama-quantize, which the importance-matrix export formats (gguf-q4_k_m_imat, ...)
+# need: built once from the same sdist into ~/.cache/tunelab/llama.cpp/ by tunelab itself (the first such export
+# builds them too; this target does it ahead of time). Not part of `make test`: only slow tests need them.
+setup-imatrix: $(VENV)/.gguf-installed
+	$(BIN)/python -c "from tunelab.export.llama_cpp import llama_tools; print(llama_tools())"
+
 # Refresh $(LOCK) after changing a dependency in pyproject.toml: `make lock` keeps every pin it
 # can and resolves only what changed; `make lock LOCK_FLAGS=--upgrade` moves everything to the
 # newest release allowed (then run `make clean-venv test`). tests/test_lock.py fails while
@@ -98,7 +104,7 @@ lint: $(VENV)/.installed
 test: $(VENV)/.gguf-installed lint
 	$(BIN)/python -m pytest -q
 
-test-slow: $(VENV)/.gguf-installed
+test-slow: $(VENV)/.gguf-installed setup-imatrix
 	$(BIN)/python -m pytest -q -m slow
 
 # Each script replaces its own section of bench/RESULTS.md for the CPU it runs on (`## TITLE · CPU`), and refuses to record on a busy machine

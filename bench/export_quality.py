@@ -1,12 +1,21 @@
 """Export quality: does a GGUF answer and score like the PyTorch model it came from, with intervals?
 
-    python bench/export_quality.py [--run runs/NAME] [--prompts 64] [--tokens 64] [--threads 2] [--workdir DIR]
+    python bench/export_quality.py [--run runs/NAME] [--prompts 64] [--tokens 64] [--threads 2] [--workdir DIR] [--formats ...]
     python bench/export_quality.py --smoke --results /tmp/export-quality-smoke.md   # 4 prompts, 8 tokens: checks the bench runs
 
 The model is SmolLM2-135M-Instruct (`smollm2-135m-instruct`) or `--run` (a run directory or any
-model tunelab resolves). It is exported once with `tunelab export` (GGUF f16, Q8_0, Q4_K_M; no
-faithfulness check) into `--workdir`, and reused from there on later invocations. f16 is the
-control: it separates llama.cpp's conversion from quantization error.
+model tunelab resolves). It is exported once with `tunelab export` (every GGUF of the merged model:
+f16, Q8_0, Q4_K_M and the importance-matrix formats Q4_K_M, Q4_K_S, IQ4_XS, Q3_K_M `_imat`, or
+`--formats`; no faithfulness check) into `--workdir`, and reused from there on later invocations. f16
+is the control: it separates llama.cpp's conversion from quantization error.
+
+Calibration of the importance matrix (llama.cpp's llama-imatrix, `--imatrix-chunks` chunks of 512
+tokens): training data, never the held-out prompts. With a `--run` that has a training split, that
+split (`export.imatrix.calibration: train`, as `tunelab export` does); otherwise
+../shared/data/alpaca_en_demo.json, the Alpaca instruction data the demo trains on, rendered with the
+model's chat template. The held-out prompts (AlpacaEval's, or the run's test split) are another
+dataset; before scoring, the bench checks that none of them appears in the calibration text and
+stops if one does.
 
 Held-out prompts with reference answers: the run's data/test.jsonl with --run, else `--prompts`
 evenly spaced questions of ../shared/data/alpaca_eval_gpt4_reference.json. On every prompt, the
@@ -22,7 +31,8 @@ and score the reference answer teacher-forced: answer tokens only, chat template
 - Δperplexity: the geometric mean over prompts of GGUF / PyTorch per-answer perplexity − 1, its
   interval from a paired bootstrap of the per-prompt log perplexities; corpus perplexities beside.
 
-Goals (issue 12): Q8_0 |ΔBERTScore-F1| <= 0.005 and Δperplexity <= 1%; Q4_K_M <= 0.02 and <= 5%.
+Goals (issue 12): Q8_0 |ΔBERTScore-F1| <= 0.005 and Δperplexity <= 1%; Q4_K_M <= 0.02 and <= 5%;
+(issue 28) Q4_K_M with an importance matrix <= 0.02 and <= 3%.
 The figures are deterministic (greedy decoding, fixed threads), so one pass is recorded. The
 section replaces its own in bench/RESULTS.md (bench/results.py); per-prompt figures go to
 WORKDIR/NAME/export_quality.json.
@@ -42,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repositor
 from bench import harness, results  # noqa: E402
 
 # tunelab after the path above; importing it (torch, transformers, bert-score) raises the load average little, so check_idle still reads it
-from tunelab.config import MERGED_GGUF_FORMATS, EvalConfig  # noqa: E402
+from tunelab.config import IMATRIX_FORMATS, MERGED_GGUF_FORMATS, TRAINING_SPLIT, EvalConfig, ExportConfig, ImatrixConfig  # noqa: E402
 from tunelab.errors import TunelabError  # noqa: E402
 from tunelab.evaluate.likelihood import answer_pair, perplexities  # noqa: E402
 from tunelab.evaluate.metric_facts import label  # noqa: E402
@@ -54,35 +64,62 @@ from tunelab.export.merge import load_pytorch_model, merged_model  # noqa: E402
 from tunelab.export.run import export_run, locate  # noqa: E402
 from tunelab.io import atomic_write_json  # noqa: E402
 from tunelab.models.hf_chat import HFChatModel  # noqa: E402
-from tunelab.models.llama_cpp import LlamaCppChatModel, require_llama_cpp  # noqa: E402
+from tunelab.models.llama_cpp import LlamaCppChatModel, gguf_metadata, require_llama_cpp  # noqa: E402
 from tunelab.models.load import set_threads  # noqa: E402
 from tunelab.paths import cache_dir, shared_data_dir  # noqa: E402
 from tunelab.runs import ExportDir, RunDir  # noqa: E402
 
 TITLE = "Export quality (bench/export_quality.py)"
-BENCH = harness.Bench(__file__, smoke={"prompts": 4, "tokens": 8}, repeats=None)  # deterministic: one pass
+BENCH = harness.Bench(__file__, smoke={"prompts": 4, "tokens": 8, "imatrix_chunks": 4}, repeats=None)  # deterministic: one pass
 DEFAULT_MODEL = "smollm2-135m-instruct"
 FORMATS = MERGED_GGUF_FORMATS  # every GGUF of the merged model tunelab exports
 ALPACA_EVAL = "alpaca_eval_gpt4_reference.json"
+CALIBRATION = "alpaca_en_demo.json"  # training data for a model that is not a run (see the docstring)
 TEXT_METRICS = ["bleu", "rougeL", "bertscore"]
 # format: (largest |Δ BERTScore F1|, largest Δ perplexity in %); f16 is the control, without a goal
-GOALS = {"gguf-q8_0": (0.005, 1.0), "gguf-q4_k_m": (0.02, 5.0)}
+GOALS = {"gguf-q8_0": (0.005, 1.0), "gguf-q4_k_m": (0.02, 5.0), "gguf-q4_k_m_imat": (0.02, 3.0)}
 
 
 # ---------------------------------------------------------------- model, export, prompts
-def exported(model_ref: str, out: Path, threads: int, redo: bool) -> dict[str, Path]:
-    """The GGUF file of each format, exported once into `out` (no faithfulness check: this bench is the check)."""
+def exported(model_ref: str, out: Path, formats: list[str], imatrix: ImatrixConfig | None, threads: int, redo: bool) -> dict[str, Path]:
+    """The GGUF file of each format, exported once into `out` (no faithfulness check: this bench is the check);
+    exported again when the importance matrix's settings differ from those recorded beside it."""
+    settings = out.parent / "imatrix-settings.json"
+    wanted = imatrix.model_dump() if imatrix else None
 
     def found() -> dict[str, Path]:
         by_quant = ExportDir(out).ggufs_by_quant()
-        return {f: by_quant[q] for f in FORMATS if (q := f.removeprefix("gguf-")) in by_quant}
+        return {f: by_quant[q] for f in formats if (q := f.removeprefix("gguf-")) in by_quant}
 
-    if redo or len(found()) < len(FORMATS):
-        print(f"== exporting {model_ref} to {out} ({', '.join(FORMATS)})", flush=True)
-        export_run(model_ref, list(FORMATS), out=out, check=False, threads=threads)
+    recorded = json.loads(settings.read_text()) if settings.is_file() else None
+    if redo or len(found()) < len(formats) or (imatrix and recorded != wanted):
+        print(f"== exporting {model_ref} to {out} ({', '.join(formats)})", flush=True)
+        config = ExportConfig(formats=formats, **({"imatrix": imatrix} if imatrix else {}))
+        export_run(model_ref, formats, out=out, check=False, config=config, threads=threads)
+        atomic_write_json(settings, wanted)
     else:
         print(f"== reusing the export in {out} (--reexport to redo it)", flush=True)
     return found()
+
+
+def calibration(run_root: Path | None, chunks: int) -> ImatrixConfig:
+    """The importance matrix's training text: the run's training split, else the demo's Alpaca data."""
+    if run_root is not None and RunDir(run_root).split("train").is_file():
+        return ImatrixConfig(chunks=chunks)
+    data = shared_data_dir()
+    if data is None or not (data / CALIBRATION).is_file():
+        raise TunelabError(f"no calibration text for the importance matrix: {CALIBRATION} is not in the shared data folder")
+    return ImatrixConfig(calibration=str(data / CALIBRATION), chunks=chunks)
+
+
+def check_disjoint(calibration_text: Path, convs: list[list[dict]]) -> None:
+    """Stop if a held-out prompt appears in the text the importance matrix was computed on."""
+    if not calibration_text.is_file():
+        return  # no importance-matrix format in this export
+    text = calibration_text.read_text(encoding="utf-8")
+    leaked = [i for i, conv in enumerate(convs) if any(m["content"].strip() in text for m in conv if m["role"] == "user")]
+    if leaked:
+        raise TunelabError(f"{calibration_text}: held-out prompts {leaked} appear in the calibration text; it must be training data only")
 
 
 def alpaca_eval_prompts(n: int) -> tuple[list[list[dict]], list[str], str]:
@@ -244,7 +281,20 @@ def metrics_table(ref_scores: dict, by_format: dict) -> str:
     return results.table(["format", "metric", "PyTorch", "GGUF", "Δ GGUF − PyTorch [95% CI]", "p"], rows)
 
 
-def report(model_desc: str, source: str, args, ref: dict, by_format: dict, ref_scores: dict, seconds: dict) -> str:
+def imatrix_note(export: ExportDir, imatrix: ImatrixConfig | None) -> str:
+    """What the `_imat` formats' importance matrix was computed on, as llama-imatrix recorded it."""
+    if imatrix is None:
+        return ""
+    meta = gguf_metadata(export.imatrix_file)
+    count, size = meta["imatrix.chunk_count"], meta["imatrix.chunk_size"]
+    source = "the run's training split" if imatrix.calibration == TRAINING_SPLIT else f"{Path(imatrix.calibration).name} (training data)"
+    return (
+        f"Importance matrix of the `_imat` formats: llama.cpp's llama-imatrix on {count * size:,} tokens ({count} chunks of {size}) "
+        f"of {source}, rendered with the chat template; none of the held-out prompts is in that text (checked).\n\n"
+    )
+
+
+def report(model_desc: str, source: str, args, ref: dict, by_format: dict, ref_scores: dict, seconds: dict, note: str = "") -> str:
     n = len(ref["perplexity"])
     intro = (
         f"Model: {model_desc}, exported with `tunelab export` to {', '.join(by_format)}. {n} held-out prompts from {source}; "
@@ -258,6 +308,7 @@ def report(model_desc: str, source: str, args, ref: dict, by_format: dict, ref_s
         f"repeats to take a median over. Time: export {seconds['export']:.0f} s (0 when reused), PyTorch {seconds['pytorch']:.0f} s, "
         f"GGUFs {seconds['gguf']:.0f} s, scoring {seconds['scoring']:.0f} s.\n\n"
     )
+    intro += note
     if n < 64:
         intro += f"**{n} prompts: fewer than the 64 the goals are stated for.**\n\n"
     parts = [summary_table(ref, by_format, n), metrics_table(ref_scores, by_format), "\n".join(goal_lines(by_format))]
@@ -272,6 +323,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--tokens", type=int, default=64, help="greedy new tokens per answer")
     ap.add_argument("--workdir", type=Path, help="where the export is kept between invocations (default: tunelab's cache)")
     ap.add_argument("--reexport", action="store_true", help="redo the export even if one is there")
+    ap.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS), help="the GGUF formats to export and score")
+    ap.add_argument("--imatrix-chunks", type=int, default=128, help="chunks of 512 calibration tokens for the importance matrix")
     return BENCH.parse(ap, argv)
 
 
@@ -296,8 +349,11 @@ def main(argv=None) -> None:
     seconds = {}
 
     start = time.perf_counter()
-    files = exported(model_ref, work / "export", args.threads, args.reexport)
+    formats = list(dict.fromkeys(args.formats))
+    imatrix = calibration(run_root, args.imatrix_chunks) if set(formats) & set(IMATRIX_FORMATS) else None
+    files = exported(model_ref, work / "export", formats, imatrix, args.threads, args.reexport)
     seconds["export"] = time.perf_counter() - start
+    check_disjoint(ExportDir(work / "export").calibration_text, convs)
     print(f"== PyTorch: {len(convs)} prompts, {args.tokens} tokens", flush=True)
     ref = pytorch_side(model_dir, convs, refs, args.tokens)
     gc.collect()  # the PyTorch model goes before llama.cpp loads
@@ -315,7 +371,7 @@ def main(argv=None) -> None:
     seconds["scoring"] = time.perf_counter() - start
 
     desc = f"`{model_ref}`" if args.run else "SmolLM2-135M-Instruct (`smollm2-135m-instruct`)"
-    body = report(desc, source, args, ref, by_format, ref_scores, seconds)
+    body = report(desc, source, args, ref, by_format, ref_scores, seconds, imatrix_note(ExportDir(work / "export"), imatrix))
     write_details(work / "export_quality.json", source, convs, refs, ref, ref_scores, sides, by_format)
     harness.write_section(args, TITLE, body, idle)
     print(f"per-prompt figures: {work / 'export_quality.json'}")

@@ -19,7 +19,7 @@ from tunelab.errors import ConfigError
 from tunelab.io import atomic_write_text
 from tunelab.models.catalog import DEFAULT_MODEL
 from tunelab.progress import console
-from tunelab.runs import DEFAULT_RUNS_DIR, RunDir
+from tunelab.runs import DEFAULT_RUNS_DIR, RunDir, split_imatrix_quant
 
 
 class Strict(BaseModel):
@@ -389,25 +389,73 @@ class EvalConfig(Strict):
 
 
 # what `tunelab export` can write: the merged Hugging Face folder, the merged model as a GGUF file
-# (`gguf-<quantization>`), or the LoRA adapter alone as a GGUF beside its base's (`gguf-lora`)
-ExportFormat = Literal["merged", "gguf-f16", "gguf-q8_0", "gguf-q4_k_m", "gguf-lora"]
+# (`gguf-<quantization>`), or the LoRA adapter alone as a GGUF beside its base's (`gguf-lora`).
+# `gguf-<type>_imat`: quantized with an importance matrix (llama.cpp's llama-imatrix on calibration text,
+# then `llama-quantize --imatrix`). A format of its own rather than a switch on gguf-q4_k_m, so that one
+# export holds the plain file and the imatrix one side by side (and a bench compares them); the name is
+# the file's quantization (tunelab/runs.py: imatrix_quant). Offered for the 4-bit k-quants people run on
+# laptops and the lower-bit ones where an imatrix matters most; IQ4_XS only with one (its i-quant grid is
+# chosen for an importance matrix).
+ExportFormat = Literal[
+    "merged",
+    "gguf-f16",
+    "gguf-q8_0",
+    "gguf-q4_k_m",
+    "gguf-q4_k_m_imat",
+    "gguf-q4_k_s_imat",
+    "gguf-iq4_xs_imat",
+    "gguf-q3_k_m_imat",
+    "gguf-lora",
+]
 EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
 GGUF_LORA = "gguf-lora"
 MERGED_GGUF_FORMATS: tuple[str, ...] = tuple(f for f in EXPORT_FORMATS if f.startswith("gguf-") and f != GGUF_LORA)
+IMATRIX_FORMATS: tuple[str, ...] = tuple(f for f in MERGED_GGUF_FORMATS if split_imatrix_quant(f.removeprefix("gguf-"))[1])
 # the quantization of the base GGUF a gguf-lora adapter is paired with (the adapter itself is f16)
 LORA_BASE_QUANT = "q8_0"
+TRAINING_SPLIT = "train"  # export.imatrix.calibration's default: the run's data/train.jsonl
+
+
+class ImatrixConfig(Strict):
+    """How the importance matrix of the `_imat` formats is computed (llama.cpp's llama-imatrix)."""
+
+    calibration: str = Field(
+        TRAINING_SPLIT,
+        description=f"The calibration text: `{TRAINING_SPLIT}`, the run's training split (never its test split), or a data file "
+        "(any format data.sources reads); its conversations are rendered with the model's chat template.",
+    )
+    chunks: int = Field(
+        128, gt=0, description="At most this many chunks of `chunk_tokens` tokens are run through the model (llama-imatrix --chunks)."
+    )
+    chunk_tokens: int = Field(
+        512,
+        ge=32,
+        description="Tokens per chunk (llama-imatrix -c, its default); the calibration text needs at least two chunks' worth.",
+    )
 
 
 class ExportConfig(Strict):
     formats: list[ExportFormat] = Field(
         default_factory=lambda: ["gguf-q8_0"],
-        description=f"`merged`: a Hugging Face folder; {', '.join(f'`{f}`' for f in MERGED_GGUF_FORMATS)}: the merged model as one GGUF file; "
+        description=f"`merged`: a Hugging Face folder; {', '.join(f'`{f}`' for f in MERGED_GGUF_FORMATS)}: the merged model as one GGUF file "
+        f"(`_imat`: quantized with an importance matrix, see `imatrix`); "
         f"`gguf-lora`: the LoRA adapter alone as a GGUF, beside its base model's {LORA_BASE_QUANT} GGUF and an Ollama Modelfile "
         f"with FROM and ADAPTER (a LoRA or QLoRA run only).",
+    )
+    imatrix: ImatrixConfig = Field(
+        default_factory=ImatrixConfig,
+        description=f"The importance matrix of the `_imat` formats ({', '.join(IMATRIX_FORMATS)}); only with one of them.",
     )
     check_prompts: int = Field(8, gt=0, description="Prompts in the faithfulness check.")
     check_tokens: int = Field(16, gt=0, description="Greedy tokens compared per prompt.")
     evaluate: bool = Field(True, description="Also score the export with the evaluation metrics (quality delta).")
+
+    def model_post_init(self, __context) -> None:
+        if "imatrix" in self.model_fields_set and not set(self.formats) & set(IMATRIX_FORMATS):
+            raise ValueError(
+                f"export.imatrix applies to the importance-matrix formats only ({', '.join(IMATRIX_FORMATS)}), and export.formats "
+                f"has none of them: add one (e.g. gguf-q4_k_m_imat) or remove export.imatrix"
+            )
 
 
 class Recipe(Strict):
@@ -678,6 +726,7 @@ def config_reference() -> str:
         QuestionSample,
         CodeEvalConfig,
         ExportConfig,
+        ImatrixConfig,
     ]:
         out += [f"## `{model.__name__}`", "", "| field | type | default | description |", "|---|---|---|---|"]
         for name, f in model.model_fields.items():

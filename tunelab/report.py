@@ -22,6 +22,7 @@ from tunelab.evaluate.benchmark import forgetting_verdict
 from tunelab.evaluate.code import KIND as CODE_KIND
 from tunelab.evaluate.code import code_headline
 from tunelab.evaluate.metric_facts import label, verdict
+from tunelab.export.card import imatrix_words
 from tunelab.io import atomic_write_text, read_jsonl
 from tunelab.runs import BenchmarkDir, RunDir, model_weights
 
@@ -153,6 +154,8 @@ def export_section(faith: dict | None, run: RunDir) -> str:
         lines.append(
             f"\nThe PyTorch fp32 model generated {faith['pytorch_tokens_per_second']:.1f} tokens/s on the same prompts (while also recording logit margins); `bench/cpu_inference.py` measures generation speed properly."
         )
+    if faith.get("imatrix"):
+        lines.append(f"\nThe `_imat` formats are quantized with llama.cpp's importance matrix {imatrix_words(faith['imatrix'])}.")
     if faith.get("metrics_note"):
         lines.append(f"\n{faith['metrics_note']}")
     return "\n".join(lines)

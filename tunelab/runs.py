@@ -46,6 +46,22 @@ def gguf_quant(path: str | Path) -> str | None:
     return parts[1] if parts else None
 
 
+# a quantization made with an importance matrix is named `<llama.cpp type>_imat` (`q4_k_m_imat`): beside the
+# plain file of the same type, and with no '-' (split_gguf_name)
+IMATRIX_MARK = "_imat"
+
+
+def imatrix_quant(quant: str) -> str:
+    """The name of llama.cpp quantization `quant` made with an importance matrix: q4_k_m -> q4_k_m_imat."""
+    return quant + IMATRIX_MARK
+
+
+def split_imatrix_quant(quant: str) -> tuple[str, bool]:
+    """(llama.cpp quantization, made with an importance matrix) of a quantization name: q4_k_m_imat ->
+    ("q4_k_m", True), q8_0 -> ("q8_0", False)."""
+    return (quant.removesuffix(IMATRIX_MARK), True) if quant.endswith(IMATRIX_MARK) else (quant, False)
+
+
 # ---------------------------------------------------------------- the trained model's folder
 def trained_model_dir(ref: str | Path) -> Path | None:
     """The `model/` folder of a run directory, or the folder itself if it holds tunelab_model.json; else None."""
@@ -270,6 +286,22 @@ class ExportDir:
         """gguf-lora/README.md: the model card, which says what each file needs."""
         return self.lora / "README.md"
 
+    # imatrix/: llama.cpp's importance matrix of the `_imat` quantizations and the text it was computed on
+    @property
+    def imatrix(self) -> Path:
+        return self.root / "imatrix"
+
+    @property
+    def imatrix_file(self) -> Path:
+        """imatrix/imatrix.gguf: llama-imatrix's output (per-tensor activation statistics; `llama-quantize
+        --imatrix` reads it); not a model, so it is kept out of gguf/."""
+        return self.imatrix / "imatrix.gguf"
+
+    @property
+    def calibration_text(self) -> Path:
+        """imatrix/calibration.txt: the calibration text, training conversations rendered with the chat template."""
+        return self.imatrix / "calibration.txt"
+
     @property
     def source_json(self) -> Path:
         """Only in tunelab's cache of base models' GGUFs (<cache>/base-exports/<model>/): which folder and
@@ -296,6 +328,11 @@ class ExportDir:
     @property
     def quantize_log(self) -> Path:
         return self.logs / "quantize.log"
+
+    @property
+    def imatrix_log(self) -> Path:
+        """llama-imatrix's and llama-quantize's output for the `_imat` quantizations."""
+        return self.logs / "imatrix.log"
 
     @property
     def convert_lora_log(self) -> Path:

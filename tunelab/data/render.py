@@ -21,6 +21,11 @@ def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
+def conversation_text(tokenizer, messages: list[dict]) -> str:
+    """A whole conversation as the model sees it in training: its chat template, answers included."""
+    return _render(tokenizer, messages, add_generation_prompt=False)
+
+
 def assistant_char_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
     """The full rendered text and the (start, end) character spans of every assistant answer."""
     text = _render(tokenizer, messages, add_generation_prompt=False)

@@ -10,7 +10,7 @@ import yaml
 
 from tunelab.models.catalog import lookup
 from tunelab.models.resolve import MARKER
-from tunelab.runs import RunDir, model_weights
+from tunelab.runs import ExportDir, RunDir, gguf_quant, model_weights, split_imatrix_quant
 
 
 def base_licence(base_ref: str | None, base_dir: Path | None) -> str:
@@ -45,9 +45,11 @@ def model_card(
     gguf_files: list[str],
     lora_files: tuple[str, str] | None,
     folder: str,
+    imatrix: dict | None = None,
 ) -> str:
     """The card of the export folder `folder` (merged/ or gguf-lora/); its Files section lists every
-    artefact of the export and what each needs (`lora_files`: the gguf-lora pair's base and adapter)."""
+    artefact of the export and what each needs (`lora_files`: the gguf-lora pair's base and adapter;
+    `imatrix`: how the importance matrix of the `_imat` files was made, tunelab/export/imatrix.py)."""
     base = info.get("base_model") or "(this model)"
     weights, objective = model_weights(info) or "unknown", info.get("objective", "sft")
     front = {"license": licence, "base_model": base}
@@ -82,7 +84,7 @@ def model_card(
             lines += ["## Evaluation", "", "```json", eval_json.read_text()[:4000], "```", ""]
     if faithfulness_md:
         lines += ["## Export faithfulness", "", _demote(faithfulness_md), ""]
-    lines += files_section(base, weights, merged, gguf_files, lora_files)
+    lines += files_section(base, weights, merged, gguf_files, lora_files, imatrix)
     if merged:
         lines += [
             "## Use",
@@ -100,7 +102,15 @@ def model_card(
     return "\n".join(lines) + "\n"
 
 
-def files_section(base: str, weights: str, merged: bool, gguf_files: list[str], lora_files: tuple[str, str] | None) -> list[str]:
+def imatrix_words(imatrix: dict) -> str:
+    """How an importance matrix was made, in words: 'from 65,536 tokens (128 chunks of 512) of the training split'."""
+    source = "the training split" if imatrix.get("training_split") else f"`{Path(imatrix['source']).name}`"
+    return f"from {imatrix['tokens']:,} tokens ({imatrix['chunks']} chunks of {imatrix['chunk_tokens']}) of {source}"
+
+
+def files_section(
+    base: str, weights: str, merged: bool, gguf_files: list[str], lora_files: tuple[str, str] | None, imatrix: dict | None = None
+) -> list[str]:
     """What each file of the export is and what it needs to run (paths within the export folder)."""
     rows = []
     if merged:
@@ -108,11 +118,18 @@ def files_section(base: str, weights: str, merged: bool, gguf_files: list[str], 
             ("merged/", "the fine-tuned model, adapter merged in: fp32 safetensors, tokenizer, chat template", "transformers, nothing else")
         )
     for f in gguf_files:
+        what = "the whole fine-tuned model in one GGUF file"
+        qtype, with_imatrix = split_imatrix_quant(gguf_quant(f) or "")
+        if with_imatrix and imatrix:
+            what += f", {qtype.upper()} quantized with llama.cpp's importance matrix {imatrix_words(imatrix)}"
+        rows.append((f"gguf/{f}", what, "llama.cpp, llama-cpp-python or Ollama (`gguf/Modelfile`); no other file"))
+    if imatrix:
+        within = ExportDir(Path())  # paths within the export folder
         rows.append(
             (
-                f"gguf/{f}",
-                "the whole fine-tuned model in one GGUF file",
-                "llama.cpp, llama-cpp-python or Ollama (`gguf/Modelfile`); no other file",
+                f"{within.imatrix_file.as_posix()}, {within.calibration_text.as_posix()}",
+                f"llama.cpp's importance matrix {imatrix_words(imatrix)}, and that text, conversations rendered with the chat template",
+                "nothing to run the model; `llama-quantize --imatrix` reads the matrix to quantize again",
             )
         )
     if lora_files:

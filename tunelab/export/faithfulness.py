@@ -6,8 +6,8 @@ PyTorch model (base + adapter, unmerged) and every export generate greedily. We 
 - tokens: the first `check_tokens` generated token ids (an end-of-turn counts as a token). An
   exact format (merged, f16, Q8_0, and gguf-lora: its Q8_0 base with the f16 adapter applied by
   llama.cpp) passes when every prompt matches, or diverges only where the PyTorch model itself was
-  undecided: its top two logits within `TIE_MARGIN[format]` (float rounding may then pick either). Q4_K_M reports the agreement rate (mean share of leading
-  tokens equal) and passes above `MIN_AGREEMENT`.
+  undecided: its top two logits within `TIE_MARGIN[format]` (float rounding may then pick either). Q4_K_M and the
+  importance-matrix formats report the agreement rate (mean share of leading tokens equal) and pass above `MIN_AGREEMENT`.
 - prompts: whether the export's own prompt tokens (its chat template and tokenizer) equal the
   PyTorch tokenizer's (required for exact formats).
 - metrics: BLEU / ROUGE-L / BERTScore of the full greedy answers against the references, scored
@@ -21,8 +21,9 @@ from pathlib import Path
 
 import torch
 
-from tunelab.config import LORA_BASE_QUANT
+from tunelab.config import IMATRIX_FORMATS, LORA_BASE_QUANT
 from tunelab.evaluate.metrics import score_predictions
+from tunelab.export.card import imatrix_words
 from tunelab.io import read_jsonl
 from tunelab.models.interface import GenerationSettings
 from tunelab.runs import RunDir
@@ -30,7 +31,8 @@ from tunelab.runs import RunDir
 # A divergence at a step where the PyTorch model's top-2 logit gap is below this is a tie.
 TIE_MARGIN = {"merged": 1e-3, "gguf-f16": 0.05, "gguf-q8_0": 0.25}
 TIE_MARGIN["gguf-lora"] = TIE_MARGIN[f"gguf-{LORA_BASE_QUANT}"]  # the base's rounding; the f16 adapter adds less than it
-MIN_AGREEMENT = {"gguf-q4_k_m": 0.4}  # a sanity floor: a broken export (template, tokenizer, weights) scores near 0
+# a sanity floor for the 4- and 3-bit formats: a broken export (template, tokenizer, weights) scores near 0
+MIN_AGREEMENT = {"gguf-q4_k_m": 0.4} | {fmt: 0.4 for fmt in IMATRIX_FORMATS}
 END = -1  # stands for "stopped at end of turn" in compared sequences
 
 FIXED_PROMPTS = [
@@ -232,6 +234,8 @@ def markdown_table(report: dict) -> str:
         ]
     if report.get("metrics_note"):
         lines += ["", report["metrics_note"]]
+    if report.get("imatrix"):
+        lines += ["", f"The `_imat` formats are quantized with llama.cpp's importance matrix {imatrix_words(report['imatrix'])}."]
     lines += ["", "Rules: " + "; ".join(f"{fmt}: {r['rule']}" for fmt, r in report["formats"].items()), ""]
     return "\n".join(lines)
 

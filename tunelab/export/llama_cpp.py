@@ -8,15 +8,22 @@ LlamaCppChatModel, metadata, llama-cpp-python itself).
   `<cache>/llama.cpp/<version>/` and runs the scripts with this Python as a subprocess.
 - Quantizing (Q8_0, Q4_K_M) goes through `llama_cpp.llama_model_quantize`, the same C function
   llama.cpp's `llama-quantize` binary calls.
+- Quantizing with an importance matrix (the `_imat` formats) needs llama.cpp's own tools: `llama-imatrix`
+  computes the matrix and `llama-quantize --imatrix` applies it (the C API takes the matrix as a pointer
+  to a C++ map, which Python cannot build). `llama_tools` builds the two from the same sdist's
+  vendor/llama.cpp with cmake, once, into `<cache>/llama.cpp/<version>/tools-<cpu>/`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import json
 import logging
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -24,12 +31,12 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-from tunelab.cpu import default_threads
+from tunelab.cpu import cpu, default_threads
 from tunelab.errors import TunelabError
 from tunelab.io import atomic_write_json
-from tunelab.models.llama_cpp import LLAMA_CPP_VERSION, LlamaCppMissing, require_llama_cpp
+from tunelab.models.llama_cpp import LLAMA_CPP_VERSION, LlamaCppMissing, gguf_metadata, require_llama_cpp
 from tunelab.paths import cache_dir
-from tunelab.progress import console
+from tunelab.progress import console, progress_bar
 from tunelab.runs import ExportDir
 
 SDIST_NAME = f"llama_cpp_python-{LLAMA_CPP_VERSION}.tar.gz"
@@ -294,3 +301,142 @@ def _stderr_to(log_file: Path | None):
         os.close(saved)
         target.close()
         py_logger.setLevel(old_level)
+
+
+# ------------------------------------------------------------------ llama-imatrix and llama-quantize
+TOOLS = ("llama-imatrix", "llama-quantize")
+# only what the two tools need: ggml and llama linked statically into each binary (nothing to find at run
+# time), no server, tests, examples, TLS or compiler cache; tuned for this CPU (GGML_NATIVE), which is why
+# the folder is keyed by the CPU (a home folder shared with another machine gets a build of its own)
+TOOLS_CMAKE_ARGS = (
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DBUILD_SHARED_LIBS=OFF",
+    "-DGGML_NATIVE=ON",
+    "-DGGML_CCACHE=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DLLAMA_BUILD_SERVER=OFF",
+    "-DLLAMA_BUILD_APP=OFF",
+    "-DLLAMA_OPENSSL=OFF",
+)
+# measured on the 2-core Xeon at nice 19 beside a training job (docs/export.md, importance-matrix section)
+TOOLS_BUILD_NOTE = "about 12 minutes on 2 busy cores"
+
+
+def tools_dir() -> Path:
+    """`<cache>/llama.cpp/<version>/tools-<cpu>/`: where `llama_tools` keeps llama-imatrix and llama-quantize."""
+    features = cpu()
+    key = hashlib.sha1(" ".join([features.arch, *sorted(features.flags)]).encode()).hexdigest()[:10]
+    return cache_dir() / "llama.cpp" / LLAMA_CPP_VERSION / f"tools-{key}"
+
+
+def llama_tools() -> Path:
+    """The folder holding TOOLS, built on first use from the sdist's vendor/llama.cpp (cmake, all cores at the
+    lowest priority: a one-time build that should not slow what else runs), with a progress bar and ETA. The
+    folder appears whole (a rename), so an interrupted build leaves nothing that looks finished."""
+    out = tools_dir()
+    if all((out / t).is_file() for t in TOOLS):
+        return out
+    missing = [tool for tool in ("cmake", "c++") if shutil.which(tool) is None]
+    if missing:
+        raise LlamaCppMissing(
+            "quantizing with an importance matrix needs llama.cpp's llama-imatrix and llama-quantize, which tunelab builds "
+            f"once with cmake and a C++ compiler; {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not on PATH "
+            "(e.g. `apt-get install cmake g++`)"
+        )
+    sdist = find_sdist()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    console.print(f"building llama.cpp's {' and '.join(TOOLS)} once ({TOOLS_BUILD_NOTE}; cached in {out})")
+    with tempfile.TemporaryDirectory(prefix=".tools-build.", dir=out.parent) as tmp:
+        source, build = _extract_llama_cpp(sdist, Path(tmp)), Path(tmp) / "build"
+        log = out.parent / "tools-build.log"
+        generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+        _build_step(["cmake", "-S", str(source), "-B", str(build), *generator, *TOOLS_CMAKE_ARGS], log, "configuring")
+        jobs = str(os.cpu_count() or 1)
+        _build_step(["cmake", "--build", str(build), "--target", *TOOLS, "-j", jobs], log, "compiling")
+        staged = Path(tmp) / "bin"
+        staged.mkdir()
+        for tool in TOOLS:
+            shutil.copy2(next(p for p in build.rglob(tool) if p.is_file() and os.access(p, os.X_OK)), staged / tool)
+        os.replace(staged, out)
+    return out
+
+
+def _extract_llama_cpp(sdist: Path, into: Path) -> Path:
+    """The sdist's vendor/llama.cpp source tree, extracted into `into`."""
+    prefix = f"llama_cpp_python-{LLAMA_CPP_VERSION}/vendor/llama.cpp/"
+    with tarfile.open(sdist) as tar:
+        members = [m for m in tar.getmembers() if m.name.startswith(prefix) and (m.isfile() or m.isdir())]
+        tar.extractall(into, members=members, filter="data")
+    return into / prefix
+
+
+def _build_step(cmd: list[str], log: Path, what: str) -> None:
+    """Run one cmake step at the lowest priority, its output appended to `log`; the build's `[n/total]` (Ninja)
+    or `[ n%]` (make) lines drive a progress bar."""
+    with open(log, "a") as f, progress_bar() as bar:
+        f.write("$ " + " ".join(cmd) + "\n")
+        task = bar.add_task(f"llama.cpp tools: {what}", total=None, info="")
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=lambda: os.nice(19))
+        for line in proc.stdout:
+            f.write(line)
+            if m := re.match(r"\[(\d+)/(\d+)\]", line):
+                bar.update(task, completed=int(m[1]), total=int(m[2]))
+            elif m := re.match(r"\[\s*(\d+)%\]", line):
+                bar.update(task, completed=int(m[1]), total=100)
+        if proc.wait() != 0:
+            tail = "\n".join(log.read_text().splitlines()[-15:])
+            raise TunelabError(
+                f"building llama.cpp's {' and '.join(TOOLS)} failed while {what} (exit {proc.returncode}; log {log}):\n{tail}"
+            )
+
+
+def _run_tool(cmd: list[str], log_file: Path | None, what: str) -> None:
+    """Run one of llama.cpp's tools, its output appended to `log_file`; a failure names the command and its last lines."""
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_file, "a") as f:
+            f.write("$ " + " ".join(cmd) + "\n" + done.stdout + done.stderr)
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+        raise TunelabError(f"llama.cpp's {Path(cmd[0]).name} failed {what} (exit {done.returncode}):\n{tail}")
+
+
+def compute_imatrix(
+    model: Path, calibration: Path, out: Path, *, chunks: int, chunk_tokens: int, threads: int | None = None, log_file: Path | None = None
+) -> dict:
+    """llama.cpp's importance matrix of GGUF `model` on the text file `calibration` (special tokens such as
+    `<|im_start|>` read as the tokens the chat template means), written to `out`. Returns what it was made
+    from: chunks, tokens per chunk and tokens, as llama-imatrix recorded them in the file."""
+    tool = llama_tools() / "llama-imatrix"
+    cmd = [str(tool), "-m", str(model), "-f", str(calibration), "-o", str(out), "-c", str(chunk_tokens), "--chunks", str(chunks)]
+    # one chunk per batch (-b): with several, llama-imatrix records fewer chunks in the file than it ran
+    cmd += ["-b", str(chunk_tokens), "--parse-special", "--no-ppl", "-t", str(threads or default_threads())]
+    _run_tool(cmd, log_file, f"on {calibration}")
+    if not Path(out).is_file():
+        raise TunelabError(f"llama.cpp's llama-imatrix wrote no {out} (log: {log_file})")
+    meta = gguf_metadata(out)
+    count, size = meta.get("imatrix.chunk_count"), meta.get("imatrix.chunk_size")
+    return {"chunks": count, "chunk_tokens": size, "tokens": count * size if count and size else None}
+
+
+def quantize_with_imatrix(
+    src: Path, dst: Path, qtype: str, imatrix: Path, *, threads: int | None = None, log_file: Path | None = None
+) -> Path:
+    """Quantize a (f16) GGUF to llama.cpp type `qtype` (q4_k_m, q4_k_s, iq4_xs, q3_k_m) with the importance
+    matrix `imatrix`, by llama.cpp's llama-quantize (atomic)."""
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    tool = llama_tools() / "llama-quantize"
+    try:
+        _run_tool(
+            [str(tool), "--imatrix", str(imatrix), str(src), str(tmp), qtype.upper(), str(threads or default_threads())],
+            log_file,
+            f"on {src}",
+        )
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dst

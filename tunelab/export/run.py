@@ -1,4 +1,5 @@
-"""`tunelab export`: merged Hugging Face folder, GGUF f16 / Q8_0 / Q4_K_M, the LoRA adapter as a GGUF
+"""`tunelab export`: merged Hugging Face folder, GGUF f16 / Q8_0 / Q4_K_M (and 4- and 3-bit ones quantized with
+an importance matrix computed on the run's training split, tunelab/export/imatrix.py), the LoRA adapter as a GGUF
 beside its base's (tunelab/export/lora.py), Ollama Modelfiles, and a faithfulness check of every
 export against the PyTorch model.
 
@@ -13,6 +14,7 @@ format, score, write the check files, Modelfiles and model cards, publish.
 
 from __future__ import annotations
 
+import difflib
 import gc
 import shutil
 import tempfile
@@ -23,11 +25,19 @@ from pathlib import Path
 
 from rich.table import Table
 
-from tunelab.config import EXPORT_FORMATS, GGUF_LORA, MERGED_GGUF_FORMATS, EvalConfig, ExportConfig, load_recipe
+from tunelab.config import EXPORT_FORMATS, GGUF_LORA, IMATRIX_FORMATS, MERGED_GGUF_FORMATS, EvalConfig, ExportConfig, load_recipe
 from tunelab.errors import ConfigError, TunelabError
 from tunelab.export import faithfulness as fc
 from tunelab.export.card import base_licence, model_card
-from tunelab.export.llama_cpp import check_gguf_architecture, convert_hf_to_gguf, converter_dir, quantize_gguf
+from tunelab.export.imatrix import calibration_file, make_imatrix
+from tunelab.export.llama_cpp import (
+    check_gguf_architecture,
+    convert_hf_to_gguf,
+    converter_dir,
+    llama_tools,
+    quantize_gguf,
+    quantize_with_imatrix,
+)
 from tunelab.export.lora import check_adapter, write_lora_pair
 from tunelab.export.merge import base_model_path, count_parameters, load_pytorch_model, merged_model, save_merged, weights_config_dir
 from tunelab.export.modelfile import modelfile_text
@@ -37,13 +47,32 @@ from tunelab.models.load import load_causal_lm, load_tokenizer, set_threads
 from tunelab.models.resolve import resolve_model
 from tunelab.models.templates import DEFAULT_CHAT_TEMPLATE
 from tunelab.progress import console, print_table, progress_bar
-from tunelab.runs import ExportDir, RunDir, model_weights, trained_model_dir
+from tunelab.runs import ExportDir, RunDir, model_weights, split_imatrix_quant, trained_model_dir
 
-# bytes per parameter of each artefact, for the free-space check (Q8_0: 34 bytes per 32 weights; gguf-lora:
+# bytes per parameter of each artefact, for the free-space check (Q8_0: 34 bytes per 32 weights; the k- and
+# i-quants: llama.cpp's bits per weight of each type, with the higher-precision tensors it keeps; gguf-lora:
 # its Q8_0 base where it is copied, not linked, from tunelab's cache, the adapter being a small fraction)
-BYTES_PER_PARAM = {"merged": 4.0, "gguf-f16": 2.0, "gguf-q8_0": 1.07, "gguf-q4_k_m": 0.62, "gguf-lora": 1.07}
-# preference order of the GGUF the Modelfile points at
-MODELFILE_PREFERENCE = ("gguf-q8_0", "gguf-q4_k_m", "gguf-f16")
+BYTES_PER_PARAM = {
+    "merged": 4.0,
+    "gguf-f16": 2.0,
+    "gguf-q8_0": 1.07,
+    "gguf-q4_k_m": 0.62,
+    "gguf-q4_k_m_imat": 0.62,
+    "gguf-q4_k_s_imat": 0.59,
+    "gguf-iq4_xs_imat": 0.56,
+    "gguf-q3_k_m_imat": 0.51,
+    "gguf-lora": 1.07,
+}
+# preference order of the GGUF the Modelfile points at (an importance matrix before none, at the same size)
+MODELFILE_PREFERENCE = (
+    "gguf-q8_0",
+    "gguf-q4_k_m_imat",
+    "gguf-q4_k_m",
+    "gguf-q4_k_s_imat",
+    "gguf-iq4_xs_imat",
+    "gguf-q3_k_m_imat",
+    "gguf-f16",
+)
 
 
 @dataclass
@@ -63,6 +92,11 @@ class ExportPlan:
     def ggufs(self) -> list[str]:
         """The merged model's GGUF formats asked for."""
         return [f for f in self.formats if f in MERGED_GGUF_FORMATS]
+
+    @property
+    def imatrix_formats(self) -> list[str]:
+        """The formats quantized with an importance matrix."""
+        return [f for f in self.formats if f in IMATRIX_FORMATS]
 
     @property
     def lora(self) -> bool:
@@ -100,7 +134,12 @@ def _check_formats(formats) -> list[str]:
     formats = list(dict.fromkeys(f.strip().lower() for f in formats))
     bad = [f for f in formats if f not in EXPORT_FORMATS]
     if bad or not formats:
-        raise TunelabError(f"unknown export format(s) {', '.join(bad) or '(none given)'}: choose from {', '.join(EXPORT_FORMATS)}")
+        # e.g. an i-quant without a matrix (gguf-iq4_xs), or the matrix spelt with a dash (gguf-q4_k_m-imat)
+        hints = [f"did you mean {close[0]}?" for f in bad if (close := difflib.get_close_matches(f, EXPORT_FORMATS, n=1, cutoff=0.8))]
+        raise TunelabError(
+            f"unknown export format(s) {', '.join(bad) or '(none given)'}: choose from {', '.join(EXPORT_FORMATS)}"
+            + "".join(f" ({h})" for h in hints)
+        )
     return formats
 
 
@@ -130,6 +169,9 @@ def check_can_export(plan: ExportPlan) -> None:
         require_llama_cpp()
         converter_dir()
         check_gguf_architecture(weights_config_dir(plan.model_dir))
+    if plan.imatrix_formats:
+        calibration_file(plan.run, plan.config.imatrix)
+        llama_tools()  # built here on first use: before the heavy work, not after it
     params = count_parameters(weights_config_dir(plan.model_dir))
     # an f16 GGUF is an intermediate of any quantization (the pair's base is quantized from one too, unless cached)
     per_param = (
@@ -170,7 +212,8 @@ def export_run(
     stage = ExportDir(Path(tempfile.mkdtemp(prefix=f".{plan.out.name}.staging-", dir=plan.out.parent)))
     try:
         n_prompts = len(conversations) if check else 0
-        total = 2 + n_prompts + len(plan.ggufs) + (1 if plan.ggufs else 0) + plan.lora + n_prompts * len(plan.formats)
+        total = 2 + n_prompts + len(plan.ggufs) + (1 if plan.ggufs else 0) + bool(plan.imatrix_formats) + plan.lora
+        total += n_prompts * len(plan.formats)
         with progress_bar() as bar:
             task = bar.add_task(f"Export {plan.name}", total=total, info="loading the PyTorch model")
 
@@ -185,12 +228,14 @@ def export_run(
             del model
             gc.collect()
             step(("merged" if plan.writes_merged else "answered") + ("; converting to GGUF" if plan.ggufs or plan.lora else ""))
-            files = _write_ggufs(plan, stage, n_threads, step)
+            files, imatrix = _write_ggufs(plan, stage, tokenizer, n_threads, step)
             pair = write_lora_pair(plan.model_dir, plan.name, stage, threads=n_threads) if plan.lora else None
             if pair:
                 step(f"{GGUF_LORA} written")
 
             report = _new_report(plan, info, prompt_source, len(conversations), answer_tokens, reference, t_ref)
+            if imatrix:
+                report["imatrix"] = imatrix
             for fmt in plan.formats:
                 entry = _artefact_entry(fmt, plan.out, stage, files, pair, tokenizer)
                 if check:
@@ -215,7 +260,7 @@ def export_run(
                 _write_modelfile(stage.modelfile, tokenizer, chosen, other_files=[p.name for p in files.values() if p != chosen])
             if pair:
                 _write_modelfile(stage.lora_modelfile, tokenizer, pair[0], adapter=pair[1].name)
-            _write_cards(plan, stage, info, faith_md, files, pair)
+            _write_cards(plan, stage, info, faith_md, files, pair, imatrix)
             bar.update(task, completed=total, info=f"done in {time.time() - t0:.0f} s")
         _publish(stage, ExportDir(plan.out))
     finally:
@@ -237,24 +282,35 @@ def _write_merged(model, tokenizer, stage: ExportDir) -> None:
     save_merged(merged_model(model), tokenizer, stage.merged)
 
 
-def _write_ggufs(plan: ExportPlan, stage: ExportDir, n_threads: int, step: Callable) -> dict[str, Path]:
-    """f16 by llama.cpp's converter, then each quantization from it; the f16 file stays only if asked for."""
+def _write_ggufs(plan: ExportPlan, stage: ExportDir, tokenizer, n_threads: int, step: Callable) -> tuple[dict[str, Path], dict | None]:
+    """f16 by llama.cpp's converter, then each quantization from it (the `_imat` ones with the importance matrix
+    computed on f16); the f16 file stays only if asked for. Returns the files by format and how the importance
+    matrix was made (None without one)."""
     files: dict[str, Path] = {}
     if not plan.ggufs:
-        return files
+        return files, None
     f16 = stage.gguf_file(plan.name, "f16")
     convert_hf_to_gguf(stage.merged, f16, "f16", log_file=stage.convert_log)
     step("converted to f16")
+    imatrix = None
+    if plan.imatrix_formats:
+        source = calibration_file(plan.run, plan.config.imatrix)
+        imatrix = make_imatrix(f16, source, plan.config.imatrix, tokenizer, stage, n_threads)
+        step(f"importance matrix from {imatrix['tokens']} tokens")
     for fmt in plan.ggufs:
+        quant = fmt.removeprefix("gguf-")
+        qtype, with_imatrix = split_imatrix_quant(quant)
+        out = stage.gguf_file(plan.name, quant)
         if fmt == "gguf-f16":
             files[fmt] = f16
+        elif with_imatrix:
+            files[fmt] = quantize_with_imatrix(f16, out, qtype, stage.imatrix_file, threads=n_threads, log_file=stage.imatrix_log)
         else:
-            q = fmt.removeprefix("gguf-")
-            files[fmt] = quantize_gguf(f16, stage.gguf_file(plan.name, q), q, threads=n_threads, log_file=stage.quantize_log)
+            files[fmt] = quantize_gguf(f16, out, qtype, threads=n_threads, log_file=stage.quantize_log)
         step(f"{fmt} written")
     if "gguf-f16" not in plan.ggufs:
         f16.unlink()
-    return files
+    return files, imatrix
 
 
 def _new_report(plan: ExportPlan, info: dict, prompt_source: str, n_prompts: int, answer_tokens: int, reference, t_ref: float) -> dict:
@@ -360,7 +416,7 @@ def _write_modelfile(path: Path, tokenizer, gguf_file: Path, **files) -> None:
     atomic_write_text(path, modelfile_text(gguf_file.name, tokenizer.chat_template, tokenizer.eos_token or "", user_only, **files))
 
 
-def _write_cards(plan: ExportPlan, stage: ExportDir, info: dict, faith_md: str | None, files: dict[str, Path], pair) -> None:
+def _write_cards(plan: ExportPlan, stage: ExportDir, info: dict, faith_md: str | None, files: dict[str, Path], pair, imatrix) -> None:
     """The model card in each folder one shares: merged/ and gguf-lora/; the merged folder goes when only the converter needed it."""
     if plan.writes_merged and "merged" not in plan.formats:
         shutil.rmtree(stage.merged)
@@ -373,6 +429,7 @@ def _write_cards(plan: ExportPlan, stage: ExportDir, info: dict, faith_md: str |
         merged="merged" in plan.formats,
         gguf_files=[p.name for p in files.values()],
         lora_files=tuple(p.name for p in pair) if pair else None,
+        imatrix=imatrix,
     )
     if "merged" in plan.formats:
         atomic_write_text(stage.merged / "README.md", model_card(**common, folder="merged"))
@@ -385,7 +442,7 @@ def _publish(stage: ExportDir, out: ExportDir) -> None:
     for p in stage.root.rglob("*"):  # temporary files and folders are private (0600/0700); artefacts are for sharing
         p.chmod(0o755 if p.is_dir() else 0o644)
     out.root.mkdir(parents=True, exist_ok=True)
-    for staged, final in ((stage.merged, out.merged), (stage.lora, out.lora)):  # folders replaced whole
+    for staged, final in ((stage.merged, out.merged), (stage.lora, out.lora), (stage.imatrix, out.imatrix)):  # folders replaced whole
         if staged.is_dir():
             old = out.root / f".{final.name}.old"
             shutil.rmtree(old, ignore_errors=True)
