@@ -51,7 +51,18 @@ def test_imatrix_settings_without_an_imatrix_format_are_refused(tmp_path):
         load_recipe(recipe)
     with pytest.raises(ValueError, match="chunk_tokens"):
         ImatrixConfig(chunk_tokens=0)
-    assert ExportConfig(formats=["gguf-q4_k_m_imat"], imatrix={"chunks": 8}).imatrix.chunks == 8
+    assert ExportConfig(formats=["gguf-q4_k_m_imat"], imatrix={"chunks": 8}).imatrix_settings().chunks == 8
+    assert ExportConfig(formats=["gguf-q4_k_m_imat"]).imatrix_settings() == ImatrixConfig()
+
+
+def test_a_dumped_recipe_without_an_imatrix_format_loads_again(tmp_path):
+    """Every run writes its resolved recipe (recipe.yaml) and reads it back on resume and export."""
+    from tunelab.config import dump_recipe, recipe_from_dict
+
+    recipe = recipe_from_dict({"data": {"sources": [{"path": "x.jsonl"}]}})
+    path = tmp_path / "recipe.yaml"
+    path.write_text(dump_recipe(recipe))
+    assert load_recipe(path).export.imatrix is None
 
 
 def test_an_iquant_without_an_importance_matrix_is_refused_with_the_format_that_exists(tiny_model_dir):

@@ -442,16 +442,21 @@ class ExportConfig(Strict):
         f"`gguf-lora`: the LoRA adapter alone as a GGUF, beside its base model's {LORA_BASE_QUANT} GGUF and an Ollama Modelfile "
         f"with FROM and ADAPTER (a LoRA or QLoRA run only).",
     )
-    imatrix: ImatrixConfig = Field(
-        default_factory=ImatrixConfig,
-        description=f"The importance matrix of the `_imat` formats ({', '.join(IMATRIX_FORMATS)}); only with one of them.",
+    imatrix: ImatrixConfig | None = Field(
+        None,
+        description=f"The importance matrix of the `_imat` formats ({', '.join(IMATRIX_FORMATS)}); only with one of them "
+        "(null: the defaults below).",
     )
     check_prompts: int = Field(8, gt=0, description="Prompts in the faithfulness check.")
     check_tokens: int = Field(16, gt=0, description="Greedy tokens compared per prompt.")
     evaluate: bool = Field(True, description="Also score the export with the evaluation metrics (quality delta).")
 
+    def imatrix_settings(self) -> ImatrixConfig:
+        """The importance-matrix settings in force: the given block, else its defaults."""
+        return self.imatrix or ImatrixConfig()
+
     def model_post_init(self, __context) -> None:
-        if "imatrix" in self.model_fields_set and not set(self.formats) & set(IMATRIX_FORMATS):
+        if self.imatrix is not None and not set(self.formats) & set(IMATRIX_FORMATS):
             raise ValueError(
                 f"export.imatrix applies to the importance-matrix formats only ({', '.join(IMATRIX_FORMATS)}), and export.formats "
                 f"has none of them: add one (e.g. gguf-q4_k_m_imat) or remove export.imatrix"

@@ -170,7 +170,7 @@ def check_can_export(plan: ExportPlan) -> None:
         converter_dir()
         check_gguf_architecture(weights_config_dir(plan.model_dir))
     if plan.imatrix_formats:
-        calibration_file(plan.run, plan.config.imatrix)
+        calibration_file(plan.run, plan.config.imatrix_settings())
         llama_tools()  # built here on first use: before the heavy work, not after it
     params = count_parameters(weights_config_dir(plan.model_dir))
     # an f16 GGUF is an intermediate of any quantization (the pair's base is quantized from one too, unless cached)
@@ -294,7 +294,7 @@ def _write_ggufs(plan: ExportPlan, stage: ExportDir, tokenizer, n_threads: int, 
     step("converted to f16")
     imatrix = None
     if plan.imatrix_formats:
-        source = calibration_file(plan.run, plan.config.imatrix)
+        source = calibration_file(plan.run, plan.config.imatrix_settings())
         imatrix = make_imatrix(f16, source, plan.config.imatrix, tokenizer, stage, n_threads)
         step(f"importance matrix from {imatrix['tokens']} tokens")
     for fmt in plan.ggufs:
