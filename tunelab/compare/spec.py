@@ -291,9 +291,14 @@ def config_id(recipe: Recipe) -> str:
     # how a run goes is not what it computes: hashed at the values every store began with, so a new default for
     # one of them (train.compile became `auto`) or a sweep that sets one re-runs nothing
     d["train"].update({key: HASHED_AS[key] for key in HOW_NOT_WHAT_TRAIN_FIELDS})
+    # a field added after the stores began is hashed only when it is set, so the ids runs already have hold
+    for section, key in ADDED_LATER:
+        if d[section].get(key) is None:
+            d[section].pop(key, None)
     return hash_obj(hashed_as_one_method(d))[:16]
 
 
+ADDED_LATER = [("export", "imatrix")]
 HASHED_AS = {"threads": None, "compile": False, "logging_steps": 5, "mlflow": False, "tensorboard": True}
 
 
