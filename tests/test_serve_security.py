@@ -271,6 +271,7 @@ def test_stop_sequences_end_the_answer_before_them(api):
 )
 # found by hypothesis in CI: '<' completes in the first piece while '><<', which starts earlier, is still open
 @example(text="><<", cuts=[2], stops=["<", "><<"])
+@example(text=">|", cuts=[], stops=["|", ">|<"])  # a stop held behind a longer one that never completes
 def test_stop_text_never_passes_a_stop_sequence(text, cuts, stops):
     """Whatever the piece boundaries, the output is the text up to its first stop sequence."""
     bounds = sorted({0, len(text), *[min(c, len(text)) for c in cuts]})

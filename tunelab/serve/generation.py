@@ -136,7 +136,11 @@ class StopText:
         """At the end of generation: what was held back, up to its first complete stop sequence."""
         text, self.held = ("" if self.hit else self.held), ""
         first = self._first_stop(text)
-        return text if first is None else text[:first]
+        if first is None:
+            return text
+        # a stop held back behind a longer one that never completed ('|' behind '>|<' on '>|') is a hit too
+        self.hit = True
+        return text[:first]
 
     def _first_stop(self, text: str) -> int | None:
         return min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=None)
