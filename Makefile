@@ -102,7 +102,9 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check .
 
 test: $(VENV)/.gguf-installed lint
-	$(BIN)/python -m pytest -q
+	# one worker per core, a test file per worker at a time (its module fixtures are made once); the shared
+	# cache is safe for concurrent use (tunelab.io.cache_lock)
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 test-slow: $(VENV)/.gguf-installed setup-imatrix
 	$(BIN)/python -m pytest -q -m slow

@@ -207,3 +207,34 @@ def test_serve_load_memory_slope_is_mib_per_thousand_requests():
     assert serve_load.memory_slope(leaking) == pytest.approx(250, rel=0.02)
     assert serve_load.memory_slope([(n, 300.0) for n in range(10)]) == pytest.approx(0, abs=1e-9)
     assert serve_load.memory_slope([(0, 300.0), (0, 310.0)]) != serve_load.memory_slope([(0, 300.0), (0, 310.0)])  # NaN: no requests yet
+
+
+# ---------------------------------------------------------------- the shared cache
+def _make_once(target: str, log: str) -> None:
+    """What resolve_model and base_model_gguf do under the lock: look, and make it only if it is not there."""
+    import time
+    from pathlib import Path
+
+    from tunelab.io import atomic_write_text, cache_lock
+
+    with cache_lock(target):
+        if not Path(target).exists():
+            with open(log, "a") as f:
+                f.write("made\n")
+            time.sleep(0.5)  # a conversion takes a while: the other process arrives meanwhile
+            atomic_write_text(target, "converted")
+
+
+def test_two_processes_needing_one_cache_entry_make_it_once(tmp_path):
+    """Two commands (or two pytest workers) that need the same conversion at once: one makes it, the other
+    waits and finds it (before the lock, both converted and swapped folders under each other)."""
+    import multiprocessing
+
+    target, log = tmp_path / "models" / "entry", tmp_path / "made.log"
+    procs = [multiprocessing.get_context("fork").Process(target=_make_once, args=(str(target), str(log))) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    assert log.read_text() == "made\n" and target.read_text() == "converted"

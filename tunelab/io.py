@@ -116,6 +116,22 @@ def read_jsonl_log(path: str | os.PathLike) -> tuple[list[tuple[int, dict]], boo
 
 
 @contextlib.contextmanager
+def cache_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock named for `path` (`.NAME.lock` beside it) while one process makes `path` in
+    tunelab's shared cache: two processes (two users' commands, or pytest's workers) that need the same
+    conversion at once then make it once, the second finding it made, instead of swapping folders
+    under each other."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # also releases the lock
+
+
+@contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; on success it is renamed to `path`.
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from tunelab.cpu import cpu, default_threads
 from tunelab.errors import TunelabError
-from tunelab.io import atomic_write_json
+from tunelab.io import atomic_write_json, cache_lock
 from tunelab.models.llama_cpp import LLAMA_CPP_VERSION, LlamaCppMissing, gguf_metadata, require_llama_cpp
 from tunelab.paths import cache_dir
 from tunelab.progress import console, progress_bar
@@ -249,16 +249,17 @@ def base_model_gguf(model_dir: Path, quant: str, *, threads: int | None = None) 
         "folder": str(model_dir),
         "files": {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(model_dir.iterdir()) if f.is_file()},
     }
-    recorded = json.loads(export.source_json.read_text()) if export.source_json.is_file() else None
-    if out.is_file() and recorded == source:
-        return out
-    if recorded != source:  # files made from another folder, or from these files before they changed
-        for stale in export.gguf_files():
-            stale.unlink()
-        export.source_json.unlink(missing_ok=True)
-    console.print(f"converting {model_dir.name} to a {quant} GGUF once (cached in {export.gguf})")
-    convert_and_quantize(model_dir, out, quant, threads=threads)
-    atomic_write_json(export.source_json, source)
+    with cache_lock(export.root):  # another process may be converting this base: wait, then find its file
+        recorded = json.loads(export.source_json.read_text()) if export.source_json.is_file() else None
+        if out.is_file() and recorded == source:
+            return out
+        if recorded != source:  # files made from another folder, or from these files before they changed
+            for stale in export.gguf_files():
+                stale.unlink()
+            export.source_json.unlink(missing_ok=True)
+        console.print(f"converting {model_dir.name} to a {quant} GGUF once (cached in {export.gguf})")
+        convert_and_quantize(model_dir, out, quant, threads=threads)
+        atomic_write_json(export.source_json, source)
     return out
 
 

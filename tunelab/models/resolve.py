@@ -24,7 +24,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from tunelab.errors import ModelNotFound
-from tunelab.io import atomic_dir
+from tunelab.io import atomic_dir, cache_lock
 from tunelab.models.catalog import CatalogModel, OfflinePackage, lookup
 from tunelab.paths import hub_offline, models_cache_dir
 from tunelab.progress import console
@@ -208,10 +208,11 @@ def resolve_model(ref: str, *, use_hub: bool = True) -> ResolvedModel:
         if local.is_file() and local.suffix == ".gguf":
             stat = local.stat()
             name = f"{local.stem}-{hashlib.sha1(f'{local.resolve()}:{stat.st_size}:{stat.st_mtime}'.encode()).hexdigest()[:8]}"
-            cached = _converted_cache(name)
-            if cached:
-                return ResolvedModel(cached, "cache", local.stem)
-            out = gguf_to_hf_folder(local, models_cache_dir() / cache_name(name), provenance={"gguf": str(local)})
+            with cache_lock(models_cache_dir() / cache_name(name)):  # another process may be converting it
+                cached = _converted_cache(name)
+                if cached:
+                    return ResolvedModel(cached, "cache", local.stem)
+                out = gguf_to_hf_folder(local, models_cache_dir() / cache_name(name), provenance={"gguf": str(local)})
             return ResolvedModel(out, "local", local.stem)
         raise ModelNotFound(f"{local} exists but is neither a Hugging Face model folder (no config.json) nor a .gguf file")
     tried.append(f"local path {local} (does not exist)")
@@ -239,10 +240,13 @@ def resolve_model(ref: str, *, use_hub: bool = True) -> ResolvedModel:
     if entry and entry.offline:
         parts = offline_parts(entry.offline)
         if parts:
-            gguf = assemble_gguf(entry.offline, parts)
-            out = gguf_to_hf_folder(
-                gguf, models_cache_dir() / cache_name(name), provenance={"catalog": name, "packages": list(entry.offline.pip_requirements)}
-            )
+            with cache_lock(models_cache_dir() / cache_name(name)):  # another process may be converting it
+                cached = _converted_cache(name)
+                if cached:
+                    return ResolvedModel(cached, "cache", name, entry)
+                gguf = assemble_gguf(entry.offline, parts)
+                provenance = {"catalog": name, "packages": list(entry.offline.pip_requirements)}
+                out = gguf_to_hf_folder(gguf, models_cache_dir() / cache_name(name), provenance=provenance)
             return ResolvedModel(out, "offline-package", name, entry)
         tried.append(f"offline package(s) {', '.join(entry.offline.pip_requirements)} (not installed)")
 
