@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from tunelab.cpu import cpu
+from tunelab.cpu import IDLE_LOAD, cpu, wait_until_idle
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -46,31 +46,28 @@ BUSY_WARNING = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags every bench script shares."""
     parser.add_argument("--results", type=Path, default=RESULTS, help="the results file whose section this run replaces")
-    parser.add_argument("--max-load", type=float, default=1.0, help="highest 1-minute load average at which figures are recorded")
+    parser.add_argument("--max-load", type=float, default=IDLE_LOAD, help="highest 1-minute load average at which figures are recorded")
     parser.add_argument(
         "--allow-busy", action="store_true", help="record even when the machine is busy (the section then says not to quote it)"
     )
 
 
-def check_idle(max_load: float = 1.0, allow_busy: bool = False, wait_s: float = 300.0, poll_s: float = 10.0) -> dict:
+def check_idle(max_load: float = IDLE_LOAD, allow_busy: bool = False, wait_s: float = 300.0, poll_s: float = 10.0) -> dict:
     """The load average before the run ({"load_before": (1, 5, 15 min), "busy": bool}); exits if the machine stays busy.
 
-    The 1-minute load must be at most `max_load`. A bench that just finished keeps it high for
-    about a minute, so this waits up to `wait_s` for it to fall before refusing. With
-    `allow_busy` it goes on at once, and write_section marks the figures as not to be quoted.
+    The 1-minute load must be at most `max_load`; tunelab.cpu.wait_until_idle waits up to `wait_s` for it
+    to fall. With `allow_busy` it goes on at once, and write_section marks the figures as not to be quoted.
     """
-    load = os.getloadavg()
-    deadline = time.monotonic() + wait_s
-    while load[0] > max_load and not allow_busy and time.monotonic() < deadline:
-        print(f"waiting for the machine to be idle: 1-minute load average {load[0]:.2f} > {max_load}", file=sys.stderr, flush=True)
-        time.sleep(poll_s)
+    if allow_busy:
         load = os.getloadavg()
-    if load[0] > max_load and not allow_busy:
+        return {"load_before": load, "busy": load[0] > max_load}
+    load, busy = wait_until_idle(max_load, wait_s, poll_s)
+    if busy:
         sys.exit(
             f"refusing to measure: the 1-minute load average is {load[0]:.2f} (above {max_load}) after waiting {wait_s:.0f} s, "
             "so other processes would be measured too. Run this on an idle machine, or pass --allow-busy to record figures marked as not to be quoted."
         )
-    return {"load_before": load, "busy": load[0] > max_load}
+    return {"load_before": load, "busy": False}
 
 
 def median_range(values: list[float], digits: int = 1, unit: str = "") -> str:

@@ -165,3 +165,14 @@ def test_a_sweep_names_the_python_sources_it_changed():
 
     sources = [{"path": "../data/code_alpaca_2k.json", "answers": "python"}, {"path": "stdlib", "format": "python_functions"}]
     assert describe_sources(sources) == "code_alpaca_2k.json (python answers) + stdlib functions"
+
+
+def test_a_file_that_does_not_parse_is_a_clear_error_naming_it(tmp_path):
+    """A user's source file that is not Python (a syntax error, another encoding) is named, not silently dropped."""
+    (tmp_path / "good.py").write_text('def add(a, b):\n    """Add two numbers."""\n    total = a + b\n    return total\n')
+    (tmp_path / "broken.py").write_text("def half(x):\n    return x /\n")
+    with pytest.raises(DataError, match=r"broken\.py:2: is not Python this interpreter reads \(SyntaxError: invalid syntax\)"):
+        pf.documented_functions(str(tmp_path))
+    (tmp_path / "broken.py").write_bytes(b"# caf\xe9\ndef f():\n    pass\n")
+    with pytest.raises(DataError, match=r"broken\.py: is not Python this interpreter reads \(UnicodeDecodeError"):
+        pf.documented_functions(str(tmp_path))

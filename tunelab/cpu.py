@@ -14,6 +14,8 @@ from the platform: it asks `cpu()` and uses one of the decisions below. Each is 
   dies with a general protection fault (llama.cpp issue 20824), so tunelab turns repacking off
   there; everywhere else repacking is llama.cpp's default and stays on.
 - `default_threads()`: torch's and llama.cpp's threads.
+- `wait_until_idle()`: whether the machine is idle enough to time anything on it (the benches and a
+  sweep's serving cost both ask it before measuring).
 - `label`: how a bench names the CPU its figures were taken on (bench/RESULTS.md has a section
   per bench and CPU).
 
@@ -25,6 +27,8 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -142,6 +146,24 @@ def default_threads() -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     share = cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     return int(os.environ.get("TUNELAB_THREADS", "0")) or max(1, share)
+
+
+IDLE_LOAD = 1.0  # the 1-minute load average at or below which nothing else is running to speak of
+
+
+def wait_until_idle(max_load: float = IDLE_LOAD, wait_s: float = 300.0, poll_s: float = 10.0) -> tuple[tuple[float, float, float], bool]:
+    """(the load average, still busy?) once the 1-minute load is at most `max_load`, or after `wait_s`.
+
+    Two busy processes on two cores slow each other many times over, so a speed taken beside other work
+    says little. A job that just finished keeps the 1-minute load high for about a minute: waiting a
+    few minutes lets measurements run one after another."""
+    load = os.getloadavg()
+    deadline = time.monotonic() + wait_s
+    while load[0] > max_load and time.monotonic() < deadline:
+        print(f"waiting for the machine to be idle: 1-minute load average {load[0]:.2f} > {max_load}", file=sys.stderr, flush=True)
+        time.sleep(poll_s)
+        load = os.getloadavg()
+    return load, load[0] > max_load
 
 
 @functools.cache

@@ -20,9 +20,10 @@ from statistics import mean, stdev
 
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from rich.markup import escape
 from rich.table import Table
 
-from tunelab.compare import tradeoff
+from tunelab.compare import serving, tradeoff
 from tunelab.compare.spec import load_sweep
 from tunelab.compare.store import ResultsStore, store_path
 from tunelab.compare.wording import change_phrase, changes_phrase
@@ -372,12 +373,15 @@ def build_report(store: ResultsStore, out: Path, config_ids: set[str] | None = N
     plots = {m: plot_metric(m, rows, out / "plots" / f"{m}.png") for m in metrics}
     found = findings(rows, baseline) if baseline else []
     cost = gain_against_cost(store, rows, metrics, out)
+    serving_cost = quality_against_serving_cost(store, rows, cost["task_metric"], out)
+    sections = [cost] + ([serving_cost] if serving_cost else [])
 
     intro = _intro(store, baseline)
-    atomic_write_text(out / "report.md", _markdown(name, intro, unfinished, found, cost, header, body, metrics))
-    atomic_write_text(out / "report.html", _html(name, intro, unfinished, found, cost, header, body, plots))
+    atomic_write_text(out / "report.md", _markdown(name, intro, unfinished, found, sections, header, body, metrics))
+    atomic_write_text(out / "report.html", _html(name, intro, unfinished, found, sections, header, body, plots))
     return {
         "gain_against_cost": cost,
+        "serving_cost": serving_cost,
         "rows": rows,
         "baseline": baseline,
         "metrics": metrics,
@@ -406,12 +410,45 @@ def gain_against_cost(store: ResultsStore, rows: list[Row], metrics: list[str], 
     plot = tradeoff.plot(points, task_metric, general_metric, front, out / "plots" / "gain_vs_cost.png") if general_metric else None
     sentence = tradeoff.verdict_sentence(points, task_metric, general_metric)
     return {
+        "title": COST_TITLE,
+        "intro": COST_INTRO,
         "task_metric": task_metric,
         "general_metric": general_metric,
         "sentence": sentence,
         "header": header,
         "body": body,
         "plot": plot,
+    }
+
+
+def quality_against_serving_cost(store: ResultsStore, rows: list[Row], task_metric: str, out: Path) -> dict | None:
+    """Each timed variant's quality beside what its GGUF costs to serve: words, table, plot, serving.csv (None: the
+    sweep has no `serving:` block and nothing was timed)."""
+    timed = {}
+    for run in store.runs("variant"):
+        cost = store.serving(run["id"])
+        if cost is not None:
+            timed.setdefault(run["variant"], cost)  # a variant's seeds train the same model: its first timed run
+    if not timed and store.get_meta("serving") is None:
+        return None
+    by_name = {r.name: r for r in rows if r.kind == "variant" and r.name in timed and task_metric in r.stats}
+    points = [serving.ServingPoint(name, row.stats[task_metric], timed[name]) for name, row in by_name.items()]
+    if points:
+        best = serving.best_quality(points, task_metric)
+        for p in points:
+            p.vs_best = None if p is best else paired_on_shared_ids(by_name[p.name], by_name[best.name], task_metric)
+    front = serving.pareto_front(points, task_metric)
+    header, body = serving.table(points, task_metric, front)
+    buf = io.StringIO()
+    csv.writer(buf).writerows([header, *body])
+    atomic_write_text(out / "serving.csv", buf.getvalue())
+    return {
+        "title": serving.TITLE,
+        "intro": serving.INTRO,
+        "sentence": serving.recommendation(points, task_metric),
+        "header": header,
+        "body": body,
+        "plot": serving.plot(points, task_metric, front, out / "plots" / "quality_vs_speed.png"),
     }
 
 
@@ -435,7 +472,7 @@ COST_INTRO = (
 )
 
 
-def _markdown(name, intro, unfinished, found, cost, header, body, metrics) -> str:
+def _markdown(name, intro, unfinished, found, sections, header, body, metrics) -> str:
     md = [f"# Sweep report: {name}", "", intro, ""]
     if unfinished:
         md += [f"Not finished yet (left out): {', '.join(unfinished)}.", ""]
@@ -444,11 +481,12 @@ def _markdown(name, intro, unfinished, found, cost, header, body, metrics) -> st
         md += ["Only the baseline has finished; nothing to compare yet.", ""]
     for title, summary, sentences in found:
         md += [f"### {title}", ""] + [line for s in summary for line in (f"**{s}**", "")] + [f"- {text}" for _, text in sentences] + [""]
-    md += [f"## {COST_TITLE}", "", f"**{cost['sentence']}**", "", COST_INTRO, ""]
-    if cost["body"]:
-        md += [markdown_table(cost["header"], cost["body"]), ""]
-    if cost["plot"]:
-        md += [f"![{COST_TITLE}](plots/{cost['plot'].name})", ""]
+    for sec in sections:  # gain against cost; quality against serving cost
+        md += [f"## {sec['title']}", "", f"**{sec['sentence']}**", "", sec["intro"], ""]
+        if sec["body"]:
+            md += [markdown_table(sec["header"], sec["body"]), ""]
+        if sec["plot"]:
+            md += [f"![{sec['title']}](plots/{sec['plot'].name})", ""]
     md += ["## Results", "", markdown_table(header, body), ""]
     md += ["## Plots", ""] + [f"![{metric_name(m)}](plots/{m}.png)" for m in metrics] + [""]
     return "\n".join(md)
@@ -457,7 +495,7 @@ def _markdown(name, intro, unfinished, found, cost, header, body, metrics) -> st
 HTML_CLASS = {"better": "better", "worse": "worse", "same": ""}  # verdict -> CSS class of its sentence
 
 
-def _html(name, intro, unfinished, found, cost, header, body, plots: dict[str, Path]) -> str:
+def _html(name, intro, unfinished, found, sections, header, body, plots: dict[str, Path]) -> str:
     h = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>Sweep report: {html.escape(name)}</title>",
         "<style>body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
@@ -471,13 +509,15 @@ def _html(name, intro, unfinished, found, cost, header, body, plots: dict[str, P
     for title, summary, sentences in found:
         h.append(f"<h3>{html.escape(title)}</h3>" + "".join(f"<p><b>{html.escape(s.replace('`', ''))}</b></p>" for s in summary))
         h.append("<ul>" + "".join(f"<li class='{HTML_CLASS[v]}'>{html.escape(text)}</li>" for v, text in sentences) + "</ul>")
-    h.append(f"<h2>{COST_TITLE}</h2><p><b>{html.escape(cost['sentence'].replace('`', ''))}</b></p><p>{html.escape(COST_INTRO)}</p>")
-    if cost["body"]:
-        h.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cost["header"]) + "</tr>")
-        h += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cost["body"]]
-        h.append("</table>")
-    if cost["plot"]:
-        h.append(f"<p><img alt='{COST_TITLE}' src='data:image/png;base64,{base64.b64encode(cost['plot'].read_bytes()).decode()}'></p>")
+    for sec in sections:
+        h.append(f"<h2>{sec['title']}</h2><p><b>{html.escape(sec['sentence'].replace('`', ''))}</b></p><p>{html.escape(sec['intro'])}</p>")
+        if sec["body"]:
+            h.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in sec["header"]) + "</tr>")
+            h += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in sec["body"]]
+            h.append("</table>")
+        if sec["plot"]:
+            data = base64.b64encode(sec["plot"].read_bytes()).decode()
+            h.append(f"<p><img alt='{sec['title']}' src='data:image/png;base64,{data}'></p>")
     h.append("<h2>Results</h2><table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in header) + "</tr>")
     h += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body]
     h.append("</table><h2>Plots</h2>")
@@ -514,7 +554,7 @@ def print_results(result: dict) -> None:
     for c in ["variant", "changed setting", "train s", "tokens/s", "seeds"]:
         table.add_column(c, overflow="fold")
     for cells in result["body"]:
-        table.add_row(cells[0], cells[1], *cells[-3:])
+        table.add_row(cells[0], escape(cells[1]), *cells[-3:])  # escaped: a list value like [gguf-q8_0] is no style tag
     print_table(table)
     if HUMAN_COLUMN in result["header"]:
         column = result["header"].index(HUMAN_COLUMN)
@@ -524,21 +564,22 @@ def print_results(result: dict) -> None:
         for cells in result["body"]:
             table.add_row(cells[0], cells[column])
         print_table(table)
-    cost = result["gain_against_cost"]
-    if cost["body"]:
-        table = Table(title=f"{COST_TITLE.lower()}: each variant against its untuned base model, paired bootstrap")
-        for c in cost["header"]:
-            table.add_column(c, overflow="fold")
-        for cells in cost["body"]:
-            table.add_row(*cells)
-        print_table(table)
-    results.print(cost["sentence"].replace("`", ""))
+    subtitles = {COST_TITLE: "each variant against its untuned base model, paired bootstrap", serving.TITLE: "batch 1, idle machine"}
+    for sec in filter(None, [result["gain_against_cost"], result.get("serving_cost")]):
+        if sec["body"]:
+            table = Table(title=f"{sec['title'].lower()}: {subtitles[sec['title']]}")
+            for c in sec["header"]:
+                table.add_column(c, overflow="fold")
+            for cells in sec["body"]:
+                table.add_row(*map(escape, cells))
+            print_table(table)
+        results.print(escape(sec["sentence"].replace("`", "")))
     for title, summary, sentences in result["findings"]:  # results too: stdout, beside the tables
         results.print(f"[bold]{title}[/]")
         for s_ in summary:
-            results.print("  " + s_.replace("`", ""))
+            results.print("  " + escape(s_.replace("`", "")))
         for _, text in sentences:
-            results.print("  - " + text)
+            results.print("  - " + escape(text))
 
 
 def compare_cli(sweep_file: str | Path, out: str | Path | None = None) -> dict:

@@ -128,6 +128,18 @@ class HeldoutSpec(Strict):
     seed: int = 0
 
 
+class ServingSpec(Strict):
+    """`serving:` in a sweep file: measure what each variant's GGUF costs to serve on this CPU (tunelab.serve.cost)."""
+
+    prompts: int = Field(3, gt=0, description="How many held-out prompts (the first ones) each GGUF answers; the medians are kept.")
+    tokens: int = Field(128, gt=0, description="New tokens per answer at most (greedy; an answer may end sooner).")
+    wait_idle_s: float = Field(
+        600,
+        ge=0,
+        description="How long to wait for an idle machine before each measurement; still busy, it is left for the next `tunelab sweep`.",
+    )
+
+
 class VariantSpec(Strict):
     name: str
     set: dict[str, Any] = Field(default_factory=dict)
@@ -148,6 +160,12 @@ class SweepSpec(Strict):
         None,
         description="The task metric `tunelab compare` weighs against general ability (default: the recipe's eval.task, "
         "else its first eval.metrics entry; bertscore means BERTScore F1).",
+    )
+    serving: ServingSpec | None = Field(
+        None,
+        description="Measure what each variant costs to serve on this CPU: every variant exports its recipe's merged GGUF formats before "
+        "it is evaluated, and after the sweep its GGUF (the one eval.generation_backend 'gguf' scores) is timed at batch 1, one at a "
+        "time on an idle machine. `tunelab compare` then shows quality against tokens/s.",
     )
 
 

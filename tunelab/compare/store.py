@@ -11,6 +11,8 @@ Tables:
        train_seconds, tokens_per_second, eval_seconds, started, finished, error)
   metrics(run_id, metric, mean, low, high, n)
   scores(run_id, example_id, metric, value)  per-example scores for paired comparisons
+  serving(run_id, file, bytes, ttft_seconds, tokens_per_second, peak_rss_mib, threads, cpu,
+          load_before, load_after, measured)  what the run's GGUF costs to serve (tunelab.serve.cost)
 """
 
 from __future__ import annotations
@@ -52,7 +54,23 @@ CREATE TABLE IF NOT EXISTS scores (
   run_id TEXT NOT NULL, example_id TEXT NOT NULL, metric TEXT NOT NULL, value REAL,
   PRIMARY KEY (run_id, example_id, metric)
 );
+CREATE TABLE IF NOT EXISTS serving (
+  run_id TEXT PRIMARY KEY, file TEXT NOT NULL, bytes INTEGER, ttft_seconds REAL, tokens_per_second REAL,
+  peak_rss_mib REAL, threads INTEGER, cpu TEXT, load_before REAL, load_after REAL, measured TEXT
+);
 """
+SERVING_FIELDS = [
+    "file",
+    "bytes",
+    "ttft_seconds",
+    "tokens_per_second",
+    "peak_rss_mib",
+    "threads",
+    "cpu",
+    "load_before",
+    "load_after",
+    "measured",
+]
 
 FIELDS = [
     "variant",
@@ -172,6 +190,22 @@ class ResultsStore:
             if r["value"] is not None:
                 out.setdefault(r["metric"], {})[r["example_id"]] = r["value"]
         return out
+
+    # ---------------------------------------------------------------- serving cost
+    def save_serving(self, run_id: str, values: dict[str, Any]) -> None:
+        """What the run's GGUF costs to serve (SERVING_FIELDS), replacing an earlier measurement."""
+        unknown = set(values) - set(SERVING_FIELDS)
+        if unknown:
+            raise KeyError(f"unknown serving fields: {unknown}")
+        cols = ["run_id", *values]
+        with self.transaction() as db:
+            db.execute(
+                f"INSERT OR REPLACE INTO serving({', '.join(cols)}) VALUES({', '.join('?' for _ in cols)})", (run_id, *values.values())
+            )
+
+    def serving(self, run_id: str) -> dict | None:
+        row = self.db.execute("SELECT * FROM serving WHERE run_id=?", (run_id,)).fetchone()
+        return dict(row) if row else None
 
 
 def _row(row: sqlite3.Row) -> dict:

@@ -11,8 +11,9 @@ Order of work, so that no variant can see the test data and errors surface befor
    recipe's `eval.general_ability` set, every row is also scored on that benchmark sample, per
    question, so `tunelab compare` can weigh each variant's task gain against its general ability.
 Finished runs are skipped; a run stopped half-way resumes from its last checkpoint. A variant that
-differs from a trained one only in `train.interpolation` reuses its training (the interpolation is
-applied when the model loads), so a sweep over α costs one training.
+differs from a trained one only in what training does not compute (`train.interpolation`, applied when
+the model loads; `export.*`; `eval.*`) reuses its training, so a sweep over α or over GGUF formats costs
+one training.
 """
 
 from __future__ import annotations
@@ -26,12 +27,23 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
-from tunelab.compare.spec import Sweep, Variant, hash_obj, load_sweep, recipe_changes, resolved_dict
+from tunelab.compare.spec import ServingSpec, Sweep, Variant, hash_obj, load_sweep, recipe_changes, resolved_dict
 from tunelab.compare.store import ResultsStore, store_path
 from tunelab.compare.wording import change_phrase
-from tunelab.config import DataSource, EvalConfig, GeneralAbilityConfig, Recipe, recipe_from_dict, write_recipe
+from tunelab.config import (
+    LORA_BASE_QUANT,
+    MERGED_GGUF_FORMATS,
+    DataSource,
+    EvalConfig,
+    GeneralAbilityConfig,
+    Recipe,
+    recipe_from_dict,
+    write_recipe,
+)
+from tunelab.cpu import cpu, wait_until_idle
 from tunelab.data.loaders import load_examples
 from tunelab.data.prepare import prepare_data
 from tunelab.data.schema import content_hash, split_hash
@@ -39,14 +51,19 @@ from tunelab.errors import ConfigError, DataError, TunelabError
 from tunelab.evaluate.benchmark import benchmark_name, benchmark_path, question_scores, run_general_ability
 from tunelab.evaluate.code import benchmark_name as code_benchmark_name
 from tunelab.evaluate.code import problem_scores, run_code_benchmark
+from tunelab.evaluate.examples import split_example
+from tunelab.evaluate.generation import run_gguf
 from tunelab.evaluate.metric_facts import benchmark_metric
 from tunelab.evaluate.preference import evaluate_preferences, has_pairs, store_rows
 from tunelab.evaluate.run import evaluate_models
+from tunelab.export.llama_cpp import base_model_gguf
 from tunelab.export.run import export_run
 from tunelab.io import atomic_dir, atomic_write_json, atomic_write_jsonl, read_jsonl
+from tunelab.models import resolve_model
 from tunelab.models.load import set_threads
 from tunelab.progress import console, print_table, progress_bar
 from tunelab.runs import DEFAULT_RUNS_DIR, EvalDir, RunDir, now, read_model_info, write_model_info
+from tunelab.serve.cost import serving_cost
 from tunelab.train.run import train_recipe, training_fingerprint
 
 # the general-ability metric weighed against the task gain: lm-evaluation-harness's acc, as the forgetting verdict reports it
@@ -302,7 +319,7 @@ def training_key(recipe: Recipe) -> str:
 
 
 def trained_twin(run: PlannedRun, planned: list[PlannedRun]) -> PlannedRun | None:
-    """A trained run of this sweep whose training is this run's (it may differ in train.interpolation only)."""
+    """A trained run of this sweep whose training is this run's (it may differ in train.interpolation, export or eval)."""
     key = training_key(run.recipe)
     for other in planned:
         if other.recipe is not None and other is not run and train_done(other.run_dir) and training_key(other.recipe) == key:
@@ -314,7 +331,9 @@ def reuse_training(twin: PlannedRun, run: PlannedRun) -> None:
     """Give `run` its twin's trained weights and training record; its own interpolation is written into its model
     info, which every loader applies (models/interpolate.py). The summary is written last: it marks training done."""
     source, rd = RunDir(twin.run_dir), RunDir(run.run_dir)
-    console.print(f"[bold]{run.recipe.name}[/]: reusing the training of {twin.recipe.name} (they differ in train.interpolation only)")
+    console.print(
+        f"[bold]{run.recipe.name}[/]: reusing the training of {twin.recipe.name} (training is the same: they differ in train.interpolation, export or eval)"
+    )
     with atomic_dir(rd.model) as tmp:
         shutil.copytree(source.model, tmp, dirs_exist_ok=True)
         info = read_model_info(tmp)
@@ -382,7 +401,9 @@ def evaluate_run(run: PlannedRun, sweep: Sweep, heldout: Heldout, store: Results
     start = time.perf_counter()
     name = run.variant.name if run.variant else "base"
     cfg = eval_config(sweep, heldout)
-    result = evaluate_models([run.model_ref], heldout.examples, cfg.for_held_out(), out, names=[name])
+    if run.variant is not None and sweep.spec.serving is not None:
+        export_for_serving(run)
+    result = evaluate_models([answering_model(run, cfg)], heldout.examples, cfg.for_held_out(), out, names=[name])
     metrics, scores = collect_scores(result, out, name)
     if cfg.task == "code":
         code_metrics, code_scores = evaluate_code(run, cfg, name)
@@ -406,6 +427,15 @@ def evaluate_run(run: PlannedRun, sweep: Sweep, heldout: Heldout, store: Results
     seconds = time.perf_counter() - start
     store.save_results(run.run_id, metrics, scores)
     store.set_status(run.run_id, "done", eval_seconds=seconds, error=None)
+
+
+def answering_model(run: PlannedRun, cfg: EvalConfig) -> str:
+    """What answers the held-out prompts: the run (its own GGUF with `eval.generation_backend: gguf`), or for a
+    reference row the untuned base model, which with the GGUF backend answers from its Q8_0 GGUF (converted once
+    and cached, as the code benchmark and gguf-lora do) since it has no export of its own."""
+    if run.variant is None and cfg.generation_backend == "gguf":
+        return str(base_model_gguf(resolve_model(run.model_ref).path, LORA_BASE_QUANT))
+    return run.model_ref
 
 
 def evaluate_code(run: PlannedRun, cfg: EvalConfig, name: str) -> tuple[dict[str, dict], list[tuple[str, str, float]]]:
@@ -433,6 +463,57 @@ def collect_scores(result: dict, out: Path, name: str) -> tuple[dict[str, dict],
             if metric in metrics and isinstance(value, (int, float)) and math.isfinite(value):
                 scores.append((str(row["id"]), metric, float(value)))
     return metrics, scores
+
+
+# ---------------------------------------------------------------- what each variant costs to serve
+def export_for_serving(run: PlannedRun) -> None:
+    """Write the merged GGUF formats of the variant's recipe (with its export settings and faithfulness check), once."""
+    rd = RunDir(run.run_dir)
+    have = rd.export_dir.ggufs_by_quant()
+    missing = [f for f in run.recipe.export.formats if f in MERGED_GGUF_FORMATS and f.removeprefix("gguf-") not in have]
+    if missing:
+        export_run(run.run_dir, missing)
+
+
+def serving_prompts(heldout: Heldout, n: int) -> list[list[dict]]:
+    """The first `n` held-out examples as the model is asked them (every message before the reference answer)."""
+    return [split_example(ex, i, str(heldout.path))["prompt"] for i, ex in enumerate(heldout.examples[:n])]
+
+
+def measure_serving_all(runs: list[PlannedRun], spec: ServingSpec, heldout: Heldout, store: ResultsStore) -> None:
+    """Time each finished variant's GGUF (the one `eval.generation_backend: gguf` scores), one at a time on an idle
+    machine; a GGUF measured before is not measured again, and one the machine was too busy for waits for the next sweep."""
+    todo = []
+    for r in runs:
+        gguf = run_gguf(r.run_dir) if r.variant is not None and (store.get_run(r.run_id) or {}).get("status") == "done" else None
+        if gguf is not None and (store.serving(r.run_id) or {}).get("file") != str(gguf):
+            todo.append((r, gguf))
+    prompts = serving_prompts(heldout, spec.prompts)
+    for r, gguf in todo:
+        load, busy = wait_until_idle(wait_s=spec.wait_idle_s)
+        if busy:
+            console.print(
+                f"[yellow]serving cost of {r.recipe.name} not measured:[/] the 1-minute load average is {load[0]:.2f} "
+                f"(other work would be timed too); `tunelab sweep` again on an idle machine measures it"
+            )
+            continue
+        console.print(f"timing [bold]{r.recipe.name}[/]'s {gguf.name} at batch 1 ({len(prompts)} prompts, up to {spec.tokens} tokens each)")
+        cost = serving_cost(gguf, prompts, tokens=spec.tokens, threads=r.recipe.train.threads)
+        store.save_serving(
+            r.run_id,
+            {
+                "file": str(gguf),
+                "bytes": cost["bytes"],
+                "ttft_seconds": cost["ttft_seconds"],
+                "tokens_per_second": cost["tokens_per_second"],
+                "peak_rss_mib": cost["peak_rss_mib"],
+                "threads": cost["threads"],
+                "cpu": cpu().label,
+                "load_before": cost["load_average"]["before"],
+                "load_after": cost["load_average"]["after"],
+                "measured": now(),
+            },
+        )
 
 
 # ---------------------------------------------------------------- the sweep
@@ -470,15 +551,19 @@ def run_sweep(sweep: Sweep, shard: str | None = None, only: list[str] | None = N
             register(store, sweep, r)
         todo = [r for r in runs if (store.get_run(r.run_id) or {}).get("status") != "done"]
         skipped = len(runs) - len(todo)
+        done, failed = 0, []
         if not todo:
             console.print(f"[green]sweep '{sweep.name}': all {len(runs)} runs already in the store[/] ({store.path})")
-            return {"done": 0, "skipped": skipped, "failed": []}
-        if skipped:
-            console.print(f"sweep '{sweep.name}': {skipped} finished runs skipped, {len(todo)} to do")
-        set_threads(sweep.baseline.recipe.train.threads)
-        prepare_all(todo, heldout, store)  # every variant's data, and the overlap check, before any training
-        done, failed = train_and_evaluate_all(todo, sweep, heldout, store, planned, general)
-        write_sweep_summary(sweep, heldout)
+        else:
+            if skipped:
+                console.print(f"sweep '{sweep.name}': {skipped} finished runs skipped, {len(todo)} to do")
+            set_threads(sweep.baseline.recipe.train.threads)
+            prepare_all(todo, heldout, store)  # every variant's data, and the overlap check, before any training
+            done, failed = train_and_evaluate_all(todo, sweep, heldout, store, planned, general)
+            write_sweep_summary(sweep, heldout)
+        if sweep.spec.serving is not None:
+            store.set_meta("serving", json.dumps(sweep.spec.serving.model_dump()))  # `tunelab compare` shows the section
+            measure_serving_all(runs, sweep.spec.serving, heldout, store)
         return {"done": done, "skipped": skipped, "failed": failed}
 
 
@@ -568,7 +653,8 @@ def describe_plan(sweep: Sweep) -> None:
         changes = recipe_changes(sweep.baseline.recipe, v.recipe)
         text = "(baseline)" if v is sweep.baseline else "; ".join(change_phrase(k, a, b, plain=True) for k, (a, b) in changes.items())
         states = [status.get(f"{v.config_id}-s{s}", "new") for s in sweep.seeds]
-        table.add_row(v.name, "+".join(sorted(v.kinds)) or "-", text, ",".join(map(str, sweep.seeds)), ",".join(states))
+        # escaped: a list value such as [gguf-q8_0] reads to Rich as a style tag and would vanish
+        table.add_row(v.name, "+".join(sorted(v.kinds)) or "-", escape(text), ",".join(map(str, sweep.seeds)), ",".join(states))
     print_table(table)
 
 

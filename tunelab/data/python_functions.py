@@ -98,8 +98,16 @@ def documented_functions(path: str) -> list[dict]:
         try:
             text = file.read_text(encoding="utf-8")
             tree = ast.parse(text)
-        except (UnicodeDecodeError, SyntaxError, ValueError):
-            continue  # files of another Python version or encoding: not examples of this one
+        except (UnicodeDecodeError, SyntaxError, ValueError) as err:
+            if path == STDLIB:
+                continue  # the standard library ships a few files of another Python version or encoding on purpose
+            line = getattr(err, "lineno", None)  # a user's file that does not parse is a mistake to see, not data to lose
+            raise DataError(
+                f"{file}:{line}" if line else str(file),
+                None,
+                None,
+                f"is not Python this interpreter reads ({type(err).__name__}: {getattr(err, 'msg', err)}): fix it, or move it out of the source",
+            ) from None
         lines, imports = text.splitlines(keepends=True), module_imports(tree)
         for node in tree.body:
             if isinstance(node, ast.FunctionDef) and (parts := function_parts(node, lines, imports)):
