@@ -30,7 +30,6 @@ import shlex
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from tunelab.cpu import IDLE_LOAD, cpu, wait_until_idle

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import os
 import shutil
@@ -24,6 +25,14 @@ DIR_MODE = 0o777 & ~_UMASK  # what mkdir() would give; mkdtemp alone gives 0700
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_png(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """A matplotlib Figure laid out and written as a PNG at `path` (atomic: a report never shows half a plot)."""
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

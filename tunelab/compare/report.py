@@ -33,7 +33,7 @@ from tunelab.evaluate.metric_facts import ALPHA, higher_is_better, reported, spl
 from tunelab.evaluate.metric_facts import display_scale as scale
 from tunelab.evaluate.metric_facts import label as metric_name
 from tunelab.evaluate.stats import bootstrap_ci, paired_bootstrap
-from tunelab.io import atomic_write_bytes, atomic_write_text
+from tunelab.io import atomic_write_png, atomic_write_text
 from tunelab.progress import console, print_table, results
 
 BOOTSTRAP_SAMPLES = 2000
@@ -349,10 +349,7 @@ def plot_metric(metric: str, rows: list[Row], path: Path) -> Path:
     legend = {"reference": "base model", "baseline": "baseline", "model": "model-centric", "data": "data-centric", "both": "both kinds"}
     used = {"reference" if r.kind == "reference" else "baseline" if r.is_baseline else section_of(r) for r in shown}
     ax.legend(handles=[Patch(color=colours[k], label=label) for k, label in legend.items() if k in used], fontsize=7, loc="best")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    return atomic_write_bytes(path, buf.getvalue())
+    return atomic_write_png(fig, path)
 
 
 # ---------------------------------------------------------------- report

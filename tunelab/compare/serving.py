@@ -13,14 +13,13 @@ the Pareto front: variants no other variant beats on both at once.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
 from tunelab.evaluate.metric_facts import display_scale, higher_is_better, label, verdict
-from tunelab.io import atomic_write_bytes
+from tunelab.io import atomic_write_png
 
 TITLE = "Quality against serving cost on this CPU"
 INTRO = (
@@ -135,7 +134,4 @@ def plot(points: list[ServingPoint], metric: str, front: set[str], path: Path) -
     ax.set_xlabel("generation tokens/s at batch 1 on this CPU")
     ax.set_ylabel(f"{label(metric)}{' (points)' if k == 100.0 else ''}{lower}")
     ax.set_title("Quality against serving speed (95% CI; ★ Pareto front; label: GGUF size)", fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    return atomic_write_bytes(path, buf.getvalue())
+    return atomic_write_png(fig, path)

@@ -11,7 +11,6 @@ ability is not measurably worse: its difference is not a real loss by the one ru
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from matplotlib.figure import Figure
 
 from tunelab.compare.wording import changes_phrase
 from tunelab.evaluate.metric_facts import display_scale, higher_is_better, label, verdict
-from tunelab.io import atomic_write_bytes
+from tunelab.io import atomic_write_png
 
 
 @dataclass
@@ -154,7 +153,4 @@ def plot(points: list[Point], task_metric: str, general_metric: str, front: set[
     ax.set_xlabel(f"Δ {label(task_metric)}{unit(kx)} vs the untuned base model{lower}")
     ax.set_ylabel(f"Δ {label(general_metric)}{unit(ky)} vs the untuned base model")
     ax.set_title("Gain against cost (95% CI; ★ Pareto front; blue: general ability kept, red: lost)", fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    return atomic_write_bytes(path, buf.getvalue())
+    return atomic_write_png(fig, path)
