@@ -353,6 +353,12 @@ def plot_metric(metric: str, rows: list[Row], path: Path) -> Path:
 
 
 # ---------------------------------------------------------------- report
+def write_csv(path: Path, header: list[str], body: list[list[str]]) -> None:
+    buf = io.StringIO()
+    csv.writer(buf).writerows([header, *body])
+    atomic_write_text(path, buf.getvalue())
+
+
 def build_report(store: ResultsStore, out: Path, config_ids: set[str] | None = None, title: str | None = None) -> dict:
     """Write results.csv, plots/<metric>.png, report.md and report.html into `out`; return the numbers."""
     rows, unfinished = load_rows(store, config_ids)
@@ -364,9 +370,7 @@ def build_report(store: ResultsStore, out: Path, config_ids: set[str] | None = N
     name = title or store.get_meta("sweep_name") or out.name
 
     out.mkdir(parents=True, exist_ok=True)
-    buf = io.StringIO()
-    csv.writer(buf).writerows([header, *body])
-    atomic_write_text(out / "results.csv", buf.getvalue())
+    write_csv(out / "results.csv", header, body)
     plots = {m: plot_metric(m, rows, out / "plots" / f"{m}.png") for m in metrics}
     found = findings(rows, baseline) if baseline else []
     cost = gain_against_cost(store, rows, metrics, out)
@@ -401,9 +405,7 @@ def gain_against_cost(store: ResultsStore, rows: list[Row], metrics: list[str], 
     ]
     front = tradeoff.pareto_front(points, task_metric)
     header, body = tradeoff.table(points, task_metric, general_metric, front)
-    buf = io.StringIO()
-    csv.writer(buf).writerows([header, *body])
-    atomic_write_text(out / "tradeoff.csv", buf.getvalue())
+    write_csv(out / "tradeoff.csv", header, body)
     plot = tradeoff.plot(points, task_metric, general_metric, front, out / "plots" / "gain_vs_cost.png") if general_metric else None
     sentence = tradeoff.verdict_sentence(points, task_metric, general_metric)
     return {
@@ -436,9 +438,7 @@ def quality_against_serving_cost(store: ResultsStore, rows: list[Row], task_metr
             p.vs_best = None if p is best else paired_on_shared_ids(by_name[p.name], by_name[best.name], task_metric)
     front = serving.pareto_front(points, task_metric)
     header, body = serving.table(points, task_metric, front)
-    buf = io.StringIO()
-    csv.writer(buf).writerows([header, *body])
-    atomic_write_text(out / "serving.csv", buf.getvalue())
+    write_csv(out / "serving.csv", header, body)
     return {
         "title": serving.TITLE,
         "intro": serving.INTRO,

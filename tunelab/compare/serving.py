@@ -18,6 +18,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from tunelab.compare.tradeoff import non_dominated
 from tunelab.evaluate.metric_facts import display_scale, higher_is_better, label, verdict
 from tunelab.io import atomic_write_png
 
@@ -38,25 +39,10 @@ class ServingPoint:
     vs_best: dict | None = None  # paired difference against the best-quality variant (None for that variant itself)
 
 
-def better_quality(metric: str, a: float, b: float) -> bool:
-    return a > b if higher_is_better(metric) else a < b
-
-
 def pareto_front(points: list[ServingPoint], metric: str) -> set[str]:
     """Variants no other variant beats on quality and tokens/s at once."""
-    front = set()
-    for p in points:
-        q, s = p.quality["mean"], p.cost["tokens_per_second"] or 0.0
-        beaten = False
-        for o in points:
-            oq, os_ = o.quality["mean"], o.cost["tokens_per_second"] or 0.0
-            no_worse = not better_quality(metric, q, oq) and os_ >= s
-            if o is not p and no_worse and (better_quality(metric, oq, q) or os_ > s):
-                beaten = True
-                break
-        if not beaten:
-            front.add(p.name)
-    return front
+    sign = 1.0 if higher_is_better(metric) else -1.0
+    return non_dominated({p.name: (sign * p.quality["mean"], p.cost["tokens_per_second"] or 0.0) for p in points})
 
 
 def best_quality(points: list[ServingPoint], metric: str) -> ServingPoint:

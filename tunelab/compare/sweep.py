@@ -489,14 +489,15 @@ def measure_serving_all(runs: list[PlannedRun], spec: ServingSpec, heldout: Held
         if gguf is not None and (store.serving(r.run_id) or {}).get("file") != str(gguf):
             todo.append((r, gguf))
     prompts = serving_prompts(heldout, spec.prompts)
-    for r, gguf in todo:
+    for i, (r, gguf) in enumerate(todo):
         load, busy = wait_until_idle(wait_s=spec.wait_idle_s)
-        if busy:
+        if busy:  # still busy after the wait: the others would wait as long for the same answer
+            names = ", ".join(t.recipe.name for t, _ in todo[i:])
             console.print(
-                f"[yellow]serving cost of {r.recipe.name} not measured:[/] the 1-minute load average is {load[0]:.2f} "
+                f"[yellow]serving cost of {names} not measured:[/] the 1-minute load average is {load[0]:.2f} "
                 f"(other work would be timed too); `tunelab sweep` again on an idle machine measures it"
             )
-            continue
+            return
         console.print(f"timing [bold]{r.recipe.name}[/]'s {gguf.name} at batch 1 ({len(prompts)} prompts, up to {spec.tokens} tokens each)")
         cost = serving_cost(gguf, prompts, tokens=spec.tokens, threads=r.recipe.train.threads)
         store.save_serving(

@@ -36,20 +36,18 @@ def gain(task_metric: str, difference: dict) -> float:
     return difference["diff"] if higher_is_better(task_metric) else -difference["diff"]
 
 
+def non_dominated(coordinates: dict[str, tuple[float, float]]) -> set[str]:
+    """Names no other name beats on both coordinates at once (larger is better; ties on both beat nothing)."""
+    return {
+        name
+        for name, (a, b) in coordinates.items()
+        if not any(x >= a and y >= b and (x > a or y > b) for other, (x, y) in coordinates.items() if other != name)
+    }
+
+
 def pareto_front(points: list[Point], task_metric: str) -> set[str]:
-    """Variants no other variant beats on task gain and general ability at once (ties on both beat nothing)."""
-    both = [p for p in points if p.general is not None]
-    front = set()
-    for p in both:
-        t, g = gain(task_metric, p.task), p.general["diff"]
-        beaten = any(
-            gain(task_metric, q.task) >= t and q.general["diff"] >= g and (gain(task_metric, q.task) > t or q.general["diff"] > g)
-            for q in both
-            if q is not p
-        )
-        if not beaten:
-            front.add(p.name)
-    return front
+    """Variants no other variant beats on task gain and general ability at once."""
+    return non_dominated({p.name: (gain(task_metric, p.task), p.general["diff"]) for p in points if p.general is not None})
 
 
 def keeps_general_ability(general_metric: str, p: Point) -> bool:

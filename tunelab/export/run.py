@@ -294,8 +294,8 @@ def _write_ggufs(plan: ExportPlan, stage: ExportDir, tokenizer, n_threads: int, 
     step("converted to f16")
     imatrix = None
     if plan.imatrix_formats:
-        source = calibration_file(plan.run, plan.config.imatrix_settings())
-        imatrix = make_imatrix(f16, source, plan.config.imatrix_settings(), tokenizer, stage, n_threads)
+        settings = plan.config.imatrix_settings()
+        imatrix = make_imatrix(f16, calibration_file(plan.run, settings), settings, tokenizer, stage, n_threads)
         step(f"importance matrix from {imatrix['tokens']} tokens")
     for fmt in plan.ggufs:
         quant = fmt.removeprefix("gguf-")
