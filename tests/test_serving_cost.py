@@ -4,6 +4,7 @@ real default model's GGUF; and the sweep's serving-cost columns, Pareto front an
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 
@@ -49,10 +50,15 @@ def test_serving_cost_refuses_what_it_cannot_measure(tmp_path):
 
 # ---------------------------------------------------------------- in a sweep
 def serving_sweep(folder, tiny_model_dir):
-    """Two variants of one training, exported as Q8_0 and f16, each scored by its own GGUF (the base by its Q8_0)."""
+    """Three variants of one training, exported as Q8_0, f16 and a gguf-lora pair, each scored by its own GGUF (the
+    pair by its base with the adapter applied, the base by its Q8_0)."""
     from bench.tiny import write_sweep
 
-    variants = [{"name": "baseline"}, {"name": "f16", "set": {"export.formats": ["gguf-f16"]}}]
+    variants = [
+        {"name": "baseline"},
+        {"name": "f16", "set": {"export.formats": ["gguf-f16"]}},
+        {"name": "adapter", "set": {"export.formats": ["gguf-lora"]}},
+    ]
     serving = {"prompts": 2, "tokens": 8, "wait_idle_s": 0}
     return write_sweep(folder, tiny_model_dir, variants=variants, serving=serving, set={"eval.generation_backend": "gguf"})
 
@@ -91,22 +97,27 @@ def test_a_sweep_times_each_variants_gguf_and_compare_recommends_one(tmp_path, t
     assert "No variant's GGUF has been timed yet" in report["serving_cost"]["sentence"]
     # idle: the next `tunelab sweep` trains nothing and times both files, the one each variant exported
     monkeypatch.setattr(sweep_stage, "wait_until_idle", lambda wait_s: ((0.2, 0.3, 0.3), False))
-    assert sweep_stage.sweep_cli(path) == {"done": 0, "skipped": 3, "failed": []}
+    assert sweep_stage.sweep_cli(path) == {"done": 0, "skipped": 4, "failed": []}
     rows = dict(db.execute("SELECT r.variant, s.file FROM serving s JOIN runs r ON r.id = s.run_id").fetchall())
     assert rows["baseline"].endswith("-q8_0.gguf") and rows["f16"].endswith("-f16.gguf"), rows
-    cost = dict(
-        zip(
-            ["tps", "ttft", "rss", "size"],
-            db.execute("SELECT tokens_per_second, ttft_seconds, peak_rss_mib, bytes FROM serving").fetchone(),
+    assert rows["adapter"].endswith("/export/gguf-lora"), rows  # the base GGUF with the adapter applied
+    costs = {
+        variant: dict(zip(["tps", "ttft", "rss", "size"], row))
+        for variant, *row in db.execute(
+            "SELECT r.variant, s.tokens_per_second, s.ttft_seconds, s.peak_rss_mib, s.bytes FROM serving s JOIN runs r ON r.id = s.run_id"
         )
-    )
-    assert cost["tps"] > 0 and cost["ttft"] > 0 and cost["size"] > 0
-    # the measuring child's own peak, not this process's (about 1 GiB with torch loaded): ru_maxrss would report that
-    assert 0 < cost["rss"] < 500, cost
+    }
+    for cost in costs.values():
+        assert cost["tps"] > 0 and cost["ttft"] > 0 and cost["size"] > 0
+        # the measuring child's own peak, not this process's (about 1 GiB with torch loaded): ru_maxrss would report that
+        assert 0 < cost["rss"] < 500, cost
+    pair = Path(rows["adapter"])
+    assert costs["adapter"]["size"] == sum(p.stat().st_size for p in pair.glob("*.gguf"))  # what serving it needs: both files
     report = compare_cli(path)
     section = report["serving_cost"]
     assert section["sentence"].startswith("Serve `") and "tokens/s" in section["sentence"]
-    assert [row[0] for row in section["body"]] and {row[0] for row in section["body"]} == {"baseline", "f16"}
+    assert {row[0] for row in section["body"]} == {"baseline", "f16", "adapter"}
+    assert {row[1] for row in section["body"] if row[0] == "adapter"} == {"gguf-lora/ (base + LoRA adapter)"}
     assert any(row[7] == "yes" for row in section["body"])  # a Pareto front
     md = (report["out"] / "report.md").read_text()
     assert "## Quality against serving cost on this CPU" in md and "plots/quality_vs_speed.png" in md

@@ -24,10 +24,11 @@ from tunelab.io import atomic_write_png
 
 TITLE = "Quality against serving cost on this CPU"
 INTRO = (
-    "Each variant's GGUF (the file `eval.generation_backend: gguf` scores), timed by `tunelab sweep` through tunelab's "
+    "Each variant's GGUF (the file `eval.generation_backend: gguf` scores, or a gguf-lora variant's base with its adapter "
+    "applied by llama.cpp), timed by `tunelab sweep` through tunelab's "
     "serving path in a process of its own, at batch 1, on an idle machine: generation tokens/s after the first token and "
     "the time to that first token (medians over the first held-out prompts), the process's peak resident memory, and the "
-    "file's size. Quality: the task metric on the held-out set, with its 95% interval."
+    "files' size. Quality: the task metric on the held-out set, with its 95% interval."
 )
 
 
@@ -37,6 +38,12 @@ class ServingPoint:
     quality: dict  # the task metric's mean, low, high
     cost: dict  # the store's serving row: file, bytes, ttft_seconds, tokens_per_second, peak_rss_mib, cpu, load_before, ...
     vs_best: dict | None = None  # paired difference against the best-quality variant (None for that variant itself)
+
+
+def served_files(file: str) -> str:
+    """What was timed, as the table names it: a GGUF file's name, or a gguf-lora folder's base and adapter."""
+    path = Path(file)
+    return f"{path.name}/ (base + LoRA adapter)" if path.is_dir() else path.name
 
 
 def pareto_front(points: list[ServingPoint], metric: str) -> set[str]:
@@ -58,8 +65,8 @@ def recommendation(points: list[ServingPoint], metric: str) -> str:
     as_good = [p for p in points if p is best or (p.vs_best is not None and verdict(metric, p.vs_best) != "worse")]
     pick = max(as_good, key=lambda p: p.cost["tokens_per_second"] or 0.0)
     speed = f"{pick.cost['tokens_per_second']:.1f} tokens/s, first token in {pick.cost['ttft_seconds'] * 1000:,.0f} ms"
-    where = f"{pick.cost['peak_rss_mib']:,.0f} MiB peak, {pick.cost['bytes'] / 2**20:,.0f} MiB file"
-    text = f"Serve `{pick.name}` ({Path(pick.cost['file']).name}): {speed}, {where}"
+    where = f"{pick.cost['peak_rss_mib']:,.0f} MiB peak, {pick.cost['bytes'] / 2**20:,.0f} MiB on disk"
+    text = f"Serve `{pick.name}` ({served_files(pick.cost['file'])}): {speed}, {where}"
     if pick is best:
         return text + f"; it is also the best on {name} ({pick.quality['mean'] * k:.2f}), so nothing faster answers as well."
     d = pick.vs_best
@@ -86,7 +93,7 @@ def table(points: list[ServingPoint], metric: str, front: set[str]) -> tuple[lis
     body = [
         [
             p.name,
-            Path(p.cost["file"]).name,
+            served_files(p.cost["file"]),
             f"{p.quality['mean'] * k:.2f} [{p.quality['low'] * k:.2f}, {p.quality['high'] * k:.2f}]",
             f"{p.cost['tokens_per_second']:.1f}" if p.cost["tokens_per_second"] else "-",
             f"{p.cost['ttft_seconds'] * 1000:,.0f}",

@@ -34,6 +34,7 @@ from tunelab.compare.spec import ServingSpec, Sweep, Variant, hash_obj, load_swe
 from tunelab.compare.store import ResultsStore, store_path
 from tunelab.compare.wording import change_phrase
 from tunelab.config import (
+    GGUF_LORA,
     LORA_BASE_QUANT,
     MERGED_GGUF_FORMATS,
     DataSource,
@@ -60,6 +61,7 @@ from tunelab.export.llama_cpp import base_model_gguf
 from tunelab.export.run import export_run
 from tunelab.io import atomic_dir, atomic_write_json, atomic_write_jsonl, read_jsonl
 from tunelab.models import resolve_model
+from tunelab.models.llama_cpp import lora_pair
 from tunelab.models.load import set_threads
 from tunelab.progress import console, print_table, progress_bar
 from tunelab.runs import DEFAULT_RUNS_DIR, EvalDir, RunDir, now, read_model_info, write_model_info
@@ -467,10 +469,13 @@ def collect_scores(result: dict, out: Path, name: str) -> tuple[dict[str, dict],
 
 # ---------------------------------------------------------------- what each variant costs to serve
 def export_for_serving(run: PlannedRun) -> None:
-    """Write the merged GGUF formats of the variant's recipe (with its export settings and faithfulness check), once."""
+    """Write the GGUF formats of the variant's recipe, merged files and the gguf-lora pair (with its export
+    settings and faithfulness check), once."""
     rd = RunDir(run.run_dir)
     have = rd.export_dir.ggufs_by_quant()
     missing = [f for f in run.recipe.export.formats if f in MERGED_GGUF_FORMATS and f.removeprefix("gguf-") not in have]
+    if GGUF_LORA in run.recipe.export.formats and lora_pair(rd.export_dir.lora) is None:
+        missing.append(GGUF_LORA)
     if missing:
         export_run(run.run_dir, missing)
 
@@ -499,7 +504,8 @@ def measure_serving_all(runs: list[PlannedRun], spec: ServingSpec, heldout: Held
             )
             return
         console.print(f"timing [bold]{r.recipe.name}[/]'s {gguf.name} at batch 1 ({len(prompts)} prompts, up to {spec.tokens} tokens each)")
-        cost = serving_cost(gguf, prompts, tokens=spec.tokens, threads=r.recipe.train.threads)
+        model, adapter = lora_pair(gguf) if gguf.is_dir() else (gguf, None)  # a gguf-lora folder: its base with the adapter
+        cost = serving_cost(model, prompts, lora=adapter, tokens=spec.tokens, threads=r.recipe.train.threads)
         store.save_serving(
             r.run_id,
             {

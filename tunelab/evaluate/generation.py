@@ -29,6 +29,7 @@ from tunelab.errors import TunelabError
 from tunelab.models.chat import load_chat_model
 from tunelab.models.hf_chat import HFChatModel
 from tunelab.models.interface import GenerationSettings
+from tunelab.models.llama_cpp import lora_pair
 from tunelab.models.load import bf16_supported
 from tunelab.runs import RunDir
 
@@ -67,7 +68,8 @@ class GenerationPlan:
 
 
 def run_gguf(ref: str | Path) -> Path | None:
-    """The run's exported GGUF (f16 before q8_0 before q4_k_m), if `ref` is a run directory that has one."""
+    """The run's exported GGUF model, if `ref` is a run directory that has one: its merged file (f16 before q8_0
+    before q4_k_m), or else its gguf-lora folder (the base GGUF with the adapter applied, as `load_chat_model` serves it)."""
     run = RunDir.of_model(ref)
     if run is None:
         return None
@@ -76,7 +78,9 @@ def run_gguf(ref: str | Path) -> Path | None:
         if quant in by_quant:
             return by_quant[quant]
     files = run.export_dir.gguf_files()
-    return files[0] if files else None
+    if files:
+        return files[0]
+    return run.export_dir.lora if lora_pair(run.export_dir.lora) else None
 
 
 def plain_fp32(chat) -> bool:
@@ -99,7 +103,7 @@ def choose_generation(chat, ref: str | Path, backend: str, precision: str, setti
         path = Path(ref) if Path(ref).suffix == ".gguf" else run_gguf(ref)
         if path is None:
             raise TunelabError(
-                f"eval.generation_backend is 'gguf' but {ref} has no exported GGUF (export/gguf/*.gguf): "
+                f"eval.generation_backend is 'gguf' but {ref} has no exported GGUF (export/gguf/*.gguf or export/gguf-lora/): "
                 "export the run first (`tunelab export`), give the .gguf file itself as the model, or leave the base model out (--no-base)"
             )
         gguf = chat if getattr(chat, "path", None) == path else load_chat_model(path)
