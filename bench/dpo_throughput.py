@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import sys
 import tempfile
@@ -45,6 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for `python bench/dpo_throughput.py`
 from bench import harness, results  # noqa: E402
+from tunelab.cpu import peak_rss_mib  # noqa: E402
 
 TITLE = "DPO training throughput (bench/dpo_throughput.py)"
 BENCH = harness.Bench(__file__, smoke={"pairs": 8, "val": 4})
@@ -190,7 +190,7 @@ def worker(kind: str, args) -> dict:
         "seconds": seconds,
         "tokens_per_second": tokens / seconds,
         "heldout_dpo_loss": heldout_dpo_loss(model, tokenizer, val),
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss_mib(),
     }
 
 

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import sys
 import tempfile
@@ -52,6 +51,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for `python bench/train_throughput.py`
 from bench import harness, results  # noqa: E402
+from tunelab.cpu import peak_rss_mib  # noqa: E402
 
 TITLE = "Training throughput (bench/train_throughput.py)"
 BENCH = harness.Bench(__file__, smoke={"examples": 12, "val": 4})
@@ -150,10 +150,6 @@ def answer_loss(model, tokenizer, rows: list[dict]) -> float:
 
 
 # ---------------------------------------------------------------- the workers (one configuration, one process)
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def trl_worker(kind: str, args, model_path: Path, tokenizer, train: list[dict], workdir: Path):
     """TRL's SFTTrainer + PEFT LoRA; returns (model, seconds, tokens, answer tokens, peak RSS in MiB)."""
     from datasets import Dataset

@@ -79,6 +79,18 @@ def test_the_confidence_level_is_set_once():
     assert others == OTHER_095, f"use tunelab.evaluate.metric_facts.CONFIDENCE: {sorted(set(found) - set(owner))}"
 
 
+def test_peak_memory_is_read_in_cpu_py_alone():
+    """One rule for a process's peak memory (VmHWM, not ru_maxrss, which a child inherits from the process that
+    started it): the benches, distributed training and the serving cost all call tunelab.cpu.peak_rss_mib."""
+    found = [
+        where(path, n)
+        for path in sources()
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"ru_maxrss|VmHWM", line) and not line.lstrip().startswith("#")
+    ]
+    assert found and all(f.startswith("tunelab/cpu.py:") for f in found), "use tunelab.cpu.peak_rss_mib: " + ", ".join(found)
+
+
 def test_the_checks_above_would_see_a_second_owner(tmp_path, monkeypatch):
     copy = tmp_path / "bench" / "copy.py"
     copy.parent.mkdir()

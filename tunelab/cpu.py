@@ -18,6 +18,8 @@ from the platform: it asks `cpu()` and uses one of the decisions below. Each is 
   sweep's serving cost both ask it before measuring).
 - `label`: how a bench names the CPU its figures were taken on (bench/RESULTS.md has a section
   per bench and CPU).
+- `peak_rss_mib()`: this process's peak resident memory, the one figure of memory on a CPU that the
+  benches, distributed training and a sweep's serving cost report.
 
 Nothing here imports torch: serving a GGUF needs these answers without the training stack.
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import resource
 import sys
 import time
 from dataclasses import dataclass, field
@@ -164,6 +167,18 @@ def wait_until_idle(max_load: float = IDLE_LOAD, wait_s: float = 300.0, poll_s: 
         time.sleep(poll_s)
         load = os.getloadavg()
     return load, load[0] > max_load
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory in MiB. Linux: VmHWM, which starts afresh at exec; `ru_maxrss` does not
+    (a child started by a 1 GiB process reports at least 1 GiB). Elsewhere ru_maxrss (bytes on macOS, KiB on others)."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 @functools.cache

@@ -9,7 +9,7 @@ its peak resident memory is the serving process's and nothing the caller loaded 
   template applied to a typical prompt) and one decoding step; the median over the prompts;
 - generation tokens/s: the tokens after the first over the seconds after it, at batch 1; the median over
   the prompts (an answer shorter than two tokens gives no rate and is left out of it);
-- peak RSS: the child's maximum resident set size (Linux's VmHWM) after loading and answering;
+- peak RSS: the child's maximum resident set size (`tunelab.cpu.peak_rss_mib`) after loading and answering;
 - size: the GGUF file, and for a LoRA pair its base's and its adapter's.
 
 A figure taken while other work runs is worth little: two busy processes on two cores slow each other many
@@ -24,13 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from tunelab.cpu import peak_rss_mib
 from tunelab.errors import TunelabError
 
 DEFAULT_TOKENS = 128  # new tokens per answer: long enough for a steady rate, short enough to measure many variants
@@ -91,18 +91,6 @@ def measure(gguf: Path, prompts: list[list[dict]], lora: Path | None, tokens: in
         "tokens": counts,
         "threads": model.threads,
     }
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident memory. Linux: VmHWM, which starts afresh at exec; `ru_maxrss` does not (a child
-    started by a 1 GiB process reports at least 1 GiB). Elsewhere ru_maxrss (bytes on macOS, KiB on other systems)."""
-    status = Path("/proc/self/status")
-    if status.is_file():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 def main(argv: list[str] | None = None) -> None:

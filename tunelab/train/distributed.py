@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import resource
-import sys
 from pathlib import Path
 
 import torch
@@ -24,6 +22,7 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.run import get_args_parser
 from torch.distributed.run import run as torchrun
 
+from tunelab.cpu import peak_rss_mib
 from tunelab.errors import TunelabError
 
 
@@ -141,7 +140,6 @@ def peak_memory_per_process() -> tuple[list[float], str]:
     """Peak memory of every training process in GiB (all processes call this), and what was measured."""
     if torch.cuda.is_available():
         mine, measure = torch.cuda.max_memory_allocated() / 2**30, "torch.cuda.max_memory_allocated"
-    else:  # ru_maxrss is in KiB on Linux, bytes on macOS
-        scale = 2**30 if sys.platform == "darwin" else 2**20
-        mine, measure = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale, "peak resident set size"
+    else:
+        mine, measure = peak_rss_mib() / 1024, "peak resident set size"
     return [round(x, 2) for x in gather_object([mine])], measure
