@@ -9,7 +9,7 @@ import yaml
 from conftest import SHARED, write_alpaca
 
 
-def test_run_pipeline_end_to_end_and_resume(tmp_path, tiny_model_dir):
+def test_run_pipeline_end_to_end_and_resume(tmp_path, tiny_model_dir, capsys):
     pytest.importorskip("llama_cpp")
     from tunelab.pipeline import run_pipeline
 
@@ -32,6 +32,8 @@ def test_run_pipeline_end_to_end_and_resume(tmp_path, tiny_model_dir):
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     run = run_pipeline(path)
+    # no preference pairs in the test split: no preference stage, and no heading for it either
+    assert "3a. preferences" not in capsys.readouterr().err
     for rel in [
         "recipe.yaml",
         "environment.json",

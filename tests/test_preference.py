@@ -358,7 +358,7 @@ def test_preference_accuracy_base_against_tuned(dpo_run, tiny_model_dir, tmp_pat
     assert "preference accuracy" in summary and "reward margin" in summary and "Δ tuned − base" in summary
 
 
-def test_run_pipeline_on_pairs_reports_preference_accuracy(tmp_path, tiny_model_dir):
+def test_run_pipeline_on_pairs_reports_preference_accuracy(tmp_path, tiny_model_dir, capsys):
     import yaml
 
     from tunelab.pipeline import run_pipeline
@@ -383,6 +383,7 @@ def test_run_pipeline_on_pairs_reports_preference_accuracy(tmp_path, tiny_model_
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     run = run_pipeline(path)
+    assert "3a. preferences" in capsys.readouterr().err
     assert json.loads((run / "eval" / "preference" / "preference.json").read_text())["n_examples"] == 6
     assert json.loads((run / "state.json").read_text())["preference"]["n_pairs"] == 6
     report = (run / "report.md").read_text()

@@ -97,7 +97,6 @@ def run_pipeline(recipe_path: Path, overrides: list[str] | None = None, restart:
         run.mark_done("eval", n_examples=result["n_examples"])
 
     if recipe.eval.compare_base and not run.stage_done("preference"):  # the test split holds preference pairs (evaluate/preference.py)
-        console.rule("[bold]3a. preferences: does the tuned model prefer the chosen answers?")
         result = preference_stage(recipe, run)
         run.mark_done("preference", n_pairs=result["n_examples"] if result else 0)
 

@@ -245,7 +245,8 @@ def preference_stage(recipe: Recipe, run: RunDir) -> dict | None:
     """
     examples = read_jsonl(run.split("test"))
     if not has_pairs(examples):
-        return None
+        return None  # nothing to say, so no heading either
+    console.rule("[bold]3a. preferences: does the tuned model prefer the chosen answers?")
     models, names = [recipe.model], ["base"]
     start = recipe.train.preference.start_from
     if start and recipe.train.objective != "sft":
