@@ -114,12 +114,19 @@ def plot(points: list[ServingPoint], metric: str, front: set[str], path: Path) -
     k = display_scale(metric)
     fig = Figure(figsize=(7, 5))  # a Figure of its own, not pyplot's global state
     ax = fig.subplots()
-    for p in points:
+    # labels alternate above and below along the speed axis: variants of one model sit close together
+    for i, p in enumerate(sorted(points, key=lambda p: p.cost["tokens_per_second"] or 0.0)):
         x, y = p.cost["tokens_per_second"] or 0.0, p.quality["mean"] * k
         yerr = [[max(0.0, (p.quality["mean"] - p.quality["low"]) * k)], [max(0.0, (p.quality["high"] - p.quality["mean"]) * k)]]
         on_front = p.name in front
         ax.errorbar(x, y, yerr=yerr, fmt="*" if on_front else "o", markersize=12 if on_front else 6, color="#1e88e5", capsize=3)
-        ax.annotate(f"{p.name} ({p.cost['bytes'] / 2**20:,.0f} MiB)", (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
+        ax.annotate(
+            f"{p.name} ({p.cost['bytes'] / 2**20:,.0f} MiB)",
+            (x, y),
+            textcoords="offset points",
+            xytext=(6, 6 if i % 2 else -12),
+            fontsize=8,
+        )
     ordered = sorted((p for p in points if p.name in front), key=lambda p: p.cost["tokens_per_second"] or 0.0)
     if len(ordered) > 1:
         ax.plot([p.cost["tokens_per_second"] or 0.0 for p in ordered], [p.quality["mean"] * k for p in ordered], "--", color="#455a64")
