@@ -41,9 +41,10 @@ class ServingPoint:
 
 
 def served_files(file: str) -> str:
-    """What was timed, as the table names it: a GGUF file's name, or a gguf-lora folder's base and adapter."""
+    """What was timed, as the table names it: a GGUF file's name, or a gguf-lora folder's base and adapter. Read from
+    the stored path alone, so a report rebuilt after the run folders are gone still names the pair."""
     path = Path(file)
-    return f"{path.name}/ (base + LoRA adapter)" if path.is_dir() else path.name
+    return path.name if path.suffix == ".gguf" else f"{path.name}/ (base + LoRA adapter)"
 
 
 def pareto_front(points: list[ServingPoint], metric: str) -> set[str]:
