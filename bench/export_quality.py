@@ -9,9 +9,10 @@ f16, Q8_0, Q4_K_M and the importance-matrix formats Q4_K_M, Q4_K_S, IQ4_XS, Q3_K
 `--formats`; no faithfulness check) into `--workdir`, and reused from there on later invocations. f16
 is the control: it separates llama.cpp's conversion from quantization error.
 
-Calibration of the importance matrix (llama.cpp's llama-imatrix, `--imatrix-chunks` chunks of 512
-tokens): training data, never the held-out prompts. With a `--run` that has a training split, that
-split (`export.imatrix.calibration: train`, as `tunelab export` does); otherwise
+Calibration of the importance matrix (llama.cpp's llama-imatrix, `--imatrix-chunks` chunks of
+tunelab's default `export.imatrix.chunk_tokens`): training data, never the held-out prompts. With a
+`--run` that has a training split, that split (`export.imatrix.calibration: train`, as `tunelab
+export` does); otherwise
 ../shared/data/alpaca_en_demo.json, the Alpaca instruction data the demo trains on, rendered with the
 model's chat template. The held-out prompts (AlpacaEval's, or the run's test split) are another
 dataset; before scoring, the bench checks that none of them appears in the calibration text and
@@ -324,7 +325,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--workdir", type=Path, help="where the export is kept between invocations (default: tunelab's cache)")
     ap.add_argument("--reexport", action="store_true", help="redo the export even if one is there")
     ap.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS), help="the GGUF formats to export and score")
-    ap.add_argument("--imatrix-chunks", type=int, default=128, help="chunks of 512 calibration tokens for the importance matrix")
+    ap.add_argument(
+        "--imatrix-chunks",
+        type=int,
+        default=ImatrixConfig().chunks,
+        help=f"chunks of {ImatrixConfig().chunk_tokens} calibration tokens for the importance matrix (tunelab's default)",
+    )
     return BENCH.parse(ap, argv)
 
 

@@ -77,7 +77,7 @@ def test_smoke_run_scores_the_importance_matrix_formats(tmp_path, tiny_model_dir
     rows = format_rows(text)
     for fmt in ["gguf-q4_k_m", *IMATRIX_FORMATS]:
         assert re.search(rf"\| {fmt} {ROW}", rows[fmt])
-    assert "llama-imatrix on 2,048 tokens (4 chunks of 512) of alpaca_en_demo.json (training data)" in text
+    assert "llama-imatrix on 1,024 tokens (4 chunks of 256) of alpaca_en_demo.json (training data)" in text
     assert re.search(r"- GGUF-Q4_K_M_IMAT: Δ perplexity .*goal <= 3%: \*\*(met|NOT met)\*\*", text)
     calibration = (tmp_path / "work").glob("*/export/imatrix/calibration.txt")
     assert "<|im_start|>" in next(calibration).read_text()

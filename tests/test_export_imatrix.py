@@ -180,11 +180,11 @@ def test_tiny_model_exports_with_an_importance_matrix_end_to_end(peaked_tiny_dir
 @needs_llama
 def test_an_imatrix_format_without_an_imatrix_block_uses_the_defaults(peaked_tiny_dir, tmp_path):
     """`export.formats: [gguf-q4_k_m_imat]` and nothing else, as a recipe or `--format` gives it: the default settings
-    (the training split, at most 128 chunks of 512 tokens). It once crashed reading the absent block's chunks."""
+    (the training split, at most 256 chunks of 256 tokens). It once crashed reading the absent block's chunks."""
     from tunelab.export.run import export_run
 
     root = make_lora_run(tmp_path / "imat-defaults", peaked_tiny_dir)
-    write_split(RunDir(root).split("train"), TRAIN * 4)  # a few thousand tokens: more than the two chunks of 512 needed
+    write_split(RunDir(root).split("train"), TRAIN * 4)  # a few thousand tokens: more than the two chunks of 256 needed
     report = export_run(root, config=ExportConfig(formats=["gguf-q4_k_m_imat"], check_prompts=3, check_tokens=8, evaluate=False))
-    assert report["imatrix"]["chunk_tokens"] == 512 and report["imatrix"]["training_split"], report["imatrix"]
+    assert report["imatrix"]["chunk_tokens"] == 256 and report["imatrix"]["training_split"], report["imatrix"]
     assert report["formats"]["gguf-q4_k_m_imat"]["passed"], report["formats"]["gguf-q4_k_m_imat"]

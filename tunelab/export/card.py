@@ -103,7 +103,7 @@ def model_card(
 
 
 def imatrix_words(imatrix: dict) -> str:
-    """How an importance matrix was made, in words: 'from 65,536 tokens (128 chunks of 512) of the training split'."""
+    """How an importance matrix was made, in words: 'from 65,536 tokens (256 chunks of 256) of the training split'."""
     source = "the training split" if imatrix.get("training_split") else f"`{Path(imatrix['source']).name}`"
     return f"from {imatrix['tokens']:,} tokens ({imatrix['chunks']} chunks of {imatrix['chunk_tokens']}) of {source}"
 

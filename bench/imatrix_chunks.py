@@ -1,0 +1,110 @@
+"""Which importance-matrix chunk size brings Q4_K_M closest to fp32? Chosen on dev prompts, checked on the bench's.
+
+    python bench/imatrix_chunks.py [--sizes 1024 512 256 128] [--tokens 65536] [--workdir /tmp/imatrix-chunks]
+
+How `export.imatrix.chunk_tokens`'s default was chosen (issue 28). SmolLM2-135M-Instruct is converted
+to an f16 GGUF, and for each chunk size an importance matrix is computed by llama.cpp's llama-imatrix
+on the same `--tokens` tokens of ../shared/data/alpaca_en_demo.json (training data, chat template
+applied; `--tokens / size` chunks), then applied by llama-quantize to make a Q4_K_M. Each file scores
+the reference answers of two disjoint sets of 64 AlpacaEval prompts, teacher-forced on PyTorch's
+token ids exactly as bench/export_quality.py scores them (Δ perplexity against the fp32 PyTorch
+model, geometric mean over prompts, 95% paired bootstrap interval):
+
+- dev: records 6, 18, 31, ... (every 805/64th, offset by 6): the size is chosen on these;
+- test: records 0, 12, 25, ...: bench/export_quality.py's held-out prompts, reported, not chosen on.
+
+Perplexities are deterministic, so one pass; the table is printed (the figures are quoted in
+docs/export.md). Plain Q4_K_M (no matrix) is the first row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for `python bench/imatrix_chunks.py`
+from bench import harness, results  # noqa: E402, F401  (harness: the environment every bench runs in)
+
+MODEL = "smollm2-135m-instruct"
+PROMPTS = 64
+OFFSETS = {"dev": 6, "test": 0}  # where each set's evenly spaced records start; test is export_quality.py's set
+
+
+def prompt_sets(path: Path) -> dict[str, tuple[list[list[dict]], list[str]]]:
+    rows = json.loads(path.read_text(encoding="utf-8"))
+    sets, seen = {}, set()
+    for name, offset in OFFSETS.items():
+        picked = sorted({i * len(rows) // PROMPTS + offset for i in range(PROMPTS)})
+        assert not seen & set(picked), "the dev and test prompts overlap"
+        seen |= set(picked)
+        sets[name] = ([[{"role": "user", "content": rows[i]["instruction"]}] for i in picked], [rows[i]["output"] for i in picked])
+    return sets
+
+
+def delta(reference: list[float], quantized: list[float]) -> str:
+    from tunelab.evaluate.stats import paired_bootstrap
+
+    d = paired_bootstrap([math.log(p) for p in reference], [math.log(p) for p in quantized], n=1000, seed=0)
+    pct = {k: 100 * math.expm1(d[k]) for k in ("diff", "low", "high")}
+    return f"{pct['diff']:+.2f}% [{pct['low']:+.2f}, {pct['high']:+.2f}]"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1024, 512, 256, 128], help="tokens per chunk to compare")
+    ap.add_argument("--tokens", type=int, default=65_536, help="calibration tokens for every size")
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/imatrix-chunks"))
+    args = ap.parse_args(argv)
+
+    from tunelab.config import ImatrixConfig
+    from tunelab.evaluate.likelihood import answer_pair, perplexities
+    from tunelab.export.imatrix import write_calibration
+    from tunelab.export.llama_cpp import compute_imatrix, convert_hf_to_gguf, quantize_gguf, quantize_with_imatrix
+    from tunelab.export.merge import load_pytorch_model
+    from tunelab.models.hf_chat import HFChatModel
+    from tunelab.models.llama_cpp import LlamaCppChatModel
+    from tunelab.models.load import set_threads
+    from tunelab.models.resolve import resolve_model
+    from tunelab.paths import shared_data_dir
+
+    set_threads(2)
+    data, work = shared_data_dir(), args.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    sets = prompt_sets(data / "alpaca_eval_gpt4_reference.json")
+    model_dir = resolve_model(MODEL).path
+    model, tokenizer, _ = load_pytorch_model(model_dir)
+    chat = HFChatModel(model, tokenizer, "pytorch")
+    reference = {name: perplexities(chat, convs, refs)[0] for name, (convs, refs) in sets.items()}
+    pairs = {name: [answer_pair(tokenizer, c, r) for c, r in zip(*sets[name])] for name in sets}
+
+    def score(gguf: Path) -> dict[str, str]:
+        llm = LlamaCppChatModel(gguf, n_threads=2)
+        return {name: delta(reference[name], [math.exp(-lp / n) for lp, n in llm.loglikelihood(pairs[name], 8)]) for name in sets}
+
+    f16 = work / "f16.gguf"
+    if not f16.exists():
+        convert_hf_to_gguf(model_dir, f16)
+    plain = quantize_gguf(f16, work / "q4_k_m.gguf", "q4_k_m")
+    rows = [["Q4_K_M, no matrix", "-", *score(plain).values()]]
+    print(rows[-1], flush=True)
+    source = data / "alpaca_en_demo.json"
+    for size in args.sizes:
+        config = ImatrixConfig(calibration=str(source), chunks=args.tokens // size, chunk_tokens=size)
+        text = work / f"calibration-{size}.txt"
+        write_calibration(source, config, tokenizer, text)
+        body = text.read_text(encoding="utf-8")
+        assert not any(c[0]["content"].strip() in body for convs, _ in sets.values() for c in convs), (
+            "a scored prompt is in the calibration text"
+        )
+        matrix = compute_imatrix(f16, text, work / f"imatrix-{size}.gguf", chunks=config.chunks, chunk_tokens=size, threads=2)
+        quantized = quantize_with_imatrix(f16, work / f"q4_k_m-imatrix-{size}.gguf", "q4_k_m", work / f"imatrix-{size}.gguf", threads=2)
+        rows.append([f"Q4_K_M, matrix from chunks of {size}", f"{matrix['chunks']} × {size}", *score(quantized).values()])
+        print(rows[-1], flush=True)
+    print(results.table(["file", "chunks × tokens", "Δ perplexity, dev prompts [95% CI]", "Δ perplexity, test prompts [95% CI]"], rows))
+
+
+if __name__ == "__main__":
+    main()
