@@ -69,6 +69,7 @@ def main(argv=None) -> None:
     from tunelab.models.load import set_threads
     from tunelab.models.resolve import resolve_model
     from tunelab.paths import shared_data_dir
+    from tunelab.runs import ExportDir
 
     set_threads(2)
     data, work = shared_data_dir(), args.workdir
@@ -84,23 +85,27 @@ def main(argv=None) -> None:
         llm = LlamaCppChatModel(gguf, n_threads=2)
         return {name: delta(reference[name], [math.exp(-lp / n) for lp, n in llm.loglikelihood(pairs[name], 8)]) for name in sets}
 
-    f16 = work / "f16.gguf"
+    base = ExportDir(work / "no-matrix")  # one export folder per matrix, named as tunelab's exports name them
+    f16 = base.gguf_file(MODEL, "f16")
     if not f16.exists():
+        base.gguf.mkdir(parents=True, exist_ok=True)
         convert_hf_to_gguf(model_dir, f16)
-    plain = quantize_gguf(f16, work / "q4_k_m.gguf", "q4_k_m")
+    plain = quantize_gguf(f16, base.gguf_file(MODEL, "q4_k_m"), "q4_k_m")
     rows = [["Q4_K_M, no matrix", "-", *score(plain).values()]]
     print(rows[-1], flush=True)
     source = data / "alpaca_en_demo.json"
     for size in args.sizes:
         config = ImatrixConfig(calibration=str(source), chunks=args.tokens // size, chunk_tokens=size)
-        text = work / f"calibration-{size}.txt"
+        stage = ExportDir(work / f"chunks-{size}")
+        stage.imatrix.mkdir(parents=True, exist_ok=True)
+        text = stage.calibration_text
         write_calibration(source, config, tokenizer, text)
         body = text.read_text(encoding="utf-8")
         assert not any(c[0]["content"].strip() in body for convs, _ in sets.values() for c in convs), (
             "a scored prompt is in the calibration text"
         )
-        matrix = compute_imatrix(f16, text, work / f"imatrix-{size}.gguf", chunks=config.chunks, chunk_tokens=size, threads=2)
-        quantized = quantize_with_imatrix(f16, work / f"q4_k_m-imatrix-{size}.gguf", "q4_k_m", work / f"imatrix-{size}.gguf", threads=2)
+        matrix = compute_imatrix(f16, text, stage.imatrix_file, chunks=config.chunks, chunk_tokens=size, threads=2)
+        quantized = quantize_with_imatrix(f16, stage.gguf_file(MODEL, "q4_k_m_imat"), "q4_k_m", stage.imatrix_file, threads=2)
         rows.append([f"Q4_K_M, matrix from chunks of {size}", f"{matrix['chunks']} × {size}", *score(quantized).values()])
         print(rows[-1], flush=True)
     print(results.table(["file", "chunks × tokens", "Δ perplexity, dev prompts [95% CI]", "Δ perplexity, test prompts [95% CI]"], rows))

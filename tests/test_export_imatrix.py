@@ -120,7 +120,7 @@ def test_too_little_calibration_text_is_a_clear_error(tiny_model_dir, tmp_path):
 
     split = tmp_path / "train.jsonl"
     write_split(split, TRAIN[:2])
-    with pytest.raises(TunelabError, match=r"train.jsonl: 2 conversations render to \d+ tokens.*at least two chunks.*1024 tokens"):
+    with pytest.raises(TunelabError, match=r"train.jsonl: 2 conversations render to \d+ tokens.*at least two chunks.*512 tokens"):
         write_calibration(split, ImatrixConfig(), load_tokenizer(tiny_model_dir), tmp_path / "c.txt")
     assert not (tmp_path / "c.txt").exists()
 
