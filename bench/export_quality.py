@@ -123,8 +123,9 @@ def check_disjoint(calibration_text: Path, convs: list[list[dict]]) -> None:
         raise TunelabError(f"{calibration_text}: held-out prompts {leaked} appear in the calibration text; it must be training data only")
 
 
-def alpaca_eval_prompts(n: int) -> tuple[list[list[dict]], list[str], str]:
-    """`n` evenly spaced AlpacaEval questions (every subset, not just the first) and their GPT-4 answers."""
+def alpaca_eval_prompts(n: int, offset: int = 0) -> tuple[list[list[dict]], list[str], str]:
+    """`n` evenly spaced AlpacaEval questions (every subset, not just the first) and their GPT-4 answers; `offset`
+    shifts every pick by that many records (bench/imatrix_chunks.py's dev prompts, disjoint from these)."""
 
     data = shared_data_dir()
     path = data / ALPACA_EVAL if data else None
@@ -133,7 +134,8 @@ def alpaca_eval_prompts(n: int) -> tuple[list[list[dict]], list[str], str]:
             f"no held-out prompts: {ALPACA_EVAL} is not in the shared data folder, and no --run with data/test.jsonl was given"
         )
     rows = json.loads(path.read_text(encoding="utf-8"))
-    picked = sorted({i * len(rows) // n for i in range(min(n, len(rows)))})
+    spaced = {i * len(rows) // n for i in range(min(n, len(rows)))}
+    picked = sorted(j + offset for j in spaced if j + offset < len(rows))
     convs, refs = [], []
     for i in picked:
         for field in ("instruction", "output"):

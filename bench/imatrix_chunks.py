@@ -20,7 +20,6 @@ docs/export.md). Plain Q4_K_M (no matrix) is the first row.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -33,23 +32,21 @@ PROMPTS = 64
 OFFSETS = {"dev": 6, "test": 0}  # where each set's evenly spaced records start; test is export_quality.py's set
 
 
-def prompt_sets(path: Path) -> dict[str, tuple[list[list[dict]], list[str]]]:
-    rows = json.loads(path.read_text(encoding="utf-8"))
-    sets, seen = {}, set()
-    for name, offset in OFFSETS.items():
-        picked = sorted({i * len(rows) // PROMPTS + offset for i in range(PROMPTS)})
-        assert not seen & set(picked), "the dev and test prompts overlap"
-        seen |= set(picked)
-        sets[name] = ([[{"role": "user", "content": rows[i]["instruction"]}] for i in picked], [rows[i]["output"] for i in picked])
+def prompt_sets() -> dict[str, tuple[list[list[dict]], list[str]]]:
+    """The dev and test prompts with their reference answers, picked as bench/export_quality.py picks its own."""
+    from bench.export_quality import alpaca_eval_prompts
+
+    sets = {name: alpaca_eval_prompts(PROMPTS, offset)[:2] for name, offset in OFFSETS.items()}
+    dev, test = ({c[0]["content"] for c in sets[name][0]} for name in ("dev", "test"))
+    assert not dev & test, "the dev and test prompts overlap"
     return sets
 
 
 def delta(reference: list[float], quantized: list[float]) -> str:
-    from tunelab.evaluate.stats import paired_bootstrap
+    """Δ perplexity with its interval, as bench/export_quality.py computes and prints it."""
+    from bench.export_quality import interval, perplexity_delta
 
-    d = paired_bootstrap([math.log(p) for p in reference], [math.log(p) for p in quantized], n=1000, seed=0)
-    pct = {k: 100 * math.expm1(d[k]) for k in ("diff", "low", "high")}
-    return f"{pct['diff']:+.2f}% [{pct['low']:+.2f}, {pct['high']:+.2f}]"
+    return interval(perplexity_delta(reference, quantized), 2, "%")
 
 
 def main(argv=None) -> None:
@@ -74,7 +71,7 @@ def main(argv=None) -> None:
     set_threads(2)
     data, work = shared_data_dir(), args.workdir
     work.mkdir(parents=True, exist_ok=True)
-    sets = prompt_sets(data / "alpaca_eval_gpt4_reference.json")
+    sets = prompt_sets()
     model_dir = resolve_model(MODEL).path
     model, tokenizer, _ = load_pytorch_model(model_dir)
     chat = HFChatModel(model, tokenizer, "pytorch")

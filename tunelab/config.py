@@ -427,8 +427,8 @@ class ImatrixConfig(Strict):
     chunks: int = Field(
         256, gt=0, description="At most this many chunks of `chunk_tokens` tokens are run through the model (llama-imatrix --chunks)."
     )
-    # 256, not llama-imatrix's 512: chat turns are short and start at position 0, and shorter chunks weigh those
-    # positions as serving sees them (SmolLM2 Q4_K_M, dev prompts: +2.60% perplexity at 256, +2.80% at 512; docs/export.md)
+    # 256, not llama-imatrix's 512: measured closer to fp32 (SmolLM2 Q4_K_M, dev prompts: +2.60% perplexity at 256, +2.80%
+    # at 512; docs/export.md), likely because chat turns are short and start at position 0, as short chunks do
     chunk_tokens: int = Field(
         256,
         ge=32,
