@@ -15,7 +15,7 @@ from tunelab.compare import sweep as sweep_stage
 from tunelab.compare.report import compare_cli
 from tunelab.compare.store import store_path
 from tunelab.compare.sweep import sweep_cli
-from tunelab.errors import ConfigError, DataError
+from tunelab.errors import ConfigError, DataError, TunelabError
 from tunelab.io import read_jsonl
 
 
@@ -178,3 +178,24 @@ def test_a_code_sweep_stores_pass_at_1_overall_and_on_each_declared_half(tmp_pat
     assert sorted((metric, n) for _, metric, n in counts) == sorted([("pass@1", 4), ("pass@1_dev", 2), ("pass@1_test", 2)] * 2)
     md = (compare_cli(path) and tmp_path / "sweeps" / "tiny" / "report" / "report.md").read_text()
     assert "pass@1 (dev half)" in md and "pass@1 (test half)" in md
+
+
+def test_a_variant_answering_from_its_gguf_is_exported_before_it_answers(tmp_path, tiny_model_dir, monkeypatch):
+    # eval.generation_backend gguf without a `serving:` block: the held-out answers come from the variant's
+    # Q8_0 GGUF, so it must exist before they are generated (it once failed every variant of such a sweep)
+    path = write_sweep(tmp_path, tiny_model_dir, variants=[{"name": "baseline"}])
+    spec = yaml.safe_load(path.read_text())
+    spec["set"] = {"eval.generation_backend": "gguf"}
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    events = []
+    monkeypatch.setattr(sweep_stage, "base_model_gguf", lambda *a: events.append("base gguf") or tiny_model_dir)
+    monkeypatch.setattr(sweep_stage, "export_run", lambda run_dir, formats, check: events.append(("export", formats, check)))
+
+    def answering(models, *args, **kwargs):
+        events.append("answer")
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(sweep_stage, "evaluate_models", answering)
+    with pytest.raises(TunelabError, match="2 run"):
+        sweep_cli(path)
+    assert events == ["base gguf", "answer", ("export", ["gguf-q8_0"], False), "answer"]

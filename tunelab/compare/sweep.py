@@ -405,6 +405,8 @@ def evaluate_run(run: PlannedRun, sweep: Sweep, heldout: Heldout, store: Results
     cfg = eval_config(sweep, heldout)
     if run.variant is not None and sweep.spec.serving is not None:
         export_for_serving(run)
+    if run.variant is not None and uses_q8_0_gguf(cfg):
+        export_q8_0(run)
     result = evaluate_models([answering_model(run, cfg)], heldout.examples, cfg.for_held_out(), out, names=[name])
     metrics, scores = collect_scores(result, out, name)
     if cfg.task == "code":
@@ -440,12 +442,22 @@ def answering_model(run: PlannedRun, cfg: EvalConfig) -> str:
     return run.model_ref
 
 
+def uses_q8_0_gguf(cfg: EvalConfig) -> bool:
+    """Whether a variant's evaluation generates from its GGUF: the held-out answers (`eval.generation_backend`)
+    or the code benchmark (`eval.code.backend`), both on the fast CPU path."""
+    return cfg.generation_backend == "gguf" or (cfg.task == "code" and cfg.code.backend == "gguf")
+
+
+def export_q8_0(run: PlannedRun) -> None:
+    """The variant's Q8_0 GGUF, where it has none yet; written without the faithfulness check (Q8_0's is
+    bench/export_quality.py's), before anything generates from it."""
+    if "q8_0" not in RunDir(run.run_dir).export_dir.ggufs_by_quant():
+        export_run(run.run_dir, ["gguf-q8_0"], check=False)
+
+
 def evaluate_code(run: PlannedRun, cfg: EvalConfig, name: str) -> tuple[dict[str, dict], list[tuple[str, str, float]]]:
     """pass@1 on the code benchmark, by running the code, over every problem and each declared half."""
     rd = RunDir(run.run_dir)
-    if run.variant is not None and cfg.code.backend == "gguf" and "q8_0" not in rd.export_dir.ggufs_by_quant():
-        # The fast path's file, written without the faithfulness check: Q8_0's is bench/export_quality.py's.
-        export_run(run.run_dir, ["gguf-q8_0"], check=False)
     out = rd.benchmark(code_benchmark_name(cfg.code.benchmark))
     run_code_benchmark([run.model_ref], cfg.code, out, names=[name], bootstrap_samples=cfg.bootstrap_samples)
     return problem_scores(out, name, cfg.bootstrap_samples)
