@@ -1,6 +1,6 @@
 """Training throughput: tunelab against TRL's SFTTrainer at its best on this CPU, with an ablation and MFU.
 
-    python bench/train_throughput.py [--examples 96] [--val 32] [--threads 2] [--repeats 3] [--ablation]
+    python bench/train_throughput.py [--examples 96] [--val 32] [--threads 2] [--repeats 3] [--ablation | --candidates]
     python bench/train_throughput.py --model gemma3-270m [...]            # another catalog model: a section of its own
     python bench/train_throughput.py --smoke --model DIR --results FILE   # a few examples, one round: checks the bench runs
 
@@ -89,7 +89,7 @@ ABLATION = {
     "+ logits at answer tokens only": dict(precision="bf16", gradient_checkpointing=False, packing=True, chunked_loss_on_cpu=False),
 }
 LAST_STEP = "+ answer loss in cache-sized chunks on a CPU (= tunelab)"
-# Candidates measured beside tunelab with --ablation (not defaults): each is the tunelab row plus one change.
+# Candidates measured beside tunelab with --ablation or --candidates (not defaults): each is the tunelab row plus one change.
 CANDIDATES = {
     "tunelab + frozen base weights stored in bf16 (candidate)": dict(base_dtype="bfloat16"),
 }
@@ -353,6 +353,13 @@ def section(args, runs: dict[str, list[dict]], peaks: list[float], flops: dict[s
             "",
             results.table(header[:1] + header[2:], [r[:1] + r[2:] for r in steps]),
         ]
+    elif args.candidates:
+        lines += [
+            "",
+            "Candidates: the tunelab row plus one change that is not a default (measured to decide whether it pays).",
+            "",
+            results.table(header, [row(k, k, "") for k in CANDIDATES]),
+        ]
     return "\n".join(lines)
 
 
@@ -362,7 +369,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--examples", type=int, default=96)
     parser.add_argument("--val", type=int, default=32)
     parser.add_argument("--ablation", action="store_true", help="also tunelab with its choices off, then on one at a time")
-    return BENCH.parse(parser, argv, worker)
+    parser.add_argument("--candidates", action="store_true", help="also the candidate rows alone (--ablation includes them)")
+    args = BENCH.parse(parser, argv, worker)
+    if args.ablation and args.candidates:
+        parser.error("--ablation already measures the candidates: give one of --ablation and --candidates")
+    return args
 
 
 def main(argv=None) -> None:
@@ -378,7 +389,11 @@ def main(argv=None) -> None:
     tokens, answers = rendered_tokens(load_tokenizer(resolve_model(args.model).path), train)
     flops = {kind: lora_flops_per_token(args, answers / tokens) for kind in (TRL_BEST, TUNELAB, *ABLATION, *CANDIDATES)}
     flops[TRL_OLD] = lora_flops_per_token(args, 1.0)
-    kinds = [TRL_BEST, TRL_OLD, TUNELAB] + (list(ABLATION) + list(CANDIDATES) if args.ablation else [])
+    kinds = (
+        [TRL_BEST, TRL_OLD, TUNELAB]
+        + (list(ABLATION) if args.ablation else [])
+        + (list(CANDIDATES) if args.ablation or args.candidates else [])
+    )
     runs, peaks = measure(args, kinds)
     harness.write_section(args, section_title(args), section(args, runs, peaks, flops), idle)
 

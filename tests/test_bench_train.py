@@ -6,6 +6,7 @@ import importlib.util
 import re
 from pathlib import Path
 
+import pytest
 from conftest import run_bench_section
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,3 +49,10 @@ def test_profile_smoke_run_writes_its_section(tmp_path, tiny_model_dir):
     shares = [float(m) for m in re.findall(r"^\| [a-z ]+ \| ([\d.]+)% \|$", text, re.MULTILINE)]
     assert shares and abs(sum(shares) - 100) < 0.5  # every operator's self time is in one family
     assert re.search(r"^\| `aten::mm` \| matmul \| [\d,]+ \| [\d,]+ \| [\d.]+% \|$", text, re.MULTILINE)
+
+
+def test_candidates_alone_or_within_the_ablation_not_both():
+    assert bench_train.parse_args(["--candidates"]).candidates
+    with pytest.raises(SystemExit) as stop:  # argparse's usage error, saying to give one of them
+        bench_train.parse_args(["--ablation", "--candidates"])
+    assert stop.value.code == 2
