@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from tunelab.compare.report import build_report, sentence, verdict
+from tunelab.compare.report import build_report, on_task_metric, sentence, verdict
 from tunelab.compare.store import ResultsStore
 from tunelab.compare.wording import change_phrase
 
@@ -218,3 +218,20 @@ def test_gain_against_cost_names_the_best_variant_that_keeps_general_ability(tmp
         tradeoff.Point("up", {}, {"diff": 2.0, "low": 1, "high": 3, "p_value": 0}, {"diff": 0.0, "low": -0.02, "high": 0.02, "p_value": 1}),
     ]
     assert tradeoff.pareto_front(ppl, "perplexity") == {"down"}
+
+
+def test_a_summary_says_where_the_task_metric_disagrees():
+    # a change that improved ROUGE-L while pass@1 on the test half did not move must not read as a plain improvement
+    real = {"diff": 0.03, "low": 0.01, "high": 0.05, "p_value": 0.008}
+    none = {"diff": 0.0, "low": -0.07, "high": 0.06, "p_value": 1.0}
+    worse = {"diff": -0.2, "low": -0.3, "high": -0.1, "p_value": 0.0005}
+    assert on_task_metric({"rougeL": real, "pass@1_test": none}, "pass@1_test", "improved") == (
+        ", though on pass@1 (test half), the sweep's task metric: no measurable difference"
+    )
+    assert on_task_metric({"rougeL": real, "pass@1_test": real}, "pass@1_test", "improved") == ""  # agrees: nothing added
+    assert on_task_metric({"rougeL": none, "pass@1_test": worse}, "pass@1_test", "did not beat") == ""
+    assert (
+        on_task_metric({"rougeL": real, "pass@1_test": worse}, "pass@1_test", "mixed")
+        == "; on pass@1 (test half), the sweep's task metric: worse"
+    )
+    assert on_task_metric({"rougeL": real}, "pass@1_test", "improved") == ""  # a row without the task metric

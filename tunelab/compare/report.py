@@ -184,6 +184,8 @@ def sentence(row: Row, metric: str, k: float) -> str:
     what = changes_phrase(row.changes)
     what = what[0].upper() + what[1:]
     name = metric_name(metric)
+    if not reported(metric):  # a dev split: the half settings are chosen on, never a finding
+        return f"{what} changed {name} by {diff:+.2f}{unit} {ci}: the half settings are chosen on, not a finding."
     if v == "better":
         return f"{what} improved {name} by {diff:+.2f}{unit} {ci}{lower}: a real improvement."
     if v == "worse":
@@ -204,6 +206,12 @@ def overall(row: Row) -> str:
     return "no difference"
 
 
+SUMMARY_HEADS = {  # a section's summary line per group of changes (`overall`)
+    "improved": "Improved the model: ",
+    "worse": "Made it worse: ",
+    "mixed": "Mixed (better on some metrics, worse on others): ",
+    "no difference": "Did not measurably change it: ",
+}
 SECTIONS = [("model", "Model-centric changes"), ("data", "Data-centric changes"), ("both", "Changes of both kinds")]
 
 
@@ -217,10 +225,29 @@ def fine_tuning_sentence(row: Row, metric: str) -> str:
     unit = " points" if k == 100.0 else ""
     ci = f"(95% CI {d['low'] * k:+.2f}..{d['high'] * k:+.2f}, {_p(d['p_value'])})"
     words = {"better": "a real improvement", "worse": "a real degradation", "same": "no measurable difference"}[verdict(metric, d)]
+    if not reported(metric):
+        words = "the half settings are chosen on, not a finding"
     return f"Fine-tuning {row.model} (`{row.name}`) changed {metric_name(metric)} by {d['diff'] * k:+.2f}{unit} over the untuned model {ci}: {words}."
 
 
-def fine_tuning_findings(rows: list[Row]) -> tuple[str, list[str], list[tuple[str, str]]] | None:
+TASK_WORDS = {"better": "better", "worse": "worse", "same": "no measurable difference"}
+
+
+def on_task_metric(deltas: dict[str, dict], task_metric: str | None, group: str) -> str:
+    """`, though on TASK, the sweep's task metric: VERDICT` where the task metric's verdict is not the group's
+    (a change that improved a text metric while the code it writes passed no more tests); else nothing."""
+    if not task_metric or task_metric not in deltas:
+        return ""
+    task = verdict(task_metric, deltas[task_metric])
+    if group in ("mixed", "partly beat"):  # which way the metric that matters went
+        return f"; on {metric_name(task_metric)}, the sweep's task metric: {TASK_WORDS[task]}"
+    agrees = {"improved": "better", "beat": "better", "worse": "worse", "did not beat": "same", "no difference": "same"}[group]
+    if agrees == task or (group == "did not beat" and task == "worse"):
+        return ""
+    return f", though on {metric_name(task_metric)}, the sweep's task metric: {TASK_WORDS[task]}"
+
+
+def fine_tuning_findings(rows: list[Row], task_metric: str | None = None) -> tuple[str, list[str], list[tuple[str, str]]] | None:
     """Did fine-tuning itself beat the untuned base model (the baseline, and each base-model variant)?
     Variants that change other settings are weighed against their base in the gain-against-cost section."""
     tuned = [r for r in rows if r.vs_untuned and (r.is_baseline or set(r.changes) <= {"model"})]
@@ -230,40 +257,27 @@ def fine_tuning_findings(rows: list[Row]) -> tuple[str, list[str], list[tuple[st
     for r in tuned:
         verdicts = {verdict(m, d) for m, d in r.vs_untuned.items() if reported(m)}
         state = "beat" if verdicts == {"better"} else "did not beat" if "better" not in verdicts else "partly beat"
-        summary.append(f"The tuned `{r.name}` {state} its untuned base model {r.model}.")
+        summary.append(f"The tuned `{r.name}` {state} its untuned base model {r.model}{on_task_metric(r.vs_untuned, task_metric, state)}.")
     sentences = [(verdict(m, r.vs_untuned[m]), fine_tuning_sentence(r, m)) for r in tuned for m in sorted(r.vs_untuned)]
     return "Fine-tuning itself: tuned against the untuned base model", summary, sentences
 
 
-def findings(rows: list[Row], baseline: Row) -> list[tuple[str, list[str], list[tuple[str, str]]]]:
-    """(section title, summary lines, per-metric (verdict, sentence)): fine-tuning itself, then each kind of change."""
-    out = [section for section in [fine_tuning_findings(rows)] if section]
+def findings(rows: list[Row], baseline: Row, task_metric: str | None = None) -> list[tuple[str, list[str], list[tuple[str, str]]]]:
+    """(section title, summary lines, per-metric (verdict, sentence)): fine-tuning itself, then each kind of change;
+    a summary says where the sweep's task metric disagrees with its verdict."""
+    out = [section for section in [fine_tuning_findings(rows, task_metric)] if section]
     for key, title in SECTIONS:
         members = [r for r in rows if r.kind == "variant" and r is not baseline and section_of(r) == key and r.deltas]
         if not members:
             continue
         summary = []
-        groups = {"improved": [], "worse": [], "mixed": [], "no difference": []}
+        groups = {group: [] for group in SUMMARY_HEADS}
         for r in members:
             groups[overall(r)].append(r)
-        if groups["improved"]:
-            summary.append(
-                "Improved the model: " + "; ".join(f"{changes_phrase(r.changes)} (`{r.name}`)" for r in groups["improved"]) + "."
-            )
-        if groups["worse"]:
-            summary.append("Made it worse: " + "; ".join(f"{changes_phrase(r.changes)} (`{r.name}`)" for r in groups["worse"]) + ".")
-        if groups["mixed"]:
-            summary.append(
-                "Mixed (better on some metrics, worse on others): "
-                + "; ".join(f"{changes_phrase(r.changes)} (`{r.name}`)" for r in groups["mixed"])
-                + "."
-            )
-        if groups["no difference"]:
-            summary.append(
-                "Did not measurably change it: "
-                + "; ".join(f"{changes_phrase(r.changes)} (`{r.name}`)" for r in groups["no difference"])
-                + "."
-            )
+        for group, head in SUMMARY_HEADS.items():
+            if groups[group]:
+                named = [f"{changes_phrase(r.changes)} (`{r.name}`){on_task_metric(r.deltas, task_metric, group)}" for r in groups[group]]
+                summary.append(head + "; ".join(named) + ".")
         sentences = [(verdict(m, r.deltas[m]), sentence(r, m, scale(m))) for r in members for m in sorted(r.deltas)]
         out.append((title, summary, sentences))
     return out
@@ -372,8 +386,8 @@ def build_report(store: ResultsStore, out: Path, config_ids: set[str] | None = N
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "results.csv", header, body)
     plots = {m: plot_metric(m, rows, out / "plots" / f"{m}.png") for m in metrics}
-    found = findings(rows, baseline) if baseline else []
     cost = gain_against_cost(store, rows, metrics, out)
+    found = findings(rows, baseline, cost["task_metric"]) if baseline else []
     serving_cost = quality_against_serving_cost(store, rows, cost["task_metric"], out)
     sections = [cost] + ([serving_cost] if serving_cost else [])
 

@@ -50,6 +50,7 @@ from tunelab.config import (
     set_old_train_field,
     upgrade_old_train_fields,
 )
+from tunelab.data.code_problems import REPORTED_HALF, half_metric
 from tunelab.errors import ConfigError
 from tunelab.evaluate.metric_facts import METRICS
 from tunelab.progress import console
@@ -481,7 +482,9 @@ def resolve_task_metric(spec: SweepSpec, recipe: Recipe, file: Path) -> str:
     """The sweep's task metric: `task_metric:`, else the recipe's task, else its first metric; one the sweep scores."""
     ev = recipe.eval
     scored = ["bertscore_f1" if m == "bertscore" else m for m in ev.metrics]
-    if ev.task not in ("none", "code"):  # pass@k is the code stage's, which a sweep does not run
+    if ev.task == "code":  # pass@1 on the declared test half: the column a code sweep reports (its dev half is for choosing)
+        scored.insert(0, half_metric(REPORTED_HALF))
+    elif ev.task != "none":
         scored.insert(0, ev.task)
     if spec.task_metric is None:
         return scored[0]

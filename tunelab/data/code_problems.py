@@ -96,6 +96,12 @@ def read_code_problems(path: Path, fields: dict[str, str] | None = None) -> list
 
 # ---------------------------------------------------------------- the declared halves
 HALVES = ("dev", "test")  # tunelab's split of a problem file: choose settings on dev, report on test
+REPORTED_HALF = "test"
+
+
+def half_metric(half: str) -> str:
+    """The key of pass@1 on one half, as a sweep stores it: `pass@1_dev`, `pass@1_test`."""
+    return f"pass@1_{half}"
 
 
 def problem_half(index: int) -> str:
