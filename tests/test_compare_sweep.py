@@ -176,8 +176,19 @@ def test_a_code_sweep_stores_pass_at_1_overall_and_on_each_declared_half(tmp_pat
     db = sqlite3.connect(store_path(tmp_path / "sweeps" / "tiny"))
     counts = db.execute("SELECT run_id, metric, COUNT(*) FROM scores WHERE metric LIKE 'pass@1%' GROUP BY run_id, metric").fetchall()
     assert sorted((metric, n) for _, metric, n in counts) == sorted([("pass@1", 4), ("pass@1_dev", 2), ("pass@1_test", 2)] * 2)
+    # each tuned run's training examples are checked for the problems, as `tunelab run` checks them
+    runs = dict(db.execute("SELECT kind, run_dir FROM runs").fetchall())
+    leak = json.loads((Path(runs["variant"]) / "eval" / "benchmarks" / "humaneval" / "benchmark.json").read_text())["leakage"]
+    assert leak["source"].endswith("train.jsonl") and leak["problems_checked"] == 4 and leak["examples"] > 0
+    assert "leakage" not in json.loads((Path(runs["reference"]) / "eval" / "benchmarks" / "humaneval" / "benchmark.json").read_text())
     md = (compare_cli(path) and tmp_path / "sweeps" / "tiny" / "report" / "report.md").read_text()
     assert "pass@1 (dev half)" in md and "pass@1 (test half)" in md
+    # the verdicts rest on the reported half: the task metric is pass@1 on the test half, and the dev half is never a finding
+    assert dict(db.execute("SELECT key, value FROM meta").fetchall())["task_metric"] == "pass@1_test"
+    assert "Δ pass@1 (test half) vs untuned" in md
+    for line in md.splitlines():
+        if "pass@1 (dev half) by" in line:
+            assert line.endswith("the half settings are chosen on, not a finding."), line
 
 
 def test_a_variant_answering_from_its_gguf_is_exported_before_it_answers(tmp_path, tiny_model_dir, monkeypatch):

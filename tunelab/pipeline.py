@@ -18,7 +18,7 @@ from tunelab.evaluate import report as eval_report
 from tunelab.evaluate.benchmark import benchmark_name, benchmark_path, forgetting_verdict, rich_table, run_general_ability
 from tunelab.evaluate.code import benchmark_name as code_benchmark_name
 from tunelab.evaluate.code import rich_table as code_table
-from tunelab.evaluate.code import run_code_benchmark
+from tunelab.evaluate.code import run_code_benchmark, training_texts
 from tunelab.evaluate.preference import preference_stage
 from tunelab.evaluate.run import evaluate_models
 from tunelab.export.run import export_run
@@ -62,10 +62,9 @@ def code_stage(recipe: Recipe, run: RunDir) -> None:
     cfg = recipe.eval.code
     models, names = ([recipe.model, str(run.root)], ["base", "tuned"]) if recipe.eval.compare_base else ([str(run.root)], ["tuned"])
     out = run.benchmark(code_benchmark_name(cfg.benchmark))
-    train = read_jsonl(run.split("train"))
-    texts = ["\n".join(m["content"] for m in ex["messages"]) for ex in train]
-    training = (str(run.split("train")), texts)
-    result = run_code_benchmark(models, cfg, out, names=names, bootstrap_samples=recipe.eval.bootstrap_samples, training=training)
+    result = run_code_benchmark(
+        models, cfg, out, names=names, bootstrap_samples=recipe.eval.bootstrap_samples, training=training_texts(run)
+    )
     print_table(code_table(result))
     run.mark_done("code", benchmark=result["benchmark"])
 

@@ -51,7 +51,7 @@ from tunelab.data.schema import content_hash, split_hash
 from tunelab.errors import ConfigError, DataError, TunelabError
 from tunelab.evaluate.benchmark import benchmark_name, benchmark_path, question_scores, run_general_ability
 from tunelab.evaluate.code import benchmark_name as code_benchmark_name
-from tunelab.evaluate.code import problem_scores, run_code_benchmark
+from tunelab.evaluate.code import problem_scores, run_code_benchmark, training_texts
 from tunelab.evaluate.examples import split_example
 from tunelab.evaluate.generation import run_gguf
 from tunelab.evaluate.metric_facts import benchmark_metric
@@ -459,7 +459,8 @@ def evaluate_code(run: PlannedRun, cfg: EvalConfig, name: str) -> tuple[dict[str
     """pass@1 on the code benchmark, by running the code, over every problem and each declared half."""
     rd = RunDir(run.run_dir)
     out = rd.benchmark(code_benchmark_name(cfg.code.benchmark))
-    run_code_benchmark([run.model_ref], cfg.code, out, names=[name], bootstrap_samples=cfg.bootstrap_samples)
+    training = training_texts(rd) if run.variant is not None else None  # checked for HumanEval's problems, as `tunelab run` does
+    run_code_benchmark([run.model_ref], cfg.code, out, names=[name], bootstrap_samples=cfg.bootstrap_samples, training=training)
     return problem_scores(out, name, cfg.bootstrap_samples)
 
 

@@ -41,6 +41,7 @@ from tunelab.data.code_problems import (
     LEAK_NGRAM,
     CodeProblem,
     code_benchmark_path,
+    half_metric,
     leaked_problems,
     open_problems,
     problem_half,
@@ -68,6 +69,12 @@ def leakage_check(texts: list[str], problems: list[CodeProblem], source: str) ->
     """The record a code benchmark keeps of its leakage check against `source` (a run's training split)."""
     leaked = leaked_problems(texts, problems)
     return {"source": source, "examples": len(texts), "ngram_words": LEAK_NGRAM, "problems_checked": len(problems), "leaked": leaked}
+
+
+def training_texts(run: RunDir) -> tuple[str, list[str]]:
+    """(where, texts) of a run's training examples, each the text of its messages: what `leakage_check` reads."""
+    path = run.split("train")
+    return str(path), ["\n".join(m["content"] for m in ex["messages"]) for ex in read_jsonl(path)]
 
 
 # ---------------------------------------------------------------- asking a model
@@ -367,9 +374,9 @@ def problem_scores(out_dir: Path, name: str, bootstrap_samples: int) -> tuple[di
     scores = []
     for index, row in enumerate(rows):  # the file's problems in order: a benchmark scores a prefix of its file
         passed = pass_at_k(len(row[name]), sum(s["passed"] for s in row[name]), 1)
-        scores += [(row["id"], "pass@1", passed), (row["id"], f"pass@1_{problem_half(index)}", passed)]
+        scores += [(row["id"], "pass@1", passed), (row["id"], half_metric(problem_half(index)), passed)]
     metrics = {}
-    for metric in ["pass@1", *(f"pass@1_{half}" for half in HALVES)]:
+    for metric in ["pass@1", *(half_metric(half) for half in HALVES)]:
         values = [v for _, m, v in scores if m == metric]
         metrics[metric] = {**bootstrap_ci(values, n=bootstrap_samples, seed=SEED), "n": len(values)}
     return metrics, scores
