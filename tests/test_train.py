@@ -169,6 +169,30 @@ def test_full_finetune_and_sequence_length_error(tmp_path, tiny_model_dir):
         train_recipe(make_recipe(tmp_path / "short", tiny_model_dir, max_seq_length=16, max_steps=2))
 
 
+@pytest.mark.parametrize(
+    "cpuinfo, train, dtype",
+    [
+        ("amx", {}, "bfloat16"),  # LoRA SFT under bf16 autocast on an AMX CPU: frozen weights in bf16
+        ("amx", {"precision": "fp32"}, "float32"),  # no autocast: nothing to store them for
+        ("amx", {"weights": "full"}, "float32"),  # every weight trains
+        ("epyc", {}, "float32"),  # inside the noise there
+    ],
+)
+def test_frozen_weights_follow_the_cpu(tmp_path, tiny_model_dir, monkeypatch, cpuinfo, train, dtype):
+    from test_cpu import EPYC_ZEN4, SAPPHIRE_RAPIDS
+
+    from tunelab.cpu import parse_cpuinfo
+    from tunelab.train import run as train_run
+
+    features = parse_cpuinfo({"amx": SAPPHIRE_RAPIDS, "epyc": EPYC_ZEN4}[cpuinfo], "x86_64")
+    monkeypatch.setattr(train_run, "cpu", lambda: features)
+    monkeypatch.setattr("tunelab.models.load.cpu", lambda: features)
+    monkeypatch.setattr(train_run.torch.cuda, "is_available", lambda: False)
+    recipe = make_recipe(tmp_path, tiny_model_dir, **train)
+    assert train_run.frozen_weights_dtype(recipe, train_run.StepChoices()) == dtype
+    assert train_run.frozen_weights_dtype(recipe, train_run.StepChoices(base_dtype="float32")) == "float32"  # asked for: kept
+
+
 def test_a_step_choice_where_it_does_not_apply_is_refused(tmp_path, tiny_model_dir):
     """train_recipe's `step` (what bench/train_throughput.py's ablation varies) is refused before any work where it
     would change nothing: with padded batches there are no packed rows, and a full fine-tune has no frozen base."""

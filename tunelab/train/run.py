@@ -47,6 +47,7 @@ from tunelab.config import (
     recipe_from_dict,
     write_recipe,
 )
+from tunelab.cpu import cpu
 from tunelab.data.prepare import prepare_data
 from tunelab.data.render import IGNORE_INDEX, render_example
 from tunelab.errors import ConfigError, TunelabError
@@ -84,8 +85,8 @@ class StepChoices:
     # SDPA with the block-diagonal mask over the whole row
     attention_per_example: bool = True
     # how the frozen base weights are stored: "bfloat16" instead of casting fp32 weights under autocast every
-    # step (PEFT keeps the LoRA weights in fp32)
-    base_dtype: str = "float32"
+    # step (PEFT keeps the LoRA weights in fp32); "auto": bfloat16 where `frozen_weights_dtype` says it pays
+    base_dtype: str = "auto"
     # on a CPU, the answer-token loss always runs in cache-sized chunks (train/answer_loss.py); False: only where a
     # batch's answer logits pass answer_loss.LOGITS_BUDGET
     chunked_loss_on_cpu: bool = True
@@ -249,11 +250,25 @@ def check_sequence_length(tokenizer, max_seq_length: int) -> None:
         )
 
 
+def frozen_weights_dtype(recipe: Recipe, step: StepChoices) -> str:
+    """How the base model's weights are stored for training: `step.base_dtype`, where `auto` means bfloat16 for
+    supervised LoRA under bf16 autocast on a CPU where that pays (tunelab.cpu: AMX), else float32."""
+    if step.base_dtype != "auto":
+        return step.base_dtype
+    t = recipe.train
+    on_amx_cpu = not torch.cuda.is_available() and cpu().bf16_frozen_weights
+    lora_sft = t.objective == "sft" and t.weights == "lora"
+    return "bfloat16" if lora_sft and on_amx_cpu and wants_bf16(t.precision) else "float32"
+
+
 def build_model(recipe: Recipe, base_path: Path, step: StepChoices = StepChoices()):
-    """The base model, its weights stored as `step.base_dtype`, wrapped for the chosen method (LoRA, QLoRA or full)."""
+    """The base model, its weights stored as `frozen_weights_dtype` says, wrapped for the chosen method (LoRA, QLoRA or full)."""
     t = recipe.train
     model = load_causal_lm(
-        base_path, dtype=step.base_dtype, load_in_4bit=(t.weights == "qlora"), trust_remote_code=recipe.trust_remote_code
+        base_path,
+        dtype=frozen_weights_dtype(recipe, step),
+        load_in_4bit=(t.weights == "qlora"),
+        trust_remote_code=recipe.trust_remote_code,
     )
     model.config.use_cache = False
     # under FSDP the wrapper checkpoints activations itself (strategy_arguments); the model's own would repeat gathers
@@ -509,6 +524,12 @@ def mfu_unavailable(recipe: Recipe, checkpoint: Path | None) -> str | None:
     return None
 
 
+def frozen_dtype(model) -> str | None:
+    """The dtype the model's frozen weights are stored in (None when every weight trains)."""
+    frozen = next((p for p in model.parameters() if not p.requires_grad), None)
+    return str(frozen.dtype).removeprefix("torch.") if frozen is not None else None
+
+
 def training_summary(trainer: Trainer, result, recipe: Recipe, run: RunDir, checkpoint: Path | None, threads: int, seconds: float) -> dict:
     """The final numbers of a run (every process calls this: the peak memory is gathered from all)."""
     final_eval = trainer.evaluate() if trainer.eval_dataset is not None else {}
@@ -538,6 +559,7 @@ def training_summary(trainer: Trainer, result, recipe: Recipe, run: RunDir, chec
         "train_loss_mean": result.training_loss,
         "eval_loss": final_eval.get("eval_loss"),
         "precision": "bf16" if args.bf16 else "fp32",
+        "frozen_weights": frozen_dtype(trainer.model),  # StepChoices.base_dtype, `auto` resolved for this run
         "compiled": bool(args.torch_compile),  # train.compile, `auto` resolved for this run
         "threads": threads,
         "peak_memory_gib": peak_memory,  # one value per process
@@ -598,7 +620,9 @@ def train_recipe(
         steps = recipe.train.max_steps or math.ceil(steps_per_epoch(recipe, examples, state.num_processes) * recipe.train.epochs)
         console.print(
             f"Training {recipe.name}: {examples} {'examples' if supervised else recipe.train.objective.upper() + ' pairs'}, {steps} steps, "
-            f"{'bf16 autocast' if trainer.args.bf16 else 'fp32'}, {threads} threads"
+            f"{'bf16 autocast' if trainer.args.bf16 else 'fp32'}"
+            + (", frozen weights in bf16" if frozen_dtype(trainer.model) == "bfloat16" and trainer.args.bf16 else "")
+            + f", {threads} threads"
             + (f" in each of {state.num_processes} processes ({recipe.train.distributed})" if state.num_processes > 1 else "")
             + f", {'packed' if recipe.train.packing and supervised else 'padded'} batches"
             + (" (torch.compile: the first steps wait for the compiler, a minute or more)" if trainer.args.torch_compile else "")
