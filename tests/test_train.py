@@ -175,6 +175,7 @@ def test_full_finetune_and_sequence_length_error(tmp_path, tiny_model_dir):
         ("amx", {}, "bfloat16"),  # LoRA SFT under bf16 autocast on an AMX CPU: frozen weights in bf16
         ("amx", {"precision": "fp32"}, "float32"),  # no autocast: nothing to store them for
         ("amx", {"weights": "full"}, "float32"),  # every weight trains
+        ("amx", {"distributed": "fsdp"}, "float32"),  # shards of one dtype
         ("epyc", {}, "float32"),  # inside the noise there
     ],
 )

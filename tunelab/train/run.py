@@ -252,12 +252,13 @@ def check_sequence_length(tokenizer, max_seq_length: int) -> None:
 
 def frozen_weights_dtype(recipe: Recipe, step: StepChoices) -> str:
     """How the base model's weights are stored for training: `step.base_dtype`, where `auto` means bfloat16 for
-    supervised LoRA under bf16 autocast on a CPU where that pays (tunelab.cpu: AMX), else float32."""
+    supervised LoRA under bf16 autocast on a CPU where that pays (tunelab.cpu: AMX), else float32. Not under FSDP or
+    DeepSpeed, whose shards want one dtype (with ddp every process holds the whole model)."""
     if step.base_dtype != "auto":
         return step.base_dtype
     t = recipe.train
     on_amx_cpu = not torch.cuda.is_available() and cpu().bf16_frozen_weights
-    lora_sft = t.objective == "sft" and t.weights == "lora"
+    lora_sft = t.objective == "sft" and t.weights == "lora" and t.distributed == "ddp"
     return "bfloat16" if lora_sft and on_amx_cpu and wants_bf16(t.precision) else "float32"
 
 
