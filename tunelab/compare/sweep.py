@@ -405,8 +405,8 @@ def evaluate_run(run: PlannedRun, sweep: Sweep, heldout: Heldout, store: Results
     cfg = eval_config(sweep, heldout)
     if run.variant is not None and sweep.spec.serving is not None:
         export_for_serving(run)
-    if run.variant is not None and uses_q8_0_gguf(cfg):
-        export_q8_0(run)
+    if run.variant is not None and cfg.generation_backend == "gguf" and run_gguf(run.run_dir) is None:
+        export_q8_0(run)  # the held-out answers come from the run's GGUF: any it has (a gguf-lora pair too), else Q8_0
     result = evaluate_models([answering_model(run, cfg)], heldout.examples, cfg.for_held_out(), out, names=[name])
     metrics, scores = collect_scores(result, out, name)
     if cfg.task == "code":
@@ -442,12 +442,6 @@ def answering_model(run: PlannedRun, cfg: EvalConfig) -> str:
     return run.model_ref
 
 
-def uses_q8_0_gguf(cfg: EvalConfig) -> bool:
-    """Whether a variant's evaluation generates from its GGUF: the held-out answers (`eval.generation_backend`)
-    or the code benchmark (`eval.code.backend`), both on the fast CPU path."""
-    return cfg.generation_backend == "gguf" or (cfg.task == "code" and cfg.code.backend == "gguf")
-
-
 def export_q8_0(run: PlannedRun) -> None:
     """The variant's Q8_0 GGUF, where it has none yet; written without the faithfulness check (Q8_0's is
     bench/export_quality.py's), before anything generates from it."""
@@ -458,6 +452,8 @@ def export_q8_0(run: PlannedRun) -> None:
 def evaluate_code(run: PlannedRun, cfg: EvalConfig, name: str) -> tuple[dict[str, dict], list[tuple[str, str, float]]]:
     """pass@1 on the code benchmark, by running the code, over every problem and each declared half."""
     rd = RunDir(run.run_dir)
+    if run.variant is not None and cfg.code.backend == "gguf":
+        export_q8_0(run)  # the code benchmark's fast path generates from a Q8_0 file for every model alike
     out = rd.benchmark(code_benchmark_name(cfg.code.benchmark))
     training = training_texts(rd) if run.variant is not None else None  # checked for HumanEval's problems, as `tunelab run` does
     run_code_benchmark([run.model_ref], cfg.code, out, names=[name], bootstrap_samples=cfg.bootstrap_samples, training=training)
