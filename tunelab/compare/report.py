@@ -174,6 +174,9 @@ def _p(p: float) -> str:
     return "p<0.001" if p < 0.001 else f"p={p:.3f}" if p < 0.01 else f"p={p:.2f}"
 
 
+FOR_CHOOSING = "the half settings are chosen on, not a finding"  # what a dev-split metric's sentence says instead of a verdict
+
+
 def sentence(row: Row, metric: str, k: float) -> str:
     d = row.deltas[metric]
     unit = " points" if k == 100.0 else ""
@@ -185,7 +188,7 @@ def sentence(row: Row, metric: str, k: float) -> str:
     what = what[0].upper() + what[1:]
     name = metric_name(metric)
     if not reported(metric):  # a dev split: the half settings are chosen on, never a finding
-        return f"{what} changed {name} by {diff:+.2f}{unit} {ci}: the half settings are chosen on, not a finding."
+        return f"{what} changed {name} by {diff:+.2f}{unit} {ci}: {FOR_CHOOSING}."
     if v == "better":
         return f"{what} improved {name} by {diff:+.2f}{unit} {ci}{lower}: a real improvement."
     if v == "worse":
@@ -226,7 +229,7 @@ def fine_tuning_sentence(row: Row, metric: str) -> str:
     ci = f"(95% CI {d['low'] * k:+.2f}..{d['high'] * k:+.2f}, {_p(d['p_value'])})"
     words = {"better": "a real improvement", "worse": "a real degradation", "same": "no measurable difference"}[verdict(metric, d)]
     if not reported(metric):
-        words = "the half settings are chosen on, not a finding"
+        words = FOR_CHOOSING
     return f"Fine-tuning {row.model} (`{row.name}`) changed {metric_name(metric)} by {d['diff'] * k:+.2f}{unit} over the untuned model {ci}: {words}."
 
 
@@ -241,8 +244,14 @@ def on_task_metric(deltas: dict[str, dict], task_metric: str | None, group: str)
     task = verdict(task_metric, deltas[task_metric])
     if group in ("mixed", "partly beat"):  # which way the metric that matters went
         return f"; on {metric_name(task_metric)}, the sweep's task metric: {TASK_WORDS[task]}"
-    agrees = {"improved": "better", "beat": "better", "worse": "worse", "did not beat": "same", "no difference": "same"}[group]
-    if agrees == task or (group == "did not beat" and task == "worse"):
+    agreeing = {
+        "improved": {"better"},
+        "beat": {"better"},
+        "worse": {"worse"},
+        "did not beat": {"same", "worse"},
+        "no difference": {"same"},
+    }
+    if task in agreeing[group]:
         return ""
     return f", though on {metric_name(task_metric)}, the sweep's task metric: {TASK_WORDS[task]}"
 
