@@ -18,19 +18,17 @@ round, the order reversed every other round); round r trains with seed r.
   batch is 8 packed rows of up to 512 tokens: fewer, larger steps than 8 examples.)
 - TRL with bf16 off, padded, loss on all tokens, gradient checkpointing on: the configuration this
   bench used to call "TRL defaults" (TRL's own default is bf16 on).
-- tunelab: `train_recipe` with the recipe's defaults (bf16 autocast where the CPU has it, and on an
-  AMX CPU the frozen base weights stored in bf16; no gradient checkpointing, padding-free packing,
-  logits only at answer tokens).
+- tunelab: `train_recipe` with the recipe's defaults (bf16 autocast where the CPU has it, no
+  gradient checkpointing, padding-free packing, logits only at answer tokens).
 - with --ablation, tunelab with all of those choices off (fp32, gradient checkpointing, padded
   batches, logits at every position), then switched on one at a time, each row adding one to the
   row above; the last step is the tunelab row. Logits at answer tokens only and attention per
   example of a packed row (tunelab/train/attention.py) are not recipe settings but train_recipe's
   `step` (tunelab.train.run.StepChoices): the rows without them get logits at every position and
-  transformers' SDPA with its block-diagonal mask over the whole row. On an AMX CPU the rows with
-  bf16 autocast also store the frozen weights in bf16 (the default there). Candidate rows (not
+  transformers' SDPA with its block-diagonal mask over the whole row. Candidate rows (not
   defaults; --ablation or --candidates) follow: the tunelab row plus one change, here the frozen
-  base weights in the dtype this CPU does not default to (`StepChoices.base_dtype`: bf16 instead
-  of fp32 weights cast under autocast each step, or fp32 on an AMX CPU).
+  base weights stored in bf16 (`StepChoices.base_dtype`) instead of fp32 weights cast under
+  autocast each step.
 
 Tokens/s: the examples' real tokens (chat template applied, no padding) over the Trainer's own
 `train_runtime`, the same count and the same clock for every row. TRL best and tunelab must train
@@ -54,7 +52,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for `python bench/train_throughput.py`
 from bench import harness, results  # noqa: E402
-from tunelab.cpu import cpu, peak_rss_mib  # noqa: E402
+from tunelab.cpu import peak_rss_mib  # noqa: E402
 
 TITLE = "Training throughput (bench/train_throughput.py)"
 BENCH = harness.Bench(__file__, smoke={"examples": 12, "val": 4})
@@ -76,7 +74,7 @@ TUNELAB = "tunelab"
 DESCRIBE = {
     TRL_BEST: "bf16, no gradient checkpointing, packing (bfd), prompt/completion: loss on answers",
     TRL_OLD: "fp32, gradient checkpointing, padded batches, loss on every token",
-    TUNELAB: "`tunelab train` defaults: bf16 autocast (with the frozen base weights stored in bf16 on an AMX CPU), no gradient checkpointing, padding-free packing with attention per example, logits at answer tokens, the loss in cache-sized chunks on a CPU",
+    TUNELAB: "`tunelab train` defaults: bf16 autocast, no gradient checkpointing, padding-free packing with attention per example, logits at answer tokens, the loss in cache-sized chunks on a CPU",
 }
 # The ablation: tunelab with its choices off, then on one at a time; each row adds one choice to the row above, and
 # the last is TUNELAB. A row's settings are recipe settings, and the choices of the step that are not
@@ -93,12 +91,8 @@ ABLATION = {
 }
 LAST_STEP = "+ answer loss in cache-sized chunks on a CPU (= tunelab)"
 # Candidates measured beside tunelab with --ablation or --candidates (not defaults): each is the tunelab row plus one change.
-# The frozen base weights' dtype is a default on AMX CPUs (tunelab.cpu's bf16_frozen_weights): the candidate is the other one.
-BF16_FROZEN = cpu().bf16_frozen_weights
 CANDIDATES = {
-    f"tunelab + frozen base weights stored in {'fp32' if BF16_FROZEN else 'bf16'} (candidate)": dict(
-        base_dtype="float32" if BF16_FROZEN else "bfloat16"
-    ),
+    "tunelab + frozen base weights stored in bf16 (candidate)": dict(base_dtype="bfloat16"),
 }
 SMOKE_QA = [
     ("What is 2 + 2?", "2 + 2 is 4."),

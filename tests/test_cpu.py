@@ -34,7 +34,6 @@ def test_amx_xeon_gets_bf16_and_llama_cpp_without_repacking():
     c = parse_cpuinfo(SAPPHIRE_RAPIDS, "x86_64")
     assert c.flags_known and c.amx and c.bf16_matmul and c.peak_dtype == "bfloat16"
     assert c.llama_extra_buffers is False  # the AMX repack segfaults at the first decode
-    assert c.bf16_frozen_weights  # LoRA's frozen weights are stored in bf16 where AMX makes that pay
     assert "AMX" in c.describe() and "repacking off" in c.describe() and not c.notes
     assert c.label == "Intel(R) Xeon(R) Processor (AMX)"  # bench/RESULTS.md's sections for this CPU end so
 
@@ -43,7 +42,6 @@ def test_epyc_with_avx512_bf16_keeps_repacking_on():
     c = parse_cpuinfo(EPYC_ZEN4, "x86_64")
     assert c.model.startswith("AMD EPYC") and not c.amx
     assert c.bf16_matmul and c.peak_dtype == "bfloat16" and c.llama_extra_buffers is True
-    assert not c.bf16_frozen_weights  # inside the noise on this chip: fp32 weights cast under autocast
     assert c.label == "AMD EPYC 9R14 96-Core Processor (AVX512-BF16)"
 
 

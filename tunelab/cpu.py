@@ -89,13 +89,6 @@ class CpuFeatures:
         return self.x86 and bool(self.torch_flags & {"avx512_bf16", "amx_bf16"})
 
     @property
-    def bf16_frozen_weights(self) -> bool:
-        """Storing a LoRA run's frozen base weights in bf16, instead of casting fp32 weights under autocast every
-        step, pays on AMX chips: 1.01-1.09x the step in 7 of 7 rounds of bench/train_throughput.py on the AMX Xeon,
-        the same validation loss, 5-10% less memory (docs/training.md); inside the noise on the AVX512-BF16 EPYC."""
-        return self.amx and self.bf16_matmul
-
-    @property
     def peak_dtype(self) -> str:
         """The dtype of the fastest matmul here, the one MFU is quoted against."""
         return "bfloat16" if self.bf16_matmul else "float32"

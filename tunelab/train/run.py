@@ -47,7 +47,6 @@ from tunelab.config import (
     recipe_from_dict,
     write_recipe,
 )
-from tunelab.cpu import cpu
 from tunelab.data.prepare import prepare_data
 from tunelab.data.render import IGNORE_INDEX, render_example
 from tunelab.errors import ConfigError, TunelabError
@@ -85,8 +84,9 @@ class StepChoices:
     # SDPA with the block-diagonal mask over the whole row
     attention_per_example: bool = True
     # how the frozen base weights are stored: "bfloat16" instead of casting fp32 weights under autocast every
-    # step (PEFT keeps the LoRA weights in fp32); "auto": bfloat16 where `frozen_weights_dtype` says it pays
-    base_dtype: str = "auto"
+    # step (PEFT keeps the LoRA weights in fp32). Not a default: on the AMX Xeon bf16 was 1.03x faster, but the demo's
+    # adapter, trained against bf16-rounded weights, then failed its Q8_0 faithfulness check (docs/training.md)
+    base_dtype: str = "float32"
     # on a CPU, the answer-token loss always runs in cache-sized chunks (train/answer_loss.py); False: only where a
     # batch's answer logits pass answer_loss.LOGITS_BUDGET
     chunked_loss_on_cpu: bool = True
@@ -250,24 +250,12 @@ def check_sequence_length(tokenizer, max_seq_length: int) -> None:
         )
 
 
-def frozen_weights_dtype(recipe: Recipe, step: StepChoices) -> str:
-    """How the base model's weights are stored for training: `step.base_dtype`, where `auto` means bfloat16 for
-    supervised LoRA under bf16 autocast on a CPU where that pays (tunelab.cpu: AMX), else float32. Not under FSDP or
-    DeepSpeed, whose shards want one dtype (with ddp every process holds the whole model)."""
-    if step.base_dtype != "auto":
-        return step.base_dtype
-    t = recipe.train
-    on_amx_cpu = not torch.cuda.is_available() and cpu().bf16_frozen_weights
-    lora_sft = t.objective == "sft" and t.weights == "lora" and t.distributed == "ddp"
-    return "bfloat16" if lora_sft and on_amx_cpu and wants_bf16(t.precision) else "float32"
-
-
 def build_model(recipe: Recipe, base_path: Path, step: StepChoices = StepChoices()):
-    """The base model, its weights stored as `frozen_weights_dtype` says, wrapped for the chosen method (LoRA, QLoRA or full)."""
+    """The base model, its weights stored as `step.base_dtype`, wrapped for the chosen method (LoRA, QLoRA or full)."""
     t = recipe.train
     model = load_causal_lm(
         base_path,
-        dtype=frozen_weights_dtype(recipe, step),
+        dtype=step.base_dtype,
         load_in_4bit=(t.weights == "qlora"),
         trust_remote_code=recipe.trust_remote_code,
     )
@@ -560,7 +548,7 @@ def training_summary(trainer: Trainer, result, recipe: Recipe, run: RunDir, chec
         "train_loss_mean": result.training_loss,
         "eval_loss": final_eval.get("eval_loss"),
         "precision": "bf16" if args.bf16 else "fp32",
-        "frozen_weights": frozen_dtype(trainer.model),  # StepChoices.base_dtype, `auto` resolved for this run
+        "frozen_weights": frozen_dtype(trainer.model),  # StepChoices.base_dtype (None: every weight trains)
         "compiled": bool(args.torch_compile),  # train.compile, `auto` resolved for this run
         "threads": threads,
         "peak_memory_gib": peak_memory,  # one value per process
