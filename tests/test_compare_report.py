@@ -6,7 +6,7 @@ import random
 
 from tunelab.compare.report import build_report, on_task_metric, sentence, verdict
 from tunelab.compare.store import ResultsStore
-from tunelab.compare.wording import change_phrase
+from tunelab.compare.wording import change_phrase, changes_phrase
 
 
 def add_run(store, run_id, variant, scores, *, kind="variant", baseline=False, kinds=(), changes=None, seed=1, model="smollm2"):
@@ -143,6 +143,17 @@ def test_sentence_wording_and_phrases():
     assert change_phrase("data.sources.1.share", 0, 0.2) == "raising the replay share of source 1 0→0.2"
     assert change_phrase("train.interpolation", 1.0, 0.5) == "lowering the interpolation toward the tuned weights (α) 1→0.5"
     assert change_phrase("train.weights", "lora", "full") == "changing what training updates from lora to full"
+    # a source whose file changed is named once, by its file and its settings that are not defaults
+    replaced = {
+        "data.sources.0.answers": ["any", "python"],
+        "data.sources.0.format": ["python_functions", "auto"],
+        "data.sources.0.path": ["stdlib", "/data/code_alpaca_2k.json"],
+        "train.learning_rate": [1e-4, 2e-5],
+    }
+    assert changes_phrase(replaced) == (
+        "replacing source 0, stdlib (format python_functions), with code_alpaca_2k.json (answers python)"
+        " and lowering learning rate 0.0001→2e-05"
+    )
 
 
 def flip(values: list[float], right_to_wrong: int, wrong_to_right: int) -> list[float]:

@@ -5,9 +5,11 @@ Shared by `tunelab sweep --dry-run` (the plan) and `tunelab compare` (the report
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from tunelab.compare.spec import AXIS_LABELS
+from tunelab.config import DataSource
 
 
 def _fmt_value(v: Any) -> str:
@@ -47,9 +49,31 @@ def change_phrase(path: str, old: Any, new: Any, plain: bool = False) -> str:
     return f"changing {label} from {_fmt_value(old)} to {_fmt_value(new)}"
 
 
+def _source_desc(path: str, fields: dict[str, Any]) -> str:
+    """'code_alpaca_2k.json (answers python)': a source by its file name and its settings that are not defaults."""
+    settings = [f"{name.replace('_', ' ')} {_fmt_value(v)}" for name, v in fields.items() if v != DataSource.model_fields[name].default]
+    return Path(path).name + (f" ({', '.join(settings)})" if settings else "")
+
+
+def _replaced_sources(changes: dict[str, list]) -> tuple[list[str], dict[str, list]]:
+    """A source whose path changed is another source: one phrase for it ('replacing source 0, stdlib (format
+    python_functions), with code_alpaca_2k.json (answers python)'), not one per field; the other changes as they were."""
+    phrases, rest = [], dict(changes)
+    for key in [k for k in changes if k.startswith("data.sources.") and k.endswith(".path") and k.count(".") == 3]:
+        prefix = key.removesuffix("path")
+        own = [k for k in rest if k.startswith(prefix) and k != key and k.removeprefix(prefix) in DataSource.model_fields]
+        fields = {k.removeprefix(prefix): rest.pop(k) for k in own}
+        old_path, new_path = rest.pop(key)
+        old = _source_desc(old_path, {k: a for k, (a, _) in fields.items()})
+        new = _source_desc(new_path, {k: b for k, (_, b) in fields.items()})
+        phrases.append(f"replacing source {key.split('.')[2]}, {old}, with {new}")
+    return phrases, rest
+
+
 def changes_phrase(changes: dict[str, list]) -> str:
     if not changes:
         return "the same settings"
-    phrases = [change_phrase(k, a, b) for k, (a, b) in changes.items()]
+    phrases, rest = _replaced_sources(changes)
+    phrases += [change_phrase(k, a, b) for k, (a, b) in rest.items()]
     text = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
     return text
