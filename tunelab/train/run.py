@@ -84,7 +84,7 @@ class StepChoices:
     # SDPA with the block-diagonal mask over the whole row
     attention_per_example: bool = True
     # how the frozen base weights are stored: "bfloat16" instead of casting fp32 weights under autocast every
-    # step (PEFT keeps the LoRA weights in fp32). Not a default: on the AMX Xeon bf16 was 1.03x faster, but the demo's
+    # step (PEFT keeps the LoRA weights in fp32). Not a default: on the AMX Xeon bf16 was 1.03-1.09x faster, but the demo's
     # adapter, trained against bf16-rounded weights, then failed its Q8_0 faithfulness check (docs/training.md)
     base_dtype: str = "float32"
     # on a CPU, the answer-token loss always runs in cache-sized chunks (train/answer_loss.py); False: only where a
