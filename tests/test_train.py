@@ -170,7 +170,7 @@ def test_full_finetune_and_sequence_length_error(tmp_path, tiny_model_dir):
 
 
 def test_frozen_weights_stay_fp32_unless_asked_for_bf16(tmp_path, tiny_model_dir):
-    """fp32 frozen weights on every CPU by default (bf16 ones were 1.03x faster on the AMX Xeon, but the demo's adapter
+    """fp32 frozen weights on every CPU by default (bf16 ones were 1.03-1.09x faster on the AMX Xeon, but the demo's adapter
     then failed its Q8_0 faithfulness check: docs/training.md); `base_dtype` asks for bf16, and the summary says which."""
     from tunelab.train.run import StepChoices, train_recipe
 

@@ -254,10 +254,7 @@ def build_model(recipe: Recipe, base_path: Path, step: StepChoices = StepChoices
     """The base model, its weights stored as `step.base_dtype`, wrapped for the chosen method (LoRA, QLoRA or full)."""
     t = recipe.train
     model = load_causal_lm(
-        base_path,
-        dtype=step.base_dtype,
-        load_in_4bit=(t.weights == "qlora"),
-        trust_remote_code=recipe.trust_remote_code,
+        base_path, dtype=step.base_dtype, load_in_4bit=(t.weights == "qlora"), trust_remote_code=recipe.trust_remote_code
     )
     model.config.use_cache = False
     # under FSDP the wrapper checkpoints activations itself (strategy_arguments); the model's own would repeat gathers
