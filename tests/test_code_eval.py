@@ -244,8 +244,17 @@ def test_leakage_check_finds_a_problem_in_training_text():
     leaked = code.leaked_problems(["Write top_k.\n" + solution, "unrelated text"], [PROBLEM, problem])
     assert list(leaked) == ["Test/1"] and leaked["Test/1"] >= 1
     assert code.leaked_problems(["return sorted(set(values))"], [problem]) == {}  # shorter than 13 words
-    record = code.leakage_check(["unrelated"], [PROBLEM, problem], "data/train.jsonl")
-    assert record == {"source": "data/train.jsonl", "examples": 1, "ngram_words": 13, "problems_checked": 2, "leaked": {}}
+    record = code.leakage_check(["unrelated"], [PROBLEM, problem], ["dev", "test"], "data/train.jsonl")
+    assert record == {
+        "source": "data/train.jsonl",
+        "examples": 1,
+        "ngram_words": 13,
+        "problems_checked": 2,
+        "leaked": {},
+        "leaked_per_half": {"dev": 0, "test": 0},
+    }
+    found = code.leakage_check(["Write top_k.\n" + solution], [PROBLEM, problem], ["dev", "test"], "data/train.jsonl")
+    assert found["leaked_per_half"] == {"dev": 0, "test": 1}  # a test-half problem in training: what the report must show
     assert sum(bool(p.solution) for p in read_code_problems(code.code_benchmark_path("humaneval"))) == 164
 
 
@@ -257,6 +266,21 @@ def test_problem_scores_give_pass_at_1_overall_and_on_each_declared_half(tmp_pat
     assert {k: v["mean"] for k, v in metrics.items()} == {"pass@1": 0.5, "pass@1_dev": 1.0, "pass@1_test": 0.0}
     assert {k: v["n"] for k, v in metrics.items()} == {"pass@1": 4, "pass@1_dev": 2, "pass@1_test": 2}
     assert ("T/1", "pass@1_test", 0.0) in scores and ("T/2", "pass@1_dev", 1.0) in scores
+
+
+def test_one_half_is_scored_alone_and_its_rows_keep_their_half(tmp_path, tiny_model_dir):
+    """`--half dev` scores the even positions of the file; the rows say their half, so the sweep's
+    halves stay right although the rows are no longer a prefix of the file."""
+    cfg = CodeEvalConfig(allow_execution=True, half="dev", max_problems=2, max_new_tokens=4, backend="pytorch")
+    result = code.run_code_benchmark([str(tiny_model_dir)], cfg, tmp_path / "dev", names=["m"])
+    rows = [json.loads(line) for line in BenchmarkDir(tmp_path / "dev").predictions.read_text().splitlines()]
+    assert [(r["id"], r["half"]) for r in rows] == [("HumanEval/0", "dev"), ("HumanEval/2", "dev")]
+    assert result["half"] == "dev" and result["problems"] == 2
+    assert "(the dev half)" in BenchmarkDir(tmp_path / "dev").summary_md.read_text()
+    metrics, _ = code.problem_scores(tmp_path / "dev", "m", bootstrap_samples=100)
+    assert metrics["pass@1_dev"]["n"] == 2 and "pass@1_test" not in metrics
+    with pytest.raises(ValueError, match="half"):
+        CodeEvalConfig(half="train")
 
 
 def test_a_dev_half_metric_is_shown_but_never_a_finding():

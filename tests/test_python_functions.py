@@ -176,3 +176,48 @@ def test_a_file_that_does_not_parse_is_a_clear_error_naming_it(tmp_path):
     (tmp_path / "broken.py").write_bytes(b"# caf\xe9\ndef f():\n    pass\n")
     with pytest.raises(DataError, match=r"broken\.py: is not Python this interpreter reads \(UnicodeDecodeError"):
         pf.documented_functions(str(tmp_path))
+
+
+def _answers_folder(tmp_path, rows):
+    from tunelab.io import atomic_write_jsonl
+    from tunelab.runs import BenchmarkDir
+
+    folder = tmp_path / "answers"
+    atomic_write_jsonl(BenchmarkDir(folder).predictions, rows)
+    return folder
+
+
+def test_passing_answers_make_one_example_per_distinct_answer_that_passed(tmp_path):
+    """Rejection sampling: a code benchmark's own passing answers, in the shape the benchmark asks."""
+    prompt = 'def add(a, b):\n    """Return a + b."""\n'
+    good, other, bad = "    return a + b\n", "    return b + a\n", "    return a - b\n"
+    samples = [{"completion": c, "passed": c != bad} for c in (good, good, other, bad)]
+    rows = [
+        {"id": "T/0", "half": "dev", "prompt": prompt, "m": samples},
+        {"id": "T/2", "half": "dev", "prompt": prompt, "m": [{"completion": bad, "passed": False}]},
+    ]
+    folder = _answers_folder(tmp_path, rows)
+    examples = load_examples(DataSource(path=str(folder), format="passing_answers"))
+    answers = [e["messages"][1]["content"] for e in examples]
+    assert answers == [CHAT_ANSWER_START + prompt + good.rstrip("\n") + "\n```", CHAT_ANSWER_START + prompt + other.rstrip("\n") + "\n```"]
+    assert all(e["messages"][0] == {"role": "user", "content": CHAT_REQUEST} for e in examples)
+    # a body the model began with the prompt's newline itself (a tokenizer that merges it) does not double it
+    rows[0]["m"] = [{"completion": "\n" + good, "passed": True}]
+    folder = _answers_folder(tmp_path, rows)
+    (only,) = load_examples(DataSource(path=str(folder / "predictions.jsonl"), format="passing_answers"))
+    assert only["messages"][1]["content"] == CHAT_ANSWER_START + prompt + good.rstrip("\n") + "\n```"
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([{"id": "T/1", "half": "test", "prompt": "def f():\n", "m": []}], "predictions.jsonl, record 0, field 'half'.*T/1 is in the test half"),
+        ([{"id": "T/0", "prompt": "def f():\n", "m": []}], "record 0, field 'half'.*no declared half recorded"),
+        ([{"id": "T/0", "half": "dev", "prompt": "def f():\n", "m": [{"completion": "x", "passed": False}]}], "no answer in it passed"),
+    ],
+)
+def test_passing_answers_refuse_the_test_half_and_say_what_is_wrong(tmp_path, rows, message):
+    with pytest.raises(DataError, match=message):
+        load_examples(DataSource(path=str(_answers_folder(tmp_path, rows)), format="passing_answers"))
+    with pytest.raises(DataError, match="no predictions.jsonl"):
+        load_examples(DataSource(path=str(tmp_path / "missing"), format="passing_answers"))

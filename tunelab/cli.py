@@ -372,6 +372,7 @@ BENCHMARK_OPTION_KINDS = {  # option -> the one kind it applies to; the others (
     "--allow-code-execution": CODE,
     "--samples": CODE,
     "--max-problems": CODE,
+    "--half": CODE,
     "--prompt-format": CODE,
     "--code-backend": CODE,
     "--max-new-tokens": CODE,
@@ -430,6 +431,9 @@ def benchmark_cmd(
     ),
     samples: int | None = typer.Option(None, help="Code: answers per problem (above 1: pass@k, needs --temperature > 0) [default: 1]"),
     max_problems: int | None = typer.Option(None, help="Code: the first N problems only (default: all)"),
+    half: str | None = typer.Option(
+        None, help="Code: dev or test, only that declared half of the problems (even or odd positions) [default: all]"
+    ),
     prompt_format: str | None = typer.Option(
         None, help="Code: auto (chat for instruct models, completion for base models), chat or completion [default: auto]"
     ),
@@ -468,6 +472,7 @@ def benchmark_cmd(
         "allow_execution": allow_code_execution or None,
         "fields": fields or None,
         "max_problems": max_problems,
+        "half": half,
         "samples": samples,
         "temperature": temperature,
         "top_p": top_p,

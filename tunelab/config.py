@@ -38,12 +38,23 @@ class RowTemplate(Strict):
 class DataSource(Strict):
     path: str = Field(description="A file (JSON, JSONL, CSV, Parquet), a saved `datasets` folder, or a hub dataset name.")
     format: Literal[
-        "auto", "alpaca", "sharegpt", "messages", "prompt_completion", "preference", "csv", "parquet", "hub", "python_functions"
+        "auto",
+        "alpaca",
+        "sharegpt",
+        "messages",
+        "prompt_completion",
+        "preference",
+        "csv",
+        "parquet",
+        "hub",
+        "python_functions",
+        "passing_answers",
     ] = Field(
         "auto",
         description="Input format; `auto` detects it from the file extension and the first record's keys (`chosen` and `rejected`: "
         "preference pairs). `python_functions`: Python source (a .py file, a folder, or `stdlib`), one example per documented "
-        "self-contained function in a code benchmark's shape (tunelab/data/python_functions.py).",
+        "self-contained function in a code benchmark's shape (tunelab/data/python_functions.py). `passing_answers`: a code "
+        "benchmark's folder (`tunelab benchmark … --half dev`), one example per distinct answer that passed its tests.",
     )
     columns: dict[str, str] = Field(
         default_factory=dict,
@@ -308,7 +319,11 @@ class CodeEvalConfig(Strict):
         description="The explicit opt-in to run model-written code (each program in its own subprocess with limits: docs/evaluate.md says what is isolated).",
     )
     fields: dict[str, str] = Field(default_factory=dict, description="A file's own field names: task_id, prompt, test, entry_point.")
-    max_problems: int | None = Field(None, gt=0, description="The first N problems only (null: all).")
+    half: Literal["all", "dev", "test"] = Field(
+        "all",
+        description="`dev` or `test`: only that declared half of the file (tunelab/data/code_problems.py), e.g. to sample training answers on dev problems without touching the reported test half.",
+    )
+    max_problems: int | None = Field(None, gt=0, description="The first N problems (of `half`) only (null: all).")
     samples: int = Field(1, gt=0, description="Answers per problem: 1 gives greedy pass@1; more give pass@k (needs temperature > 0).")
     temperature: float = Field(0.0, ge=0, description="0: greedy. Sampled answers (pass@k) use 0.8 in the Codex paper.")
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling for sampled answers (the Codex paper's).")

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tunelab.config import DataSource, RowTemplate
-from tunelab.data.python_functions import python_function_records
+from tunelab.data.python_functions import passing_answer_records, python_function_records
 from tunelab.data.schema import InvalidRecord, validate_example
 from tunelab.errors import DataError
 from tunelab.models.resolve import hub_reachable
@@ -197,6 +197,8 @@ def read_source_records(source: DataSource) -> list[tuple[str, list]]:
     path = Path(source.path).expanduser()
     if source.format == "python_functions":
         return [(f"python-{path.name}", python_function_records(source.path))]
+    if source.format == "passing_answers":
+        return [(f"passing-{path.name}", passing_answer_records(source.path))]
     if source.format != "hub" and path.is_file():
         return [(path.name, read_file_records(path, source.format))]
     if source.format != "hub" and path.is_dir():

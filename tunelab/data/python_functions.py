@@ -13,6 +13,12 @@ helpers defined elsewhere in its file). Decorated functions, stubs, and bodies t
 training example are left out. Functions sharing a run of 13 words with a HumanEval problem or its
 solution are dropped (the benchmark's own leakage test), so nothing of the test reaches training.
 
+`format: passing_answers` reads a code benchmark's folder (`tunelab benchmark … --half dev`) and
+makes one example per distinct answer that passed its problem's tests, in the same shape:
+rejection sampling (Yuan et al. 2023's RFT, STaR), a model tuned on its own answers that ran.
+Only dev-half problems are read: an answer to a test-half problem is refused, since the test half
+is what a code sweep reports.
+
 `answers: python` on any source keeps only examples whose answer is Python that parses: the code
 block of the answer if it has one, else the whole answer (code_alpaca mixes Python with SQL,
 JavaScript, HTML and prose).
@@ -26,8 +32,18 @@ import re
 import sysconfig
 from pathlib import Path
 
-from tunelab.data.code_problems import CHAT_ANSWER_START, CHAT_REQUEST, code_benchmark_path, ngrams, problem_ngrams, read_code_problems
+from tunelab.data.code_problems import (
+    CHAT_ANSWER_START,
+    CHAT_REQUEST,
+    REPORTED_HALF,
+    code_benchmark_path,
+    ngrams,
+    problem_ngrams,
+    read_code_problems,
+)
 from tunelab.errors import DataError
+from tunelab.io import read_jsonl
+from tunelab.runs import BenchmarkDir
 
 STDLIB = "stdlib"  # the `path` that names the standard library of the running Python
 SKIPPED_FOLDERS = {"test", "tests", "idlelib", "site-packages", "lib2to3", "turtledemo", "__pycache__"}
@@ -133,6 +149,31 @@ def python_function_records(path: str) -> list[dict]:
         records.append({"messages": [{"role": "user", "content": CHAT_REQUEST}, {"role": "assistant", "content": answer}]})
     if not records:
         raise DataError(path, None, None, "no documented, self-contained top-level functions found")
+    return records
+
+
+def passing_answer_records(path: str) -> list[dict]:
+    """One chat record per distinct passing answer in a code benchmark's folder (its predictions.jsonl),
+    every model's answers alike; a test-half problem, or a row written before halves were recorded, is an error."""
+    folder = Path(path).expanduser()
+    predictions = BenchmarkDir(folder.parent if folder.name == "predictions.jsonl" else folder).predictions
+    if not predictions.is_file():
+        raise DataError(path, None, None, "not a code benchmark's folder (no predictions.jsonl): make one with `tunelab benchmark … --half dev`")
+    records = []
+    for index, row in enumerate(read_jsonl(predictions)):
+        if row.get("half") in (None, REPORTED_HALF):
+            found = f"problem {row.get('id')} is in the {row['half']} half" if row.get("half") else "no declared half recorded"
+            raise DataError(
+                str(predictions), index, "half", f"{found}; train only on dev-half answers (`tunelab benchmark … --half dev`)"
+            )
+        samples = [s for value in row.values() if isinstance(value, list) for s in value if isinstance(s, dict) and s.get("passed")]
+        for completion in dict.fromkeys(s["completion"] for s in samples):  # distinct, in order
+            # a prompt whose trailing newline the model wrote itself (see asked_prompt) is given without it
+            prompt = row["prompt"].rstrip("\n") if completion.startswith("\n") else row["prompt"]
+            answer = as_benchmark_answer(prompt, completion)
+            records.append({"messages": [{"role": "user", "content": CHAT_REQUEST}, {"role": "assistant", "content": answer}]})
+    if not records:
+        raise DataError(str(predictions), None, None, "no answer in it passed its tests")
     return records
 
 

@@ -65,10 +65,20 @@ COMPLETION_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")  # the Codex p
 
 
 # ---------------------------------------------------------------- leakage
-def leakage_check(texts: list[str], problems: list[CodeProblem], source: str) -> dict:
-    """The record a code benchmark keeps of its leakage check against `source` (a run's training split)."""
+def leakage_check(texts: list[str], problems: list[CodeProblem], halves: list[str], source: str) -> dict:
+    """The record a code benchmark keeps of its leakage check against `source` (a run's training split),
+    with the leaked problems counted per declared half: a tune may train on dev problems by design
+    (its own passing answers to them), never on the test half that is reported."""
     leaked = leaked_problems(texts, problems)
-    return {"source": source, "examples": len(texts), "ngram_words": LEAK_NGRAM, "problems_checked": len(problems), "leaked": leaked}
+    per_half = {half: sum(h == half and p.id in leaked for p, h in zip(problems, halves)) for half in HALVES}
+    return {
+        "source": source,
+        "examples": len(texts),
+        "ngram_words": LEAK_NGRAM,
+        "problems_checked": len(problems),
+        "leaked": leaked,
+        "leaked_per_half": per_half,
+    }
 
 
 def training_texts(run: RunDir) -> tuple[str, list[str]]:
@@ -280,7 +290,9 @@ def summary_markdown(result: dict) -> str:
     lines = [
         f"# {result['benchmark']}: {', '.join(result['models'])}",
         "",
-        f"{result['problems']} of {result['of']} problems from `{Path(result['file']).name}`, {result['decoding']}, "
+        f"{result['problems']} of {result['of']} problems from `{Path(result['file']).name}`"
+        + (f" (the {result['half']} half)" if result.get("half", "all") != "all" else "")
+        + f", {result['decoding']}, "
         f"up to {result['max_new_tokens']} new tokens; {result['protocol']}.",
         "Each cell: mean [95% bootstrap interval]; Δ: paired bootstrap against the first model, two-sided p.",
         "",
@@ -295,10 +307,12 @@ def summary_markdown(result: dict) -> str:
     leak = result.get("leakage")
     if leak:
         found = ", ".join(f"{k} ({v})" for k, v in leak["leaked"].items()) or "none"
+        per_half = leak.get("leaked_per_half")
+        halves = f" Leaked problems per half: {', '.join(f'{h} {n}' for h, n in per_half.items())}." if per_half and leak["leaked"] else ""
         lines += [
             "",
             f"Leakage check: {leak['problems_checked']} problems' prompts and reference solutions against the "
-            f"{leak['examples']} examples of `{leak['source']}`, runs of {leak['ngram_words']} words in common: {found}.",
+            f"{leak['examples']} examples of `{leak['source']}`, runs of {leak['ngram_words']} words in common: {found}.{halves}",
         ]
     return "\n".join(lines + [""])
 
@@ -353,10 +367,10 @@ def errors_markdown(result: dict, problems: list[CodeProblem], scored: list[Mode
     return "\n".join(lines)
 
 
-def write_code_benchmark(out_dir: Path, result: dict, problems: list[CodeProblem], scored: list[ModelResults]) -> None:
+def write_code_benchmark(out_dir: Path, result: dict, problems: list[CodeProblem], halves: list[str], scored: list[ModelResults]) -> None:
     rows = [
-        {"id": p.id, "entry_point": p.entry_point, "prompt": p.prompt, **{r.name: r.samples[i] for r in scored}}
-        for i, p in enumerate(problems)
+        {"id": p.id, "half": half, "entry_point": p.entry_point, "prompt": p.prompt, **{r.name: r.samples[i] for r in scored}}
+        for i, (p, half) in enumerate(zip(problems, halves))
     ]
     with atomic_dir(out_dir) as tmp:
         files = BenchmarkDir(tmp)
@@ -372,13 +386,14 @@ def problem_scores(out_dir: Path, name: str, bootstrap_samples: int) -> tuple[di
     ({metric: mean, low, high, n}, [(problem id, metric, 0-1 score)]), as a sweep stores them."""
     rows = read_jsonl(BenchmarkDir(out_dir).predictions)
     scores = []
-    for index, row in enumerate(rows):  # the file's problems in order: a benchmark scores a prefix of its file
+    for index, row in enumerate(rows):  # rows written before halves were recorded hold a prefix of the file, in order
         passed = pass_at_k(len(row[name]), sum(s["passed"] for s in row[name]), 1)
-        scores += [(row["id"], "pass@1", passed), (row["id"], half_metric(problem_half(index)), passed)]
+        scores += [(row["id"], "pass@1", passed), (row["id"], half_metric(row.get("half") or problem_half(index)), passed)]
     metrics = {}
     for metric in ["pass@1", *(half_metric(half) for half in HALVES)]:
         values = [v for _, m, v in scores if m == metric]
-        metrics[metric] = {**bootstrap_ci(values, n=bootstrap_samples, seed=SEED), "n": len(values)}
+        if values:  # a benchmark of one half (--half) has none of the other
+            metrics[metric] = {**bootstrap_ci(values, n=bootstrap_samples, seed=SEED), "n": len(values)}
     return metrics, scores
 
 
@@ -399,7 +414,9 @@ def run_code_benchmark(
     )
     path = code_benchmark_path(cfg.benchmark)
     every = read_code_problems(path, cfg.fields)
-    problems = every[: cfg.max_problems] if cfg.max_problems else every
+    chosen = [(problem_half(i), p) for i, p in enumerate(every) if cfg.half in ("all", problem_half(i))]
+    chosen = chosen[: cfg.max_problems] if cfg.max_problems else chosen
+    halves, problems = [h for h, _ in chosen], [p for _, p in chosen]
     names = unique_names(names or [Path(m).name if Path(m).exists() else str(m) for m in models])
     limits = ExecutionLimits(timeout_s=cfg.timeout_s)
     bench = benchmark_name(cfg.benchmark)
@@ -408,12 +425,13 @@ def run_code_benchmark(
         for ref, name in zip(models, names)
     ]
     result = summarize(bench, path, problems, len(every), cfg.samples, settings, scored, bootstrap_samples)
+    result["half"] = cfg.half
     result["execution"] = {"timeout_s": limits.timeout_s, "memory_mb": limits.memory_mb, "isolation": describe_isolation()}
     if training is not None:  # (where, texts): the tuned model's training examples, checked for the test problems
-        result["leakage"] = leakage_check(training[1], problems, training[0])
+        result["leakage"] = leakage_check(training[1], problems, halves, training[0])
     result["versions"] = package_versions()
     result["created"] = now()
-    write_code_benchmark(Path(out_dir), result, problems, scored)
+    write_code_benchmark(Path(out_dir), result, problems, halves, scored)
     return result
 
 
