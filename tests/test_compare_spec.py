@@ -236,3 +236,20 @@ def test_an_old_method_axis_gives_the_variants_of_the_new_axes(tmp_path, capsys)
     assert [(v.recipe.train.weights, v.recipe.train.objective) for v in old.variants] == [("lora", "sft"), ("full", "sft"), ("full", "dpo")]
     assert [v.config_id for v in old.variants] == [v.config_id for v in new.variants]
     assert recipe_changes(old.variants[1].recipe, old.variants[2].recipe) == {"train.objective": ("sft", "dpo")}
+
+
+def test_a_field_added_later_keeps_the_ids_runs_already_have_until_it_is_set():
+    """eval.code.half came after code sweeps had stored runs: at its old behaviour ("all") it is not hashed, so
+    adding it re-ran no variant and no untuned reference; set to another value, it is another run."""
+    from tunelab.compare.spec import config_id, without_added_later
+    from tunelab.config import recipe_from_dict
+
+    def recipe(**code):
+        code = {"allow_execution": True, **code}
+        return recipe_from_dict({"data": {"sources": [{"path": "pairs.json"}]}, "eval": {"task": "code", "code": code}})
+
+    assert config_id(recipe(half="all")) == config_id(recipe()) != config_id(recipe(half="dev"))
+    eval_settings = recipe().eval.model_dump(mode="json")
+    assert "half" not in without_added_later(eval_settings, ("eval",))["code"]
+    assert without_added_later(recipe(half="dev").eval.model_dump(mode="json"), ("eval",))["code"]["half"] == "dev"
+    assert without_added_later({"task": "none", "code": None}, ("eval",)) == {"task": "none", "code": None}

@@ -211,7 +211,10 @@ def test_passing_answers_make_one_example_per_distinct_answer_that_passed(tmp_pa
 @pytest.mark.parametrize(
     ("rows", "message"),
     [
-        ([{"id": "T/1", "half": "test", "prompt": "def f():\n", "m": []}], "predictions.jsonl, record 0, field 'half'.*T/1 is in the test half"),
+        (
+            [{"id": "T/1", "half": "test", "prompt": "def f():\n", "m": []}],
+            "predictions.jsonl, record 0, field 'half'.*T/1 is in the test half",
+        ),
         ([{"id": "T/0", "prompt": "def f():\n", "m": []}], "record 0, field 'half'.*no declared half recorded"),
         ([{"id": "T/0", "half": "dev", "prompt": "def f():\n", "m": [{"completion": "x", "passed": False}]}], "no answer in it passed"),
     ],

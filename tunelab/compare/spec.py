@@ -310,14 +310,28 @@ def config_id(recipe: Recipe) -> str:
     # how a run goes is not what it computes: hashed at the values every store began with, so a new default for
     # one of them (train.compile became `auto`) or a sweep that sets one re-runs nothing
     d["train"].update({key: HASHED_AS[key] for key in HOW_NOT_WHAT_TRAIN_FIELDS})
-    # a field added after the stores began is hashed only when it is set, so the ids runs already have hold
-    for section, key in ADDED_LATER:
-        if d[section].get(key) is None:
-            d[section].pop(key, None)
-    return hash_obj(hashed_as_one_method(d))[:16]
+    return hash_obj(hashed_as_one_method(without_added_later(d)))[:16]
 
 
-ADDED_LATER = [("export", "imatrix")]
+# Fields added after the stores began, with the value every run had before they existed: hashed only when
+# set to something else, so the ids runs already have hold (a sweep re-runs nothing for a new default field).
+ADDED_LATER = {("export", "imatrix"): None, ("eval", "code", "half"): "all"}
+
+
+def without_added_later(d: dict, root: tuple[str, ...] = ()) -> dict:
+    """`d`, a resolved recipe (or its section at `root`, e.g. ("eval",)), less the ADDED_LATER fields that hold their old value."""
+    for path, old in ADDED_LATER.items():
+        if path[: len(root)] != root:
+            continue
+        *parents, key = path[len(root) :]
+        node = d
+        for name in parents:
+            node = node.get(name) if isinstance(node, dict) else None
+        if isinstance(node, dict) and node.get(key, old) == old:
+            node.pop(key, None)
+    return d
+
+
 HASHED_AS = {"threads": None, "compile": False, "logging_steps": 5, "mlflow": False, "tensorboard": True}
 
 

@@ -30,7 +30,16 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from tunelab.compare.spec import ServingSpec, Sweep, Variant, hash_obj, load_sweep, recipe_changes, resolved_dict
+from tunelab.compare.spec import (
+    ServingSpec,
+    Sweep,
+    Variant,
+    hash_obj,
+    load_sweep,
+    recipe_changes,
+    resolved_dict,
+    without_added_later,
+)
 from tunelab.compare.store import ResultsStore, store_path
 from tunelab.compare.wording import change_phrase
 from tunelab.config import (
@@ -208,7 +217,7 @@ def plan_runs(sweep: Sweep, heldout: Heldout) -> list[PlannedRun]:
     for v in sweep.variants:
         if v.recipe.model not in models:
             models.append(v.recipe.model)
-    eval_settings = eval_config(sweep, heldout).model_dump(mode="json")
+    eval_settings = without_added_later(eval_config(sweep, heldout).model_dump(mode="json"), ("eval",))
     for model in models:
         # The same model scored with other evaluation settings is another reference run.
         run_id = "base-" + hash_obj([model, eval_settings])[:10]

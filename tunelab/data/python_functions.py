@@ -158,14 +158,14 @@ def passing_answer_records(path: str) -> list[dict]:
     folder = Path(path).expanduser()
     predictions = BenchmarkDir(folder.parent if folder.name == "predictions.jsonl" else folder).predictions
     if not predictions.is_file():
-        raise DataError(path, None, None, "not a code benchmark's folder (no predictions.jsonl): make one with `tunelab benchmark … --half dev`")
+        raise DataError(
+            path, None, None, "not a code benchmark's folder (no predictions.jsonl): make one with `tunelab benchmark … --half dev`"
+        )
     records = []
     for index, row in enumerate(read_jsonl(predictions)):
         if row.get("half") in (None, REPORTED_HALF):
             found = f"problem {row.get('id')} is in the {row['half']} half" if row.get("half") else "no declared half recorded"
-            raise DataError(
-                str(predictions), index, "half", f"{found}; train only on dev-half answers (`tunelab benchmark … --half dev`)"
-            )
+            raise DataError(str(predictions), index, "half", f"{found}; train only on dev-half answers (`tunelab benchmark … --half dev`)")
         samples = [s for value in row.values() if isinstance(value, list) for s in value if isinstance(s, dict) and s.get("passed")]
         for completion in dict.fromkeys(s["completion"] for s in samples):  # distinct, in order
             # a prompt whose trailing newline the model wrote itself (see asked_prompt) is given without it
