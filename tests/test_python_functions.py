@@ -178,12 +178,25 @@ def test_a_file_that_does_not_parse_is_a_clear_error_naming_it(tmp_path):
         pf.documented_functions(str(tmp_path))
 
 
+TEST_HALF_PROBLEM = (
+    'def is_sorted(values):\n    """Return True if the values are in ascending order and no value appears more than twice."""\n'
+)
+
+
 def _answers_folder(tmp_path, rows):
-    from tunelab.io import atomic_write_jsonl
+    """A code benchmark's folder as `tunelab benchmark --half dev` writes it, over a file of two problems
+    (T/0 in the dev half, T/1 in the test half)."""
+    from tunelab.io import atomic_write_json, atomic_write_jsonl
     from tunelab.runs import BenchmarkDir
 
+    problems = tmp_path / "problems.jsonl"
+    test = {"test": "def check(candidate):\n    pass\n", "entry_point": "f"}
+    atomic_write_jsonl(
+        problems, [{"task_id": "T/0", "prompt": "def f():\n", **test}, {"task_id": "T/1", "prompt": TEST_HALF_PROBLEM, **test}]
+    )
     folder = tmp_path / "answers"
     atomic_write_jsonl(BenchmarkDir(folder).predictions, rows)
+    atomic_write_json(BenchmarkDir(folder).benchmark_json, {"file": str(problems), "half": "dev"})
     return folder
 
 
@@ -208,6 +221,20 @@ def test_passing_answers_make_one_example_per_distinct_answer_that_passed(tmp_pa
     assert only["messages"][1]["content"] == CHAT_ANSWER_START + prompt + good.rstrip("\n") + "\n```"
 
 
+def test_passing_answers_leave_out_a_dev_problem_twinned_with_the_test_half(tmp_path, capsys):
+    """HumanEval has near-twins across the halves (56 and 61): a dev answer sharing 13 words with a
+    test-half problem would leak that problem into training."""
+    twin = TEST_HALF_PROBLEM.replace("is_sorted", "is_ordered")
+    rows = [
+        {"id": "T/0", "half": "dev", "prompt": twin, "m": [{"completion": "    return True\n", "passed": True}]},
+        {"id": "T/2", "half": "dev", "prompt": "def g():\n", "m": [{"completion": "    return 1\n", "passed": True}]},
+    ]
+    examples = load_examples(DataSource(path=str(_answers_folder(tmp_path, rows)), format="passing_answers"))
+    assert [e["messages"][1]["content"] for e in examples] == [CHAT_ANSWER_START + "def g():\n    return 1\n```"]
+    said = " ".join(capsys.readouterr().err.split())  # the console wraps long lines
+    assert "left out the answers to 1 dev problem(s) sharing 13 words with a test-half problem: T/0" in said
+
+
 @pytest.mark.parametrize(
     ("rows", "message"),
     [
@@ -222,5 +249,8 @@ def test_passing_answers_make_one_example_per_distinct_answer_that_passed(tmp_pa
 def test_passing_answers_refuse_the_test_half_and_say_what_is_wrong(tmp_path, rows, message):
     with pytest.raises(DataError, match=message):
         load_examples(DataSource(path=str(_answers_folder(tmp_path, rows)), format="passing_answers"))
+    (tmp_path / "problems.jsonl").unlink()
+    with pytest.raises(DataError, match="benchmark.json, field 'file': cannot read the problems it scored"):
+        load_examples(DataSource(path=str(tmp_path / "answers"), format="passing_answers"))
     with pytest.raises(DataError, match="no predictions.jsonl"):
         load_examples(DataSource(path=str(tmp_path / "missing"), format="passing_answers"))

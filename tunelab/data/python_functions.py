@@ -17,7 +17,8 @@ solution are dropped (the benchmark's own leakage test), so nothing of the test 
 makes one example per distinct answer that passed its problem's tests, in the same shape:
 rejection sampling (Yuan et al. 2023's RFT, STaR), a model tuned on its own answers that ran.
 Only dev-half problems are read: an answer to a test-half problem is refused, since the test half
-is what a code sweep reports.
+is what a code sweep reports, and an answer sharing a run of 13 words with a test-half problem is
+left out (HumanEval has near-twins across the halves: 56 and 61, 40 and 43, 46 and 63).
 
 `answers: python` on any source keeps only examples whose answer is Python that parses: the code
 block of the answer if it has one, else the whole answer (code_alpaca mixes Python with SQL,
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import json
 import re
 import sysconfig
 from pathlib import Path
@@ -38,11 +40,13 @@ from tunelab.data.code_problems import (
     REPORTED_HALF,
     code_benchmark_path,
     ngrams,
+    problem_half,
     problem_ngrams,
     read_code_problems,
 )
 from tunelab.errors import DataError
 from tunelab.io import read_jsonl
+from tunelab.progress import console
 from tunelab.runs import BenchmarkDir
 
 STDLIB = "stdlib"  # the `path` that names the standard library of the running Python
@@ -161,7 +165,8 @@ def passing_answer_records(path: str) -> list[dict]:
         raise DataError(
             path, None, None, "not a code benchmark's folder (no predictions.jsonl): make one with `tunelab benchmark … --half dev`"
         )
-    records = []
+    test_ngrams = reported_half_ngrams(BenchmarkDir(predictions.parent).benchmark_json)
+    records, twins = [], set()
     for index, row in enumerate(read_jsonl(predictions)):
         if row.get("half") in (None, REPORTED_HALF):
             found = f"problem {row.get('id')} is in the {row['half']} half" if row.get("half") else "no declared half recorded"
@@ -171,10 +176,27 @@ def passing_answer_records(path: str) -> list[dict]:
             # a prompt whose trailing newline the model wrote itself (see asked_prompt) is given without it
             prompt = row["prompt"].rstrip("\n") if completion.startswith("\n") else row["prompt"]
             answer = as_benchmark_answer(prompt, completion)
+            if ngrams(answer) & test_ngrams:  # a dev problem with a twin in the test half (HumanEval/56 and 61)
+                twins.add(row.get("id"))
+                continue
             records.append({"messages": [{"role": "user", "content": CHAT_REQUEST}, {"role": "assistant", "content": answer}]})
+    if twins:
+        console.print(
+            f"{path}: left out the answers to {len(twins)} dev problem(s) sharing 13 words with a test-half problem: {', '.join(sorted(twins))}"
+        )
     if not records:
-        raise DataError(str(predictions), None, None, "no answer in it passed its tests")
+        raise DataError(str(predictions), None, None, "no answer in it passed its tests (and shares no 13 words with the test half)")
     return records
+
+
+def reported_half_ngrams(benchmark_json: Path) -> set[tuple[str, ...]]:
+    """The 13-word runs of the test-half problems of the file a code benchmark folder scored (its benchmark.json)."""
+    try:
+        result = json.loads(benchmark_json.read_text(encoding="utf-8"))
+        problems = read_code_problems(Path(result["file"]), result.get("fields") or {})
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DataError(str(benchmark_json), None, "file", f"cannot read the problems it scored ({err})") from None
+    return set().union(*(problem_ngrams(p) for i, p in enumerate(problems) if problem_half(i) == REPORTED_HALF))
 
 
 # ---------------------------------------------------------------- answers that are Python

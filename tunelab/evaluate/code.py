@@ -426,6 +426,7 @@ def run_code_benchmark(
     ]
     result = summarize(bench, path, problems, len(every), cfg.samples, settings, scored, bootstrap_samples)
     result["half"] = cfg.half
+    result["fields"] = cfg.fields  # with `file`, what reads the problems again (format: passing_answers)
     result["execution"] = {"timeout_s": limits.timeout_s, "memory_mb": limits.memory_mb, "isolation": describe_isolation()}
     if training is not None:  # (where, texts): the tuned model's training examples, checked for the test problems
         result["leakage"] = leakage_check(training[1], problems, halves, training[0])
