@@ -37,6 +37,7 @@ from pathlib import Path
 from tunelab.data.code_problems import (
     CHAT_ANSWER_START,
     CHAT_REQUEST,
+    LEAK_NGRAM,
     REPORTED_HALF,
     code_benchmark_path,
     ngrams,
@@ -182,15 +183,18 @@ def passing_answer_records(path: str) -> list[dict]:
             records.append({"messages": [{"role": "user", "content": CHAT_REQUEST}, {"role": "assistant", "content": answer}]})
     if twins:
         console.print(
-            f"{path}: left out the answers to {len(twins)} dev problem(s) sharing 13 words with a test-half problem: {', '.join(sorted(twins))}"
+            f"{path}: left out the answers to {len(twins)} dev problem(s) sharing {LEAK_NGRAM} words with a test-half problem: "
+            + ", ".join(sorted(twins))
         )
     if not records:
-        raise DataError(str(predictions), None, None, "no answer in it passed its tests (and shares no 13 words with the test half)")
+        raise DataError(
+            str(predictions), None, None, f"no answer in it passed its tests (and shares no {LEAK_NGRAM} words with the test half)"
+        )
     return records
 
 
 def reported_half_ngrams(benchmark_json: Path) -> set[tuple[str, ...]]:
-    """The 13-word runs of the test-half problems of the file a code benchmark folder scored (its benchmark.json)."""
+    """The LEAK_NGRAM-word runs of the test-half problems of the file a code benchmark folder scored (its benchmark.json)."""
     try:
         result = json.loads(benchmark_json.read_text(encoding="utf-8"))
         problems = read_code_problems(Path(result["file"]), result.get("fields") or {})
