@@ -161,12 +161,13 @@ def passing_answer_records(path: str) -> list[dict]:
     """One chat record per distinct passing answer in a code benchmark's folder (its predictions.jsonl),
     every model's answers alike; a test-half problem, or a row written before halves were recorded, is an error."""
     folder = Path(path).expanduser()
-    predictions = BenchmarkDir(folder.parent if folder.name == "predictions.jsonl" else folder).predictions
+    bench = BenchmarkDir(folder.parent if folder.name == "predictions.jsonl" else folder)
+    predictions = bench.predictions
     if not predictions.is_file():
         raise DataError(
             path, None, None, "not a code benchmark's folder (no predictions.jsonl): make one with `tunelab benchmark … --half dev`"
         )
-    test_ngrams = reported_half_ngrams(BenchmarkDir(predictions.parent).benchmark_json)
+    test_ngrams = reported_half_ngrams(bench.benchmark_json)
     records, twins = [], set()
     for index, row in enumerate(read_jsonl(predictions)):
         if row.get("half") in (None, REPORTED_HALF):
