@@ -25,10 +25,12 @@ round, the order reversed every other round); round r trains with seed r.
   row above; the last step is the tunelab row. Logits at answer tokens only and attention per
   example of a packed row (tunelab/train/attention.py) are not recipe settings but train_recipe's
   `step` (tunelab.train.run.StepChoices): the rows without them get logits at every position and
-  transformers' SDPA with its block-diagonal mask over the whole row. Candidate rows (not
+  transformers' SDPA with its block-diagonal mask over the whole row; so are the loss in chunks and
+  attention's backward as a compiled kernel instead of the CPU flash kernel's (the last two steps). Candidate rows (not
   defaults; --ablation or --candidates) follow: the tunelab row plus one change, here the frozen
   base weights stored in bf16 (`StepChoices.base_dtype`) instead of fp32 weights cast under
-  autocast each step.
+  autocast each step, and the CPU flash kernel's own attention backward (the default before the
+  compiled one), so that a run without the ablation still measures what the compiled one buys.
 
 Tokens/s: the examples' real tokens (chat template applied, no padding) over the Trainer's own
 `train_runtime`, the same count and the same clock for every row. TRL best and tunelab must train
@@ -74,11 +76,12 @@ TUNELAB = "tunelab"
 DESCRIBE = {
     TRL_BEST: "bf16, no gradient checkpointing, packing (bfd), prompt/completion: loss on answers",
     TRL_OLD: "fp32, gradient checkpointing, padded batches, loss on every token",
-    TUNELAB: "`tunelab train` defaults: bf16 autocast, no gradient checkpointing, padding-free packing with attention per example, logits at answer tokens, the loss in cache-sized chunks on a CPU",
+    TUNELAB: "`tunelab train` defaults: bf16 autocast, no gradient checkpointing, padding-free packing with attention per example (its backward compiled), logits at answer tokens, the loss in cache-sized chunks on a CPU",
 }
 # The ablation: tunelab with its choices off, then on one at a time; each row adds one choice to the row above, and
 # the last is TUNELAB. A row's settings are recipe settings, and the choices of the step that are not
-# (train_recipe's `step`, tunelab.train.run.StepChoices: answer_logits, attention_per_example, chunked_loss_on_cpu, base_dtype).
+# (train_recipe's `step`, tunelab.train.run.StepChoices: answer_logits, attention_per_example, chunked_loss_on_cpu,
+# compiled_attention_backward, base_dtype).
 ABLATION = {
     "tunelab, all off": dict(precision="fp32", gradient_checkpointing=True, packing=False),
     "+ bf16 autocast": dict(precision="bf16", gradient_checkpointing=True, packing=False),
@@ -86,13 +89,22 @@ ABLATION = {
     "+ padding-free packing (one block-diagonal mask per row)": dict(
         precision="bf16", gradient_checkpointing=False, packing=True, answer_logits=False, attention_per_example=False
     ),
-    "+ attention per example of a packed row": dict(precision="bf16", gradient_checkpointing=False, packing=True, answer_logits=False),
-    "+ logits at answer tokens only": dict(precision="bf16", gradient_checkpointing=False, packing=True, chunked_loss_on_cpu=False),
+    "+ attention per example of a packed row": dict(
+        precision="bf16", gradient_checkpointing=False, packing=True, answer_logits=False, compiled_attention_backward=False
+    ),
+    "+ logits at answer tokens only": dict(
+        precision="bf16", gradient_checkpointing=False, packing=True, chunked_loss_on_cpu=False, compiled_attention_backward=False
+    ),
+    "+ answer loss in cache-sized chunks on a CPU": dict(
+        precision="bf16", gradient_checkpointing=False, packing=True, compiled_attention_backward=False
+    ),
 }
-LAST_STEP = "+ answer loss in cache-sized chunks on a CPU (= tunelab)"
+LAST_STEP = "+ attention's backward compiled (= tunelab)"
 # Candidates measured beside tunelab with --ablation or --candidates (not defaults): each is the tunelab row plus one change.
 CANDIDATES = {
     "tunelab + frozen base weights stored in bf16 (candidate)": dict(base_dtype="bfloat16"),
+    # the default before issue #25's compiled backward: the same run measures what that change buys
+    "tunelab with the CPU flash kernel's attention backward (the default before)": dict(compiled_attention_backward=False),
 }
 SMOKE_QA = [
     ("What is 2 + 2?", "2 + 2 is 4."),

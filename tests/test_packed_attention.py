@@ -95,11 +95,74 @@ def test_example_bounds():
 
 def test_packed_training_uses_it_on_a_cpu_only(monkeypatch):
     """On CUDA one masked SDPA call per layer beat a call per example 3x (H200): GPUs keep transformers' path."""
+    from tunelab.train import attention
     from tunelab.train.run import attention_implementation
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert attention_implementation(packing=True) == ATTENTION
     assert attention_implementation(packing=True, per_example=False) == "sdpa"  # the ablation's masked row
+    assert attention_implementation(packing=True, compiled_backward=False) == attention.ATTENTION_FLASH_BACKWARD
     assert attention_implementation(packing=False) is None
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert attention_implementation(packing=True) is None
+
+
+def sdpa_grads(q, k, v, grad_out):
+    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    out.backward(grad_out)
+    return out.detach(), q.grad, k.grad, v.grad
+
+
+@pytest.mark.parametrize("length", [1, 5, 37])
+def test_the_attention_backward_gives_sdpas_gradients(length):
+    """attention_backward (eager here, compiled in training) from the forward's log-sum-exp, in fp32 against SDPA's own."""
+    from tunelab.train.attention import attention_backward
+
+    g = torch.Generator().manual_seed(length)
+    q, k, v, grad_out = (torch.randn(1, 3, length, 8, generator=g) for _ in range(4))
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, True, scale=8**-0.5)[:2]
+    ref_out, *ref_grads = sdpa_grads(q, k, v, grad_out)
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-4)
+    for name, grad, ref in zip("qkv", attention_backward(q, k, v, out, lse, grad_out, 8**-0.5), ref_grads):
+        torch.testing.assert_close(grad, ref, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.skipif(not __import__("tunelab.cpu", fromlist=["x"]).has_cpp_compiler(), reason="torch.compile needs a C++ compiler")
+def test_training_under_bf16_takes_the_compiled_backward_with_the_kernels_gradients(monkeypatch):
+    """A packed row under bf16 autocast: the compiled backward runs, and every weight's gradient is the flash kernel's
+    to bf16 rounding."""
+    from tunelab.train import attention
+
+    calls = []
+    compiled = attention.compiled_attention_backward()
+    monkeypatch.setattr(attention, "compiled_attention_backward", lambda: lambda *a: calls.append(1) or compiled(*a))
+    torch.manual_seed(0)
+    model = tiny_model("llama").float()
+    batch = packed_row([7, 3, 12, 1, 9])
+    grads = {}
+    for implementation in (attention.ATTENTION_FLASH_BACKWARD, ATTENTION):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            grads[implementation] = logits_and_grads(model, implementation, batch)[1]
+    assert len(calls) == 2 * 5  # two layers, five examples
+    for name, grad in grads[ATTENTION].items():
+        torch.testing.assert_close(grad, grads[attention.ATTENTION_FLASH_BACKWARD][name], atol=2e-2, rtol=2e-2, msg=name)
+
+
+def test_lora_layers_under_autocast_give_the_same_numbers_without_peft_casting_their_inputs():
+    from peft import LoraConfig, get_peft_model
+
+    from tunelab.train.lora import skip_input_casts
+
+    torch.manual_seed(0)
+    model = get_peft_model(tiny_model("llama").float(), LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    batch = packed_row([7, 3, 12])
+    results = []
+    for skip in (False, True):
+        if skip:
+            skip_input_casts(model)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            results.append(logits_and_grads(model, "sdpa", batch))
+    assert torch.equal(results[0][0], results[1][0])
+    for name, grad in results[0][1].items():
+        assert torch.equal(grad, results[1][1][name]), name

@@ -14,6 +14,8 @@ from the platform: it asks `cpu()` and uses one of the decisions below. Each is 
   dies with a general protection fault (llama.cpp issue 20824), so tunelab turns repacking off
   there; everywhere else repacking is llama.cpp's default and stays on.
 - `default_threads()`: torch's and llama.cpp's threads.
+- `has_cpp_compiler()`: whether torch.compile can build CPU kernels (`train.compile: auto` and the
+  compiled backward of attention per example, tunelab/train/attention.py, ask it).
 - `wait_until_idle()`: whether the machine is idle enough to time anything on it (the benches and a
   sweep's serving cost both ask it before measuring).
 - `label`: how a bench names the CPU its figures were taken on (bench/RESULTS.md has a section
@@ -30,6 +32,7 @@ import functools
 import os
 import platform
 import resource
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -149,6 +152,11 @@ def default_threads() -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     share = cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     return int(os.environ.get("TUNELAB_THREADS", "0")) or max(1, share)
+
+
+def has_cpp_compiler() -> bool:
+    """Whether torch.compile can build CPU kernels here: inductor writes C++ and needs a compiler to build it."""
+    return any(map(shutil.which, ("c++", "g++", "clang++")))
 
 
 IDLE_LOAD = 1.0  # the 1-minute load average at or below which nothing else is running to speak of

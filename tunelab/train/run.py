@@ -47,6 +47,7 @@ from tunelab.config import (
     recipe_from_dict,
     write_recipe,
 )
+from tunelab.cpu import has_cpp_compiler
 from tunelab.data.prepare import prepare_data
 from tunelab.data.render import IGNORE_INDEX, render_example
 from tunelab.errors import ConfigError, TunelabError
@@ -56,7 +57,7 @@ from tunelab.models.resolve import resolve_model
 from tunelab.progress import console
 from tunelab.runs import RunDir, write_environment, write_model_info
 from tunelab.train.answer_loss import use_chunked_answer_loss
-from tunelab.train.attention import ATTENTION
+from tunelab.train.attention import ATTENTION, ATTENTION_FLASH_BACKWARD
 from tunelab.train.callbacks import MetricsFileCallback, ProgressCallback, plot_losses
 from tunelab.train.collate import PackedCollator, PaddedCollator
 from tunelab.train.distributed import (
@@ -68,7 +69,7 @@ from tunelab.train.distributed import (
     strategy_arguments,
 )
 from tunelab.train.flops import mfu_summary
-from tunelab.train.lora import peft_config
+from tunelab.train.lora import peft_config, skip_input_casts
 from tunelab.train.preference import REFERENCE_ADAPTER, check_preference_recipe, continued_adapter, pair_splits, preference_trainer
 
 
@@ -87,6 +88,9 @@ class StepChoices:
     # step (PEFT keeps the LoRA weights in fp32). Not a default: on the AMX Xeon bf16 was 1.03-1.09x faster, but the demo's
     # adapter, trained against bf16-rounded weights, then failed its Q8_0 faithfulness check (docs/training.md)
     base_dtype: str = "float32"
+    # on a CPU under bf16 autocast, the backward of attention per example is a compiled kernel (train/attention.py):
+    # False keeps the CPU flash kernel's own backward, 1.7x slower on the AMX Xeon
+    compiled_attention_backward: bool = True
     # on a CPU, the answer-token loss always runs in cache-sized chunks (train/answer_loss.py); False: only where a
     # batch's answer logits pass answer_loss.LOGITS_BUDGET
     chunked_loss_on_cpu: bool = True
@@ -96,7 +100,9 @@ def check_step_choices(recipe: Recipe, step: StepChoices) -> None:
     """Refuse a step choice changed where the recipe's training never makes it."""
     t = recipe.train
     changed = [f.name for f in fields(step) if getattr(step, f.name) != f.default]
-    packed = [name for name in changed if name in ("answer_logits", "attention_per_example", "chunked_loss_on_cpu")]
+    packed = [
+        name for name in changed if name in ("answer_logits", "attention_per_example", "chunked_loss_on_cpu", "compiled_attention_backward")
+    ]
     if packed and not (t.objective == "sft" and t.packing):
         raise ConfigError(
             f"train_recipe(step=...): {', '.join(packed)} apply to packed supervised training only (train.packing: true, SFT)"
@@ -188,10 +194,6 @@ def tokenize_split(tokenizer, rows: list[dict], max_seq_length: int) -> tuple[li
             continue
         out.append(ex)
     return out, dropped
-
-
-def has_cpp_compiler() -> bool:
-    return any(map(shutil.which, ("c++", "g++", "clang++")))
 
 
 def compiles(recipe: Recipe, steps: int) -> bool:
@@ -417,14 +419,16 @@ def tokenized_splits(run: RunDir, tokenizer, max_len: int, main_process: bool) -
     return train_set, val_set
 
 
-def attention_implementation(packing: bool, per_example: bool = True) -> str | None:
+def attention_implementation(packing: bool, per_example: bool = True, compiled_backward: bool = True) -> str | None:
     """The attention a packed model trains with (None: the model's own). On a CPU each example of a packed
     row attends within itself, at its own cost (train/attention.py), unless `per_example` is off (SDPA with
-    the block-diagonal mask); on CUDA one SDPA call with the block-diagonal mask is faster than a call per
-    example (3.0x on an H200, docs/training.md)."""
+    the block-diagonal mask), its backward compiled unless `compiled_backward` is off; on CUDA one SDPA call
+    with the block-diagonal mask is faster than a call per example (3.0x on an H200, docs/training.md)."""
     if not packing or torch.cuda.is_available():
         return None
-    return ATTENTION if per_example else "sdpa"
+    if not per_example:
+        return "sdpa"
+    return ATTENTION if compiled_backward else ATTENTION_FLASH_BACKWARD
 
 
 def build_trainer(
@@ -435,10 +439,12 @@ def build_trainer(
     torch.manual_seed(t.seed)
     model = build_model(recipe, base_path, step)
     report_trainable(model, recipe, state)
-    if attention := attention_implementation(t.packing, step.attention_per_example):
+    if attention := attention_implementation(t.packing, step.attention_per_example, step.compiled_attention_backward):
         getattr(model, "get_base_model", lambda: model)().set_attn_implementation(attention)
     collator = PackedCollator(logits_only_at_labels=step.answer_logits) if t.packing else PaddedCollator(tokenizer.pad_token_id)
     args = training_arguments(recipe, run, steps_per_epoch(recipe, len(train_set), state.num_processes), has_validation=bool(val_set))
+    if t.weights != "full" and (args.bf16 or args.fp16):  # the Trainer runs every step and evaluation under autocast
+        skip_input_casts(model)
     trainer = Trainer(
         model=model,
         args=args,
