@@ -154,8 +154,10 @@ def default_threads() -> int:
     return int(os.environ.get("TUNELAB_THREADS", "0")) or max(1, share)
 
 
+@functools.cache
 def has_cpp_compiler() -> bool:
-    """Whether torch.compile can build CPU kernels here: inductor writes C++ and needs a compiler to build it."""
+    """Whether torch.compile can build CPU kernels here: inductor writes C++ and needs a compiler to build it.
+    Asked once per process: attention asks it for every example of every layer."""
     return any(map(shutil.which, ("c++", "g++", "clang++")))
 
 
