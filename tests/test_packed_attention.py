@@ -166,3 +166,19 @@ def test_lora_layers_under_autocast_give_the_same_numbers_without_peft_casting_t
     assert torch.equal(results[0][0], results[1][0])
     for name, grad in results[0][1].items():
         assert torch.equal(grad, results[1][1][name]), name
+
+
+def test_the_compiled_backward_is_for_bf16_small_heads_and_dropout_free_steps():
+    from tunelab.cpu import has_cpp_compiler
+    from tunelab.train.attention import uses_compiled_backward
+
+    def q(head_dim, dtype=torch.bfloat16, length=4):
+        return torch.zeros(1, 2, length, head_dim, dtype=dtype, requires_grad=True)
+
+    assert uses_compiled_backward(q(64), dropout=0.0) == has_cpp_compiler()
+    assert not uses_compiled_backward(q(256), dropout=0.0)  # Gemma-3's heads: the kernel's backward is as fast there
+    assert not uses_compiled_backward(q(64, torch.float32), dropout=0.0)
+    assert not uses_compiled_backward(q(64), dropout=0.1)
+    assert not uses_compiled_backward(q(64, length=4096), dropout=0.0)  # 2 heads × 4096² scores: over MAX_SCORES
+    with torch.no_grad():
+        assert not uses_compiled_backward(q(64), dropout=0.0)

@@ -45,6 +45,9 @@ ATTENTION_FLASH_BACKWARD = (
 # the compiled backward holds an example's (heads x length x length) scores in fp32 a few times over: above this many
 # scores (64 MiB each copy; SmolLM2's 9 heads at 1,365 tokens) an example takes the flash kernel's backward instead
 MAX_SCORES = 2**24
+# heads of this size or smaller: SmolLM2's 64 ran 1.08x (bench/train_throughput.py); Gemma-3-270m's 256 ran the same
+# speed either way after paying the compile (docs/training.md), so larger heads keep the kernel's backward
+MAX_HEAD_DIM = 64
 
 
 def example_bounds(position_ids: torch.Tensor) -> list[tuple[int, int]]:
@@ -93,11 +96,15 @@ class CausalAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        return *compiled_attention_backward()(*ctx.saved_tensors, grad_out.contiguous(), ctx.scale), None
+        # contiguous copies: an example's q, k and v are views into the row at an offset, 0 for the first example
+        # only, and the compiler specializes on an offset of 0: without them it compiles the kernel twice
+        tensors = (t.contiguous() for t in (*ctx.saved_tensors, grad_out))
+        return *compiled_attention_backward()(*tensors, ctx.scale), None
 
 
 def uses_compiled_backward(q: torch.Tensor, dropout: float) -> bool:
-    """bf16 on a CPU in an eager step that keeps gradients, with a compiler to build the kernel and scores that fit."""
+    """bf16 on a CPU in an eager step that keeps gradients, with a compiler to build the kernel, heads where it pays
+    and scores that fit."""
     return (
         q.dtype == torch.bfloat16
         and q.device.type == "cpu"
@@ -105,6 +112,7 @@ def uses_compiled_backward(q: torch.Tensor, dropout: float) -> bool:
         and torch.is_grad_enabled()
         and not dropout
         and not torch.compiler.is_compiling()  # a compiled model keeps the kernel's backward: not measured inside a graph
+        and q.shape[-1] <= MAX_HEAD_DIM
         and q.shape[1] * q.shape[2] ** 2 <= MAX_SCORES
         and has_cpp_compiler()
     )
