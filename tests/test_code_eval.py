@@ -294,3 +294,39 @@ def test_a_dev_half_metric_is_shown_but_never_a_finding():
     assert overall(row) == "no difference"
     row.deltas["pass@1_test"] = significant
     assert overall(row) == "improved"
+
+
+def test_metrics_on_problems_a_tune_trained_on_are_shown_but_never_a_finding(tmp_path):
+    """A tune on its own passing dev answers trains on the dev half by design: its pass@1 over every problem and on
+    the dev half are not findings, its test half is (the leakage check in benchmark.json says which halves)."""
+    from tunelab.compare.report import TRAINED_ON, Row, compute_stats, overall, sentence
+    from tunelab.io import atomic_write_json
+    from tunelab.runs import RunDir
+
+    run = RunDir(tmp_path / "rft")
+    bench = BenchmarkDir(run.benchmark("humaneval"))
+    atomic_write_json(
+        bench.benchmark_json, {"kind": code.KIND, "leakage": {"leaked": {"HumanEval/0": "x"}, "leaked_per_half": {"dev": 56, "test": 0}}}
+    )
+    atomic_write_json(BenchmarkDir(run.benchmark("arc-easy")).benchmark_json, {"kind": "multiple_choice"})
+    assert code.trained_on_metrics(run.root) == {"pass@1", "pass@1_dev"}
+    assert code.trained_on_metrics(tmp_path / "no-benchmarks") == set()
+
+    ids = [f"HumanEval/{i}" for i in range(40)]
+
+    def row(name, baseline, passed, trained_on=()):
+        per_example = {m: {i: float(passed(n)) for n, i in enumerate(ids)} for m in ("pass@1", "pass@1_test")}
+        return Row(
+            name, "variant", baseline, [] if baseline else ["data"], {}, [42], per_example, {}, None, None, trained_on=set(trained_on)
+        )
+
+    base = row("baseline", True, lambda n: n % 4 == 0)
+    rft = row("rft", False, lambda n: n % 4 != 3, code.trained_on_metrics(run.root))
+    compute_stats([base, rft])
+    assert sentence(rft, "pass@1", 100.0).endswith(f"{TRAINED_ON}.")
+    assert "a real improvement" in sentence(rft, "pass@1_test", 100.0)
+    assert overall(rft) == "improved"
+    rft.per_example["pass@1_test"] = dict(base.per_example["pass@1_test"])  # the test half unchanged: nothing else counts
+    rft.deltas.clear()
+    compute_stats([base, rft])
+    assert overall(rft) == "no difference"

@@ -29,6 +29,7 @@ from tunelab.compare.store import ResultsStore, store_path
 from tunelab.compare.wording import change_phrase, changes_phrase
 from tunelab.errors import ConfigError
 from tunelab.evaluate import human
+from tunelab.evaluate.code import trained_on_metrics
 from tunelab.evaluate.metric_facts import ALPHA, higher_is_better, reported, split_benchmark_metric, verdict
 from tunelab.evaluate.metric_facts import display_scale as scale
 from tunelab.evaluate.metric_facts import label as metric_name
@@ -70,6 +71,7 @@ class Row:
     deltas: dict[str, dict] = field(default_factory=dict)  # metric -> diff, low, high, p_value, n
     vs_untuned: dict[str, dict] = field(default_factory=dict)  # metric -> paired difference against its untuned base
     run_dirs: list[str] = field(default_factory=list)  # where people's votes on this variant are (eval/human_votes.jsonl)
+    trained_on: set[str] = field(default_factory=set)  # metrics measured on problems its training data held (code.trained_on_metrics)
 
 
 def _avg(values: list) -> float | None:
@@ -114,6 +116,7 @@ def load_rows(store: ResultsStore, config_ids: set[str] | None = None) -> tuple[
                 tokens_per_second=_avg([r["tokens_per_second"] for r in runs]),
                 model=settings.get("model") if first["kind"] == "reference" else (first.get("recipe") or {}).get("model"),
                 run_dirs=[r["run_dir"] for r in runs if r.get("run_dir")],
+                trained_on=set().union(*(trained_on_metrics(r["run_dir"]) for r in runs if r.get("run_dir") and r["kind"] == "variant")),
             )
         )
     rows.sort(key=lambda r: (r.kind != "reference", not r.is_baseline))
@@ -140,7 +143,7 @@ def fine_tuning_effects(rows: list[Row]) -> None:
         for m in row.per_example:
             d = paired_on_shared_ids(row, untuned, m)
             if d:
-                row.vs_untuned[m] = d
+                row.vs_untuned[m] = {**d, "trained_on": m in row.trained_on}
 
 
 def compute_stats(rows: list[Row]) -> Row | None:
@@ -162,7 +165,7 @@ def compute_stats(rows: list[Row]) -> Row | None:
         for m in row.per_example:
             d = paired_on_shared_ids(row, baseline, m)
             if d:
-                row.deltas[m] = d
+                row.deltas[m] = {**d, "trained_on": m in row.trained_on | baseline.trained_on}
     fine_tuning_effects(rows)
     return baseline
 
@@ -175,6 +178,17 @@ def _p(p: float) -> str:
 
 
 FOR_CHOOSING = "the half settings are chosen on, not a finding"  # what a dev-split metric's sentence says instead of a verdict
+TRAINED_ON = "measured on problems a tune here trained on (its leakage check), not a finding"  # Row.trained_on's sentence
+
+
+def is_finding(metric: str, d: dict) -> bool:
+    """Whether a paired difference is a finding: not a dev split settings are chosen on, and measured on no problem
+    that either side's training data held."""
+    return reported(metric) and not d.get("trained_on")
+
+
+def no_finding_words(metric: str, d: dict) -> str | None:
+    return FOR_CHOOSING if not reported(metric) else TRAINED_ON if d.get("trained_on") else None
 
 
 def sentence(row: Row, metric: str, k: float) -> str:
@@ -187,8 +201,8 @@ def sentence(row: Row, metric: str, k: float) -> str:
     what = changes_phrase(row.changes)
     what = what[0].upper() + what[1:]
     name = metric_name(metric)
-    if not reported(metric):  # a dev split: the half settings are chosen on, never a finding
-        return f"{what} changed {name} by {diff:+.2f}{unit} {ci}: {FOR_CHOOSING}."
+    if words := no_finding_words(metric, d):  # a dev split, or problems a tune trained on: never a finding
+        return f"{what} changed {name} by {diff:+.2f}{unit} {ci}: {words}."
     if v == "better":
         return f"{what} improved {name} by {diff:+.2f}{unit} {ci}{lower}: a real improvement."
     if v == "worse":
@@ -197,7 +211,7 @@ def sentence(row: Row, metric: str, k: float) -> str:
 
 
 def overall(row: Row) -> str:
-    verdicts = {m: verdict(m, d) for m, d in row.deltas.items() if reported(m)}
+    verdicts = {m: verdict(m, d) for m, d in row.deltas.items() if is_finding(m, d)}
     better = [m for m, v in verdicts.items() if v == "better"]
     worse = [m for m, v in verdicts.items() if v == "worse"]
     if better and not worse:
@@ -228,8 +242,7 @@ def fine_tuning_sentence(row: Row, metric: str) -> str:
     unit = " points" if k == 100.0 else ""
     ci = f"(95% CI {d['low'] * k:+.2f}..{d['high'] * k:+.2f}, {_p(d['p_value'])})"
     words = {"better": "a real improvement", "worse": "a real degradation", "same": "no measurable difference"}[verdict(metric, d)]
-    if not reported(metric):
-        words = FOR_CHOOSING
+    words = no_finding_words(metric, d) or words
     return f"Fine-tuning {row.model} (`{row.name}`) changed {metric_name(metric)} by {d['diff'] * k:+.2f}{unit} over the untuned model {ci}: {words}."
 
 
@@ -264,7 +277,7 @@ def fine_tuning_findings(rows: list[Row], task_metric: str | None = None) -> tup
         return None
     summary = []
     for r in tuned:
-        verdicts = {verdict(m, d) for m, d in r.vs_untuned.items() if reported(m)}
+        verdicts = {verdict(m, d) for m, d in r.vs_untuned.items() if is_finding(m, d)}
         state = "beat" if verdicts == {"better"} else "did not beat" if "better" not in verdicts else "partly beat"
         summary.append(f"The tuned `{r.name}` {state} its untuned base model {r.model}{on_task_metric(r.vs_untuned, task_metric, state)}.")
     sentences = [(verdict(m, r.vs_untuned[m]), fine_tuning_sentence(r, m)) for r in tuned for m in sorted(r.vs_untuned)]
