@@ -250,7 +250,7 @@ def test_compiled_training_learns_the_same(tmp_path, tiny_model_dir):
 def test_compile_without_a_cpp_compiler_is_refused(tmp_path, tiny_model_dir, monkeypatch):
     from tunelab.train.run import train_recipe
 
-    monkeypatch.setattr("tunelab.train.run.shutil.which", lambda name: None)
+    monkeypatch.setattr("tunelab.train.run.has_cpp_compiler", lambda: False)
     with pytest.raises(TunelabError, match="C\\+\\+ compiler"):
         train_recipe(make_recipe(tmp_path, tiny_model_dir, max_steps=1, compile=True))
     assert not (tmp_path / "runs").exists()  # refused before any work
@@ -268,7 +268,7 @@ def test_compile_auto_compiles_long_supervised_cpu_runs_only(tmp_path, tiny_mode
     assert train_run.compiles(make_recipe(tmp_path, tiny_model_dir, compile=True), 1)
     dpo = auto.model_copy(update={"train": auto.train.model_copy(update={"objective": "dpo"})})
     assert dpo.train.objective == "dpo" and not train_run.compiles(dpo, 10 * long_run)  # not measured with TRL's trainers
-    monkeypatch.setattr("tunelab.train.run.shutil.which", lambda name: None)
+    monkeypatch.setattr("tunelab.train.run.has_cpp_compiler", lambda: False)
     assert not train_run.compiles(auto, 10 * long_run)  # no compiler: auto stays eager instead of failing
 
 
