@@ -185,10 +185,11 @@ class PreferenceSettings(Strict):
     )
 
 
-# train.compile: auto compiles a run of at least this many optimizer steps: compiling cost 95-106 s of the first
-# steps on 2 cores and saved about 1 s a step after them (SmolLM2 LoRA, batch 8: break-even near 66 steps on the
-# EPYC, 85 on the AMX Xeon; docs/training.md), so from here it pays back with a margin for a larger model's compile
-COMPILE_FROM_STEPS = 200
+# train.compile: auto compiles a run of at least this many optimizer steps: compiling cost 95-120 s of the first
+# steps on 2 cores (SmolLM2 LoRA, batch 8: break-even near 66 steps on the EPYC; on the AMX Xeon 110 steps, then 287
+# once eager steps got faster with attention's backward compiled, 2026-12-07; docs/training.md), so from here it
+# pays back with a margin for a larger model's compile
+COMPILE_FROM_STEPS = 400
 # train fields that change how a run goes (its speed, its logs), not what it computes: a resume may change them,
 # and a sweep's config id leaves them out, so a new default for one of them re-runs nothing
 HOW_NOT_WHAT_TRAIN_FIELDS = frozenset({"threads", "compile", "logging_steps", "mlflow", "tensorboard"})
@@ -234,7 +235,7 @@ class TrainConfig(Strict):
     )
     compile: bool | Literal["auto"] = Field(
         "auto",
-        description="torch.compile the model (inductor; needs a C++ compiler on a CPU). Compiling costs a minute or two in the first steps, after which steps ran 1.28x faster on the EPYC and about 1.36x on the AMX Xeon (bench/train_compile.py, docs/training.md). `auto`: on for supervised training on a CPU with a C++ compiler "
+        description="torch.compile the model (inductor; needs a C++ compiler on a CPU). Compiling costs a minute or two in the first steps, after which steps ran 1.28x faster on the EPYC and 1.08x on the AMX Xeon (bench/train_compile.py, docs/training.md). `auto`: on for supervised training on a CPU with a C++ compiler "
         f"when the run has at least {COMPILE_FROM_STEPS} optimizer steps, where it pays back; off otherwise.",
     )
     gradient_checkpointing: bool | None = Field(
