@@ -22,7 +22,7 @@ examples on the AMX Xeon: 7 ms forward, 46 ms backward). Under bf16 autocast wit
 (`tunelab.cpu.has_cpp_compiler`), `CausalAttention` keeps the kernel's forward and computes the
 backward from its saved log-sum-exp with bf16 matmuls and the softmax gradient in fp32, fused by
 torch.compile into one kernel (27 ms for that layer). It is compiled once per process, for any
-length, in about 10 s (3 s with inductor's cache on disk warm). The other registered name,
+length, in about 12 s (5 s with inductor's cache on disk warm). The other registered name,
 `ATTENTION_FLASH_BACKWARD`, keeps the kernel's own backward (`StepChoices.compiled_attention_backward`).
 """
 
