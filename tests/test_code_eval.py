@@ -299,7 +299,7 @@ def test_a_dev_half_metric_is_shown_but_never_a_finding():
 def test_metrics_on_problems_a_tune_trained_on_are_shown_but_never_a_finding(tmp_path):
     """A tune on its own passing dev answers trains on the dev half by design: its pass@1 over every problem and on
     the dev half are not findings, its test half is (the leakage check in benchmark.json says which halves)."""
-    from tunelab.compare.report import TRAINED_ON, Row, compute_stats, overall, sentence
+    from tunelab.compare.report import TRAINED_ON, Row, compute_stats, metrics_trained_on, overall, sentence
     from tunelab.io import atomic_write_json
     from tunelab.runs import RunDir
 
@@ -309,8 +309,8 @@ def test_metrics_on_problems_a_tune_trained_on_are_shown_but_never_a_finding(tmp
         bench.benchmark_json, {"kind": code.KIND, "leakage": {"leaked": {"HumanEval/0": "x"}, "leaked_per_half": {"dev": 56, "test": 0}}}
     )
     atomic_write_json(BenchmarkDir(run.benchmark("arc-easy")).benchmark_json, {"kind": "multiple_choice"})
-    assert code.trained_on_metrics(run.root) == {"pass@1", "pass@1_dev"}
-    assert code.trained_on_metrics(tmp_path / "no-benchmarks") == set()
+    assert metrics_trained_on([str(run.root)]) == {"pass@1", "pass@1_dev"}
+    assert metrics_trained_on([str(tmp_path / "no-benchmarks")]) == set()
 
     ids = [f"HumanEval/{i}" for i in range(40)]
 
@@ -321,7 +321,7 @@ def test_metrics_on_problems_a_tune_trained_on_are_shown_but_never_a_finding(tmp
         )
 
     base = row("baseline", True, lambda n: n % 4 == 0)
-    rft = row("rft", False, lambda n: n % 4 != 3, code.trained_on_metrics(run.root))
+    rft = row("rft", False, lambda n: n % 4 != 3, metrics_trained_on([str(run.root)]))
     compute_stats([base, rft])
     assert sentence(rft, "pass@1", 100.0).endswith(f"{TRAINED_ON}.")
     assert "a real improvement" in sentence(rft, "pass@1_test", 100.0)

@@ -29,6 +29,7 @@ from tunelab.compare.store import ResultsStore, store_path
 from tunelab.compare.wording import change_phrase, changes_phrase
 from tunelab.errors import ConfigError
 from tunelab.evaluate import human
+from tunelab.evaluate.code import KIND as CODE_KIND
 from tunelab.evaluate.code import trained_on_metrics
 from tunelab.evaluate.metric_facts import ALPHA, higher_is_better, reported, split_benchmark_metric, verdict
 from tunelab.evaluate.metric_facts import display_scale as scale
@@ -36,6 +37,8 @@ from tunelab.evaluate.metric_facts import label as metric_name
 from tunelab.evaluate.stats import bootstrap_ci, paired_bootstrap
 from tunelab.io import atomic_write_png, atomic_write_text
 from tunelab.progress import console, print_table, results
+from tunelab.report import benchmark_results
+from tunelab.runs import RunDir
 
 BOOTSTRAP_SAMPLES = 2000
 HUMAN_COLUMN = "human win rate vs model 1"
@@ -72,6 +75,12 @@ class Row:
     vs_untuned: dict[str, dict] = field(default_factory=dict)  # metric -> paired difference against its untuned base
     run_dirs: list[str] = field(default_factory=list)  # where people's votes on this variant are (eval/human_votes.jsonl)
     trained_on: set[str] = field(default_factory=set)  # metrics measured on problems its training data held (code.trained_on_metrics)
+
+
+def metrics_trained_on(run_dirs: list[str]) -> set[str]:
+    """The metrics any of these runs' code benchmarks measured on problems its training data held."""
+    results = [result for d in run_dirs for _, result in benchmark_results(RunDir(d), CODE_KIND)]
+    return set().union(*map(trained_on_metrics, results))
 
 
 def _avg(values: list) -> float | None:
@@ -116,7 +125,7 @@ def load_rows(store: ResultsStore, config_ids: set[str] | None = None) -> tuple[
                 tokens_per_second=_avg([r["tokens_per_second"] for r in runs]),
                 model=settings.get("model") if first["kind"] == "reference" else (first.get("recipe") or {}).get("model"),
                 run_dirs=[r["run_dir"] for r in runs if r.get("run_dir")],
-                trained_on=set().union(*(trained_on_metrics(r["run_dir"]) for r in runs if r.get("run_dir") and r["kind"] == "variant")),
+                trained_on=metrics_trained_on([r["run_dir"] for r in runs if r.get("run_dir") and r["kind"] == "variant"]),
             )
         )
     rows.sort(key=lambda r: (r.kind != "reference", not r.is_baseline))

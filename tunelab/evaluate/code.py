@@ -380,21 +380,14 @@ def write_code_benchmark(out_dir: Path, result: dict, problems: list[CodeProblem
         atomic_write_text(files.errors_md, errors_markdown(result, problems, scored))
 
 
-def trained_on_metrics(run_dir: str | Path) -> set[str]:
-    """The pass@1 metrics a run's code benchmarks measured on problems its own training data held, by their leakage
-    check: pass@1 over every problem and over each half with a leaked problem. A sweep's report weighs none of them
-    (a tune on its model's passing dev answers trains on the dev half by design; only its test half is a finding)."""
-    metrics = set()
-    benchmarks = RunDir(run_dir).benchmarks
-    for folder in sorted(benchmarks.iterdir()) if benchmarks.is_dir() else []:
-        path = BenchmarkDir(folder).benchmark_json
-        if not path.is_file():
-            continue
-        result = json.loads(path.read_text(encoding="utf-8"))
-        per_half = ((result.get("leakage") or {}).get("leaked_per_half") or {}) if result.get("kind") == KIND else {}
-        leaked = [half for half, count in per_half.items() if count]
-        metrics |= {"pass@1", *map(half_metric, leaked)} if leaked else set()
-    return metrics
+def trained_on_metrics(result: dict) -> set[str]:
+    """The pass@1 metrics a code benchmark's record (benchmark.json) measured on problems the run's own training data
+    held, by its leakage check: pass@1 over every problem and over each half with a leaked problem. A sweep's report
+    weighs none of them (a tune on its model's passing dev answers trains on the dev half by design; only its test
+    half is a finding)."""
+    per_half = (result.get("leakage") or {}).get("leaked_per_half") or {}
+    leaked = [half for half, count in per_half.items() if count]
+    return {"pass@1", *map(half_metric, leaked)} if leaked else set()
 
 
 def problem_scores(out_dir: Path, name: str, bootstrap_samples: int) -> tuple[dict[str, dict], list[tuple[str, str, float]]]:
