@@ -89,7 +89,8 @@ class StepChoices:
     # adapter, trained against bf16-rounded weights, then failed its Q8_0 faithfulness check (docs/training.md)
     base_dtype: str = "float32"
     # on a CPU under bf16 autocast, the backward of attention per example is a compiled kernel (train/attention.py):
-    # False keeps the CPU flash kernel's own backward, 1.7x slower on the AMX Xeon
+    # False keeps the CPU flash kernel's own backward (46 against 27 ms a SmolLM2 layer on the AMX Xeon; the whole
+    # step 1.07-1.09x slower in bench/train_throughput.py)
     compiled_attention_backward: bool = True
     # on a CPU, the answer-token loss always runs in cache-sized chunks (train/answer_loss.py); False: only where a
     # batch's answer logits pass answer_loss.LOGITS_BUDGET
