@@ -50,6 +50,17 @@ def test_broken_model_info_is_a_clear_error(tmp_path):
         require_base_model(tmp_path, read_model_info(tmp_path))
 
 
+def test_a_corrupt_benchmark_record_is_an_error_naming_its_file(tmp_path):
+    from tunelab.report import benchmark_results
+
+    run = RunDir(tmp_path)
+    folder = run.benchmark("humaneval")
+    folder.mkdir(parents=True)
+    (folder / "benchmark.json").write_text('{"kind": "code", "models": {')  # a record cut short
+    with pytest.raises(TunelabError, match=r"humaneval/benchmark\.json: not valid JSON: .* at line 1"):
+        benchmark_results(run, "code")
+
+
 def test_layouts_and_state(tmp_path):
     run = RunDir(tmp_path)
     assert run.split("test") == run.data_dir.split("test") == tmp_path / "data" / "test.jsonl"

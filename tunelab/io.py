@@ -17,6 +17,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from tunelab.errors import DataError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK  # what open() would give; mkstemp alone gives 0600
@@ -61,13 +63,27 @@ def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
     return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
 
 
+def parse_json(text: str, file: str, line: int | None = None) -> object:
+    """json.loads with a DataError for bad JSON, and for nesting too deep for the parser (RecursionError)."""
+    where = f"line {line}: " if line is not None else ""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        at = f"(column {err.colno})" if line is not None else f"at line {err.lineno}, column {err.colno}"
+        raise DataError(file, None, None, f"{where}not valid JSON: {err.msg} {at}") from None
+    except RecursionError:
+        raise DataError(file, None, None, f"{where}not valid JSON: nested too deeply") from None
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file's value; a file that is not JSON is a DataError naming it (a run folder's record edited or cut short)."""
+    return parse_json(Path(path).read_text(encoding="utf-8"), str(path))
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    rows = []
+    """A JSON Lines file's records; a line that is not JSON is a DataError naming the file and line."""
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                rows.append(json.loads(line))
-    return rows
+        return [parse_json(line, str(path), number) for number, line in enumerate(f, 1) if line.strip()]
 
 
 def append_jsonl(path: str | os.PathLike, row: dict) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import re
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from tunelab.evaluate.code import KIND as CODE_KIND
 from tunelab.evaluate.code import code_headline
 from tunelab.evaluate.metric_facts import label, verdict
 from tunelab.export.card import imatrix_words
-from tunelab.io import atomic_write_text, read_jsonl
+from tunelab.io import atomic_write_text, read_json, read_jsonl
 from tunelab.runs import BenchmarkDir, RunDir, model_weights
 
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
@@ -33,7 +32,7 @@ pre{background:#f5f5f5;padding:.8em;overflow-x:auto}h1{border-bottom:2px solid #
 
 
 def _load_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(path) if path.is_file() else None
 
 
 def _demote(markdown: str, levels: int = 1) -> str:
@@ -66,7 +65,7 @@ def headline(ev: dict) -> list[str]:
 def benchmark_results(run: RunDir, kind: str = "multiple_choice") -> list[tuple[Path, dict]]:
     """(folder, benchmark.json) of every benchmark of this kind scored for this run (multiple choice, or code)."""
     folders = sorted(p for p in run.benchmarks.iterdir() if BenchmarkDir(p).benchmark_json.is_file()) if run.benchmarks.is_dir() else []
-    results = [(f, json.loads(BenchmarkDir(f).benchmark_json.read_text())) for f in folders]
+    results = [(f, read_json(BenchmarkDir(f).benchmark_json)) for f in folders]
     return [(f, r) for f, r in results if r.get("kind", "multiple_choice") == kind]
 
 

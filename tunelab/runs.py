@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 
 from tunelab.errors import TunelabError
-from tunelab.io import atomic_write_json
+from tunelab.io import atomic_write_json, read_json
 
 MODEL_INFO = "tunelab_model.json"  # beside the trained weights: base model, weights, objective, recipe
 # where runs go and where serving looks for them, unless a recipe's output_dir or --runs says otherwise
@@ -78,10 +78,7 @@ def read_model_info(model_dir: str | Path) -> dict:
     path = Path(model_dir) / MODEL_INFO
     if not path.is_file():
         return {}
-    try:
-        info = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise TunelabError(f"{path}: not valid JSON ({err})") from None
+    info = read_json(path)
     if not isinstance(info, dict):
         raise TunelabError(f"{path}: must hold a JSON object (base_model, weights, ...), not {type(info).__name__}")
     return info

@@ -34,6 +34,7 @@ from tunelab.config import DataSource, RowTemplate
 from tunelab.data.python_functions import passing_answer_records, python_function_records
 from tunelab.data.schema import InvalidRecord, validate_example
 from tunelab.errors import DataError
+from tunelab.io import parse_json
 from tunelab.models.resolve import hub_reachable
 from tunelab.progress import console
 
@@ -66,18 +67,6 @@ def read_utf8(path: Path) -> str:
         line = raw[: err.start].count(b"\n") + 1
         bad = raw[err.start : err.start + 1]
         raise DataError(path.name, None, None, f"not UTF-8 text (byte {bad!r} on line {line}); save the file as UTF-8") from None
-
-
-def parse_json(text: str, file: str, line: int | None = None) -> object:
-    """json.loads with a DataError for bad JSON, and for nesting too deep for the parser (RecursionError)."""
-    where = f"line {line}: " if line is not None else ""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        at = f"(column {err.colno})" if line is not None else f"at line {err.lineno}, column {err.colno}"
-        raise DataError(file, None, None, f"{where}not valid JSON: {err.msg} {at}") from None
-    except RecursionError:
-        raise DataError(file, None, None, f"{where}not valid JSON: nested too deeply") from None
 
 
 def read_json_records(path: Path) -> list:

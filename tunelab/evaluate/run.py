@@ -383,10 +383,7 @@ def load_eval_examples(path: Path) -> list[dict]:
     if path.suffix == ".jsonl":
         # Prepared splits are already in the message schema; read them as they are, so extra
         # fields (choices, answer) survive.
-        try:
-            rows = read_jsonl(path)
-        except json.JSONDecodeError as err:
-            raise DataError(str(path), err.lineno, None, f"not valid JSON: {err.msg}") from None
+        rows = read_jsonl(path)  # a line that is not JSON is a DataError naming the file and line
         if not rows or all(isinstance(r, dict) and "messages" in r for r in rows):
             return rows
     return load_examples(path)
