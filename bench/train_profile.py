@@ -27,9 +27,11 @@ TITLE = "Where a training step's time goes (bench/train_profile.py)"
 BENCH = harness.Bench(__file__, smoke={"examples": 12, "steps": 1}, repeats=None)
 TOP = 15
 # (family, operator names or name fragments): the first family whose fragment is in an operator's name takes it
+# The step runs eager: its one compiled graph (`CompiledFxGraph`) is attention's backward (tunelab/train/attention.py),
+# whose five matmuls are its `aten::bmm` calls (no other layer of the step calls bmm), so they count as attention.
 FAMILIES = [
-    ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "mkldnn")),
-    ("attention", ("attention", "sdpa")),
+    ("attention", ("attention", "sdpa", "CausalAttention", "CompiledFxGraph", "aten::bmm")),
+    ("matmul", ("aten::mm", "aten::addmm", "aten::baddbmm", "mkldnn")),
     ("softmax and loss", ("softmax", "nll_loss", "cross_entropy")),
     ("casts and copies", ("aten::copy_", "aten::_to_copy", "aten::clone", "aten::contiguous")),
     ("fills", ("aten::fill_", "aten::zero_")),
