@@ -73,16 +73,87 @@ def test_duplicate_ids_and_unknown_roles_are_refused(tmp_path):
         read_code_problems(write_problems(tmp_path / "one.jsonl", [row]), {"solution": "x"})
 
 
+ADD = "def add(a, b):\n"
+
+
 def test_a_base_model_completion_stops_where_the_function_ends():
     answer = "    return a + b\n\n\ndef main():\n    print(add(1, 2))\n"
-    assert completion_code(answer, "completion") == "    return a + b\n\n"
-    assert completion_code("    return a + b\n#tests below", "completion") == "    return a + b"
-    assert completion_code("    return a + b\n```\nThis adds.", "completion") == "    return a + b\n```\nThis adds."
+    assert completion_code(ADD, answer, "completion") == "    return a + b\n\n"
+    assert completion_code(ADD, "    return a + b\n#tests below", "completion") == "    return a + b"
+    assert completion_code(ADD, "    return a + b\n```\nThis adds.", "completion") == "    return a + b\n```\nThis adds."
 
 
 def test_a_chat_answer_ends_with_its_code_block():
-    assert completion_code("    return a + b\n```\n\nThis adds the numbers.", "chat") == "    return a + b\n"
-    assert completion_code("    return a + b\n\n\nif __name__ == '__main__':\n    pass\n```", "chat") == "    return a + b\n\n"
+    assert completion_code(ADD, "    return a + b\n```\n\nThis adds the numbers.", "chat") == "    return a + b\n"
+    assert completion_code(ADD, "    return a + b\n\n\nif __name__ == '__main__':\n    pass\n```", "chat") == "    return a + b\n\n"
+
+
+TOTAL = "import math\n\n\ndef total(xs):\n"
+HELPER_AFTER = """    return sum(square(x) for x in xs) + offset()
+
+
+# A helper: the square of one number
+from operator import pow
+def square(x):
+    return pow(x, 2)
+
+def offset():
+    return math.floor(0.5)
+
+# Check function to verify the solution
+def check_solution():
+    assert total([1, 2]) == 5
+print(total([1, 2]))
+```
+It squares each number."""
+
+
+def test_a_chat_answer_keeps_the_helpers_and_imports_its_function_reads_but_not_its_tests():
+    code_block = completion_code(TOTAL, HELPER_AFTER, "chat")
+    assert "def square" in code_block and "from operator import pow" in code_block and "def offset" in code_block
+    assert "check_solution" not in code_block and "print(" not in code_block  # the program was complete before them
+    program = TOTAL + code_block + "\nassert total([1, 2]) == 5\n"
+    exec(compile(program, "<answer>", "exec"), {})  # the helpers the answer wrote are there when the test calls the function
+    # the rule before 2026-12-07 (`body`) cut at the comment, and the program could not call the helper
+    assert completion_code(TOTAL, HELPER_AFTER, "chat", "body") == "    return sum(square(x) for x in xs) + offset()\n\n"
+
+
+def test_needed_definition_reads_the_name_a_line_binds():
+    assert code.needed_definition("def square(x):", {"square"}) and not code.needed_definition("def check(x):", {"square"})
+    assert code.needed_definition("from operator import pow", {"square"})  # a helper to come may read it
+    assert code.needed_definition("# helpers", {"np"}) and code.needed_definition("@cache", {"fib"})
+    assert not code.needed_definition("print(total([1]))", {"np"})
+
+
+def test_missing_names_sees_scopes_imports_and_builtins():
+    assert code.missing_names("import os\ndef f(xs):\n    y = len(xs)\n    return [os.sep + g(y) for _ in xs]\n") == {"g"}
+    assert code.missing_names("def f(n):\n    def inner():\n        return n\n    return inner() + f(n - 1)\n") == set()
+    assert code.missing_names("def f(:\n") is None
+
+
+def test_a_chat_answer_stops_generating_once_its_function_is_complete():
+    finished = code._finished
+    assert not finished(ADD, "    return square(a)\n\n\ndef square(x):\n    return x * x\n", "chat", "code_block")  # square is read
+    assert not finished(ADD, "    return square(a)\n\nde", "chat", "code_block")  # an unfinished line may still be `def`
+    assert finished(ADD, "    return square(a)\n\n\ndef square(x):\n    return x * x\n\n# Check\n", "chat", "code_block")
+    assert finished(ADD, "    return a + b\n\n# Check function\n", "chat", "code_block")  # complete: no test function follows
+    assert finished(ADD, "    return square(a)\n\nprint(f(2))\n", "chat", "code_block")  # test code
+    assert finished(ADD, "    return square(a)\n\n\ndef square(x):\n", "chat", "body")  # the old rule stops at the helper
+    assert finished(ADD, "    return a\n```", "chat", "code_block")
+    # a name the body made up stays missing: the next function is not its definition, so the answer ends there
+    variants = "    return [x + 1.0]\n\n\ndef rescale_again(numbers):\n    return [x]\n"
+    assert finished(ADD, variants, "chat", "code_block") and completion_code(ADD, variants, "chat") == "    return [x + 1.0]\n\n"
+    in_a_string = '    s = """\nno top-level line\n"""\n    return s\n'
+    assert not finished(ADD, in_a_string, "chat", "code_block")  # a line inside a string is not the function's end
+    assert completion_code(ADD, in_a_string + "```", "chat") == in_a_string
+
+
+def test_chat_answer_is_refused_for_the_completion_format():
+    from tunelab.config import CodeEvalConfig
+
+    with pytest.raises(ValueError, match="chat_answer applies to the chat prompt format"):
+        CodeEvalConfig(prompt_format="completion", chat_answer="body")
+    assert CodeEvalConfig(prompt_format="completion").chat_answer == "code_block"  # the default, not chosen: no error
 
 
 def test_a_chat_prompt_starts_the_answer_with_the_function(tiny_model_dir):

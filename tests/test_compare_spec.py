@@ -178,6 +178,21 @@ def test_config_id_ignores_how_a_run_goes_but_not_what_it_computes(tmp_path):
     assert config_id(recipe(learning_rate=1e-4)) != plain
 
 
+def test_a_code_setting_added_later_is_hashed_only_where_the_recipe_scores_code():
+    """chat_answer's new default (code_block) changes what a code recipe measures, and nothing elsewhere."""
+    from tunelab.compare.spec import config_id
+    from tunelab.config import recipe_from_dict
+
+    def recipe(chat_answer):
+        evaluation = {"task": "code", "code": {"chat_answer": chat_answer, "allow_execution": True}}
+        return recipe_from_dict(
+            {"name": "r", "model": "smollm2-135m-instruct", "data": {"sources": [{"path": "x.jsonl"}]}, "eval": evaluation}
+        )
+
+    # a code run's programs differ; the ids stored below (recipes that score no code) hold with the new default
+    assert config_id(recipe("code_block")) != config_id(recipe("body"))
+
+
 # Config ids computed at commit d9a77a7, before the two axes of training had a field each, for the recipe
 # {data: {sources: [{path: pairs.json}]}, train: TRAIN}. A sweep's store keys its runs by these ids: a recipe
 # must keep its id in either spelling, or every stored run of a sweep would train again. (A new recipe field

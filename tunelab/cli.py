@@ -374,6 +374,7 @@ BENCHMARK_OPTION_KINDS = {  # option -> the one kind it applies to; the others (
     "--max-problems": CODE,
     "--half": CODE,
     "--prompt-format": CODE,
+    "--chat-answer": CODE,
     "--code-backend": CODE,
     "--max-new-tokens": CODE,
     "--temperature": CODE,
@@ -437,6 +438,10 @@ def benchmark_cmd(
     prompt_format: str | None = typer.Option(
         None, help="Code: auto (chat for instruct models, completion for base models), chat or completion [default: auto]"
     ),
+    chat_answer: str | None = typer.Option(
+        None,
+        help="Code, chat format: code_block (the body and the helpers and imports after it, not test code) or body (the body alone, the rule before 2026-12-07) [default: code_block]",
+    ),
     code_backend: str | None = typer.Option(
         None,
         help="Code: gguf (every model as a Q8_0 GGUF through llama.cpp, the fast CPU path; a base model is converted once) or pytorch (transformers fp32)",
@@ -478,6 +483,7 @@ def benchmark_cmd(
         "top_p": top_p,
         "max_new_tokens": max_new_tokens,
         "prompt_format": prompt_format,
+        "chat_answer": chat_answer,
         "backend": code_backend,
     }
     code_benchmark_cli(models, code_config_from_options(code_options), **where)

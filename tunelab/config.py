@@ -332,6 +332,11 @@ class CodeEvalConfig(Strict):
     prompt_format: Literal["auto", "chat", "completion"] = Field(
         "auto", description="`auto`: the chat template for models that have one of their own, plain completion for base models."
     )
+    chat_answer: Literal["code_block", "body"] = Field(
+        "code_block",
+        description="What of a `chat` answer runs: `code_block`, the body and the helpers and imports it reads that the answer's code block defines after it "
+        "(not the answer's own tests); `body`, the body alone, cut at the Codex stop sequences (the rule before 2026-12-07: it cut those helpers).",
+    )
     backend: Literal["gguf", "pytorch"] = Field(
         "gguf",
         description="`gguf`: both models as Q8_0 GGUFs through llama.cpp (the fast CPU path; needs gguf-q8_0 in export.formats); `pytorch`: transformers fp32.",
@@ -341,6 +346,10 @@ class CodeEvalConfig(Strict):
     def model_post_init(self, __context) -> None:
         if self.samples > 1 and not self.temperature:
             raise ValueError(f"eval.code.samples {self.samples} needs sampling: set eval.code.temperature above 0 (0.8 is usual)")
+        if self.prompt_format == "completion" and "chat_answer" in self.model_fields_set:
+            raise ValueError(
+                "eval.code.chat_answer applies to the chat prompt format; a completion answer is cut at the Codex stop sequences"
+            )
 
 
 class EvalConfig(Strict):

@@ -315,11 +315,17 @@ def config_id(recipe: Recipe) -> str:
 
 # Fields added after the stores began, with the value every run had before they existed: hashed only when
 # set to something else, so the ids runs already have hold (a sweep re-runs nothing for a new default field).
-ADDED_LATER = {("export", "imatrix"): None, ("eval", "code", "half"): "all"}
+# A field of `eval.code` is hashed only where the recipe scores code (eval.task: code): elsewhere it changes
+# nothing, so a new default there (chat_answer's code_block) leaves every other recipe's id as it was.
+ADDED_LATER = {("export", "imatrix"): None, ("eval", "code", "half"): "all", ("eval", "code", "chat_answer"): "body"}
+CODE_SETTINGS = ("eval", "code")
 
 
 def without_added_later(d: dict, root: tuple[str, ...] = ()) -> dict:
-    """`d`, a resolved recipe (or its section at `root`, e.g. ("eval",)), less the ADDED_LATER fields that hold their old value."""
+    """`d`, a resolved recipe (or its section at `root`, e.g. ("eval",)), less the ADDED_LATER fields that hold their
+    old value or, under `eval.code`, that a recipe not scoring code never reads."""
+    evaluation = d if root == ("eval",) else d.get("eval") if not root else None
+    scores_code = isinstance(evaluation, dict) and evaluation.get("task") == "code"
     for path, old in ADDED_LATER.items():
         if path[: len(root)] != root:
             continue
@@ -327,7 +333,7 @@ def without_added_later(d: dict, root: tuple[str, ...] = ()) -> dict:
         node = d
         for name in parents:
             node = node.get(name) if isinstance(node, dict) else None
-        if isinstance(node, dict) and node.get(key, old) == old:
+        if isinstance(node, dict) and (node.get(key, old) == old or (path[:2] == CODE_SETTINGS and not scores_code)):
             node.pop(key, None)
     return d
 

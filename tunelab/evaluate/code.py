@@ -15,7 +15,9 @@ How a model is asked, by what it is (each model's format is recorded and shown):
 - `chat`, for instruct models: the chat template with one user message asking to complete the
   function, and the assistant's turn started with a Python code block holding the prompt (the
   function's signature and docstring, as HumanEvalSynthesize starts it), so the model writes the
-  body; generation stops when the block closes or at the same stop sequences. Writing only the
+  body; generation stops when the block closes or at its first top-level statement (test code), and
+  the program keeps the helpers and imports the block defines after the body (`chat_answer`,
+  `completion_code`). Writing only the
   body, with the function given once, halves the tokens an instruct model reads and writes
   against asking it for the whole function (on the 2-core CPU, 164 problems of a 0.5B model
   went from about 19 to about 8 minutes).
@@ -23,7 +25,10 @@ How a model is asked, by what it is (each model's format is recorded and shown):
 
 from __future__ import annotations
 
+import builtins
 import json
+import re
+import symtable
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -120,27 +125,90 @@ def asked_prompt(chat, problem: CodeProblem, fmt: str) -> tuple[str, list[int]]:
     return prompt, ids
 
 
-def _finished(text: str, fmt: str) -> bool:
+def needed_definition(line: str, missing: set[str]) -> bool:
+    """Whether a top-level line after the body may start what the function still lacks (`missing`): a
+    def or class of one of those names, or an import, comment or decorator (before such a helper)."""
+    named = re.match(r"(?:async\s+)?(?:def|class)\s+(\w+)", line)
+    if named:
+        return named.group(1) in missing
+    return line.startswith(("import ", "from ", "#", "@"))  # else test code: print(…), if __name__ …, an assignment
+
+
+def missing_names(program: str) -> set[str] | None:
+    """The global names the program's functions read that neither the program nor Python's builtins
+    define (a helper or import still to come); None when it does not parse."""
+    try:
+        module = symtable.symtable(program, "<answer>", "exec")
+    except (SyntaxError, ValueError):  # ValueError: a NUL byte
+        return None
+    defined = {s.get_name() for s in module.get_symbols() if s.is_assigned() or s.is_imported()} | set(dir(builtins))
+    missing, scopes = set(), list(module.get_children())
+    while scopes:
+        scope = scopes.pop()
+        missing |= {s.get_name() for s in scope.get_symbols() if s.is_global() and s.is_referenced()} - defined
+        scopes += scope.get_children()
+    return missing
+
+
+def chat_code_end(prompt: str, text: str) -> int | None:
+    """Where the code of a chat answer `text` ends (`chat_answer: code_block`), None while that is not known yet.
+
+    At each top-level line after the body, the code ends there when the program so far reads no name
+    it lacks (anything after the function is extra: a small model's own test function can run on to
+    the token limit), or when it still lacks one and the line does not start a definition of it
+    (`needed_definition`: test code such as `print(…)`, or another function, as a small model writes
+    one variant after another of the function while a name it made up stays missing). So a helper or
+    import the function reads is kept, written after it as answers often do; EvalPlus's sanitizer
+    keeps definitions too. Code that does not parse yet (a line inside a string) ends at the Codex stop
+    sequences, as a `body` answer does. Else the code ends with the block."""
+    block_end = text.find("```")
+    code = text if block_end == -1 else text[:block_end]
+    at = code.find("\n")
+    while at != -1:
+        end = code.find("\n", at + 1)
+        line = code[at + 1 : len(code) if end == -1 else end]
+        if line and not line[0].isspace():
+            missing = missing_names(prompt + code[:at])
+            if missing is None:  # no program yet (a string or bracket still open, or broken code): the Codex stops decide
+                if ("\n" + line).startswith(COMPLETION_STOPS):
+                    return at
+            elif not missing:  # complete: whatever this line starts is not needed
+                return at
+            elif end == -1 and block_end == -1:  # an incomplete line: `def` of which name, or test code?
+                return None
+            elif not needed_definition(line, missing):  # test code, or a function it does not read
+                return at
+        at = end
+    return block_end if block_end != -1 else None
+
+
+def _finished(prompt: str, text: str, fmt: str, chat_answer: str) -> bool:
+    if fmt == "chat" and chat_answer == "code_block":
+        return chat_code_end(prompt, text) is not None
     return any(stop in text for stop in COMPLETION_STOPS) or (fmt == "chat" and "```" in text)  # or the code block closed
 
 
-def generate_answer(chat, ids: list[int], fmt: str, settings: GenerationSettings) -> str:
-    """The model's raw answer to the prompt `ids`, generation stopped as soon as the answer is complete (see `_finished`)."""
+def generate_answer(chat, prompt: str, ids: list[int], fmt: str, settings: GenerationSettings, chat_answer: str) -> str:
+    """The model's raw answer to `prompt` (token ids `ids`), generation stopped as soon as the answer is complete (see `_finished`)."""
     text = ""
     pieces = chat.stream_ids(ids, settings)
     try:
         for piece in pieces:
             text += piece
-            if _finished(text, fmt):
+            if _finished(prompt, text, fmt, chat_answer):
                 break
     finally:
         pieces.close()
     return text
 
 
-def completion_code(answer: str, fmt: str) -> str:
-    """What follows the prompt in the program: the body up to the first stop sequence (and, in a chat
-    answer, up to the end of the code block)."""
+def completion_code(prompt: str, answer: str, fmt: str, chat_answer: str = "code_block") -> str:
+    """What follows `prompt` in the program. A completion answer: the body, up to the first Codex stop
+    sequence. A chat answer, up to the end of its code block: `code_block`, the body and the helpers
+    and imports it reads after it (`chat_code_end`); `body`, the body alone, up to the first stop sequence."""
+    if fmt == "chat" and chat_answer == "code_block":
+        end = chat_code_end(prompt, answer + "\n")  # the answer is all there is: its last line is complete
+        return answer if end is None else answer[:end]
     stops = [*COMPLETION_STOPS, "```"] if fmt == "chat" else COMPLETION_STOPS
     cut = min([answer.find(s) for s in stops if s in answer] or [len(answer)])
     return answer[:cut]
@@ -190,6 +258,7 @@ class ModelResults:
     prompt_format: str
     samples: list[list[dict]]  # per problem, per sample: completion, status, error, seconds
     generation_seconds: float
+    chat_answer: str | None = None  # for the chat format: what of the answer ran (CodeEvalConfig.chat_answer)
 
 
 def score_model(
@@ -202,6 +271,7 @@ def score_model(
     fmt: str,
     limits: ExecutionLimits,
     backend: str,
+    chat_answer: str = "code_block",
 ) -> ModelResults:
     """Generate n answers per problem and run each as soon as it exists (execution overlaps generation)."""
     chat, backend = load_for_code(ref, backend)
@@ -218,8 +288,8 @@ def score_model(
             prompt, ids = asked_prompt(chat, problem, fmt)
             for i in range(n):
                 s = GenerationSettings(**{**settings.__dict__, "seed": settings.seed + i})
-                answer = generate_answer(chat, ids, fmt, s)
-                code = completion_code(answer, fmt)
+                answer = generate_answer(chat, prompt, ids, fmt, s, chat_answer)
+                code = completion_code(prompt, answer, fmt, chat_answer)
                 program = humaneval_program(prompt, code, problem.test, problem.entry_point)
                 row.append((answer, code, runner.submit(run_program, program, limits)))
                 bar.update(task, advance=1)
@@ -228,7 +298,7 @@ def score_model(
         samples = [[_sample(answer, code, fut.result()) for answer, code, fut in row] for row in futures]
     del chat
     free_memory()
-    return ModelResults(name, str(ref), backend, fmt, samples, generation_seconds)
+    return ModelResults(name, str(ref), backend, fmt, samples, generation_seconds, chat_answer if fmt == "chat" else None)
 
 
 def _sample(answer: str, code: str, result: ExecutionResult) -> dict:
@@ -259,6 +329,7 @@ def summarize(bench: str, path: Path, problems: list[CodeProblem], total: int, n
             "ref": r.ref,
             "backend": r.backend,
             "prompt_format": r.prompt_format,
+            **({"chat_answer": r.chat_answer} if r.chat_answer else {}),
             **{f"pass@{k}": {**bootstrap_ci(per[r.name][k], n=samples, seed=SEED), "n": len(problems)} for k in ks},
             "generation_seconds": round(r.generation_seconds, 1),
         }
@@ -285,6 +356,11 @@ def summarize(bench: str, path: Path, problems: list[CodeProblem], total: int, n
     }
 
 
+def format_cell(model: dict) -> str:
+    """How a model was asked, and for the chat format what of its answer ran: 'chat (code_block)'."""
+    return model["prompt_format"] + (f" ({model['chat_answer']})" if model.get("chat_answer") else "")
+
+
 def summary_markdown(result: dict) -> str:
     ks = [key for key in next(iter(result["models"].values())) if key.startswith("pass@")]
     lines = [
@@ -303,7 +379,7 @@ def summary_markdown(result: dict) -> str:
         d = result["differences"].get(name, {})
         cells = [f"{m[k]['mean']:.3f} [{m[k]['low']:.3f}, {m[k]['high']:.3f}]" for k in ks]
         deltas = [f"{d[k]['diff']:+.3f} [{d[k]['low']:+.3f}, {d[k]['high']:+.3f}] p={d[k]['p_value']:.3f}" if k in d else "" for k in ks]
-        lines.append(f"| {name} | {m['prompt_format']} | " + " | ".join(cells + deltas) + f" | {m['generation_seconds']} |")
+        lines.append(f"| {name} | {format_cell(m)} | " + " | ".join(cells + deltas) + f" | {m['generation_seconds']} |")
     leak = result.get("leakage")
     if leak:
         found = ", ".join(f"{k} ({v})" for k, v in leak["leaked"].items()) or "none"
@@ -431,7 +507,7 @@ def run_code_benchmark(
     limits = ExecutionLimits(timeout_s=cfg.timeout_s)
     bench = benchmark_name(cfg.benchmark)
     scored = [
-        score_model(ref, name, bench, problems, settings, cfg.samples, cfg.prompt_format, limits, cfg.backend)
+        score_model(ref, name, bench, problems, settings, cfg.samples, cfg.prompt_format, limits, cfg.backend, cfg.chat_answer)
         for ref, name in zip(models, names)
     ]
     result = summarize(bench, path, problems, len(every), cfg.samples, settings, scored, bootstrap_samples)
@@ -461,7 +537,7 @@ def rich_table(result: dict) -> Table:
         d = result["differences"].get(name, {})
         table.add_row(
             name,
-            m["prompt_format"],
+            format_cell(m),
             *[f"{m[k]['mean']:.3f} [{m[k]['low']:.3f}, {m[k]['high']:.3f}]" for k in ks],
             *[f"{d[k]['diff']:+.3f} [{d[k]['low']:+.3f}, {d[k]['high']:+.3f}] p={d[k]['p_value']:.3f}" if k in d else "" for k in ks],
         )
