@@ -78,14 +78,17 @@ ADD = "def add(a, b):\n"
 
 def test_a_base_model_completion_stops_where_the_function_ends():
     answer = "    return a + b\n\n\ndef main():\n    print(add(1, 2))\n"
-    assert completion_code(ADD, answer, "completion") == "    return a + b\n\n"
-    assert completion_code(ADD, "    return a + b\n#tests below", "completion") == "    return a + b"
-    assert completion_code(ADD, "    return a + b\n```\nThis adds.", "completion") == "    return a + b\n```\nThis adds."
+    assert completion_code(ADD, answer, "completion", "code_block") == "    return a + b\n\n"
+    assert completion_code(ADD, "    return a + b\n#tests below", "completion", "code_block") == "    return a + b"
+    assert completion_code(ADD, "    return a + b\n```\nThis adds.", "completion", "code_block") == "    return a + b\n```\nThis adds."
 
 
 def test_a_chat_answer_ends_with_its_code_block():
-    assert completion_code(ADD, "    return a + b\n```\n\nThis adds the numbers.", "chat") == "    return a + b\n"
-    assert completion_code(ADD, "    return a + b\n\n\nif __name__ == '__main__':\n    pass\n```", "chat") == "    return a + b\n\n"
+    assert completion_code(ADD, "    return a + b\n```\n\nThis adds the numbers.", "chat", "code_block") == "    return a + b\n"
+    assert (
+        completion_code(ADD, "    return a + b\n\n\nif __name__ == '__main__':\n    pass\n```", "chat", "code_block")
+        == "    return a + b\n\n"
+    )
 
 
 TOTAL = "import math\n\n\ndef total(xs):\n"
@@ -109,7 +112,7 @@ It squares each number."""
 
 
 def test_a_chat_answer_keeps_the_helpers_and_imports_its_function_reads_but_not_its_tests():
-    code_block = completion_code(TOTAL, HELPER_AFTER, "chat")
+    code_block = completion_code(TOTAL, HELPER_AFTER, "chat", "code_block")
     assert "def square" in code_block and "from operator import pow" in code_block and "def offset" in code_block
     assert "check_solution" not in code_block and "print(" not in code_block  # the program was complete before them
     program = TOTAL + code_block + "\nassert total([1, 2]) == 5\n"
@@ -142,10 +145,12 @@ def test_a_chat_answer_stops_generating_once_its_function_is_complete():
     assert finished(ADD, "    return a\n```", "chat", "code_block")
     # a name the body made up stays missing: the next function is not its definition, so the answer ends there
     variants = "    return [x + 1.0]\n\n\ndef rescale_again(numbers):\n    return [x]\n"
-    assert finished(ADD, variants, "chat", "code_block") and completion_code(ADD, variants, "chat") == "    return [x + 1.0]\n\n"
+    assert (
+        finished(ADD, variants, "chat", "code_block") and completion_code(ADD, variants, "chat", "code_block") == "    return [x + 1.0]\n\n"
+    )
     in_a_string = '    s = """\nno top-level line\n"""\n    return s\n'
     assert not finished(ADD, in_a_string, "chat", "code_block")  # a line inside a string is not the function's end
-    assert completion_code(ADD, in_a_string + "```", "chat") == in_a_string
+    assert completion_code(ADD, in_a_string + "```", "chat", "code_block") == in_a_string
 
 
 def test_chat_answer_is_refused_for_the_completion_format():

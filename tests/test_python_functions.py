@@ -89,7 +89,10 @@ def test_an_example_asks_exactly_what_the_code_benchmark_asks(tmp_path):
     function = pf.documented_functions(str(tmp_path / "mod.py"))[0]
     start = CHAT_ANSWER_START + function["prompt"]
     assert assistant["content"].startswith(start)
-    assert completion_code(function["prompt"], assistant["content"][len(start) :], "chat") == function["body"].rstrip("\n") + "\n"
+    assert (
+        completion_code(function["prompt"], assistant["content"][len(start) :], "chat", "code_block")
+        == function["body"].rstrip("\n") + "\n"
+    )
 
 
 def test_the_standard_library_gives_hundreds_of_functions_and_none_shares_13_words_with_humaneval():

@@ -15,9 +15,9 @@ How a model is asked, by what it is (each model's format is recorded and shown):
 - `chat`, for instruct models: the chat template with one user message asking to complete the
   function, and the assistant's turn started with a Python code block holding the prompt (the
   function's signature and docstring, as HumanEvalSynthesize starts it), so the model writes the
-  body; generation stops when the block closes or at its first top-level statement (test code), and
-  the program keeps the helpers and imports the block defines after the body (`chat_answer`,
-  `completion_code`). Writing only the
+  body; the program keeps the helpers and imports the body reads that the block defines after it,
+  and generation stops where that code ends (`chat_code_end`) or when the block closes (`chat_answer:
+  body`, the rule before 2026-12-07, cut at the same stop sequences instead). Writing only the
   body, with the function given once, halves the tokens an instruct model reads and writes
   against asking it for the whole function (on the 2-core CPU, 164 problems of a 0.5B model
   went from about 19 to about 8 minutes).
@@ -202,7 +202,7 @@ def generate_answer(chat, prompt: str, ids: list[int], fmt: str, settings: Gener
     return text
 
 
-def completion_code(prompt: str, answer: str, fmt: str, chat_answer: str = "code_block") -> str:
+def completion_code(prompt: str, answer: str, fmt: str, chat_answer: str) -> str:
     """What follows `prompt` in the program. A completion answer: the body, up to the first Codex stop
     sequence. A chat answer, up to the end of its code block: `code_block`, the body and the helpers
     and imports it reads after it (`chat_code_end`); `body`, the body alone, up to the first stop sequence."""
@@ -271,7 +271,7 @@ def score_model(
     fmt: str,
     limits: ExecutionLimits,
     backend: str,
-    chat_answer: str = "code_block",
+    chat_answer: str,
 ) -> ModelResults:
     """Generate n answers per problem and run each as soon as it exists (execution overlaps generation)."""
     chat, backend = load_for_code(ref, backend)
