@@ -110,6 +110,8 @@ def execution_rounds(samples: list[dict], problems: dict, timeout: float, repeat
 
 
 def report(args, models: list[str], conversion_s: float, stage_s: float, result: dict, execution: dict[str, list]) -> str:
+    from tunelab.evaluate.code import format_cell  # 'chat (code_block)': what of a chat answer ran
+
     r = results.median_range
     names = list(result["models"])
     stage_rows = [
@@ -117,7 +119,7 @@ def report(args, models: list[str], conversion_s: float, stage_s: float, result:
             name,
             f"`{m['ref']}`",
             m["backend"],
-            m["prompt_format"],
+            format_cell(m),
             f"{m['pass@1']['mean']:.3f} [{m['pass@1']['low']:.3f}, {m['pass@1']['high']:.3f}]",
             f"{m['generation_seconds']:,.0f}",
         ]
