@@ -199,7 +199,9 @@ def test_a_fork_bomb_is_contained_and_cleaned_up(bomb):
         done.set()
         watcher.join()
     assert not result.passed and result.status in ("failed", "timeout"), result
-    assert 1 < peak[0] <= LIMITS.max_processes  # the limit held while it ran
+    assert peak[0] <= LIMITS.max_processes  # the limit held while it ran
+    if "except OSError" in bomb:  # it lives to the timeout, so the watcher sees it fork; the plain one can
+        assert peak[0] > 1  # die at the limit between two looks (a fresh clone's make test saw 0 once)
     assert execution._live_processes(SANDBOX_UIDS) == before == []  # and nothing is left
     assert_healthy()
 
