@@ -28,7 +28,7 @@ from rich.table import Table
 
 from tunelab.errors import DataError, ModelNotFound, TunelabError
 from tunelab.evaluate.metric_facts import CONFIDENCE
-from tunelab.io import append_jsonl_durably, atomic_write_json, atomic_write_text, read_jsonl_log
+from tunelab.io import append_jsonl_durably, atomic_write_json, atomic_write_text, read_json, read_jsonl_log
 from tunelab.progress import console
 from tunelab.runs import EvalDir, RunDir, now
 
@@ -399,7 +399,7 @@ def report_section(run: RunDir) -> str:
     if not votes:
         return f"_no votes yet: `tunelab serve {run.root}`, tab **Evaluate**, then `tunelab votes {run.root}`_"
     saved_file = run.eval_dir.human_json
-    saved = json.loads(saved_file.read_text()) if saved_file.is_file() else None
+    saved = read_json(saved_file) if saved_file.is_file() else None
     if saved and saved.get("votes") == len(votes):
         return markdown(saved)
     summary = summarize(votes, metrics=("rougeL",))

@@ -20,7 +20,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -31,7 +30,7 @@ from tunelab.config import LORA_BASE_QUANT
 from tunelab.errors import TunelabError
 from tunelab.export.llama_cpp import base_model_gguf, convert_and_quantize, convert_lora_to_gguf
 from tunelab.export.merge import base_model_path, qlora_base, save_merged
-from tunelab.io import atomic_write_json, atomic_write_text
+from tunelab.io import atomic_write_json, atomic_write_text, read_json
 from tunelab.models.catalog import lookup
 from tunelab.models.llama_cpp import check_lora_fits
 from tunelab.models.load import load_tokenizer
@@ -50,10 +49,7 @@ def check_adapter(model_dir: Path) -> dict:
             f"is its own); export a merged GGUF (gguf-q8_0) instead"
         )
     path = model_dir / "adapter_config.json"
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise TunelabError(f"{path}: not valid JSON ({err})") from None
+    config = read_json(path)
     problems = [
         ("peft_type", config.get("peft_type", "LORA") != "LORA", f"is {config.get('peft_type')!r}, not LoRA"),
         ("use_dora", config.get("use_dora"), "is true: DoRA adds a magnitude vector to every adapted weight"),
