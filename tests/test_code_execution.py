@@ -200,8 +200,10 @@ def test_a_fork_bomb_is_contained_and_cleaned_up(bomb):
         watcher.join()
     assert not result.passed and result.status in ("failed", "timeout"), result
     assert peak[0] <= LIMITS.max_processes  # the limit held while it ran
-    if "except OSError" in bomb:  # it lives to the timeout, so the watcher sees it fork; the plain one can
-        assert peak[0] > 1  # die at the limit between two looks (a fresh clone's make test saw 0 once)
+    if "except OSError" in bomb:  # it lives to the timeout, so the watcher sees it fork
+        assert peak[0] > 1
+    else:  # it dies in 20-120 ms, maybe between two looks (a fresh clone's make test saw 0 once): the fork the
+        assert result.error.startswith("BlockingIOError"), result  # process limit refused is what ended it
     assert execution._live_processes(SANDBOX_UIDS) == before == []  # and nothing is left
     assert_healthy()
 
