@@ -134,6 +134,9 @@ def needed_definition(line: str, missing: set[str]) -> bool:
     return line.startswith(("import ", "from ", "#", "@"))  # else test code: print(…), if __name__ …, an assignment
 
 
+BUILTIN_NAMES = frozenset(dir(builtins))  # what a program reads without defining it: asked once, not per token
+
+
 def missing_names(program: str) -> set[str] | None:
     """The global names the program's functions read that neither the program nor Python's builtins
     define (a helper or import still to come); None when it does not parse."""
@@ -141,7 +144,7 @@ def missing_names(program: str) -> set[str] | None:
         module = symtable.symtable(program, "<answer>", "exec")
     except (SyntaxError, ValueError):  # ValueError: a NUL byte
         return None
-    defined = {s.get_name() for s in module.get_symbols() if s.is_assigned() or s.is_imported()} | set(dir(builtins))
+    defined = {s.get_name() for s in module.get_symbols() if s.is_assigned() or s.is_imported()} | BUILTIN_NAMES
     missing, scopes = set(), list(module.get_children())
     while scopes:
         scope = scopes.pop()
