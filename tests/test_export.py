@@ -196,6 +196,45 @@ def test_export_gguf_f16_faithful(lora_run, gguf_export):
 
 @pytest.mark.gguf
 @needs_llama
+def test_answers_decoded_together_are_the_answers_decoded_one_by_one(lora_run, gguf_export):
+    """generate_many (several sequences in one llama.cpp batch, a new prompt taking the slot of an answer
+    that ended) gives each request the answer it gets alone: greedy, sampled with its seed, with a
+    repetition penalty, stopped early by `finished`."""
+    from tunelab.errors import TunelabError
+    from tunelab.models.chat import GenerationSettings, load_chat_model
+    from tunelab.models.interface import generate_one_by_one
+
+    chat = load_chat_model(str(lora_run / "export" / "gguf" / "tiny-run-q8_0.gguf"), n_threads=1)
+    hot = {"max_new_tokens": 12, "temperature": 8.0, "top_p": 1.0}  # hot enough that each seed draws its own answer
+    asked = [
+        ("What is the capital of France?", GenerationSettings(max_new_tokens=12)),
+        ("Name a colour.", GenerationSettings(**hot, seed=3)),
+        ("Name a colour.", GenerationSettings(**hot, seed=4)),
+        ("Count to five.", GenerationSettings(max_new_tokens=7, repetition_penalty=1.3)),
+        ("Why is the sky blue?", GenerationSettings(max_new_tokens=12)),
+    ]
+    requests = [(i, chat.prompt_tokens([{"role": "user", "content": q}]), s) for i, (q, s) in enumerate(asked)]
+
+    def finished(key, text):  # one answer ends early, as a code answer does at its block's end
+        return key == 4 and len(text) >= 5
+
+    alone = dict(generate_one_by_one(chat, requests, finished))
+    together = list(chat.generate_many(requests, finished, slots=2))
+    assert dict(together) == alone and len(together) == len(requests)
+    assert alone[1] != alone[2]  # the seeds drew different answers
+    whole = chat.decode(list(chat.generate_ids(requests[4][1], asked[4][1])))
+    assert len(alone[4]) >= 5 and whole.startswith(alone[4]) and len(whole) > len(alone[4])
+    greedy = GenerationSettings(max_new_tokens=12)
+    assert chat.generate([[{"role": "user", "content": q}] for q, _ in asked], greedy, batch_size=3) == [
+        chat.decode(list(chat.generate_ids(ids, greedy))).strip() for _, ids, _ in requests
+    ]
+    with pytest.raises(TunelabError, match="more than the context"):
+        list(chat.generate_many([("long", [1] * chat.n_ctx, greedy)], finished))
+    assert dict(chat.generate_many(requests[:3], finished)) == {k: alone[k] for k in range(3)}  # still whole after the error
+
+
+@pytest.mark.gguf
+@needs_llama
 def test_generate_command_on_gguf(lora_run, gguf_export):
     from typer.testing import CliRunner
 

@@ -191,20 +191,6 @@ def _finished(prompt: str, text: str, fmt: str, chat_answer: str) -> bool:
     return any(stop in text for stop in COMPLETION_STOPS) or (fmt == "chat" and "```" in text)  # or the code block closed
 
 
-def generate_answer(chat, prompt: str, ids: list[int], fmt: str, settings: GenerationSettings, chat_answer: str) -> str:
-    """The model's raw answer to `prompt` (token ids `ids`), generation stopped as soon as the answer is complete (see `_finished`)."""
-    text = ""
-    pieces = chat.stream_ids(ids, settings)
-    try:
-        for piece in pieces:
-            text += piece
-            if _finished(prompt, text, fmt, chat_answer):
-                break
-    finally:
-        pieces.close()
-    return text
-
-
 def completion_code(prompt: str, answer: str, fmt: str, chat_answer: str) -> str:
     """What follows `prompt` in the program. A completion answer: the body, up to the first Codex stop
     sequence. A chat answer, up to the end of its code block: `code_block`, the body and the helpers
@@ -282,21 +268,23 @@ def score_model(
     console.print(
         f"{name}: {backend}, prompt format '{fmt}'" + (f", {n} samples at temperature {settings.temperature}" if n > 1 else ", greedy")
     )
-    futures: list[list] = []
+    asked = [asked_prompt(chat, problem, fmt) for problem in problems]
+    requests = (
+        ((p, i), ids, GenerationSettings(**{**settings.__dict__, "seed": settings.seed + i}))
+        for p, (_, ids) in enumerate(asked)
+        for i in range(n)
+    )
+    futures: list[list] = [[None] * n for _ in problems]
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1) as runner, progress_bar() as bar:
         task = bar.add_task(f"{bench} ({name})", total=len(problems) * n, info="")
-        for problem in problems:
-            row = []
-            prompt, ids = asked_prompt(chat, problem, fmt)
-            for i in range(n):
-                s = GenerationSettings(**{**settings.__dict__, "seed": settings.seed + i})
-                answer = generate_answer(chat, prompt, ids, fmt, s, chat_answer)
-                code = completion_code(prompt, answer, fmt, chat_answer)
-                program = humaneval_program(prompt, code, problem.test, problem.entry_point)
-                row.append((answer, code, runner.submit(run_program, program, limits)))
-                bar.update(task, advance=1)
-            futures.append(row)
+        # the answer is complete as soon as `_finished` says so: generation stops there
+        for (p, i), answer in chat.generate_many(requests, lambda key, text: _finished(asked[key[0]][0], text, fmt, chat_answer)):
+            prompt, problem = asked[p][0], problems[p]
+            code = completion_code(prompt, answer, fmt, chat_answer)
+            program = humaneval_program(prompt, code, problem.test, problem.entry_point)
+            futures[p][i] = (answer, code, runner.submit(run_program, program, limits))
+            bar.update(task, advance=1)
         generation_seconds = time.perf_counter() - start
         samples = [[_sample(answer, code, fut.result()) for answer, code, fut in row] for row in futures]
     del chat

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-from tunelab.models.interface import GenerationSettings
+from tunelab.models.interface import GenerationSettings, generate_one_by_one
 from tunelab.models.interpolate import interpolate_toward_base
 from tunelab.models.likelihood import continuation_logprobs
 from tunelab.models.load import load_causal_lm, load_tokenizer
@@ -85,6 +85,9 @@ class HFChatModel:
             return [results[i] for i in range(len(conversations))]
         finally:
             tok.padding_side = old_side
+
+    def generate_many(self, requests, finished):
+        return generate_one_by_one(self, requests, finished)
 
     def stream(self, messages, settings=None):
         return self.stream_ids(self.prompt_tokens(messages), settings)

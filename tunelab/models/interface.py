@@ -10,7 +10,7 @@ so no caller needs to know which backend it holds.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -42,6 +42,13 @@ class ChatModel(Protocol):
     def stream_ids(self, prompt_ids: list[int], settings: GenerationSettings | None = None) -> Iterator[str]:
         """stream() after prompt ids made by the caller: prompt_tokens(messages), or encode(text) to
         continue plain text (a code completion for a base model)."""
+        ...
+
+    def generate_many(
+        self, requests: Iterable[tuple[Hashable, list[int], GenerationSettings]], finished: Callable[[Hashable, str], bool]
+    ) -> Iterator[tuple[Hashable, str]]:
+        """(key, answer) for each request (key, prompt ids, settings), in the order they end: at
+        end-of-generation, at max_new_tokens, or as soon as `finished(key, answer so far)`."""
         ...
 
     def prompt_text(self, messages: list[dict]) -> str:
@@ -76,3 +83,20 @@ class ChatModel(Protocol):
         `bf16`: bfloat16 autocast where the backend has it (transformers); others ignore it.
         Raises NotImplementedError where the backend cannot score (llama.cpp, for now)."""
         ...
+
+
+def generate_one_by_one(
+    model: ChatModel, requests: Iterable[tuple[Hashable, list[int], GenerationSettings]], finished: Callable[[Hashable, str], bool]
+) -> Iterator[tuple[Hashable, str]]:
+    """`generate_many` for a backend that streams one answer at a time."""
+    for key, prompt_ids, settings in requests:
+        text = ""
+        pieces = model.stream_ids(prompt_ids, settings)
+        try:
+            for piece in pieces:
+                text += piece
+                if finished(key, text):
+                    break
+        finally:
+            pieces.close()
+        yield key, text
