@@ -111,9 +111,12 @@ def test_generate_serve_and_api_load_the_pair(lora_export):
     assert isinstance(chat, LlamaCppChatModel) and chat.lora.name == pair["adapter"]
     prompt = chat.prompt_tokens(QUESTION)
     assert prompt == pair["prompt_ids"][0] and list(chat.generate_ids(prompt, GenerationSettings(max_new_tokens=8))) == pair["ids"][0]
-    # log-likelihoods (perplexity, multiple choice) go through the adapter too
+    # log-likelihoods (perplexity, multiple choice) and answers decoded together go through the adapter too
     alone = LlamaCppChatModel(chat.path, n_threads=1)
     assert chat.loglikelihood([(prompt, pair["ids"][0])]) != alone.loglikelihood([(prompt, pair["ids"][0])])
+    settings = GenerationSettings(max_new_tokens=8)
+    assert chat.generate([QUESTION] * 2, settings, batch_size=2) == [chat.decode(pair["ids"][0]).strip()] * 2
+    assert alone.generate([QUESTION], settings) != chat.generate([QUESTION], settings)
 
     res = CliRunner().invoke(app, ["generate", str(lora), QUESTION[0]["content"], "--max-new-tokens", "8"])
     assert res.exit_code == 0, res.output
