@@ -34,7 +34,9 @@ from tunelab.models.interface import GenerationSettings
 from tunelab.models.templates import DEFAULT_CHAT_TEMPLATE
 
 LLAMA_CPP_VERSION = "0.3.36"
-BATCH_SLOTS = 16  # answers generate_many decodes together: Qwen2.5-Coder-0.5B's HumanEval answers took 357 s at 16, 412 s at 8, 677 s one by one
+# Answers generate_many decodes together: Qwen2.5-Coder-0.5B's 164 HumanEval answers took 357 s at 16, 412 s at 8
+# and 677 s one by one (idle Xeon with AMX, 2026-12-07).
+BATCH_SLOTS = 16
 SCORING_MEMORY = 512 * 2**20  # the scoring Llama's logits array: about 2048 positions for SmolLM2, 512 for Gemma-3
 
 
@@ -382,8 +384,9 @@ class LlamaCppChatModel:
         max_new_tokens, or as soon as `finished(key, text)`. Up to `slots` answers decode together, each its own
         sequence in one llama.cpp batch (a new prompt takes the place of an answer that ended), because a
         one-token step reads every weight for one token: on 2 cores a step of 8 tokens costs about 2.2x one.
-        Each answer samples with its own sampler chain (the one `generate_ids` gets, with its own seed), so an
-        answer is the one `generate_ids` gives, up to the float rounding of a batch of another size."""
+        Each answer has its own cache (`_batch_context`) and sampler chain (the one `generate_ids` gets, with its
+        own seed), so it is the answer `generate_ids` gives: byte for byte on all 164 greedy HumanEval answers of
+        Qwen2.5-Coder-0.5B and SmolLM2-135M and the 24 first of Gemma-3-270m (docs/evaluate.md)."""
         llama_cpp = require_llama_cpp()
         with self._lock:  # the whole generator holds this model: no other generation until it is closed
             ctx = self._batch_context(slots)
