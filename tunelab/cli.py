@@ -383,7 +383,10 @@ BENCHMARK_OPTION_KINDS = {  # option -> the one kind it applies to; the others (
 BENCHMARK_OPTION_INSTEAD = {
     ("--max-questions", CODE): "use --max-problems",
     ("--max-problems", MULTIPLE_CHOICE): "use --max-questions",
-    ("--batch-size", CODE): "code answers are generated one at a time",
+    (
+        "--batch-size",
+        CODE,
+    ): "the code backend sets how many answers generate together (llama.cpp: BATCH_SLOTS in tunelab/models/llama_cpp.py; transformers: one)",
 }
 
 

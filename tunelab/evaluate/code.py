@@ -31,7 +31,7 @@ import re
 import symtable
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -269,11 +269,7 @@ def score_model(
         f"{name}: {backend}, prompt format '{fmt}'" + (f", {n} samples at temperature {settings.temperature}" if n > 1 else ", greedy")
     )
     asked = [asked_prompt(chat, problem, fmt) for problem in problems]
-    requests = (
-        ((p, i), ids, GenerationSettings(**{**settings.__dict__, "seed": settings.seed + i}))
-        for p, (_, ids) in enumerate(asked)
-        for i in range(n)
-    )
+    requests = (((p, i), ids, replace(settings, seed=settings.seed + i)) for p, (_, ids) in enumerate(asked) for i in range(n))
     futures: list[list] = [[None] * n for _ in problems]
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1) as runner, progress_bar() as bar:

@@ -396,7 +396,7 @@ class LlamaCppChatModel:
             pending, live, free = iter(requests), {}, set(range(slots))
             try:
                 while True:
-                    n_tokens = sum(len(answer.to_decode) for answer in live.values())
+                    n_tokens = len(live)  # each live answer decodes the token it sampled last
                     while free and (request := next(pending, None)) is not None:
                         answer = _Answer(self, min(free), *request)
                         if n_tokens + len(answer.to_decode) > capacity:
