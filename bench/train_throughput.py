@@ -14,14 +14,16 @@ round, the order reversed every other round); round r trains with seed r.
   gradient_checkpointing=False, packing=True, packing_strategy="bfd", max_length=512)` (written
   activation_checkpointing, the name transformers 5 gives gradient_checkpointing) on
   prompt/completion data (the prompt is the conversation up to its answer, the completion the
-  answer), so the loss is on the answers only. Ratios are against this row. (With packing, TRL's
+  answer), so the loss is on the answers only. Ratios are against this row. bf16=True where bf16
+  matmuls pay (AVX512-BF16 or AMX, tunelab.cpu); elsewhere torch emulates bf16 at under 1% of
+  fp32's speed, so TRL at its best runs fp32 there, as tunelab does. (With packing, TRL's
   batch is 8 packed rows of up to 512 tokens: fewer, larger steps than 8 examples.)
 - TRL with bf16 off, padded, loss on all tokens, gradient checkpointing on: the configuration this
   bench used to call "TRL defaults" (TRL's own default is bf16 on).
 - tunelab: `train_recipe` with the recipe's defaults (bf16 autocast where the CPU has it, no
   gradient checkpointing, padding-free packing, logits only at answer tokens).
 - with --ablation, tunelab with all of those choices off (fp32, gradient checkpointing, padded
-  batches, logits at every position), then switched on one at a time, each row adding one to the
+  batches, logits at every position; no bf16 step where bf16 does not pay), then switched on one at a time, each row adding one to the
   row above; the last step is the tunelab row. Logits at answer tokens only and attention per
   example of a packed row (tunelab/train/attention.py) are not recipe settings but train_recipe's
   `step` (tunelab.train.run.StepChoices): the rows without them get logits at every position and
@@ -29,7 +31,7 @@ round, the order reversed every other round); round r trains with seed r.
   attention's backward as a compiled kernel instead of the CPU flash kernel's (the last two steps). Candidate rows (not
   defaults; --ablation or --candidates) follow: the tunelab row plus one change, here the frozen
   base weights stored in bf16 (`StepChoices.base_dtype`) instead of fp32 weights cast under
-  autocast each step, and the CPU flash kernel's own attention backward (the default before the
+  autocast each step (only where bf16 matmuls pay), and the CPU flash kernel's own attention backward (the default before the
   compiled one), so that a run without the ablation still measures what the compiled one buys.
 
 Tokens/s: the examples' real tokens (chat template applied, no padding) over the Trainer's own
@@ -38,7 +40,7 @@ on the same tokens and answer tokens (asserted by each worker before it trains);
 configuration trains on every token. Validation loss: each adapter's answer-token loss on the
 same `--val` held-out examples (fp32), mean ± sd over the seeds. Peak memory: the worker's peak RSS.
 MFU: model FLOPs per token (tunelab.train.flops.training_flops_per_token; the output projection
-counted at the positions the row's loss needs) × tokens/s ÷ the bf16 matmul peak, measured by
+counted at the positions the row's loss needs) × tokens/s ÷ the matmul peak in the precision that trains here (bf16 where it pays, else fp32), measured by
 this bench before every round (torch.matmul of 4096×576 by 576×1536 for 2 s on the same threads).
 The section replaces its own in bench/RESULTS.md (bench/results.py).
 """
@@ -54,7 +56,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for `python bench/train_throughput.py`
 from bench import harness, results  # noqa: E402
-from tunelab.cpu import peak_rss_mib  # noqa: E402
+from tunelab.cpu import cpu, peak_rss_mib  # noqa: E402
 
 TITLE = "Training throughput (bench/train_throughput.py)"
 BENCH = harness.Bench(__file__, smoke={"examples": 12, "val": 4})
@@ -70,39 +72,45 @@ def section_title(args) -> str:
 
 LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0)
 BATCH, LR, MAX_LEN = 8, 2e-4, 512
+# Whether bf16 matmuls pay on this CPU (tunelab.cpu owns the answer): every row's precision follows it. Without
+# AVX512-BF16 or AMX, torch emulates bf16 at under 1% of fp32's speed (1.2 against 180 GFLOP/s on a 2-core AMD EPYC
+# with AVX2, 2026-12-07), so TRL at its best, like tunelab's `precision: auto`, trains in fp32 there.
+BF16 = cpu().bf16_matmul
+PRECISION = "bf16" if BF16 else "fp32"
 TRL_BEST = "TRL SFTTrainer at its best on CPU"
 TRL_OLD = "TRL with bf16 off, padded, loss on all tokens, gradient checkpointing on"
 TUNELAB = "tunelab"
 DESCRIBE = {
-    TRL_BEST: "bf16, no gradient checkpointing, packing (bfd), prompt/completion: loss on answers",
+    TRL_BEST: f"{PRECISION}{'' if BF16 else ' (this CPU has no fast bf16 matmul)'}, no gradient checkpointing, packing (bfd), prompt/completion: loss on answers",
     TRL_OLD: "fp32, gradient checkpointing, padded batches, loss on every token",
-    TUNELAB: "`tunelab train` defaults: bf16 autocast, no gradient checkpointing, padding-free packing with attention per example (its backward compiled), logits at answer tokens, the loss in cache-sized chunks on a CPU",
+    TUNELAB: f"`tunelab train` defaults: {'bf16 autocast' if BF16 else 'fp32 (precision: auto, no fast bf16 matmul here)'}, no gradient checkpointing, padding-free packing with attention per example (its backward compiled), logits at answer tokens, the loss in cache-sized chunks on a CPU",
 }
 # The ablation: tunelab with its choices off, then on one at a time; each row adds one choice to the row above, and
 # the last is TUNELAB. A row's settings are recipe settings, and the choices of the step that are not
 # (train_recipe's `step`, tunelab.train.run.StepChoices: answer_logits, attention_per_example, chunked_loss_on_cpu,
-# compiled_attention_backward, base_dtype).
+# compiled_attention_backward, base_dtype). Where bf16 does not pay there is no bf16 step: every row is fp32.
 ABLATION = {
     "tunelab, all off": dict(precision="fp32", gradient_checkpointing=True, packing=False),
-    "+ bf16 autocast": dict(precision="bf16", gradient_checkpointing=True, packing=False),
-    "+ no gradient checkpointing": dict(precision="bf16", gradient_checkpointing=False, packing=False),
+    **({"+ bf16 autocast": dict(precision="bf16", gradient_checkpointing=True, packing=False)} if BF16 else {}),
+    "+ no gradient checkpointing": dict(precision=PRECISION, gradient_checkpointing=False, packing=False),
     "+ padding-free packing (one block-diagonal mask per row)": dict(
-        precision="bf16", gradient_checkpointing=False, packing=True, answer_logits=False, attention_per_example=False
+        precision=PRECISION, gradient_checkpointing=False, packing=True, answer_logits=False, attention_per_example=False
     ),
     "+ attention per example of a packed row": dict(
-        precision="bf16", gradient_checkpointing=False, packing=True, answer_logits=False, compiled_attention_backward=False
+        precision=PRECISION, gradient_checkpointing=False, packing=True, answer_logits=False, compiled_attention_backward=False
     ),
     "+ logits at answer tokens only": dict(
-        precision="bf16", gradient_checkpointing=False, packing=True, chunked_loss_on_cpu=False, compiled_attention_backward=False
+        precision=PRECISION, gradient_checkpointing=False, packing=True, chunked_loss_on_cpu=False, compiled_attention_backward=False
     ),
     "+ answer loss in cache-sized chunks on a CPU": dict(
-        precision="bf16", gradient_checkpointing=False, packing=True, compiled_attention_backward=False
+        precision=PRECISION, gradient_checkpointing=False, packing=True, compiled_attention_backward=False
     ),
 }
 LAST_STEP = "+ attention's backward compiled (= tunelab)"
-# Candidates measured beside tunelab with --ablation or --candidates (not defaults): each is the tunelab row plus one change.
+# Candidates measured beside tunelab with --ablation or --candidates (not defaults): each is the tunelab row plus one
+# change. bf16 base weights only where bf16 matmuls pay (elsewhere every step would run emulated bf16).
 CANDIDATES = {
-    "tunelab + frozen base weights stored in bf16 (candidate)": dict(base_dtype="bfloat16"),
+    **({"tunelab + frozen base weights stored in bf16 (candidate)": dict(base_dtype="bfloat16")} if BF16 else {}),
     # the default before issue #25's compiled backward: the same run measures what that change buys
     "tunelab with the CPU flash kernel's attention backward (the default before)": dict(compiled_attention_backward=False),
 }
@@ -173,7 +181,7 @@ def trl_worker(kind: str, args, model_path: Path, tokenizer, train: list[dict], 
 
     if kind == TRL_BEST:
         data = [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in train]
-        settings = dict(bf16=True, activation_checkpointing=False, packing=True, packing_strategy="bfd")
+        settings = dict(bf16=BF16, activation_checkpointing=False, packing=True, packing_strategy="bfd")
     else:
         data = [{"messages": r["messages"]} for r in train]
         settings = dict(bf16=False, activation_checkpointing=True, packing=False)
@@ -273,7 +281,8 @@ def worker(kind: str, args) -> dict:
 
 # ---------------------------------------------------------------- rounds, FLOPs and the section
 def measure(args, kinds: list[str]) -> tuple[dict[str, list[dict]], list[float]]:
-    """Every configuration once per round, each in a worker process; the bf16 matmul peak before each round."""
+    """Every configuration once per round, each in a worker process; the matmul peak (bf16 or fp32, what trains
+    here) before each round."""
     import torch
 
     from tunelab.train.flops import matmul_peak_flops
@@ -281,8 +290,8 @@ def measure(args, kinds: list[str]) -> tuple[dict[str, list[dict]], list[float]]
     peaks = []
 
     def peak(r: int) -> None:
-        peaks.append(matmul_peak_flops(torch.bfloat16, seconds=0.2 if args.smoke else 2.0))
-        print(f"round {r + 1}: bf16 matmul peak {peaks[-1] / 1e9:,.0f} GFLOP/s", flush=True)
+        peaks.append(matmul_peak_flops(torch.bfloat16 if BF16 else torch.float32, seconds=0.2 if args.smoke else 2.0))
+        print(f"round {r + 1}: {PRECISION} matmul peak {peaks[-1] / 1e9:,.0f} GFLOP/s", flush=True)
 
     runs = harness.rounds(
         kinds,
@@ -351,7 +360,7 @@ def section(args, runs: dict[str, list[dict]], peaks: list[float], flops: dict[s
         "",
         results.table(header, [row(k, k, DESCRIBE[k]) for k in (TRL_BEST, TRL_OLD, TUNELAB)]),
         "",
-        f"MFU: model FLOPs per token × tokens/s ÷ the bf16 matmul peak measured before each round, {results.median_range([p / 1e9 for p in peaks], 0)} GFLOP/s. "
+        f"MFU: model FLOPs per token × tokens/s ÷ the {PRECISION} matmul peak measured before each round, {results.median_range([p / 1e9 for p in peaks], 0)} GFLOP/s. "
         f"Model FLOPs per token (tunelab/train/flops.py: 4 per frozen weight, 6 per LoRA weight, the output projection at the positions the loss needs): "
         f"{flops[TUNELAB] / 1e9:.3f} GFLOP with the loss on answers, {flops[TRL_OLD] / 1e9:.3f} GFLOP with the loss on every token. "
         "Work a configuration does beyond that (recomputed activations, logits nobody needs, padding) earns no MFU.",

@@ -56,3 +56,17 @@ def test_candidates_alone_or_within_the_ablation_not_both():
     with pytest.raises(SystemExit) as stop:  # argparse's usage error, saying to give one of them
         bench_train.parse_args(["--ablation", "--candidates"])
     assert stop.value.code == 2
+
+
+def test_every_row_trains_in_the_precision_that_pays_on_this_cpu():
+    """TRL at its best and every tunelab row use bf16 only where tunelab.cpu says bf16 matmuls pay: on a CPU
+    without AVX512-BF16 or AMX, torch emulates bf16 at under 1% of fp32's speed, and a bf16 TRL there would be
+    a weakened peer."""
+    from tunelab.cpu import cpu
+
+    pays = cpu().bf16_matmul
+    assert bench_train.BF16 is pays
+    settings = [*bench_train.ABLATION.values(), *bench_train.CANDIDATES.values()]
+    assert any(s.get("precision") == "bf16" or s.get("base_dtype") == "bfloat16" for s in settings) is pays
+    assert bench_train.DESCRIBE[bench_train.TRL_BEST].startswith("bf16" if pays else "fp32")
+    assert ("bf16 autocast" in bench_train.DESCRIBE[bench_train.TUNELAB]) is pays
