@@ -10,7 +10,8 @@ template), each in its own process (so its peak memory is its own) with the same
 rounds are interleaved (every configuration once per round, the order alternating), round r
 trains with seed r:
 
-- TRL defaults: `DPOTrainer` + `peft_config` with DPOConfig's defaults (bf16 on, gradient checkpointing on);
+- TRL defaults: `DPOTrainer` + `peft_config` with DPOConfig's defaults (bf16 on, gradient checkpointing on;
+  bf16 off on a CPU where bf16 matmuls do not pay, tunelab.cpu, where torch emulates them 100x slower);
 - TRL without checkpointing: the same with gradient checkpointing off (bf16 stays on). Off is
   faster for SFT here, so it was expected to be TRL's best for DPO too; on 2026-12-04 the defaults
   were faster (1.08x) and used 40% less memory: DPO keeps the activations of both answers of every
@@ -44,17 +45,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for `python bench/dpo_throughput.py`
 from bench import harness, results  # noqa: E402
-from tunelab.cpu import peak_rss_mib  # noqa: E402
+from tunelab.cpu import cpu, peak_rss_mib  # noqa: E402
 
 TITLE = "DPO training throughput (bench/dpo_throughput.py)"
 BENCH = harness.Bench(__file__, smoke={"pairs": 8, "val": 4})
 LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0)
 BATCH, LR, BETA, MAX_LEN = 4, 5e-5, 0.1, 512
 TRL_DEFAULT, TRL_NO_CHECKPOINTING, TUNELAB = "TRL DPOTrainer, defaults", "TRL DPOTrainer, no gradient checkpointing", "tunelab"
+# DPOConfig turns bf16 on by default. Where bf16 matmuls do not pay (no AVX512-BF16 or AMX: tunelab.cpu), torch
+# emulates them at under 1% of fp32's speed, so both TRL rows train in fp32 there (as tunelab's `precision: auto`
+# does): TRL's default there would be a peer weakened 100x.
+BF16 = cpu().bf16_matmul
+PRECISION = "bf16" if BF16 else "fp32"
 DESCRIBE = {
-    TRL_DEFAULT: "DPOConfig defaults: bf16, gradient checkpointing",
-    TRL_NO_CHECKPOINTING: "bf16, no gradient checkpointing",
-    TUNELAB: "`tunelab train`, `objective: dpo`, recipe defaults (bf16, gradient checkpointing)",
+    TRL_DEFAULT: "DPOConfig defaults: bf16, gradient checkpointing"
+    if BF16
+    else "DPOConfig defaults but fp32 (no fast bf16 matmul here): gradient checkpointing",
+    TRL_NO_CHECKPOINTING: f"{PRECISION}, no gradient checkpointing",
+    TUNELAB: f"`tunelab train`, `objective: dpo`, recipe defaults ({PRECISION}, gradient checkpointing)",
 }
 SMOKE_PAIRS = [
     ("What is 2 + 2?", "2 + 2 is 4.", "It is 5."),
@@ -131,9 +139,12 @@ def trl_worker(kind: str, args, model_path: Path, workdir: Path, train: list[dic
 
     from tunelab.models.load import load_causal_lm, load_tokenizer
 
-    no_checkpointing = {"bf16": True, "activation_checkpointing": False} if kind == TRL_NO_CHECKPOINTING else {}
+    no_checkpointing = {"activation_checkpointing": False} if kind == TRL_NO_CHECKPOINTING else {}
     cfg = DPOConfig(
-        **harness.trl_arguments(workdir, batch=BATCH, learning_rate=LR, max_length=MAX_LEN, seed=args.seed), beta=BETA, **no_checkpointing
+        **harness.trl_arguments(workdir, batch=BATCH, learning_rate=LR, max_length=MAX_LEN, seed=args.seed),
+        beta=BETA,
+        bf16=BF16,
+        **no_checkpointing,
     )
     trainer = DPOTrainer(
         model=load_causal_lm(model_path),
