@@ -47,9 +47,12 @@ def main(gguf: str) -> None:
     registry = build_registry([gguf], runs=None, n_threads=1)
     entry = next(iter(registry.entries.values()))
     app = build_app(registry, ServeLimits(), ui=True, api=True)
+    # not "What is the capital of France?": there SmolLM2's first answer token is a near tie ("The" 24.14 against
+    # "La" 24.05 in fp32), and llama.cpp's AVX2 kernels (an AMD EPYC without AVX-512) round it to "La femme de
+    # France..."; this prompt keeps a margin of 1.6 logits or more at every token of "The capital of France is Paris."
     question = [
         {"role": "system", "content": "You are a helpful assistant."},
-        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "user", "content": "Name the capital of France."},
     ]
     with ServerThread(app) as url:
         body = {"model": entry.id, "messages": question, "max_tokens": 24, "temperature": 0}

@@ -485,9 +485,12 @@ def test_gguf_default_model_streams_a_real_answer():
         client = OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=120)
         stream = client.chat.completions.create(
             model=entry.id,
+            # not "What is the capital of France?": there SmolLM2's first answer token is a near tie ("The" 24.14 against
+            # "La" 24.05 in fp32), and llama.cpp's AVX2 kernels (an AMD EPYC without AVX-512) round it to "La femme de
+            # France..."; this prompt keeps a margin of 1.6 logits or more at every token of "The capital of France is Paris."
             messages=[
                 {"role": "system", "content": "You are a helpful assistant."},
-                {"role": "user", "content": "What is the capital of France?"},
+                {"role": "user", "content": "Name the capital of France."},
             ],
             max_tokens=24,
             temperature=0,
