@@ -83,7 +83,7 @@ TUNELAB = "tunelab"
 DESCRIBE = {
     TRL_BEST: f"{PRECISION}{'' if BF16 else ' (this CPU has no fast bf16 matmul)'}, no gradient checkpointing, packing (bfd), prompt/completion: loss on answers",
     TRL_OLD: "fp32, gradient checkpointing, padded batches, loss on every token",
-    TUNELAB: f"`tunelab train` defaults: {'bf16 autocast' if BF16 else 'fp32 (precision: auto, no fast bf16 matmul here)'}, no gradient checkpointing, padding-free packing with attention per example (its backward compiled), logits at answer tokens, the loss in cache-sized chunks on a CPU",
+    TUNELAB: f"`tunelab train` defaults: {'bf16 autocast' if BF16 else 'fp32 (precision: auto, no fast bf16 matmul here)'}, no gradient checkpointing, padding-free packing with attention per example ({'its backward compiled' if BF16 else 'the flash kernel its backward too: the compiled one is for bf16'}), logits at answer tokens, the loss in cache-sized chunks on a CPU",
 }
 # The ablation: tunelab with its choices off, then on one at a time; each row adds one choice to the row above, and
 # the last is TUNELAB. A row's settings are recipe settings, and the choices of the step that are not
