@@ -3,7 +3,7 @@
     python bench/train_compile.py [--examples 96] [--threads 2] [--repeats 3]
     python bench/train_compile.py --smoke --model DIR --results FILE   # a few examples, one round: checks the bench runs
 
-Both rows are `train_recipe` with the recipe's defaults (bf16 autocast, padding-free packing,
+Both rows are `train_recipe` with the recipe's defaults (bf16 autocast where bf16 matmuls pay, else fp32; padding-free packing,
 attention per example, logits at answer tokens) on bench/train_throughput.py's recipe and examples
 (LoRA r16/α32 on every linear layer, batches of 8, lr 2e-4 constant, one epoch of the first
 `--examples` examples of ../shared/data/alpaca_en_demo.json), one with `train.compile: true`. Each trains in its own
