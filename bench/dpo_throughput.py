@@ -45,18 +45,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for `python bench/dpo_throughput.py`
 from bench import harness, results  # noqa: E402
-from tunelab.cpu import cpu, peak_rss_mib  # noqa: E402
+from tunelab.cpu import peak_rss_mib  # noqa: E402
 
 TITLE = "DPO training throughput (bench/dpo_throughput.py)"
 BENCH = harness.Bench(__file__, smoke={"pairs": 8, "val": 4})
 LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0)
 BATCH, LR, BETA, MAX_LEN = 4, 5e-5, 0.1, 512
 TRL_DEFAULT, TRL_NO_CHECKPOINTING, TUNELAB = "TRL DPOTrainer, defaults", "TRL DPOTrainer, no gradient checkpointing", "tunelab"
-# DPOConfig turns bf16 on by default. Where bf16 matmuls do not pay (no AVX512-BF16 or AMX: tunelab.cpu), torch
-# emulates them at under 1% of fp32's speed, so both TRL rows train in fp32 there (as tunelab's `precision: auto`
-# does): TRL's default there would be a peer weakened 100x.
-BF16 = cpu().bf16_matmul
-PRECISION = "bf16" if BF16 else "fp32"
+# DPOConfig turns bf16 on by default; where bf16 matmuls do not pay both TRL rows train in fp32 (harness.BF16)
+BF16, PRECISION = harness.BF16, harness.PRECISION
 DESCRIBE = {
     TRL_DEFAULT: "DPOConfig defaults: bf16, gradient checkpointing"
     if BF16

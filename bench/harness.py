@@ -50,7 +50,14 @@ from bench import results
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from tunelab.cpu import cpu  # noqa: E402  (torch-free, as bench/results.py's import of it)
+
 ROOT = results.ROOT
+# Whether bf16 matmuls pay on this CPU (tunelab.cpu owns the answer), and so the precision of every training bench's
+# rows, the peers' included: without AVX512-BF16 or AMX, torch emulates bf16 at under 1% of fp32's speed (1.2 against
+# 180 GFLOP/s on a 2-core AMD EPYC with AVX2, 2026-12-07), and a peer in bf16 there would be one weakened 150x.
+BF16 = cpu().bf16_matmul
+PRECISION = "bf16" if BF16 else "fp32"
 WORKER_TIMEOUT_S = 600  # a worker whose crash is a result may also hang: that is a result too
 Measure = Callable[[str, argparse.Namespace], dict]  # the figures of one kind of run, measured with these arguments
 

@@ -56,7 +56,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for `python bench/train_throughput.py`
 from bench import harness, results  # noqa: E402
-from tunelab.cpu import cpu, peak_rss_mib  # noqa: E402
+from tunelab.cpu import peak_rss_mib  # noqa: E402
 
 TITLE = "Training throughput (bench/train_throughput.py)"
 BENCH = harness.Bench(__file__, smoke={"examples": 12, "val": 4})
@@ -72,11 +72,8 @@ def section_title(args) -> str:
 
 LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0)
 BATCH, LR, MAX_LEN = 8, 2e-4, 512
-# Whether bf16 matmuls pay on this CPU (tunelab.cpu owns the answer): every row's precision follows it. Without
-# AVX512-BF16 or AMX, torch emulates bf16 at under 1% of fp32's speed (1.2 against 180 GFLOP/s on a 2-core AMD EPYC
-# with AVX2, 2026-12-07), so TRL at its best, like tunelab's `precision: auto`, trains in fp32 there.
-BF16 = cpu().bf16_matmul
-PRECISION = "bf16" if BF16 else "fp32"
+# every row's precision, TRL at its best's included, is the one that pays here (fp32 where bf16 is emulated)
+BF16, PRECISION = harness.BF16, harness.PRECISION
 TRL_BEST = "TRL SFTTrainer at its best on CPU"
 TRL_OLD = "TRL with bf16 off, padded, loss on all tokens, gradient checkpointing on"
 TUNELAB = "tunelab"
@@ -283,14 +280,12 @@ def worker(kind: str, args) -> dict:
 def measure(args, kinds: list[str]) -> tuple[dict[str, list[dict]], list[float]]:
     """Every configuration once per round, each in a worker process; the matmul peak (bf16 or fp32, what trains
     here) before each round."""
-    import torch
-
-    from tunelab.train.flops import matmul_peak_flops
+    from tunelab.train.flops import matmul_peak_flops, peak_dtype
 
     peaks = []
 
     def peak(r: int) -> None:
-        peaks.append(matmul_peak_flops(torch.bfloat16 if BF16 else torch.float32, seconds=0.2 if args.smoke else 2.0))
+        peaks.append(matmul_peak_flops(peak_dtype(), seconds=0.2 if args.smoke else 2.0))
         print(f"round {r + 1}: {PRECISION} matmul peak {peaks[-1] / 1e9:,.0f} GFLOP/s", flush=True)
 
     runs = harness.rounds(
