@@ -84,10 +84,11 @@ class StepChoices:
     # on a CPU, each example of a packed row attends within itself (train/attention.py); False: transformers'
     # SDPA with the block-diagonal mask over the whole row
     attention_per_example: bool = True
-    # how the frozen base weights are stored: "bfloat16" instead of casting fp32 weights under autocast every
-    # step (PEFT keeps the LoRA weights in fp32). Not a default: on the AMX Xeon bf16 was 1.03-1.09x faster, but the demo's
-    # adapter, trained against bf16-rounded weights, then failed its Q8_0 faithfulness check (docs/training.md)
-    base_dtype: str = "float32"
+    # how the frozen base weights are stored (PEFT keeps the LoRA weights in fp32): "auto" stores them in bf16 where
+    # supervised LoRA trains under bf16 autocast on a CPU, instead of casting fp32 weights every step (1.03-1.09x
+    # faster on the AMX Xeon, 1.11x on the AVX512-BF16 EPYC, less memory: docs/training.md), fp32 elsewhere (a GPU
+    # run is not measured); "float32" or "bfloat16" asks for one. Evaluation and export read the fp32 base as before
+    base_dtype: str = "auto"
     # on a CPU under bf16 autocast, the backward of attention per example is a compiled kernel (train/attention.py):
     # False keeps the CPU flash kernel's own backward (46 against 27 ms a SmolLM2 layer on the AMX Xeon; the whole
     # step 1.07-1.09x slower in bench/train_throughput.py)
@@ -253,11 +254,20 @@ def check_sequence_length(tokenizer, max_seq_length: int) -> None:
         )
 
 
+def frozen_weights_dtype(recipe: Recipe, step: StepChoices) -> str:
+    """The dtype `build_model` loads the base in: `step.base_dtype`, with "auto" resolved (see StepChoices)."""
+    if step.base_dtype != "auto":
+        return step.base_dtype
+    t = recipe.train
+    bf16_on_cpu = wants_bf16(t.precision) and not torch.cuda.is_available()
+    return "bfloat16" if t.objective == "sft" and t.weights == "lora" and bf16_on_cpu else "float32"
+
+
 def build_model(recipe: Recipe, base_path: Path, step: StepChoices = StepChoices()):
-    """The base model, its weights stored as `step.base_dtype`, wrapped for the chosen method (LoRA, QLoRA or full)."""
+    """The base model, its weights stored as `frozen_weights_dtype`, wrapped for the chosen method (LoRA, QLoRA or full)."""
     t = recipe.train
     model = load_causal_lm(
-        base_path, dtype=step.base_dtype, load_in_4bit=(t.weights == "qlora"), trust_remote_code=recipe.trust_remote_code
+        base_path, dtype=frozen_weights_dtype(recipe, step), load_in_4bit=(t.weights == "qlora"), trust_remote_code=recipe.trust_remote_code
     )
     model.config.use_cache = False
     # under FSDP the wrapper checkpoints activations itself (strategy_arguments); the model's own would repeat gathers
