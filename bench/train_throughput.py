@@ -84,7 +84,12 @@ TUNELAB = "tunelab"
 DESCRIBE = {
     TRL_BEST: f"{PRECISION}{'' if BF16 else ' (this CPU has no fast bf16 matmul)'}, no gradient checkpointing, packing (bfd), prompt/completion: loss on answers",
     TRL_OLD: "fp32, gradient checkpointing, padded batches, loss on every token",
-    TUNELAB: f"`tunelab train` defaults: {'bf16 autocast, frozen base weights stored in bf16' if BF16 else 'fp32 (precision: auto, no fast bf16 matmul here)'}, no gradient checkpointing, padding-free packing with attention per example ({'its backward compiled' if BF16 else 'the flash kernel its backward too: the compiled one is for bf16'}), logits at answer tokens, the loss in cache-sized chunks on a CPU",
+    TUNELAB: f"`tunelab train` defaults: {'bf16 autocast, frozen base weights stored in bf16' if BF16 else 'fp32 (precision: auto, no fast bf16 matmul here)'}, no gradient checkpointing, padding-free packing with attention per example ({{backward}}), logits at answer tokens, the loss in cache-sized chunks on a CPU",
+}
+# which backward attention per example runs in the tunelab row (DESCRIBE's {backward}): compiled_attention_backward()
+BACKWARD = {
+    True: "its backward compiled",
+    False: f"the flash kernel's backward too: {'the compiled one is for narrower heads, train/attention.py' if BF16 else 'the compiled one is for bf16'}",
 }
 # The ablation: tunelab with its choices off, then on one at a time; each row adds one choice to the row above, and
 # the last is TUNELAB. A row's settings are recipe settings, and the choices of the step that are not
@@ -112,8 +117,9 @@ ABLATION = {
 }
 ABLATION = {name: {**settings, **FP32_WEIGHTS} for name, settings in ABLATION.items()}
 LAST_STEP = "+ frozen base weights stored in bf16 (= tunelab)" if BF16 else "+ attention's backward compiled (= tunelab)"
-# Candidates measured beside tunelab with --ablation or --candidates (not defaults): each is the tunelab row plus one
-# change. bf16 base weights only where bf16 matmuls pay (elsewhere every step would run emulated bf16).
+# Candidates measured beside tunelab with --ablation or --candidates: each is the tunelab row with one choice changed,
+# today each as it was before it became the default. The fp32-weights row only where bf16 matmuls pay (elsewhere the
+# frozen weights are fp32 in the tunelab row already).
 CANDIDATES = {
     # the default before: the same run measures what bf16 frozen weights buy
     **({"tunelab with frozen base weights in fp32 (the default before)": dict(base_dtype="float32")} if BF16 else {}),
@@ -286,11 +292,25 @@ def worker(kind: str, args) -> dict:
 
 
 # ---------------------------------------------------------------- rounds, FLOPs and the section
+def compiled_attention_backward(args) -> bool:
+    """Whether the tunelab row's attention backward is the compiled kernel (train/attention.py uses_compiled_backward:
+    bf16, a C++ compiler, heads of at most MAX_HEAD_DIM; Gemma-3's are 256 wide)."""
+    from transformers import AutoConfig
+
+    from tunelab.cpu import has_cpp_compiler
+    from tunelab.models.resolve import resolve_model
+    from tunelab.train.attention import MAX_HEAD_DIM
+
+    config = AutoConfig.from_pretrained(resolve_model(args.model).path)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return BF16 and has_cpp_compiler() and head_dim <= MAX_HEAD_DIM
+
+
 def warm_compile_cache(args) -> float | None:
     """Seconds of an untimed tunelab run of 8 examples, which fills torch's on-disk cache with attention's compiled
     backward, so that round 1's tunelab row loads it like every later process instead of compiling it (None: nothing
     compiles here)."""
-    if not BF16 or args.smoke:
+    if not compiled_attention_backward(args) or args.smoke:
         return None
     start = time.perf_counter()
     BENCH.in_worker(argparse.Namespace(**{**vars(args), "argv": [*args.argv, "--examples", "8", "--val", "2"]}), TUNELAB, 0, worker)
@@ -338,6 +358,7 @@ def mean_sd(values: list[float]) -> str:
 
 
 def section(args, runs: dict[str, list[dict]], peaks: list[float], flops: dict[str, float], warm_s: float | None) -> str:
+    compiled = compiled_attention_backward(args)
     first = runs[TUNELAB][0]
     best = runs[TRL_BEST]
     header = [
@@ -379,7 +400,7 @@ def section(args, runs: dict[str, list[dict]], peaks: list[float], flops: dict[s
             else ""
         ),
         "",
-        results.table(header, [row(k, k, DESCRIBE[k]) for k in (TRL_BEST, TRL_OLD, TUNELAB)]),
+        results.table(header, [row(k, k, DESCRIBE[k].format(backward=BACKWARD[compiled])) for k in (TRL_BEST, TRL_OLD, TUNELAB)]),
         "",
         f"MFU: model FLOPs per token × tokens/s ÷ the {PRECISION} matmul peak measured before each round, {results.median_range([p / 1e9 for p in peaks], 0)} GFLOP/s. "
         f"Model FLOPs per token (tunelab/train/flops.py: 4 per frozen weight, 6 per LoRA weight, the output projection at the positions the loss needs): "
@@ -391,15 +412,15 @@ def section(args, runs: dict[str, list[dict]], peaks: list[float], flops: dict[s
         lines += [
             "",
             "Ablation: tunelab with its choices off (fp32, gradient checkpointing, padded batches, logits at every position), "
-            "then switched on one at a time; each row adds one choice to the row above. Rows marked candidate are the tunelab "
-            "row plus one change that is not a default (measured to decide whether it pays).",
+            "then switched on one at a time; each row adds one choice to the row above. The rows after the tunelab row are "
+            "the candidates: the tunelab row with one choice as it was before it became the default.",
             "",
             results.table(header[:1] + header[2:], [r[:1] + r[2:] for r in steps]),
         ]
     elif args.candidates:
         lines += [
             "",
-            "Candidates: the tunelab row plus one change that is not a default (measured to decide whether it pays).",
+            "Candidates: the tunelab row with one choice as it was before it became the default (what each buys).",
             "",
             results.table(header, [row(k, k, "") for k in CANDIDATES]),
         ]

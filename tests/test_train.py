@@ -170,8 +170,8 @@ def test_full_finetune_and_sequence_length_error(tmp_path, tiny_model_dir):
 
 
 def test_frozen_weights_are_bf16_where_lora_trains_under_bf16_autocast_on_a_cpu(tmp_path, tiny_model_dir):
-    """The frozen base weights are stored in bf16 where supervised LoRA trains under bf16 autocast on a CPU (1.03-1.11x
-    faster steps on the AMX Xeon and the AVX512-BF16 EPYC: docs/training.md), fp32 where the run trains in fp32;
+    """The frozen base weights are stored in bf16 where supervised LoRA trains under bf16 autocast on a CPU (faster steps
+    on the AMX Xeon, less memory on every bf16 CPU: docs/training.md), fp32 where the run trains in fp32;
     `base_dtype` asks for one, and the summary says which a run used."""
     from tunelab.train.run import StepChoices, train_recipe
 

@@ -85,8 +85,8 @@ class StepChoices:
     # SDPA with the block-diagonal mask over the whole row
     attention_per_example: bool = True
     # how the frozen base weights are stored (PEFT keeps the LoRA weights in fp32): "auto" stores them in bf16 where
-    # supervised LoRA trains under bf16 autocast on a CPU, instead of casting fp32 weights every step (1.03-1.09x
-    # faster on the AMX Xeon, 1.11x on the AVX512-BF16 EPYC, less memory: docs/training.md), fp32 elsewhere (a GPU
+    # supervised LoRA trains under bf16 autocast on a CPU, instead of casting fp32 weights every step (1.01-1.09x
+    # faster on the AMX Xeon, 0.98-1.11x a round on the AVX512-BF16 EPYC, less memory: docs/training.md), fp32 elsewhere (a GPU
     # run is not measured); "float32" or "bfloat16" asks for one. Evaluation and export read the fp32 base as before
     base_dtype: str = "auto"
     # on a CPU under bf16 autocast, the backward of attention per example is a compiled kernel (train/attention.py):
