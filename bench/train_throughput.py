@@ -293,17 +293,17 @@ def worker(kind: str, args) -> dict:
 
 # ---------------------------------------------------------------- rounds, FLOPs and the section
 def compiled_attention_backward(args) -> bool:
-    """Whether the tunelab row's attention backward is the compiled kernel (train/attention.py uses_compiled_backward:
-    bf16, a C++ compiler, heads of at most MAX_HEAD_DIM; Gemma-3's are 256 wide)."""
+    """Whether the tunelab row's attention backward is the compiled kernel (train/attention.py; Gemma-3's 256-wide
+    heads keep the flash kernel's)."""
+    import torch
     from transformers import AutoConfig
 
-    from tunelab.cpu import has_cpp_compiler
     from tunelab.models.resolve import resolve_model
-    from tunelab.train.attention import MAX_HEAD_DIM
+    from tunelab.train.attention import backward_compiles
 
     config = AutoConfig.from_pretrained(resolve_model(args.model).path)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return BF16 and has_cpp_compiler() and head_dim <= MAX_HEAD_DIM
+    return backward_compiles(head_dim, torch.bfloat16 if BF16 else torch.float32)
 
 
 def warm_compile_cache(args) -> float | None:

@@ -102,19 +102,22 @@ class CausalAttention(torch.autograd.Function):
         return *compiled_attention_backward()(*tensors, ctx.scale), None
 
 
+def backward_compiles(head_dim: int, dtype: torch.dtype) -> bool:
+    """What a model decides of `uses_compiled_backward`: bf16, heads where it pays, a compiler to build the kernel."""
+    return dtype == torch.bfloat16 and head_dim <= MAX_HEAD_DIM and has_cpp_compiler()
+
+
 def uses_compiled_backward(q: torch.Tensor, dropout: float) -> bool:
     """bf16 on a CPU in an eager step that keeps gradients, with a compiler to build the kernel, heads where it pays
     and scores that fit."""
     return (
-        q.dtype == torch.bfloat16
-        and q.device.type == "cpu"
+        q.device.type == "cpu"
         and q.requires_grad
         and torch.is_grad_enabled()
         and not dropout
         and not torch.compiler.is_compiling()  # a compiled model keeps the kernel's backward: not measured inside a graph
-        and q.shape[-1] <= MAX_HEAD_DIM
         and q.shape[1] * q.shape[2] ** 2 <= MAX_SCORES
-        and has_cpp_compiler()
+        and backward_compiles(q.shape[-1], q.dtype)
     )
 
 
