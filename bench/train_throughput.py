@@ -86,7 +86,7 @@ DESCRIBE = {
     TRL_OLD: "fp32, gradient checkpointing, padded batches, loss on every token",
     TUNELAB: f"`tunelab train` defaults: {'bf16 autocast, frozen base weights stored in bf16' if BF16 else 'fp32 (precision: auto, no fast bf16 matmul here)'}, no gradient checkpointing, padding-free packing with attention per example ({{backward}}), logits at answer tokens, the loss in cache-sized chunks on a CPU",
 }
-# which backward attention per example runs in the tunelab row (DESCRIBE's {backward}): compiled_attention_backward()
+# which backward attention per example runs in the tunelab row (DESCRIBE's {backward}): attention_backward_compiles()
 BACKWARD = {
     True: "its backward compiled",
     False: f"the flash kernel's backward too: {'the compiled one is for narrower heads, train/attention.py' if BF16 else 'the compiled one is for bf16'}",
@@ -292,7 +292,7 @@ def worker(kind: str, args) -> dict:
 
 
 # ---------------------------------------------------------------- rounds, FLOPs and the section
-def compiled_attention_backward(args) -> bool:
+def attention_backward_compiles(args) -> bool:
     """Whether the tunelab row's attention backward is the compiled kernel (train/attention.py; Gemma-3's 256-wide
     heads keep the flash kernel's)."""
     import torch
@@ -306,11 +306,11 @@ def compiled_attention_backward(args) -> bool:
     return backward_compiles(head_dim, torch.bfloat16 if BF16 else torch.float32)
 
 
-def warm_compile_cache(args) -> float | None:
+def warm_compile_cache(args, compiled: bool) -> float | None:
     """Seconds of an untimed tunelab run of 8 examples, which fills torch's on-disk cache with attention's compiled
     backward, so that round 1's tunelab row loads it like every later process instead of compiling it (None: nothing
     compiles here)."""
-    if not compiled_attention_backward(args) or args.smoke:
+    if not compiled or args.smoke:
         return None
     start = time.perf_counter()
     BENCH.in_worker(argparse.Namespace(**{**vars(args), "argv": [*args.argv, "--examples", "8", "--val", "2"]}), TUNELAB, 0, worker)
@@ -357,8 +357,7 @@ def mean_sd(values: list[float]) -> str:
     return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}" if len(values) > 1 else f"{values[0]:.4f}"
 
 
-def section(args, runs: dict[str, list[dict]], peaks: list[float], flops: dict[str, float], warm_s: float | None) -> str:
-    compiled = compiled_attention_backward(args)
+def section(args, runs: dict[str, list[dict]], peaks: list[float], flops: dict[str, float], compiled: bool, warm_s: float | None) -> str:
     first = runs[TUNELAB][0]
     best = runs[TRL_BEST]
     header = [
@@ -458,9 +457,10 @@ def main(argv=None) -> None:
         + (list(ABLATION) if args.ablation else [])
         + (list(CANDIDATES) if args.ablation or args.candidates else [])
     )
-    warm_s = warm_compile_cache(args)
+    compiled = attention_backward_compiles(args)
+    warm_s = warm_compile_cache(args, compiled)
     runs, peaks = measure(args, kinds)
-    harness.write_section(args, section_title(args), section(args, runs, peaks, flops, warm_s), idle)
+    harness.write_section(args, section_title(args), section(args, runs, peaks, flops, compiled, warm_s), idle)
 
 
 if __name__ == "__main__":

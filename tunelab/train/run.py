@@ -41,6 +41,7 @@ from tunelab.config import (
     OLD_SPELLING_GOES,
     DataSource,
     Recipe,
+    TrainConfig,
     apply_overrides,
     load_recipe,
     method_axes,
@@ -98,6 +99,12 @@ class StepChoices:
     chunked_loss_on_cpu: bool = True
 
 
+def has_frozen_base(t: TrainConfig) -> bool:
+    """Whether `StepChoices.base_dtype` applies: supervised LoRA (full fine-tuning trains every weight, QLoRA stores
+    the base in 4 bits, and DPO and ORPO have not been measured with a bf16 base)."""
+    return t.objective == "sft" and t.weights == "lora"
+
+
 def check_step_choices(recipe: Recipe, step: StepChoices) -> None:
     """Refuse a step choice changed where the recipe's training never makes it."""
     t = recipe.train
@@ -109,7 +116,7 @@ def check_step_choices(recipe: Recipe, step: StepChoices) -> None:
         raise ConfigError(
             f"train_recipe(step=...): {', '.join(packed)} apply to packed supervised training only (train.packing: true, SFT)"
         )
-    if "base_dtype" in changed and not (t.objective == "sft" and t.weights == "lora"):
+    if "base_dtype" in changed and not has_frozen_base(t):
         raise ConfigError(
             f"train_recipe(step=...): base_dtype applies to supervised LoRA training only, not to {t.weights} {t.objective.upper()}"
         )
@@ -260,7 +267,7 @@ def frozen_weights_dtype(recipe: Recipe, step: StepChoices) -> str:
         return step.base_dtype
     t = recipe.train
     bf16_on_cpu = wants_bf16(t.precision) and not torch.cuda.is_available()
-    return "bfloat16" if t.objective == "sft" and t.weights == "lora" and bf16_on_cpu else "float32"
+    return "bfloat16" if has_frozen_base(t) and bf16_on_cpu else "float32"
 
 
 def build_model(recipe: Recipe, base_path: Path, step: StepChoices = StepChoices()):
