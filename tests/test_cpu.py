@@ -36,6 +36,9 @@ def test_amx_xeon_gets_bf16_and_llama_cpp_without_repacking():
     assert c.llama_extra_buffers is False  # the AMX repack segfaults at the first decode
     assert "AMX" in c.describe() and "repacking off" in c.describe() and not c.notes
     assert c.label == "Intel(R) Xeon(R) Processor (AMX)"  # bench/RESULTS.md's sections for this CPU end so
+    assert c.whole_model_compile_pays  # 1.08x per step (bench/train_compile.py)
+    capped = parse_cpuinfo(SAPPHIRE_RAPIDS, "x86_64", onednn_cap="AVX512_CORE_BF16")
+    assert capped.bf16_matmul and not capped.whole_model_compile_pays  # oneDNN sees the AVX512-BF16 chip below it
 
 
 def test_epyc_with_avx512_bf16_keeps_repacking_on():
@@ -43,12 +46,14 @@ def test_epyc_with_avx512_bf16_keeps_repacking_on():
     assert c.model.startswith("AMD EPYC") and not c.amx
     assert c.bf16_matmul and c.peak_dtype == "bfloat16" and c.llama_extra_buffers is True
     assert c.label == "AMD EPYC 9R14 96-Core Processor (AVX512-BF16)"
+    assert not c.whole_model_compile_pays  # 0.98x per step after issue #25's eager changes, 81 s up front
 
 
 def test_avx2_only_trains_in_fp32():
     c = parse_cpuinfo(AVX2_ONLY, "x86_64")
     assert not c.amx and not c.bf16_matmul and c.peak_dtype == "float32" and c.llama_extra_buffers is True
     assert c.label == "Intel(R) Core(TM) i7-4770 CPU @ 3.40GHz (AVX2)"
+    assert c.whole_model_compile_pays  # fp32: 1.05x per step
 
 
 @pytest.mark.parametrize(

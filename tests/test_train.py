@@ -261,8 +261,13 @@ def test_compile_without_a_cpp_compiler_is_refused(tmp_path, tiny_model_dir, mon
 
 def test_compile_auto_compiles_long_supervised_cpu_runs_only(tmp_path, tiny_model_dir, monkeypatch):
     from tunelab.config import COMPILE_FROM_STEPS
+    from tunelab.cpu import CpuFeatures
     from tunelab.train import run as train_run
 
+    def runs_on(*flags: str) -> None:  # whatever CPU runs the test
+        monkeypatch.setattr(train_run, "cpu", lambda: CpuFeatures("x86_64", flags=frozenset({"avx2", *flags}), flags_known=True))
+
+    runs_on("avx512_bf16", "amx_bf16", "amx_tile")
     auto = make_recipe(tmp_path, tiny_model_dir)
     assert auto.train.compile == "auto"
     long_run = COMPILE_FROM_STEPS
@@ -271,6 +276,12 @@ def test_compile_auto_compiles_long_supervised_cpu_runs_only(tmp_path, tiny_mode
     assert train_run.compiles(make_recipe(tmp_path, tiny_model_dir, compile=True), 1)
     dpo = auto.model_copy(update={"train": auto.train.model_copy(update={"objective": "dpo"})})
     assert dpo.train.objective == "dpo" and not train_run.compiles(dpo, 10 * long_run)  # not measured with TRL's trainers
+    runs_on()
+    assert train_run.compiles(auto, long_run)  # AVX2 only, fp32: 1.05x per step
+    runs_on("avx512_bf16")
+    assert not train_run.compiles(auto, 10 * long_run)  # measured 0.98x there: the eager step has what compiling added
+    assert train_run.compiles(make_recipe(tmp_path, tiny_model_dir, compile=True), 1)  # still there when asked for
+    runs_on("avx512_bf16", "amx_bf16", "amx_tile")
     monkeypatch.setattr("tunelab.train.run.has_cpp_compiler", lambda: False)
     assert not train_run.compiles(auto, 10 * long_run)  # no compiler: auto stays eager instead of failing
 

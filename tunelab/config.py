@@ -235,8 +235,8 @@ class TrainConfig(Strict):
     )
     compile: bool | Literal["auto"] = Field(
         "auto",
-        description="torch.compile the model (inductor; needs a C++ compiler on a CPU). Compiling costs a minute or two in the first steps, after which steps ran 1.28x faster on the EPYC and 1.08x on the AMX Xeon (bench/train_compile.py, docs/training.md). `auto`: on for supervised training on a CPU with a C++ compiler "
-        f"when the run has at least {COMPILE_FROM_STEPS} optimizer steps, where it pays back; off otherwise.",
+        description="torch.compile the model (inductor; needs a C++ compiler on a CPU). Compiling costs a minute or two in the first steps, after which steps ran 1.08x faster on the AMX Xeon, 1.05x on an AVX2-only EPYC and 0.98x on the AVX512-BF16 EPYC (bench/train_compile.py, docs/training.md). `auto`: on for supervised training on a CPU with a C++ compiler "
+        f"when the run has at least {COMPILE_FROM_STEPS} optimizer steps, where it pays back, on the CPUs where it was measured to pay (`tunelab.cpu`: not with bf16 matmuls on AVX512-BF16 without AMX); off otherwise.",
     )
     gradient_checkpointing: bool | None = Field(
         None,

@@ -48,7 +48,7 @@ from tunelab.config import (
     recipe_from_dict,
     write_recipe,
 )
-from tunelab.cpu import has_cpp_compiler
+from tunelab.cpu import cpu, has_cpp_compiler
 from tunelab.data.prepare import prepare_data
 from tunelab.data.render import IGNORE_INDEX, render_example
 from tunelab.errors import ConfigError, TunelabError
@@ -211,7 +211,8 @@ def compiles(recipe: Recipe, steps: int) -> bool:
     if setting != "auto":
         return setting
     on_cpu = not torch.cuda.is_available()
-    return recipe.train.objective == "sft" and on_cpu and has_cpp_compiler() and steps >= COMPILE_FROM_STEPS
+    long_sft = recipe.train.objective == "sft" and steps >= COMPILE_FROM_STEPS
+    return long_sft and on_cpu and has_cpp_compiler() and cpu().whole_model_compile_pays
 
 
 def check_before_training(recipe: Recipe, run: RunDir, resume: bool, processes: int = 1) -> None:
