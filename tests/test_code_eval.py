@@ -334,6 +334,30 @@ def test_leakage_check_finds_a_problem_in_training_text():
     assert sum(bool(p.solution) for p in read_code_problems(code.code_benchmark_path("humaneval"))) == 164
 
 
+def test_benchmarking_one_run_checks_its_training_split_for_the_problems(tmp_path, monkeypatch):
+    """`tunelab benchmark RUN` keeps the leakage record `tunelab run` and a sweep keep (a tune on dev-half answers
+    must show 0 in the test half); with two runs among the models there is no one source, and it says so."""
+    from tunelab.runs import RunDir
+
+    run = RunDir(tmp_path / "run")
+    problem = code.read_code_problems(code.code_benchmark_path("humaneval"))[0]
+    run.split("train").parent.mkdir(parents=True)
+    example = {"messages": [{"role": "user", "content": "write it"}, {"role": "assistant", "content": problem.prompt}]}
+    run.split("train").write_text(json.dumps(example) + "\n")
+    seen = []
+    monkeypatch.setattr(code, "run_code_benchmark", lambda models, cfg, out, **kw: seen.append(kw.get("training")) or {})
+    monkeypatch.setattr(code, "print_table", lambda table: None)
+    monkeypatch.setattr(code, "rich_table", lambda result: None)
+    cfg = CodeEvalConfig(allow_execution=True)
+    for runs in ([run.root], [run.root, run.root]):
+        monkeypatch.setattr(code, "run_dirs_among", lambda models, runs=runs: runs)
+        code.code_benchmark_cli(["base", *map(str, runs)], cfg, out=tmp_path / "out", compare_base=False)
+    (source, texts), none = seen
+    assert source == str(run.split("train")) and none is None
+    leak = code.leakage_check(texts, [problem], ["dev"], source)
+    assert leak["leaked_per_half"] == {"dev": 1, "test": 0}
+
+
 def test_problem_scores_give_pass_at_1_overall_and_on_each_declared_half(tmp_path):
     # four problems in file order; the model passes the first and the third: both in the dev half
     rows = [{"id": f"T/{i}", "m": [{"passed": i in (0, 2)}]} for i in range(4)]

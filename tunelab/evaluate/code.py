@@ -558,7 +558,12 @@ def code_benchmark_cli(
     name = benchmark_name(cfg.benchmark)
     out = out or (RunDir(runs[0]).benchmark(name) if runs else Path("eval") / name)
     set_threads()
-    result = run_code_benchmark(models, cfg, out, names=names)
+    # a tuned run's training split is checked for the problems, as `tunelab run` and a sweep check theirs; the
+    # record holds one source, so with several runs among the models no check is made, and the line says so
+    training = training_texts(RunDir(runs[0])) if len(runs) == 1 and RunDir(runs[0]).split("train").is_file() else None
+    if len(runs) > 1:
+        console.print(f"no leakage check: {len(runs)} runs among the models (score one run at a time for its check)")
+    result = run_code_benchmark(models, cfg, out, names=names, training=training)
     print_table(rich_table(result))
     console.print(
         f"[green]wrote[/] {out}/: benchmark.json, predictions.jsonl, summary.md, errors.md (each problem's outcome and completion)"
