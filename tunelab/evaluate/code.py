@@ -75,7 +75,8 @@ def leakage_check(texts: list[str], problems: list[CodeProblem], halves: list[st
     with the leaked problems counted per declared half: a tune may train on dev problems by design
     (its own passing answers to them), never on the test half that is reported."""
     leaked = leaked_problems(texts, problems)
-    per_half = {half: sum(h == half and p.id in leaked for p, h in zip(problems, halves)) for half in HALVES}
+    # only the halves that were scored: a dev half not asked (`--half test`) was not checked, so it gets no 0
+    per_half = {half: sum(h == half and p.id in leaked for p, h in zip(problems, halves)) for half in HALVES if half in halves}
     return {
         "source": source,
         "examples": len(texts),
