@@ -14,10 +14,11 @@ from the platform: it asks `cpu()` and uses one of the decisions below. Each is 
   dies with a general protection fault (llama.cpp issue 20824), so tunelab turns repacking off
   there; everywhere else repacking is llama.cpp's default and stays on.
 - `whole_model_compile_pays`: whether `train.compile: auto` compiles a long run. Measured with
-  `bench/train_compile.py` after every eager speed-up of issue #25 (docs/training.md): 1.08x per
-  step on the AMX Xeon, 1.05x on an AVX2-only EPYC in fp32, and 0.98x on the AVX512-BF16 EPYC
-  (2026-12-07), where the eager step (attention's compiled backward, bf16 frozen weights) already
-  has what the whole-model compile added, and its 81 s up front buy nothing; so not there.
+  `bench/train_compile.py` (docs/training.md): 1.08x per step on the AMX Xeon (after attention's
+  compiled backward, before bf16 frozen weights: not measured there since), 1.05x on an AVX2-only
+  EPYC in fp32, and 0.98x on the AVX512-BF16 EPYC (2026-12-07), where the eager step (attention's
+  compiled backward, bf16 frozen weights) already has what the whole-model compile added, and its
+  81 s up front buy nothing; so not there.
 - `default_threads()`: torch's and llama.cpp's threads.
 - `has_cpp_compiler()`: whether torch.compile can build CPU kernels (`train.compile: auto` and the
   compiled backward of attention per example, tunelab/train/attention.py, ask it).
