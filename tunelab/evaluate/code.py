@@ -561,7 +561,8 @@ def code_benchmark_cli(
     set_threads()
     # a tuned run's training split is checked for the problems, as `tunelab run` and a sweep check theirs; the
     # record holds one source, so with several runs among the models no check is made, and the line says so
-    training = training_texts(RunDir(runs[0])) if len(runs) == 1 and RunDir(runs[0]).split("train").is_file() else None
+    tuned = RunDir(runs[0]) if len(runs) == 1 else None
+    training = training_texts(tuned) if tuned and tuned.split("train").is_file() else None
     if len(runs) > 1:
         console.print(f"no leakage check: {len(runs)} runs among the models (score one run at a time for its check)")
     result = run_code_benchmark(models, cfg, out, names=names, training=training)
