@@ -1,7 +1,7 @@
 """Where a training step's time goes on this CPU: torch.profiler's operator totals for tunelab's step.
 
     python bench/train_profile.py [--examples 48] [--steps 3] [--threads 2] [--model smollm2-135m-instruct]
-    python bench/train_profile.py --base-dtype bfloat16                    # a candidate step (StepChoices.base_dtype)
+    python bench/train_profile.py --base-dtype float32                     # another step (StepChoices.base_dtype)
     python bench/train_profile.py --smoke --model DIR --results FILE       # checks the bench runs
 
 The step is bench/train_throughput.py's tunelab row (its recipe: LoRA r16 on every linear layer,
@@ -54,7 +54,7 @@ def profiled_step(args) -> tuple[list[tuple[str, int, float]], float]:
     from transformers import TrainerCallback
 
     from tunelab.models.resolve import resolve_model
-    from tunelab.train.run import StepChoices, train_recipe
+    from tunelab.train.run import StepChoices, frozen_weights_dtype, train_recipe
 
     class ProfileSteps(TrainerCallback):
         """Profile steps 2 to 1 + `steps` (the first warms up), timing them by the wall clock."""
@@ -78,7 +78,9 @@ def profiled_step(args) -> tuple[list[tuple[str, int, float]], float]:
     workdir = Path(tempfile.mkdtemp(prefix="train-profile-"))
     recipe = tunelab_recipe(args, resolve_model(args.model).path, train, workdir, max_steps=1 + args.steps)
     callback = ProfileSteps(args.steps)
-    train_recipe(recipe, step=StepChoices(base_dtype=args.base_dtype), callbacks=[callback])
+    step = StepChoices(base_dtype=args.base_dtype)
+    args.stored_as = frozen_weights_dtype(recipe, step)  # "auto" resolved as training resolves it, for the section
+    train_recipe(recipe, step=step, callbacks=[callback])
     if callback.profiler is None or not callback.seconds:
         sys.exit(f"only {len(train)} examples: too few for {1 + args.steps} steps of 8; raise --examples")
     ops = [(e.key, e.count, e.self_cpu_time_total / 1000) for e in callback.profiler.key_averages() if e.self_cpu_time_total > 0]
@@ -92,7 +94,8 @@ def section(args, ops: list[tuple[str, int, float]], seconds: float) -> str:
         by_family[family(name)] = by_family.get(family(name), 0.0) + ms
     lines = [
         f"- model: {args.model}; {args.steps} profiled step(s) of 8 examples after one warm-up step; "
-        f"{args.threads} threads; frozen base weights stored as {args.base_dtype}",
+        f"{args.threads} threads; frozen base weights stored as {args.stored_as}"
+        + (" (the default on this CPU)" if args.base_dtype == "auto" else ""),
         f"- wall time of the profiled steps: {seconds:.2f} s; self CPU time of every operator: {total / 1000:.2f} s",
         "",
         "| family | share of self CPU time |",
@@ -116,7 +119,9 @@ def parse_args(argv=None):
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--examples", type=int, default=48, help="training examples: at least 8 × (1 + --steps)")
     parser.add_argument("--steps", type=int, default=3, help="steps profiled after the warm-up step")
-    parser.add_argument("--base-dtype", default="float32", choices=["float32", "bfloat16"], help="StepChoices.base_dtype")
+    parser.add_argument(
+        "--base-dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="StepChoices.base_dtype; auto: training's default"
+    )
     args = BENCH.parse(parser, argv)
     args.val, args.seed = 0, 0  # what bench/train_throughput's examples and recipe read: no held-out rows, seed 0
     return args
@@ -126,7 +131,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     idle = harness.check_idle(args)
     ops, seconds = profiled_step(args)
-    title = TITLE if args.base_dtype == "float32" else f"{TITLE[:-1]}, base weights in {args.base_dtype})"
+    # the default step has the plain title; another dtype asked for has a section of its own
+    title = TITLE if args.base_dtype == "auto" else f"{TITLE[:-1]}, base weights in {args.base_dtype})"
     harness.write_section(args, title, section(args, ops, seconds), idle)
 
 
