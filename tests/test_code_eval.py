@@ -16,7 +16,7 @@ from tunelab.errors import DataError, TunelabError
 from tunelab.evaluate import code
 from tunelab.evaluate.code import CodeProblem, completion_code, is_code_benchmark, pass_at_k, read_code_problems
 from tunelab.evaluate.execution import CodeExecutionNotAllowed
-from tunelab.io import atomic_write_jsonl
+from tunelab.io import atomic_write_jsonl, read_jsonl
 from tunelab.models.templates import DEFAULT_CHAT_TEMPLATE
 from tunelab.runs import BenchmarkDir
 
@@ -223,6 +223,7 @@ def test_running_model_code_is_an_explicit_opt_in(tmp_path):
         ),
         (["benchmark", "--benchmark", "humaneval", "--batch-size", "4"], "--batch-size does not apply to a code benchmark"),
         (["benchmark", "--benchmark", "arc-easy", "--samples", "5"], "--samples does not apply to a multiple-choice benchmark"),
+        (["benchmark", "--benchmark", "arc-easy", "--reuse", "eval/x"], "--reuse does not apply to a multiple-choice benchmark"),
         (
             ["benchmark", "--benchmark", "arc-easy", "--max-problems", "5"],
             "--max-problems does not apply to a multiple-choice benchmark; use --max-questions",
@@ -381,6 +382,36 @@ def test_one_half_is_scored_alone_and_its_rows_keep_their_half(tmp_path, tiny_mo
     assert metrics["pass@1_dev"]["n"] == 2 and "pass@1_test" not in metrics
     with pytest.raises(ValueError, match="half"):
         CodeEvalConfig(half="train")
+
+
+def test_a_model_takes_its_answers_from_an_earlier_benchmark_of_the_same_protocol(tmp_path, tiny_model_dir, monkeypatch):
+    """`--reuse`: the baseline's answers are read, not generated again, where the problems and the protocol are the
+    same; anything else is said, and with nothing to reuse the command stops before any model generates."""
+    import shutil
+
+    cfg = CodeEvalConfig(allow_execution=True, max_problems=2, max_new_tokens=4, backend="pytorch")
+    first = code.run_code_benchmark([str(tiny_model_dir)], cfg, tmp_path / "first", names=["base"])
+    other = shutil.copytree(tiny_model_dir, tmp_path / "tuned")
+    generated, score_model = [], code.score_model
+    monkeypatch.setattr(code, "score_model", lambda ref, name, *rest: generated.append(name) or score_model(ref, name, *rest))
+    both = [str(tiny_model_dir), str(other)]
+    second = code.run_code_benchmark(both, cfg, tmp_path / "second", names=["base", "tuned"], reuse=[tmp_path / "first"])
+    assert generated == ["tuned"]
+    assert second["models"]["base"]["reused_from"] == str(tmp_path / "first") and "reused_from" not in second["models"]["tuned"]
+    assert second["models"]["base"]["pass@1"] == first["models"]["base"]["pass@1"]
+    rows = [read_jsonl(BenchmarkDir(tmp_path / folder).predictions) for folder in ("first", "second")]
+    assert [row["base"] for row in rows[0]] == [row["base"] for row in rows[1]]
+    assert "not generated again: base's from" in BenchmarkDir(tmp_path / "second").summary_md.read_text()
+    for changed, why in [({"max_new_tokens": 8}, "max_new_tokens there is 4, 8 now"), ({"max_problems": 3}, "other problems there")]:
+        with pytest.raises(TunelabError, match=why):
+            code.run_code_benchmark(both, cfg.model_copy(update=changed), tmp_path / "third", reuse=[tmp_path / "first"])
+    assert generated == ["tuned"]
+    # several folders: each model takes its answers from the first that holds them, and nothing generates
+    third = code.run_code_benchmark(both, cfg, tmp_path / "third", names=["base", "tuned"], reuse=[tmp_path / "first", tmp_path / "second"])
+    assert generated == ["tuned"] and third["differences"] == second["differences"]
+    assert third["models"]["tuned"]["reused_from"] == str(tmp_path / "second")
+    with pytest.raises(TunelabError, match="is the output folder"):
+        code.code_benchmark_cli(both, cfg, out=tmp_path / "first", compare_base=False, reuse=[tmp_path / "first"])
 
 
 def test_a_dev_half_metric_is_shown_but_never_a_finding():

