@@ -27,12 +27,12 @@ round, the order reversed every other round); round r trains with seed r.
   row above; the last step is the tunelab row. Logits at answer tokens only and attention per
   example of a packed row (tunelab/train/attention.py) are not recipe settings but train_recipe's
   `step` (tunelab.train.run.StepChoices): the rows without them get logits at every position and
-  transformers' SDPA with its block-diagonal mask over the whole row; so are the loss in chunks and
-  attention's backward as a compiled kernel instead of the CPU flash kernel's, and, where bf16 matmuls pay, the
+  transformers' SDPA with its block-diagonal mask over the whole row; so are the loss in chunks, each chunk's
+  softmax and gradient as one compiled kernel, and attention's backward as a compiled kernel instead of the CPU flash kernel's, and, where bf16 matmuls pay, the
   frozen base weights stored in bf16 (`StepChoices.base_dtype`) instead of fp32 weights cast under autocast each
   step (the last steps). Candidate rows (--ablation or --candidates) follow: the tunelab row with one choice as it
-  was before, the frozen weights in fp32 (only where bf16 matmuls pay) and the CPU flash kernel's own attention
-  backward, so that a run without the ablation still measures what each buys.
+  was before, the frozen weights in fp32 (only where bf16 matmuls pay), the CPU flash kernel's own attention
+  backward and the loss's softmax in eager ops, so that a run without the ablation still measures what each buys.
 - Attention's compiled backward compiles once per machine (torch's on-disk cache) and loads from the cache in
   every later process: before round 1 an untimed tunelab run of 8 examples fills the cache, so that round 1 is
   not the only one to pay the compiler (its seconds are in the section).
@@ -84,7 +84,7 @@ TUNELAB = "tunelab"
 DESCRIBE = {
     TRL_BEST: f"{PRECISION}{'' if BF16 else ' (this CPU has no fast bf16 matmul)'}, no gradient checkpointing, packing (bfd), prompt/completion: loss on answers",
     TRL_OLD: "fp32, gradient checkpointing, padded batches, loss on every token",
-    TUNELAB: f"`tunelab train` defaults: {'bf16 autocast, frozen base weights stored in bf16' if BF16 else 'fp32 (precision: auto, no fast bf16 matmul here)'}, no gradient checkpointing, padding-free packing with attention per example ({{backward}}), logits at answer tokens, the loss in cache-sized chunks on a CPU",
+    TUNELAB: f"`tunelab train` defaults: {'bf16 autocast, frozen base weights stored in bf16' if BF16 else 'fp32 (precision: auto, no fast bf16 matmul here)'}, no gradient checkpointing, padding-free packing with attention per example ({{backward}}), logits at answer tokens, the loss in chunks on a CPU (each chunk's softmax and gradient one compiled kernel)",
 }
 # which backward attention per example runs in the tunelab row (DESCRIBE's {backward}): attention_backward_compiles()
 BACKWARD = {
@@ -94,23 +94,37 @@ BACKWARD = {
 # The ablation: tunelab with its choices off, then on one at a time; each row adds one choice to the row above, and
 # the last is TUNELAB. A row's settings are recipe settings, and the choices of the step that are not
 # (train_recipe's `step`, tunelab.train.run.StepChoices: answer_logits, attention_per_example, chunked_loss_on_cpu,
-# compiled_attention_backward, base_dtype). Where bf16 does not pay there is no bf16 step: every row is fp32, and the
+# fused_loss_on_cpu, compiled_attention_backward, base_dtype). Where bf16 does not pay there is no bf16 step: every row is fp32, and the
 # frozen weights are fp32 in every row (StepChoices.base_dtype "auto"); where it does, they stay fp32 until the last step.
 FP32_WEIGHTS = {"base_dtype": "float32"} if BF16 else {}
+EAGER_LOSS = {"fused_loss_on_cpu": False}  # packed rows before the loss's compiled kernel: its eager ops (where chunked)
 ABLATION = {
     "tunelab, all off": dict(precision="fp32", gradient_checkpointing=True, packing=False),
     **({"+ bf16 autocast": dict(precision="bf16", gradient_checkpointing=True, packing=False)} if BF16 else {}),
     "+ no gradient checkpointing": dict(precision=PRECISION, gradient_checkpointing=False, packing=False),
     "+ padding-free packing (one block-diagonal mask per row)": dict(
-        precision=PRECISION, gradient_checkpointing=False, packing=True, answer_logits=False, attention_per_example=False
+        precision=PRECISION, gradient_checkpointing=False, packing=True, answer_logits=False, attention_per_example=False, **EAGER_LOSS
     ),
     "+ attention per example of a packed row": dict(
-        precision=PRECISION, gradient_checkpointing=False, packing=True, answer_logits=False, compiled_attention_backward=False
+        precision=PRECISION,
+        gradient_checkpointing=False,
+        packing=True,
+        answer_logits=False,
+        compiled_attention_backward=False,
+        **EAGER_LOSS,
     ),
     "+ logits at answer tokens only": dict(
-        precision=PRECISION, gradient_checkpointing=False, packing=True, chunked_loss_on_cpu=False, compiled_attention_backward=False
+        precision=PRECISION,
+        gradient_checkpointing=False,
+        packing=True,
+        chunked_loss_on_cpu=False,
+        compiled_attention_backward=False,
+        **EAGER_LOSS,
     ),
     "+ answer loss in cache-sized chunks on a CPU": dict(
+        precision=PRECISION, gradient_checkpointing=False, packing=True, compiled_attention_backward=False, **EAGER_LOSS
+    ),
+    "+ each chunk's softmax and gradient one compiled kernel": dict(
         precision=PRECISION, gradient_checkpointing=False, packing=True, compiled_attention_backward=False
     ),
     **({"+ attention's backward compiled": dict(precision=PRECISION, gradient_checkpointing=False, packing=True)} if BF16 else {}),
@@ -125,6 +139,8 @@ CANDIDATES = {
     **({"tunelab with frozen base weights in fp32 (the default before)": dict(base_dtype="float32")} if BF16 else {}),
     # the default before issue #25's compiled backward: the same run measures what that change buys
     "tunelab with the CPU flash kernel's attention backward (the default before)": dict(compiled_attention_backward=False),
+    # the default before the loss's compiled kernel (eager softmax and gradient, chunks of CPU_CHUNK logits)
+    "tunelab with the answer loss's softmax in eager ops (the default before)": dict(fused_loss_on_cpu=False),
 }
 SMOKE_QA = [
     ("What is 2 + 2?", "2 + 2 is 4."),

@@ -47,11 +47,13 @@ def loss_and_grads(model, batch: dict, autocast: bool, **extra):
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 @pytest.mark.parametrize("num_items", [None, 40])
-def test_chunked_loss_equals_transformers(arch, num_items, monkeypatch):
+@pytest.mark.parametrize("fused", [True, False], ids=["compiled-kernel", "eager"])
+def test_chunked_loss_equals_transformers(arch, num_items, fused, monkeypatch):
     reference = lora(arch)
     chunked = copy.deepcopy(reference)
     monkeypatch.setattr(answer_loss, "LOGITS_BUDGET", 3 * 128)  # chunks of 3 answer positions of a 128-token vocabulary
-    answer_loss.use_chunked_answer_loss(chunked.get_base_model(), chunk_on_cpu=False)
+    monkeypatch.setattr(answer_loss, "FUSED_MIN_POSITIONS", 1)  # the compiled kernel's chunks too
+    answer_loss.use_chunked_answer_loss(chunked.get_base_model(), chunk_on_cpu=False, fused_on_cpu=fused)
     batch = packed_batch()
     extra = {} if num_items is None else {"num_items_in_batch": torch.tensor(num_items)}
     assert chunked(**batch).logits is None  # it does take the chunked path
@@ -77,6 +79,7 @@ def test_on_a_cpu_every_packed_batch_is_chunked_in_cache_sized_chunks(monkeypatc
     reference = lora("llama")
     chunked = copy.deepcopy(reference)
     monkeypatch.setattr(answer_loss, "CPU_CHUNK", 3 * 128)  # chunks of 3 positions, far under LOGITS_BUDGET
+    monkeypatch.setattr(answer_loss, "FUSED_MIN_POSITIONS", 1)
     answer_loss.use_chunked_answer_loss(chunked.get_base_model())
     batch = packed_batch()
     assert chunked(**batch).logits is None
@@ -85,6 +88,36 @@ def test_on_a_cpu_every_packed_batch_is_chunked_in_cache_sized_chunks(monkeypatc
     torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=1e-5)
     for name in grads:
         torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_compiled_kernel_gives_the_eager_loss_and_gradient(dtype):
+    """`softmax_minus_onehot` compiled against `eager_loss_and_grad`, with an ignored label and a last chunk of one
+    position: the same summed loss, and the same softmax-minus-one-hot to the logits' rounding."""
+    if not answer_loss.fuses(torch.device("cpu"), True):
+        pytest.skip("no C++ compiler: training takes the eager ops, tested everywhere else in this file")
+    g = torch.Generator().manual_seed(0)
+    for rows in (7, 1):
+        logits = (torch.randn(rows, 300, generator=g) * 4).to(dtype)
+        labels = torch.randint(0, 300, (rows,), generator=g)
+        labels[0] = IGNORE_INDEX
+        total, grad = answer_loss.compiled_softmax_minus_onehot()(logits, labels)
+        eager_total, eager_grad = answer_loss.eager_loss_and_grad(logits, labels, need_grad=True)
+        assert grad.dtype == dtype and not grad[0].any()  # an ignored position has no gradient
+        torch.testing.assert_close(total, eager_total, atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(grad, eager_grad.to(dtype))
+
+
+def test_a_fused_chunk_holds_at_least_its_minimum_of_positions(monkeypatch):
+    """With the compiled kernel the chunk is no smaller than FUSED_MIN_POSITIONS; without it, CPU_CHUNK logits."""
+    seen = []
+    monkeypatch.setattr(answer_loss.ChunkedAnswerLoss, "apply", lambda *args: seen.append(args[4]) or torch.zeros(()))
+    head = torch.nn.Linear(8, 2**20, bias=False)  # CPU_CHUNK logits are 16 positions of this vocabulary
+    hidden, labels = torch.zeros(600, 8), torch.zeros(600, dtype=torch.long)
+    for fused in (True, False):
+        chunked_loss(hidden, head, labels, fused_on_cpu=fused)
+    fused_chunk = answer_loss.FUSED_MIN_POSITIONS if answer_loss.fuses(torch.device("cpu"), True) else 16
+    assert seen == [fused_chunk, 16]
 
 
 def test_small_batches_and_other_batches_keep_transformers_path(monkeypatch):
@@ -120,7 +153,8 @@ def test_training_with_the_chunked_loss_logs_the_same_losses(tmp_path, tiny_mode
     plain = losses("plain")
     calls = []
     monkeypatch.setattr(answer_loss, "CPU_CHUNK", 1)  # one position per chunk
-    monkeypatch.setattr(answer_loss, "chunked_loss", lambda *a: calls.append(1) or chunked_loss(*a))
+    monkeypatch.setattr(answer_loss, "FUSED_MIN_POSITIONS", 1)
+    monkeypatch.setattr(answer_loss, "chunked_loss", lambda *a, **kw: calls.append(1) or chunked_loss(*a, **kw))
     chunked = losses("chunked")
     assert calls, "the chunked loss never ran"
     assert len(plain) == len(chunked) >= 4

@@ -97,6 +97,10 @@ class StepChoices:
     # on a CPU, the answer-token loss always runs in cache-sized chunks (train/answer_loss.py); False: only where a
     # batch's answer logits pass answer_loss.LOGITS_BUDGET
     chunked_loss_on_cpu: bool = True
+    # on a CPU with a C++ compiler, each chunk's softmax, loss and gradient are one compiled kernel, in chunks of at
+    # least answer_loss.FUSED_MIN_POSITIONS positions (train/answer_loss.py): False keeps eager ops in chunks of
+    # CPU_CHUNK logits, the loss as it was before (docs/training.md)
+    fused_loss_on_cpu: bool = True
 
 
 def has_frozen_base(t: TrainConfig) -> bool:
@@ -110,7 +114,9 @@ def check_step_choices(recipe: Recipe, step: StepChoices) -> None:
     t = recipe.train
     changed = [f.name for f in fields(step) if getattr(step, f.name) != f.default]
     packed = [
-        name for name in changed if name in ("answer_logits", "attention_per_example", "chunked_loss_on_cpu", "compiled_attention_backward")
+        name
+        for name in changed
+        if name in ("answer_logits", "attention_per_example", "chunked_loss_on_cpu", "fused_loss_on_cpu", "compiled_attention_backward")
     ]
     if packed and not (t.objective == "sft" and t.packing):
         raise ConfigError(
@@ -291,7 +297,7 @@ def build_model(recipe: Recipe, base_path: Path, step: StepChoices = StepChoices
         model.enable_input_require_grads()
     model = get_peft_model(model, peft_config(model, t.lora))
     if t.distributed == "ddp":  # FSDP and ZeRO-3 shard the output projection's weight; they keep transformers' loss
-        use_chunked_answer_loss(model.get_base_model(), chunk_on_cpu=step.chunked_loss_on_cpu)
+        use_chunked_answer_loss(model.get_base_model(), chunk_on_cpu=step.chunked_loss_on_cpu, fused_on_cpu=step.fused_loss_on_cpu)
     return model
 
 
