@@ -14,6 +14,11 @@ LoRA step by about a sixth (docs/training.md). The output
 projection is frozen in LoRA, so its own gradient is not needed; a trainable one (full
 fine-tuning, or LoRA on it) keeps transformers' path.
 
+On a CPU with a C++ compiler, each chunk's loss, softmax and gradient are one function compiled by
+torch.compile (`softmax_minus_onehot`), which reads the chunk's bf16 logits a few times and writes no
+fp32 copy; the eager ops it replaces cost about as much as the chunk's two matmuls (docs/training.md,
+item 5). Without a compiler, on a GPU, or inside a model compiled whole, the eager ops run.
+
 The loss and gradients equal transformers' (tests/test_answer_loss.py); the same arithmetic as
 `fixed_cross_entropy`: a sum over answer tokens divided by the Trainer's `num_items_in_batch`, or
 a mean without it.
