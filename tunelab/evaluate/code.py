@@ -497,52 +497,65 @@ def same_model(stored_ref: str, ref: str) -> bool:
     )
 
 
-def reused_answers(
-    folder: Path, ref: str, name: str, asked: dict, problems: list[CodeProblem], cfg: CodeEvalConfig
-) -> tuple[ModelResults | None, str]:
-    """`ref`'s answers from an earlier benchmark folder, where they were made under the protocol `asked` now (the
-    benchmark, answers per problem, decoding, answer length, time limit, backend, prompt format) for the same problems
-    in the same order: (its results, "") or (None, why not). The answers and their outcomes are read, not run again."""
+def stored_benchmark(folder: Path) -> tuple[Path, dict, list[dict]]:
+    """(folder, its benchmark.json, its predictions.jsonl rows) of a `--reuse` folder, read once: a clear error where it
+    is not a code benchmark's folder."""
     files = BenchmarkDir(folder)
     if not files.benchmark_json.is_file() or not files.predictions.is_file():
         raise TunelabError(f"--reuse {folder}: not a benchmark folder (no {files.benchmark_json.name} and {files.predictions.name})")
     record = read_json(files.benchmark_json)
     if record.get("kind") != KIND:
         raise TunelabError(f"--reuse {folder}: {files.benchmark_json.name} holds a {record.get('kind')} benchmark, not a code benchmark")
-    stored = next(((n, m) for n, m in record["models"].items() if same_model(m["ref"], ref)), None)
-    if stored is None:
+    return Path(folder), record, read_jsonl(files.predictions)
+
+
+def reused_answers(
+    stored: tuple[Path, dict, list[dict]], ref: str, name: str, asked: dict, problems: list[CodeProblem]
+) -> tuple[ModelResults | None, str]:
+    """`ref`'s answers from an earlier benchmark (`stored_benchmark`), where they were made under the protocol `asked`
+    now (the benchmark, answers per problem, decoding, answer length, time limit, backend, prompt format) for the same
+    problems in the same order: (its results, "") or (None, why not). The answers and their outcomes are read, not run
+    again."""
+    folder, record, rows = stored
+    found = next(((n, m) for n, m in record["models"].items() if same_model(m["ref"], ref)), None)
+    if found is None:
         return None, f"no answers of {ref} there (it holds {', '.join(m['ref'] for m in record['models'].values())})"
-    stored_name, model = stored
+    stored_name, model = found
     held = {key: record.get(key) for key in asked if key in record}
     held.update(timeout_s=(record.get("execution") or {}).get("timeout_s"), backend=backend_of(model["backend"]))
     held.update(prompt_format=model["prompt_format"], chat_answer=model.get("chat_answer"))
     if model["prompt_format"] != "chat":
         held["chat_answer"] = asked["chat_answer"]  # a completion answer has no chat_answer
-    if cfg.prompt_format == "auto":  # auto chooses by the model, and the same model chooses the same
+    if asked["prompt_format"] == "auto":  # auto chooses by the model, and the same model chooses the same
         held["prompt_format"] = asked["prompt_format"]
     for key, value in asked.items():
         if held.get(key) != value:
             return None, f"{key} there is {held.get(key)!r}, {value!r} now"
-    rows = read_jsonl(files.predictions)
     if [(row["id"], row["prompt"]) for row in rows] != [(p.id, p.prompt) for p in problems]:
         return None, f"other problems there ({len(rows)} against {len(problems)} now, or other ids or prompts)"
     samples = [row[stored_name] for row in rows]
-    chat_answer = model.get("chat_answer")
     return ModelResults(
-        name, str(ref), model["backend"], model["prompt_format"], samples, model["generation_seconds"], chat_answer, str(folder)
+        name,
+        str(ref),
+        model["backend"],
+        model["prompt_format"],
+        samples,
+        model["generation_seconds"],
+        model.get("chat_answer"),
+        str(folder),
     ), ""
 
 
 def first_reusable(
-    folders: Sequence[Path], ref: str, name: str, asked: dict, problems: list[CodeProblem], cfg: CodeEvalConfig
+    stored: Sequence[tuple[Path, dict, list[dict]]], ref: str, name: str, asked: dict, problems: list[CodeProblem]
 ) -> tuple[ModelResults | None, str]:
-    """`reused_answers` from the first of `folders` that has them: (results, "") or (None, why not, folder by folder)."""
+    """`reused_answers` from the first stored benchmark that has them: (results, "") or (None, why not, folder by folder)."""
     why_not = []
-    for folder in folders:
-        found, why = reused_answers(Path(folder), ref, name, asked, problems, cfg)
+    for benchmark in stored:
+        found, why = reused_answers(benchmark, ref, name, asked, problems)
         if found:
             return found, ""
-        why_not.append(f"{why} in {folder}")
+        why_not.append(f"{why} in {benchmark[0]}")
     return None, "; ".join(why_not)
 
 
@@ -575,7 +588,8 @@ def run_code_benchmark(
     asked = {"benchmark": bench, "samples_per_problem": cfg.samples, "decoding": decoding(cfg.samples, settings)}
     asked.update(max_new_tokens=cfg.max_new_tokens, timeout_s=limits.timeout_s, backend=cfg.backend)
     asked.update(prompt_format=cfg.prompt_format, chat_answer=cfg.chat_answer)
-    reused = [first_reusable(reuse, ref, name, asked, problems, cfg) for ref, name in zip(models, names)]
+    stored = [stored_benchmark(Path(folder)) for folder in reuse]
+    reused = [first_reusable(stored, ref, name, asked, problems) for ref, name in zip(models, names)]
     if reuse and not any(found for found, _ in reused):  # said before any model generates
         raise TunelabError("--reuse: no model's answers can be reused: " + "; ".join(f"{n}: {why}" for n, (_, why) in zip(names, reused)))
     scored = []
