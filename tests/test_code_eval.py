@@ -410,6 +410,14 @@ def test_a_model_takes_its_answers_from_an_earlier_benchmark_of_the_same_protoco
     third = code.run_code_benchmark(both, cfg, tmp_path / "third", names=["base", "tuned"], reuse=[tmp_path / "first", tmp_path / "second"])
     assert generated == ["tuned"] and third["differences"] == second["differences"]
     assert third["models"]["tuned"]["reused_from"] == str(tmp_path / "second")
+    # a hand-edited record or a row without its fields: the file, record and field are named
+    broken = shutil.copytree(tmp_path / "first", tmp_path / "broken")
+    predictions = BenchmarkDir(broken).predictions
+    predictions.write_text(predictions.read_text().splitlines()[0] + "\n" + json.dumps({"id": "HumanEval/1"}) + "\n")
+    with pytest.raises(TunelabError, match=r"predictions.jsonl, record 2: no field 'prompt'"):
+        code.run_code_benchmark(both, cfg, tmp_path / "fourth", reuse=[broken])
+    with pytest.raises(TunelabError, match="not a benchmark folder"):
+        code.run_code_benchmark(both, cfg, tmp_path / "fourth", reuse=[tmp_path / "tuned"])
     with pytest.raises(TunelabError, match="is the output folder"):
         code.code_benchmark_cli(both, cfg, out=tmp_path / "first", compare_base=False, reuse=[tmp_path / "first"])
 

@@ -504,9 +504,22 @@ def stored_benchmark(folder: Path) -> tuple[Path, dict, list[dict]]:
     if not files.benchmark_json.is_file() or not files.predictions.is_file():
         raise TunelabError(f"--reuse {folder}: not a benchmark folder (no {files.benchmark_json.name} and {files.predictions.name})")
     record = read_json(files.benchmark_json)
-    if record.get("kind") != KIND:
-        raise TunelabError(f"--reuse {folder}: {files.benchmark_json.name} holds a {record.get('kind')} benchmark, not a code benchmark")
-    return Path(folder), record, read_jsonl(files.predictions)
+    kind = record.get("kind") if isinstance(record, dict) else None
+    if kind != KIND:
+        raise TunelabError(f"--reuse {folder}: {files.benchmark_json.name} holds a {kind} benchmark, not a code benchmark")
+    models = record.get("models")
+    if not isinstance(models, dict):
+        raise TunelabError(f"{files.benchmark_json}: no field 'models'")
+    for name, model in models.items():
+        missing = [key for key in ("ref", "backend", "prompt_format", "generation_seconds") if key not in model]
+        if missing:
+            raise TunelabError(f"{files.benchmark_json}: models.{name} lacks field '{missing[0]}'")
+    rows = read_jsonl(files.predictions)
+    for line, row in enumerate(rows, 1):
+        missing = [key for key in ("id", "prompt", *models) if key not in row]
+        if missing:
+            raise TunelabError(f"{files.predictions}, record {line}: no field '{missing[0]}'")
+    return Path(folder), record, rows
 
 
 def reused_answers(
