@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for `python bench/train_compile.py`
 from bench import harness, results  # noqa: E402
-from bench.train_throughput import BATCH, DEFAULT_MODEL, LORA, examples, tunelab_recipe  # noqa: E402
+from bench.train_throughput import BATCH, DEFAULT_MODEL, LORA, examples, section_title, tunelab_recipe  # noqa: E402
 
 TITLE = "torch.compile in training (bench/train_compile.py)"
 BENCH = harness.Bench(__file__, smoke={"examples": 16, "warmup": 1})
@@ -150,7 +150,7 @@ def main(argv=None) -> None:
         return f"{f['first_seconds']:.1f} s to step {args.warmup}, then {f['steady_tps']:.1f} tok/s"
 
     runs = harness.rounds([EAGER, COMPILED], args.repeats, lambda kind, r: in_worker(args, kind, r), say=say)
-    harness.write_section(args, TITLE, section(args, runs), idle)
+    harness.write_section(args, section_title(args, TITLE), section(args, runs), idle)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ answer tokens) trained by `train_recipe`; a Trainer callback (train_recipe's pub
 profiles `--steps` whole steps after the first, which warms up. Self CPU time of each operator, in
 the families the step's cost is discussed in (docs/training.md), and the operators that take the
 most. Profiling slows the step a little; the shares, not the seconds, are the figure. The section
-is keyed by this CPU in bench/RESULTS.md (bench/results.py), beside another CPU's profile.
+is keyed by this CPU in bench/RESULTS.md (bench/results.py), beside another CPU's profile, and by the
+model: another model than the default has a section of its own.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for `python bench/train_profile.py`
 from bench import harness  # noqa: E402
-from bench.train_throughput import DEFAULT_MODEL, examples, tunelab_recipe  # noqa: E402
+from bench.train_throughput import DEFAULT_MODEL, examples, section_title, tunelab_recipe  # noqa: E402
 
 TITLE = "Where a training step's time goes (bench/train_profile.py)"
 BENCH = harness.Bench(__file__, smoke={"examples": 12, "steps": 1}, repeats=None)
@@ -131,8 +132,9 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     idle = harness.check_idle(args)
     ops, seconds = profiled_step(args)
-    # the default step has the plain title; another dtype asked for has a section of its own
-    title = TITLE if args.base_dtype == "auto" else f"{TITLE[:-1]}, base weights in {args.base_dtype})"
+    # the default step has the plain title; another model or dtype asked for has a section of its own
+    title = section_title(args, TITLE)
+    title = title if args.base_dtype == "auto" else f"{title[:-1]}, base weights in {args.base_dtype})"
     harness.write_section(args, title, section(args, ops, seconds), idle)
 
 

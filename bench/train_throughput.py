@@ -67,11 +67,13 @@ BENCH = harness.Bench(__file__, smoke={"examples": 12, "val": 4})
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
-def section_title(args) -> str:
-    """The default model's section is TITLE; another model's has a section of its own beside it."""
+def section_title(args, title: str = TITLE) -> str:
+    """The default model's section is `title` ("What (bench/script.py)"); another model's has a section of its own
+    beside it, "What on MODEL (bench/script.py)", so a run on one model never overwrites another's figures."""
     if args.model == DEFAULT_MODEL or args.smoke:
-        return TITLE
-    return f"Training throughput on {args.model} (bench/train_throughput.py)"
+        return title
+    what, script = title.rsplit(" (", 1)
+    return f"{what} on {args.model} ({script}"
 
 
 LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0)

@@ -70,3 +70,11 @@ def test_every_row_trains_in_the_precision_that_pays_on_this_cpu():
     assert any(s.get("precision") == "bf16" or s.get("base_dtype") == "bfloat16" for s in settings) is pays
     assert bench_train.DESCRIBE[bench_train.TRL_BEST].startswith("bf16" if pays else "fp32")
     assert ("bf16 autocast" in bench_train.DESCRIBE[bench_train.TUNELAB]) is pays
+
+
+def test_another_model_has_a_section_of_its_own_in_every_training_bench():
+    default, gemma = bench_train.parse_args([]), bench_train.parse_args(["--model", "gemma3-270m"])
+    profile = "Where a training step's time goes (bench/train_profile.py)"
+    assert bench_train.section_title(default, profile) == profile
+    assert bench_train.section_title(gemma, profile) == "Where a training step's time goes on gemma3-270m (bench/train_profile.py)"
+    assert bench_train.section_title(gemma) == "Training throughput on gemma3-270m (bench/train_throughput.py)"
