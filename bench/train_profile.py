@@ -28,8 +28,9 @@ TITLE = "Where a training step's time goes (bench/train_profile.py)"
 BENCH = harness.Bench(__file__, smoke={"examples": 12, "steps": 1}, repeats=None)
 TOP = 15
 # (family, operator names or name fragments): the first family whose fragment is in an operator's name takes it
-# The step runs eager: its one compiled graph (`CompiledFxGraph`) is attention's backward (tunelab/train/attention.py),
-# whose five matmuls are its `aten::bmm` calls (no other layer of the step calls bmm), so they count as attention.
+# The step runs eager. Its compiled graphs (`CompiledFxGraph`) are attention's backward (tunelab/train/attention.py),
+# whose five matmuls are its `aten::bmm` calls (no other layer of the step calls bmm), so they count as attention, and
+# the answer loss's kernel (tunelab/train/answer_loss.py), told apart by where it is called (`event_family`).
 FAMILIES = [
     ("attention", ("attention", "sdpa", "CausalAttention", "CompiledFxGraph", "aten::bmm")),
     ("matmul", ("aten::mm", "aten::addmm", "aten::baddbmm", "mkldnn")),
@@ -47,8 +48,21 @@ def family(name: str) -> str:
     return next((fam for fam, fragments in FAMILIES if any(f in name for f in fragments)), "other")
 
 
-def profiled_step(args) -> tuple[list[tuple[str, int, float]], float]:
-    """([(operator, calls, self CPU ms)] over the profiled steps, their wall seconds)."""
+LOSS_FUNCTION = "ChunkedAnswerLoss"  # the answer loss's autograd function: a compiled graph it calls is the loss's kernel
+
+
+def event_family(event) -> str:
+    """`family` of a profiled event's name, but a compiled graph called by the answer loss counts as the loss."""
+    parent = event.cpu_parent
+    while "CompiledFxGraph" in event.name and parent is not None:
+        if LOSS_FUNCTION in parent.name:
+            return "softmax and loss"
+        parent = parent.cpu_parent
+    return family(event.name)
+
+
+def profiled_step(args) -> tuple[list[tuple[str, str, int, float]], float]:
+    """([(operator, family, calls, self CPU ms)] over the profiled steps, their wall seconds)."""
     import time
 
     import torch
@@ -84,15 +98,19 @@ def profiled_step(args) -> tuple[list[tuple[str, int, float]], float]:
     train_recipe(recipe, step=step, callbacks=[callback])
     if callback.profiler is None or not callback.seconds:
         sys.exit(f"only {len(train)} examples: too few for {1 + args.steps} steps of 8; raise --examples")
-    ops = [(e.key, e.count, e.self_cpu_time_total / 1000) for e in callback.profiler.key_averages() if e.self_cpu_time_total > 0]
-    return ops, callback.seconds
+    totals: dict[tuple[str, str], list] = {}  # (operator, family) -> [calls, self CPU ms]
+    for event in callback.profiler.events():
+        if event.self_cpu_time_total > 0:
+            total = totals.setdefault((event.name, event_family(event)), [0, 0.0])
+            total[0], total[1] = total[0] + 1, total[1] + event.self_cpu_time_total / 1000
+    return [(name, fam, calls, ms) for (name, fam), (calls, ms) in totals.items()], callback.seconds
 
 
-def section(args, ops: list[tuple[str, int, float]], seconds: float) -> str:
-    total = sum(ms for _, _, ms in ops)
+def section(args, ops: list[tuple[str, str, int, float]], seconds: float) -> str:
+    total = sum(ms for *_, ms in ops)
     by_family: dict[str, float] = {}
-    for name, _, ms in ops:
-        by_family[family(name)] = by_family.get(family(name), 0.0) + ms
+    for _, fam, _, ms in ops:
+        by_family[fam] = by_family.get(fam, 0.0) + ms
     lines = [
         f"- model: {args.model}; {args.steps} profiled step(s) of 8 examples after one warm-up step; "
         f"{args.threads} threads; frozen base weights stored as {args.stored_as}"
@@ -108,8 +126,8 @@ def section(args, ops: list[tuple[str, int, float]], seconds: float) -> str:
         "| operator | family | calls | self CPU ms | share |",
         "|---|---|---|---|---|",
         *(
-            f"| `{name}` | {family(name)} | {calls:,} | {ms:,.0f} | {ms / total:.1%} |"
-            for name, calls, ms in sorted(ops, key=lambda op: -op[2])[:TOP]
+            f"| `{name}` | {fam} | {calls:,} | {ms:,.0f} | {ms / total:.1%} |"
+            for name, fam, calls, ms in sorted(ops, key=lambda op: -op[3])[:TOP]
         ),
     ]
     return "\n".join(lines)
