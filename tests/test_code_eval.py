@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import os
 
 import pytest
 from typer.testing import CliRunner
@@ -16,7 +17,7 @@ from tunelab.errors import DataError, TunelabError
 from tunelab.evaluate import code
 from tunelab.evaluate.code import CodeProblem, completion_code, is_code_benchmark, pass_at_k, read_code_problems
 from tunelab.evaluate.execution import CodeExecutionNotAllowed
-from tunelab.io import atomic_write_jsonl, read_jsonl
+from tunelab.io import atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
 from tunelab.models.templates import DEFAULT_CHAT_TEMPLATE
 from tunelab.runs import BenchmarkDir
 
@@ -410,6 +411,18 @@ def test_a_model_takes_its_answers_from_an_earlier_benchmark_of_the_same_protoco
     third = code.run_code_benchmark(both, cfg, tmp_path / "third", names=["base", "tuned"], reuse=[tmp_path / "first", tmp_path / "second"])
     assert generated == ["tuned"] and third["differences"] == second["differences"]
     assert third["models"]["tuned"]["reused_from"] == str(tmp_path / "second")
+    # the tuned model written again since (retrained into the same folder): the answers there are not its answers now
+    weights = next(other.glob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    with pytest.raises(TunelabError, match="tuned's weights were written again since"):
+        code.run_code_benchmark([str(other)], cfg, tmp_path / "fifth", reuse=[tmp_path / "second"])
+    unstamped = shutil.copytree(tmp_path / "first", tmp_path / "unstamped")
+    record = read_json(BenchmarkDir(unstamped).benchmark_json)
+    del record["models"]["base"]["weights_stamp"]
+    atomic_write_json(BenchmarkDir(unstamped).benchmark_json, record)
+    fifth = code.run_code_benchmark([str(tiny_model_dir)], cfg, tmp_path / "fifth", reuse=[unstamped])  # read, and said so
+    (read,) = fifth["models"].values()
+    assert read["reused_from"] == str(unstamped) and "weights_stamp" not in read
     # a hand-edited record or a row without its fields: the file, record and field are named
     broken = shutil.copytree(tmp_path / "first", tmp_path / "broken")
     predictions = BenchmarkDir(broken).predictions

