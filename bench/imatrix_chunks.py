@@ -1,6 +1,6 @@
 """Which importance-matrix chunk size brings Q4_K_M closest to fp32? Chosen on dev prompts, checked on the bench's.
 
-    python bench/imatrix_chunks.py [--sizes 1024 512 256 128] [--tokens 65536] [--workdir /tmp/imatrix-chunks]
+    python bench/imatrix_chunks.py [--sizes 1024 512 256 128] [--tokens 65536] [--workdir /tmp/imatrix-chunks] [--results FILE]
 
 How `export.imatrix.chunk_tokens`'s default was chosen (issue 28). SmolLM2-135M-Instruct is converted
 to an f16 GGUF, and for each chunk size an importance matrix is computed by llama.cpp's llama-imatrix
@@ -13,23 +13,24 @@ model, geometric mean over prompts, 95% paired bootstrap interval):
 - dev: records 6, 18, 31, ... (every 805/64th, offset by 6): the size is chosen on these;
 - test: records 0, 12, 25, ...: bench/export_quality.py's held-out prompts, reported, not chosen on.
 
-Perplexities are deterministic, so one pass; the table is printed (the figures are quoted in
-docs/export.md). Plain Q4_K_M (no matrix) is the first row.
+Perplexities are deterministic, so one pass; the table is this CPU's section of bench/RESULTS.md (the
+figures are quoted in docs/export.md). Plain Q4_K_M (no matrix) is the first row.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for `python bench/imatrix_chunks.py`
-from bench import harness, results  # noqa: E402, F401  (harness: the environment every bench runs in)
+from bench import harness, results  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 PROMPTS = 64
 OFFSETS = {"dev": 6, "test": 0}  # where each set's evenly spaced records start; test is export_quality.py's set
+TITLE = "Importance-matrix chunk sizes (bench/imatrix_chunks.py)"
+BENCH = harness.Bench(__file__, threads=None, repeats=None)  # llama.cpp's tools on 2 threads; deterministic: one pass
 
 
 def prompt_sets() -> dict[str, tuple[list[list[dict]], list[str]]]:
@@ -49,12 +50,31 @@ def delta(reference: list[float], quantized: list[float]) -> str:
     return interval(perplexity_delta(reference, quantized), 2, "%")
 
 
+def parse_args(argv=None):
+    parser = BENCH.parser(__doc__)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 512, 256, 128], help="tokens per chunk to compare")
+    parser.add_argument("--tokens", type=int, default=65_536, help="calibration tokens for every size")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/imatrix-chunks"))
+    return BENCH.parse(parser, argv)
+
+
+def section(args, rows: list[list[str]]) -> str:
+    header = ["file", "chunks × tokens", "Δ perplexity, dev prompts [95% CI]", "Δ perplexity, test prompts [95% CI]"]
+    lines = [
+        f"- model: {MODEL}, f16 GGUF quantized to Q4_K_M by llama-quantize, with each matrix from llama-imatrix on the same "
+        f"{args.tokens:,} tokens of alpaca_en_demo.json (chat template applied) cut into chunks of each size",
+        f"- scored: Δ perplexity of {PROMPTS} AlpacaEval reference answers against the fp32 PyTorch model (geometric mean over "
+        "prompts, 95% paired bootstrap interval), teacher-forced as bench/export_quality.py scores them; dev prompts choose, "
+        "test prompts (export_quality.py's) check",
+        "",
+        results.table(header, rows),
+    ]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[1024, 512, 256, 128], help="tokens per chunk to compare")
-    ap.add_argument("--tokens", type=int, default=65_536, help="calibration tokens for every size")
-    ap.add_argument("--workdir", type=Path, default=Path("/tmp/imatrix-chunks"))
-    args = ap.parse_args(argv)
+    args = parse_args(argv)
+    idle = harness.check_idle(args)
 
     from tunelab.config import ImatrixConfig
     from tunelab.evaluate.likelihood import answer_pair, perplexities
@@ -105,7 +125,7 @@ def main(argv=None) -> None:
         quantized = quantize_with_imatrix(f16, stage.gguf_file(MODEL, "q4_k_m_imat"), "q4_k_m", stage.imatrix_file, threads=2)
         rows.append([f"Q4_K_M, matrix from chunks of {size}", f"{matrix['chunks']} × {size}", *score(quantized).values()])
         print(rows[-1], flush=True)
-    print(results.table(["file", "chunks × tokens", "Δ perplexity, dev prompts [95% CI]", "Δ perplexity, test prompts [95% CI]"], rows))
+    harness.write_section(args, TITLE, section(args, rows), idle)
 
 
 if __name__ == "__main__":
