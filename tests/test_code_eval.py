@@ -7,6 +7,7 @@ import gzip
 import json
 import math
 import os
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -336,28 +337,40 @@ def test_leakage_check_finds_a_problem_in_training_text():
     assert sum(bool(p.solution) for p in read_code_problems(code.code_benchmark_path("humaneval"))) == 164
 
 
-def test_benchmarking_one_run_checks_its_training_split_for_the_problems(tmp_path, monkeypatch):
-    """`tunelab benchmark RUN` keeps the leakage record `tunelab run` and a sweep keep (a tune on dev-half answers
-    must show 0 in the test half); with two runs among the models there is no one source, and it says so."""
+def test_benchmarking_runs_checks_each_ones_training_split_for_the_problems(tmp_path, monkeypatch):
+    """`tunelab benchmark RUN...` keeps the leakage record `tunelab run` and a sweep keep (a tune on dev-half answers
+    must show 0 in the test half), one per run among the models, each in its model's record."""
     from tunelab.runs import RunDir
 
-    run = RunDir(tmp_path / "run")
     problem = code.read_code_problems(code.code_benchmark_path("humaneval"))[0]
-    run.split("train").parent.mkdir(parents=True)
-    example = {"messages": [{"role": "user", "content": "write it"}, {"role": "assistant", "content": problem.prompt}]}
-    run.split("train").write_text(json.dumps(example) + "\n")
+    runs = [RunDir(tmp_path / "leaky"), RunDir(tmp_path / "clean")]
+    for run, answer in zip(runs, [problem.prompt, "print('hello')"]):
+        run.split("train").parent.mkdir(parents=True)
+        example = {"messages": [{"role": "user", "content": "write it"}, {"role": "assistant", "content": answer}]}
+        run.split("train").write_text(json.dumps(example) + "\n")
     seen = []
     monkeypatch.setattr(code, "run_code_benchmark", lambda models, cfg, out, **kw: seen.append(kw.get("training")) or {})
     monkeypatch.setattr(code, "print_table", lambda table: None)
     monkeypatch.setattr(code, "rich_table", lambda result: None)
-    cfg = CodeEvalConfig(allow_execution=True)
-    for runs in ([run.root], [run.root, run.root]):
-        monkeypatch.setattr(code, "run_dirs_among", lambda models, runs=runs: runs)
-        code.code_benchmark_cli(["base", *map(str, runs)], cfg, out=tmp_path / "out", compare_base=False)
-    (source, texts), none = seen
-    assert source == str(run.split("train")) and none is None
-    leak = code.leakage_check(texts, [problem], ["dev"], source)
-    assert leak["leaked_per_half"] == {"dev": 1}  # the test half was not scored, so not checked: no 0 for it
+    monkeypatch.setattr(code, "run_dirs_among", lambda models: [Path(m) for m in models if m != "base"])
+    refs = [str(run.root) for run in runs]
+    code.code_benchmark_cli(["base", *refs], CodeEvalConfig(allow_execution=True), out=tmp_path / "out", compare_base=False)
+    (training,) = seen
+    assert list(training) == refs and training[refs[0]][0] == str(runs[0].split("train"))
+    checks = [code.leakage_check(texts, [problem], ["dev"], source) for source, texts in training.values()]
+    assert [c["leaked_per_half"] for c in checks] == [{"dev": 1}, {"dev": 0}]  # the test half was not scored: no 0 for it
+
+
+def test_each_tuned_models_leakage_check_is_in_its_own_record(tmp_path, tiny_model_dir):
+    cfg = CodeEvalConfig(allow_execution=True, max_problems=2, max_new_tokens=4, backend="pytorch")
+    first = code.read_code_problems(code.code_benchmark_path("humaneval"))[0]
+    training = {str(tiny_model_dir): ("runs/tuned/data/train.jsonl", [first.prompt])}
+    result = code.run_code_benchmark([str(tiny_model_dir)], cfg, tmp_path / "out", names=["tuned"], training=training)
+    leak = result["models"]["tuned"]["leakage"]
+    assert leak["source"] == "runs/tuned/data/train.jsonl" and list(leak["leaked"]) == [first.id]
+    assert code.leakage_checks(read_json(BenchmarkDir(tmp_path / "out").benchmark_json)) == {"tuned": leak}
+    summary = BenchmarkDir(tmp_path / "out").summary_md.read_text()
+    assert "Leakage check of tuned: 2 problems' prompts and reference solutions against the 1 examples" in summary
 
 
 def test_problem_scores_give_pass_at_1_overall_and_on_each_declared_half(tmp_path):
@@ -457,10 +470,12 @@ def test_metrics_on_problems_a_tune_trained_on_are_shown_but_never_a_finding(tmp
 
     run = RunDir(tmp_path / "rft")
     bench = BenchmarkDir(run.benchmark("humaneval"))
-    atomic_write_json(
-        bench.benchmark_json, {"kind": code.KIND, "leakage": {"leaked": {"HumanEval/0": "x"}, "leaked_per_half": {"dev": 56, "test": 0}}}
-    )
+    leak = {"leaked": {"HumanEval/0": "x"}, "leaked_per_half": {"dev": 56, "test": 0}}
+    atomic_write_json(bench.benchmark_json, {"kind": code.KIND, "models": {"base": {}, "rft": {"leakage": leak}}})
     atomic_write_json(BenchmarkDir(run.benchmark("arc-easy")).benchmark_json, {"kind": "multiple_choice"})
+    assert metrics_trained_on([str(run.root)]) == {"pass@1", "pass@1_dev"}
+    # a record from before each model kept its own check holds the tuned run's at the top level
+    atomic_write_json(bench.benchmark_json, {"kind": code.KIND, "models": {"base": {}, "rft": {}}, "leakage": leak})
     assert metrics_trained_on([str(run.root)]) == {"pass@1", "pass@1_dev"}
     assert metrics_trained_on([str(tmp_path / "no-benchmarks")]) == set()
 

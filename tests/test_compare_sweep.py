@@ -16,6 +16,7 @@ from tunelab.compare.report import compare_cli
 from tunelab.compare.store import store_path
 from tunelab.compare.sweep import sweep_cli
 from tunelab.errors import ConfigError, DataError, TunelabError
+from tunelab.evaluate.code import leakage_checks
 from tunelab.io import read_jsonl
 
 
@@ -178,9 +179,11 @@ def test_a_code_sweep_stores_pass_at_1_overall_and_on_each_declared_half(tmp_pat
     assert sorted((metric, n) for _, metric, n in counts) == sorted([("pass@1", 4), ("pass@1_dev", 2), ("pass@1_test", 2)] * 2)
     # each tuned run's training examples are checked for the problems, as `tunelab run` checks them
     runs = dict(db.execute("SELECT kind, run_dir FROM runs").fetchall())
-    leak = json.loads((Path(runs["variant"]) / "eval" / "benchmarks" / "humaneval" / "benchmark.json").read_text())["leakage"]
+    (leak,) = leakage_checks(
+        json.loads((Path(runs["variant"]) / "eval" / "benchmarks" / "humaneval" / "benchmark.json").read_text())
+    ).values()
     assert leak["source"].endswith("train.jsonl") and leak["problems_checked"] == 4 and leak["examples"] > 0
-    assert "leakage" not in json.loads((Path(runs["reference"]) / "eval" / "benchmarks" / "humaneval" / "benchmark.json").read_text())
+    assert not leakage_checks(json.loads((Path(runs["reference"]) / "eval" / "benchmarks" / "humaneval" / "benchmark.json").read_text()))
     md = (compare_cli(path) and tmp_path / "sweeps" / "tiny" / "report" / "report.md").read_text()
     assert "pass@1 (dev half)" in md and "pass@1 (test half)" in md
     # the verdicts rest on the reported half: the task metric is pass@1 on the test half, and the dev half is never a finding

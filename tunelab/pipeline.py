@@ -63,7 +63,7 @@ def code_stage(recipe: Recipe, run: RunDir) -> None:
     models, names = ([recipe.model, str(run.root)], ["base", "tuned"]) if recipe.eval.compare_base else ([str(run.root)], ["tuned"])
     out = run.benchmark(code_benchmark_name(cfg.benchmark))
     result = run_code_benchmark(
-        models, cfg, out, names=names, bootstrap_samples=recipe.eval.bootstrap_samples, training=training_texts(run)
+        models, cfg, out, names=names, bootstrap_samples=recipe.eval.bootstrap_samples, training={str(run.root): training_texts(run)}
     )
     print_table(code_table(result))
     run.mark_done("code", benchmark=result["benchmark"])

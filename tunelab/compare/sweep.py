@@ -464,7 +464,7 @@ def evaluate_code(run: PlannedRun, cfg: EvalConfig, name: str) -> tuple[dict[str
     if run.variant is not None and cfg.code.backend == "gguf":
         export_q8_0(run)  # the code benchmark's fast path generates from a Q8_0 file for every model alike
     out = rd.benchmark(code_benchmark_name(cfg.code.benchmark))
-    training = training_texts(rd) if run.variant is not None else None  # checked for HumanEval's problems, as `tunelab run` does
+    training = {run.model_ref: training_texts(rd)} if run.variant is not None else None  # checked for the problems, as `tunelab run` does
     run_code_benchmark([run.model_ref], cfg.code, out, names=[name], bootstrap_samples=cfg.bootstrap_samples, training=training)
     return problem_scores(out, name, cfg.bootstrap_samples)
 

@@ -88,6 +88,13 @@ def leakage_check(texts: list[str], problems: list[CodeProblem], halves: list[st
     }
 
 
+def leakage_checks(result: dict) -> dict[str, dict]:
+    """Each checked model's leakage record in a benchmark's record (benchmark.json), by model name. Records written
+    before each model kept its own hold one check, of the benchmark's one tuned run, at the top level."""
+    checks = {name: model["leakage"] for name, model in result["models"].items() if "leakage" in model}
+    return checks or ({"the tuned run": result["leakage"]} if result.get("leakage") else {})
+
+
 def training_texts(run: RunDir) -> tuple[str, list[str]]:
     """(where, texts) of a run's training examples, each the text of its messages: what `leakage_check` reads."""
     path = run.split("train")
@@ -401,14 +408,13 @@ def summary_markdown(result: dict) -> str:
     reused = [f"{name}'s from `{m['reused_from']}`" for name, m in result["models"].items() if m.get("reused_from")]
     if reused:
         lines += ["", f"Answers read from an earlier benchmark under the same protocol, not generated again: {'; '.join(reused)}."]
-    leak = result.get("leakage")
-    if leak:
+    for name, leak in leakage_checks(result).items():
         found = ", ".join(f"{k} ({v})" for k, v in leak["leaked"].items()) or "none"
         per_half = leak.get("leaked_per_half")
         halves = f" Leaked problems per half: {', '.join(f'{h} {n}' for h, n in per_half.items())}." if per_half and leak["leaked"] else ""
         lines += [
             "",
-            f"Leakage check: {leak['problems_checked']} problems' prompts and reference solutions against the "
+            f"Leakage check of {name}: {leak['problems_checked']} problems' prompts and reference solutions against the "
             f"{leak['examples']} examples of `{leak['source']}`, runs of {leak['ngram_words']} words in common: {found}.{halves}",
         ]
     return "\n".join(lines + [""])
@@ -479,11 +485,10 @@ def write_code_benchmark(out_dir: Path, result: dict, problems: list[CodeProblem
 
 def trained_on_metrics(result: dict) -> set[str]:
     """The pass@1 metrics a code benchmark's record (benchmark.json) measured on problems the run's own training data
-    held, by its leakage check: pass@1 over every problem and over each half with a leaked problem. A sweep's report
+    held, by its leakage checks: pass@1 over every problem and over each half with a leaked problem. A sweep's report
     weighs none of them (a tune on its model's passing dev answers trains on the dev half by design; only its test
     half is a finding)."""
-    per_half = (result.get("leakage") or {}).get("leaked_per_half") or {}
-    leaked = [half for half, count in per_half.items() if count]
+    leaked = {half for leak in leakage_checks(result).values() for half, count in (leak.get("leaked_per_half") or {}).items() if count}
     return {"pass@1", *map(half_metric, leaked)} if leaked else set()
 
 
@@ -600,11 +605,12 @@ def run_code_benchmark(
     *,
     names: list[str] | None = None,
     bootstrap_samples: int = 1000,
-    training: tuple[str, list[str]] | None = None,
+    training: dict[str, tuple[str, list[str]]] | None = None,
     reuse: Sequence[Path] = (),
 ) -> dict:
     """Generate and run code for `models` (the first is the baseline) as `cfg` says; write out_dir atomically.
-    `training` (source, texts): also check the problems against the tuned model's training examples.
+    `training` {model reference: (source, texts)}: also check the problems against each tuned model's training
+    examples (`leakage_check`), kept in that model's record.
     `reuse`: earlier benchmark folders; a model takes its answers from the first that holds them for these problems
     under this protocol (`reused_answers`) instead of generating; at least one model must find its answers."""
     require_opt_in(cfg.allow_execution, f"the code benchmark '{cfg.benchmark}'")
@@ -642,8 +648,10 @@ def run_code_benchmark(
     result["half"] = cfg.half
     result["fields"] = cfg.fields  # with `file`, what reads the problems again (format: passing_answers)
     result["execution"] = {"timeout_s": limits.timeout_s, "memory_mb": limits.memory_mb, "isolation": describe_isolation()}
-    if training is not None:  # (where, texts): the tuned model's training examples, checked for the test problems
-        result["leakage"] = leakage_check(training[1], problems, halves, training[0])
+    for ref, name in zip(models, names):  # each tuned model's training examples, checked for the problems
+        if ref in (training or {}):
+            source, texts = training[ref]
+            result["models"][name]["leakage"] = leakage_check(texts, problems, halves, source)
     result["versions"] = package_versions()
     result["created"] = now()
     write_code_benchmark(Path(out_dir), result, problems, halves, scored)
@@ -708,12 +716,8 @@ def code_benchmark_cli(
         if Path(folder).resolve() == Path(out).resolve():
             raise TunelabError(f"--reuse {folder} is the output folder, which this run replaces: give another --out")
     set_threads()
-    # a tuned run's training split is checked for the problems, as `tunelab run` and a sweep check theirs; the
-    # record holds one source, so with several runs among the models no check is made, and the line says so
-    tuned = RunDir(runs[0]) if len(runs) == 1 else None
-    training = training_texts(tuned) if tuned and tuned.split("train").is_file() else None
-    if len(runs) > 1:
-        console.print(f"no leakage check: {len(runs)} runs among the models (score one run at a time for its check)")
+    # each tuned run's training split is checked for the problems, as `tunelab run` and a sweep check theirs
+    training = {m: training_texts(RunDir(m)) for m in models if Path(m) in runs and RunDir(m).split("train").is_file()}
     result = run_code_benchmark(models, cfg, out, names=names, training=training, reuse=reuse)
     print_table(rich_table(result))
     console.print(
