@@ -30,7 +30,7 @@ TOP = 15
 # (family, operator names or name fragments): the first family whose fragment is in an operator's name takes it
 # The step runs eager. Its compiled graphs (`CompiledFxGraph`) are attention's backward (tunelab/train/attention.py),
 # whose five matmuls are its `aten::bmm` calls (no other layer of the step calls bmm), so they count as attention, and
-# the answer loss's kernel (tunelab/train/answer_loss.py), told apart by where it is called (`event_family`).
+# the answer loss's kernel (tunelab/train/answer_loss.py), told apart by where it is called (`event_name_and_family`).
 FAMILIES = [
     ("attention", ("attention", "sdpa", "CausalAttention", "CompiledFxGraph", "aten::bmm")),
     ("matmul", ("aten::mm", "aten::addmm", "aten::baddbmm", "mkldnn")),
@@ -48,17 +48,23 @@ def family(name: str) -> str:
     return next((fam for fam, fragments in FAMILIES if any(f in name for f in fragments)), "other")
 
 
-LOSS_FUNCTION = "ChunkedAnswerLoss"  # the answer loss's autograd function: a compiled graph it calls is the loss's kernel
+# (what calls a compiled graph, the graph's name in the tables, its family): a graph is named by the autograd function
+# it runs under, since its own name is a hash
+COMPILED_GRAPHS = [
+    ("ChunkedAnswerLoss", "compiled graph: the answer loss's kernel", "softmax and loss"),
+    ("CausalAttention", "compiled graph: attention's backward", "attention"),
+]
 
 
-def event_family(event) -> str:
-    """`family` of a profiled event's name, but a compiled graph called by the answer loss counts as the loss."""
+def event_name_and_family(event) -> tuple[str, str]:
+    """A profiled event's name and `family`; a compiled graph named and filed by the function that calls it."""
     parent = event.cpu_parent
     while "CompiledFxGraph" in event.name and parent is not None:
-        if LOSS_FUNCTION in parent.name:
-            return "softmax and loss"
+        for caller, name, fam in COMPILED_GRAPHS:
+            if caller in parent.name:
+                return name, fam
         parent = parent.cpu_parent
-    return family(event.name)
+    return event.name, family(event.name)
 
 
 def profiled_step(args) -> tuple[list[tuple[str, str, int, float]], float]:
@@ -101,7 +107,7 @@ def profiled_step(args) -> tuple[list[tuple[str, str, int, float]], float]:
     totals: dict[tuple[str, str], list] = {}  # (operator, family) -> [calls, self CPU ms]
     for event in callback.profiler.events():
         if event.self_cpu_time_total > 0:
-            total = totals.setdefault((event.name, event_family(event)), [0, 0.0])
+            total = totals.setdefault(event_name_and_family(event), [0, 0.0])
             total[0], total[1] = total[0] + 1, total[1] + event.self_cpu_time_total / 1000
     return [(name, fam, calls, ms) for (name, fam), (calls, ms) in totals.items()], callback.seconds
 
