@@ -436,6 +436,9 @@ def test_a_model_takes_its_answers_from_an_earlier_benchmark_of_the_same_protoco
     fifth = code.run_code_benchmark([str(tiny_model_dir)], cfg, tmp_path / "fifth", reuse=[unstamped])  # read, and said so
     (read,) = fifth["models"].values()
     assert read["reused_from"] == str(unstamped) and "weights_stamp" not in read
+    assert "written before tunelab stamped weights" in read["reuse_caveat"]
+    assert "written before tunelab stamped weights" in BenchmarkDir(tmp_path / "fifth").summary_md.read_text()
+    assert "reuse_caveat" not in second["models"]["base"]  # stamped and checked: nothing to say
     # a hand-edited record or a row without its fields: the file, record and field are named
     broken = shutil.copytree(tmp_path / "first", tmp_path / "broken")
     predictions = BenchmarkDir(broken).predictions

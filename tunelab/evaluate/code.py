@@ -278,6 +278,7 @@ class ModelResults:
     chat_answer: str | None = None  # for the chat format: what of the answer ran (CodeEvalConfig.chat_answer)
     weights_stamp: str | None = None  # `weights_stamp` of the model when it answered
     reused_from: str | None = None  # the benchmark folder its answers were read from (`--reuse`), not generated now
+    reuse_caveat: str | None = None  # what reading them could not check (`reused_answers`)
 
 
 def score_model(
@@ -355,6 +356,7 @@ def summarize(bench: str, path: Path, problems: list[CodeProblem], total: int, n
             **({"chat_answer": r.chat_answer} if r.chat_answer else {}),
             **({"weights_stamp": r.weights_stamp} if r.weights_stamp else {}),
             **({"reused_from": r.reused_from} if r.reused_from else {}),
+            **({"reuse_caveat": r.reuse_caveat} if r.reuse_caveat else {}),
             **{f"pass@{k}": {**bootstrap_ci(per[r.name][k], n=samples, seed=SEED), "n": len(problems)} for k in ks},
             "generation_seconds": round(r.generation_seconds, 1),
         }
@@ -405,7 +407,11 @@ def summary_markdown(result: dict) -> str:
         cells = [f"{m[k]['mean']:.3f} [{m[k]['low']:.3f}, {m[k]['high']:.3f}]" for k in ks]
         deltas = [f"{d[k]['diff']:+.3f} [{d[k]['low']:+.3f}, {d[k]['high']:+.3f}] p={d[k]['p_value']:.3f}" if k in d else "" for k in ks]
         lines.append(f"| {name} | {format_cell(m)} | " + " | ".join(cells + deltas) + f" | {m['generation_seconds']} |")
-    reused = [f"{name}'s from `{m['reused_from']}`" for name, m in result["models"].items() if m.get("reused_from")]
+    reused = [
+        f"{name}'s from `{m['reused_from']}`" + (f" ({m['reuse_caveat']})" if m.get("reuse_caveat") else "")
+        for name, m in result["models"].items()
+        if m.get("reused_from")
+    ]
     if reused:
         lines += ["", f"Answers read from an earlier benchmark under the same protocol, not generated again: {'; '.join(reused)}."]
     for name, leak in leakage_checks(result).items():
@@ -546,8 +552,8 @@ def reused_answers(
 ) -> tuple[ModelResults | None, str]:
     """`ref`'s answers from an earlier benchmark (`stored_benchmark`), where they were made under the protocol `asked`
     now (the benchmark, answers per problem, decoding, answer length, time limit, backend, prompt format) for the same
-    problems in the same order, by the same weights (`weights_stamp`): (its results, a caveat or "") or (None, why not).
-    The answers and their outcomes are read, not run again."""
+    problems in the same order, by the same weights (`weights_stamp`): (its results, "") or (None, why not). The answers
+    and their outcomes are read, not run again; what could not be checked is the results' `reuse_caveat`."""
     folder, record, rows = stored
     found = next(((n, m) for n, m in record["models"].items() if same_model(m["ref"], ref)), None)
     if found is None:
@@ -581,19 +587,19 @@ def reused_answers(
         model.get("chat_answer"),
         model.get("weights_stamp"),
         str(folder),
-    ), caveat
+        caveat or None,
+    ), ""
 
 
 def first_reusable(
     stored: Sequence[tuple[Path, dict, list[dict]]], ref: str, name: str, asked: dict, problems: list[CodeProblem]
 ) -> tuple[ModelResults | None, str]:
-    """`reused_answers` from the first stored benchmark that has them: (results, caveat) or (None, why not, folder by
-    folder)."""
+    """`reused_answers` from the first stored benchmark that has them: (results, "") or (None, why not, folder by folder)."""
     why_not = []
     for benchmark in stored:
         found, why = reused_answers(benchmark, ref, name, asked, problems)
         if found:
-            return found, why
+            return found, ""
         why_not.append(f"{why} in {benchmark[0]}")
     return None, "; ".join(why_not)
 
@@ -635,7 +641,7 @@ def run_code_benchmark(
     scored = []
     for ref, name, (found, why_not) in zip(models, names, reused):
         if found:
-            caveat = f"; {why_not}" if why_not else ""
+            caveat = f"; {found.reuse_caveat}" if found.reuse_caveat else ""
             console.print(
                 f"{name}: answers read from {found.reused_from} (the same problems, protocol and weights{caveat}), not generated again"
             )
