@@ -2,6 +2,7 @@
 
     python bench/train_profile.py [--examples 48] [--steps 3] [--threads 2] [--model smollm2-135m-instruct]
     python bench/train_profile.py --base-dtype float32                     # another step (StepChoices.base_dtype)
+    python bench/train_profile.py --compiled-norms-and-mlps                # another (StepChoices.compiled_norms_and_mlps)
     python bench/train_profile.py --smoke --model DIR --results FILE       # checks the bench runs
 
 The step is bench/train_throughput.py's tunelab row (its recipe: LoRA r16 on every linear layer,
@@ -30,14 +31,17 @@ TOP = 15
 # (family, operator names or name fragments): the first family whose fragment is in an operator's name takes it
 # The step runs eager. Its compiled graphs (`CompiledFxGraph`) are attention's backward (tunelab/train/attention.py),
 # whose five matmuls are its `aten::bmm` calls (no other layer of the step calls bmm), so they count as attention, and
-# the answer loss's kernel (tunelab/train/answer_loss.py), told apart by where it is called (`event_name_and_family`).
+# the answer loss's kernel (tunelab/train/answer_loss.py), told apart by where it is called (`event_name_and_family`);
+# with --compiled-norms-and-mlps, the norms' and MLPs' graphs too: fused elementwise work (their matmuls are aten::mm).
 FAMILIES = [
-    ("attention", ("attention", "sdpa", "CausalAttention", "CompiledFxGraph", "aten::bmm")),
+    ("attention", ("attention", "sdpa", "CausalAttention", "aten::bmm")),
     ("matmul", ("aten::mm", "aten::addmm", "aten::baddbmm", "mkldnn")),
     ("softmax and loss", ("softmax", "nll_loss", "cross_entropy")),
     ("casts and copies", ("aten::copy_", "aten::_to_copy", "aten::clone", "aten::contiguous")),
     ("fills", ("aten::fill_", "aten::zero_")),
     ("optimizer", ("_foreach_", "addcdiv", "addcmul", "lerp")),
+    # the calls into compiled code: dynamo's guards, AOT autograd's wrappers (the graphs themselves are named below)
+    ("compiled-code dispatch", ("TorchDynamo Cache Lookup", "Pregraph bytecode", "CompiledFunction", "Torch-Compiled Region")),
     ("elementwise and reductions", ("aten::mul", "aten::add", "aten::sub", "aten::div", "aten::pow", "aten::rsqrt", "aten::mean",
                                     "aten::sum", "aten::silu", "aten::neg", "aten::cat", "aten::where", "aten::sigmoid", "aten::exp",
                                     "aten::gelu", "aten::tanh", "aten::cos", "aten::sin", "aten::masked_fill")),
@@ -49,22 +53,26 @@ def family(name: str) -> str:
 
 
 # (what calls a compiled graph, the graph's name in the tables, its family): a graph is named by the autograd function
-# it runs under, since its own name is a hash
+# it runs under, since its own name is a hash. Any other is a compiled module's (the norms and MLPs): inductor's own
+# kernels there are the fused elementwise work, its matmuls run as aten::mm
 COMPILED_GRAPHS = [
     ("ChunkedAnswerLoss", "compiled graph: the answer loss's kernel", "softmax and loss"),
     ("CausalAttention", "compiled graph: attention's backward", "attention"),
 ]
+OTHER_COMPILED_GRAPH = ("compiled graph: norms and MLPs (fused elementwise)", "elementwise and reductions")
 
 
 def event_name_and_family(event) -> tuple[str, str]:
     """A profiled event's name and `family`; a compiled graph named and filed by the function that calls it."""
+    if "CompiledFxGraph" not in event.name:
+        return event.name, family(event.name)
     parent = event.cpu_parent
-    while "CompiledFxGraph" in event.name and parent is not None:
+    while parent is not None:
         for caller, name, fam in COMPILED_GRAPHS:
             if caller in parent.name:
                 return name, fam
         parent = parent.cpu_parent
-    return event.name, family(event.name)
+    return OTHER_COMPILED_GRAPH
 
 
 def profiled_step(args) -> tuple[list[tuple[str, str, int, float]], float]:
@@ -99,7 +107,7 @@ def profiled_step(args) -> tuple[list[tuple[str, str, int, float]], float]:
     workdir = Path(tempfile.mkdtemp(prefix="train-profile-"))
     recipe = tunelab_recipe(args, resolve_model(args.model).path, train, workdir, max_steps=1 + args.steps)
     callback = ProfileSteps(args.steps)
-    step = StepChoices(base_dtype=args.base_dtype)
+    step = StepChoices(base_dtype=args.base_dtype, compiled_norms_and_mlps=args.compiled_norms_and_mlps)
     args.stored_as = frozen_weights_dtype(recipe, step)  # "auto" resolved as training resolves it, for the section
     train_recipe(recipe, step=step, callbacks=[callback])
     if callback.profiler is None or not callback.seconds:
@@ -120,7 +128,8 @@ def section(args, ops: list[tuple[str, str, int, float]], seconds: float) -> str
     lines = [
         f"- model: {args.model}; {args.steps} profiled step(s) of 8 examples after one warm-up step; "
         f"{args.threads} threads; frozen base weights stored as {args.stored_as}"
-        + (" (the default on this CPU)" if args.base_dtype == "auto" else ""),
+        + (" (the default on this CPU)" if args.base_dtype == "auto" else "")
+        + ("; each RMSNorm and MLP module compiled (StepChoices.compiled_norms_and_mlps)" if args.compiled_norms_and_mlps else ""),
         f"- wall time of the profiled steps: {seconds:.2f} s; self CPU time of every operator: {total / 1000:.2f} s",
         "",
         "| family | share of self CPU time |",
@@ -147,6 +156,9 @@ def parse_args(argv=None):
     parser.add_argument(
         "--base-dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="StepChoices.base_dtype; auto: training's default"
     )
+    parser.add_argument(
+        "--compiled-norms-and-mlps", action="store_true", help="StepChoices.compiled_norms_and_mlps: regional compilation, not a default"
+    )
     args = BENCH.parse(parser, argv)
     args.val, args.seed = 0, 0  # what bench/train_throughput's examples and recipe read: no held-out rows, seed 0
     return args
@@ -159,6 +171,7 @@ def main(argv=None) -> None:
     # the default step has the plain title; another model or dtype asked for has a section of its own
     title = section_title(args, TITLE)
     title = title if args.base_dtype == "auto" else f"{title[:-1]}, base weights in {args.base_dtype})"
+    title = f"{title[:-1]}, norms and MLPs compiled)" if args.compiled_norms_and_mlps else title
     harness.write_section(args, title, section(args, ops, seconds), idle)
 
 

@@ -32,10 +32,12 @@ round, the order reversed every other round); round r trains with seed r.
   frozen base weights stored in bf16 (`StepChoices.base_dtype`) instead of fp32 weights cast under autocast each
   step (the last steps). Candidate rows (--ablation or --candidates) follow: the tunelab row with one choice as it
   was before, the frozen weights in fp32 (only where bf16 matmuls pay), the CPU flash kernel's own attention
-  backward and the loss's softmax in eager ops, so that a run without the ablation still measures what each buys.
-- Attention's compiled backward compiles once per machine (torch's on-disk cache) and loads from the cache in
-  every later process: before round 1 an untimed tunelab run of 8 examples fills the cache, so that round 1 is
-  not the only one to pay the compiler (its seconds are in the section).
+  backward and the loss's softmax in eager ops, so that a run without the ablation still measures what each buys;
+  and one choice not yet a default, where a C++ compiler exists: each RMSNorm and MLP module compiled
+  (`StepChoices.compiled_norms_and_mlps`, regional compilation).
+- Attention's compiled backward (and the compiled norms and MLPs) compile once per machine (torch's on-disk cache)
+  and load from the cache in every later process: before round 1 an untimed run of 8 examples of each fills the
+  cache, so that round 1 is not the only one to pay the compiler (its seconds are in the section).
 
 Tokens/s: the examples' real tokens (chat template applied, no padding) over the Trainer's own
 `train_runtime`, the same count and the same clock for every row. TRL best and tunelab must train
@@ -60,7 +62,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for `python bench/train_throughput.py`
 from bench import harness, results  # noqa: E402
-from tunelab.cpu import peak_rss_mib  # noqa: E402
+from tunelab.cpu import has_cpp_compiler, peak_rss_mib  # noqa: E402
 
 TITLE = "Training throughput (bench/train_throughput.py)"
 BENCH = harness.Bench(__file__, smoke={"examples": 12, "val": 4})
@@ -144,6 +146,10 @@ CANDIDATES = {
     # the default before the loss's compiled kernel (eager softmax and gradient, chunks of CPU_CHUNK logits)
     "tunelab with the answer loss's softmax in eager ops (the default before)": dict(fused_loss_on_cpu=False),
 }
+# not a default yet: each RMSNorm and MLP module compiled (regional compilation), where the compiler can build CPU kernels
+REGIONAL = "tunelab with its norms and MLPs compiled (regional torch.compile, not a default)"
+if has_cpp_compiler():
+    CANDIDATES[REGIONAL] = dict(compiled_norms_and_mlps=True)
 SMOKE_QA = [
     ("What is 2 + 2?", "2 + 2 is 4."),
     ("Name a colour.", "Blue is a colour."),
@@ -324,14 +330,16 @@ def attention_backward_compiles(args) -> bool:
     return backward_compiles(head_dim, torch.bfloat16 if BF16 else torch.float32)
 
 
-def warm_compile_cache(args, compiled: bool) -> float | None:
-    """Seconds of an untimed tunelab run of 8 examples, which fills torch's on-disk cache with attention's compiled
-    backward, so that round 1's tunelab row loads it like every later process instead of compiling it (None: nothing
-    compiles here)."""
-    if not compiled or args.smoke:
+def warm_compile_cache(args, compiled: bool, kinds: list[str]) -> float | None:
+    """Seconds of untimed runs of 8 examples, which fill torch's on-disk cache with attention's compiled backward (a
+    tunelab run) and the compiled norms and MLPs (that candidate's run, when it is measured), so that round 1's rows
+    load them like every later process instead of compiling them (None: nothing compiles here)."""
+    warm = ([TUNELAB] if compiled else []) + ([REGIONAL] if REGIONAL in kinds else [])
+    if not warm or args.smoke:
         return None
     start = time.perf_counter()
-    BENCH.in_worker(argparse.Namespace(**{**vars(args), "argv": [*args.argv, "--examples", "8", "--val", "2"]}), TUNELAB, 0, worker)
+    for kind in warm:
+        BENCH.in_worker(argparse.Namespace(**{**vars(args), "argv": [*args.argv, "--examples", "8", "--val", "2"]}), kind, 0, worker)
     return time.perf_counter() - start
 
 
@@ -411,8 +419,8 @@ def section(args, runs: dict[str, list[dict]], peaks: list[float], flops: dict[s
         f"torch threads {args.threads}, {args.repeats} interleaved round(s), round r with seed r; validation loss on {args.val} held-out examples "
         "(answer tokens). Tokens/s: real tokens over the Trainer's train_runtime; figures are median (min–max) over the rounds."
         + (
-            f" Before round 1, an untimed tunelab run of 8 examples filled torch's compile cache with attention's backward ({warm_s:.0f} s "
-            "in all, once per machine); every tunelab row then loads it."
+            f" Before round 1, untimed runs of 8 examples filled torch's compile cache ({warm_s:.0f} s in all, once per machine: "
+            "attention's backward, and the norms and MLPs where that candidate is measured); every row then loads it."
             if warm_s is not None
             else ""
         ),
@@ -430,14 +438,15 @@ def section(args, runs: dict[str, list[dict]], peaks: list[float], flops: dict[s
             "",
             "Ablation: tunelab with its choices off (fp32, gradient checkpointing, padded batches, logits at every position), "
             "then switched on one at a time; each row adds one choice to the row above. The rows after the tunelab row are "
-            "the candidates: the tunelab row with one choice as it was before it became the default.",
+            "the candidates: the tunelab row with one choice as it was before it became the default, or one not yet a default.",
             "",
             results.table(header[:1] + header[2:], [r[:1] + r[2:] for r in steps]),
         ]
     elif args.candidates:
         lines += [
             "",
-            "Candidates: the tunelab row with one choice as it was before it became the default (what each buys).",
+            "Candidates: the tunelab row with one choice changed: as it was before it became the default (what each buys), "
+            "or one not yet a default (whether it would pay).",
             "",
             results.table(header, [row(k, k, "") for k in CANDIDATES]),
         ]
@@ -476,7 +485,7 @@ def main(argv=None) -> None:
         + (list(CANDIDATES) if args.ablation or args.candidates else [])
     )
     compiled = attention_backward_compiles(args)
-    warm_s = warm_compile_cache(args, compiled)
+    warm_s = warm_compile_cache(args, compiled, kinds)
     runs, peaks = measure(args, kinds)
     harness.write_section(args, section_title(args), section(args, runs, peaks, flops, compiled, warm_s), idle)
 

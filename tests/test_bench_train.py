@@ -78,3 +78,33 @@ def test_another_model_has_a_section_of_its_own_in_every_training_bench():
     assert bench_train.section_title(default, profile) == profile
     assert bench_train.section_title(gemma, profile) == "Where a training step's time goes on gemma3-270m (bench/train_profile.py)"
     assert bench_train.section_title(gemma) == "Training throughput on gemma3-270m (bench/train_throughput.py)"
+
+
+def test_profile_files_a_compiled_graph_by_what_calls_it():
+    """A compiled graph's name is a hash: the profile names and files it by the autograd function it runs under, and
+    one under neither the loss nor attention (a compiled norm or MLP) as fused elementwise work, not as attention."""
+    from types import SimpleNamespace
+
+    spec = importlib.util.spec_from_file_location("bench_profile", ROOT / "bench" / "train_profile.py")
+    bench_profile = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_profile)
+
+    def event(name: str, *callers: str):
+        parent = None
+        for caller in reversed(callers):  # outermost last
+            parent = SimpleNamespace(name=caller, cpu_parent=parent)
+        return SimpleNamespace(name=name, cpu_parent=parent)
+
+    graph = "CompiledFxGraph fabc123"
+    assert bench_profile.event_name_and_family(event(graph, "aten::view", "CausalAttentionBackward")) == (
+        "compiled graph: attention's backward",
+        "attention",
+    )
+    assert bench_profile.event_name_and_family(event(graph, "ChunkedAnswerLoss")) == (
+        "compiled graph: the answer loss's kernel",
+        "softmax and loss",
+    )
+    assert bench_profile.event_name_and_family(event(graph, "CompiledFunctionBackward")) == bench_profile.OTHER_COMPILED_GRAPH
+    assert bench_profile.OTHER_COMPILED_GRAPH[1] == "elementwise and reductions"
+    assert bench_profile.event_name_and_family(event("TorchDynamo Cache Lookup")) == ("TorchDynamo Cache Lookup", "compiled-code dispatch")
+    assert bench_profile.event_name_and_family(event("aten::bmm", "CausalAttentionBackward")) == ("aten::bmm", "attention")

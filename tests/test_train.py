@@ -353,3 +353,47 @@ def test_the_cli_names_the_two_axes_and_the_old_method_option_still_works(tmp_pa
         recipe_from_cli(None, data=["x.json"], method="dpo", weights="full")
     with pytest.raises(ConfigError, match=r"(?s)command line: invalid recipe.*train\.objective"):
         recipe_from_cli(None, data=["x.json"], objective="ppo")
+
+
+@pytest.mark.skipif(not __import__("tunelab.cpu", fromlist=["x"]).has_cpp_compiler(), reason="torch.compile needs a C++ compiler")
+def test_compiled_norms_and_mlps_train_the_same(tmp_path, tiny_model_dir, monkeypatch):
+    """StepChoices.compiled_norms_and_mlps (regional compilation, a bench candidate): every RMSNorm and MLP module runs
+    through torch.compile and the logged losses are the eager run's."""
+    import torch._dynamo
+
+    from tunelab.train import run as train_run
+
+    compiled_modules = []
+    compile_parts = train_run.compile_norms_and_mlps
+
+    def losses(name: str, step) -> list[float]:
+        run = train_run.train_recipe(make_recipe(tmp_path / name, tiny_model_dir, precision="fp32", max_steps=3, eval_steps=3), step=step)
+        assert json.loads((run / "train" / "summary.json").read_text())["compiled"] is False  # not the whole model
+        return [r[k] for r in read_jsonl(run / "train" / "metrics.jsonl") for k in ("loss", "eval_loss") if k in r]
+
+    eager = losses("eager", train_run.StepChoices())
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    monkeypatch.setattr(train_run, "compile_norms_and_mlps", lambda model: compiled_modules.append(compile_parts(model)))
+    regional = losses("regional", train_run.StepChoices(compiled_norms_and_mlps=True))
+    layers = json.loads((tiny_model_dir / "config.json").read_text())["num_hidden_layers"]
+    assert compiled_modules == [3 * layers + 1]  # two norms and an MLP a layer, and the final norm
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0
+    assert len(regional) == len(eager) >= 4
+    assert regional == pytest.approx(eager, rel=1e-4)
+
+
+def test_compiled_norms_and_mlps_where_they_do_not_apply_are_refused(tmp_path, tiny_model_dir, monkeypatch):
+    """Refused before any work: outside packed supervised training, beside train.compile=true (which compiles the whole
+    model), and without a C++ compiler for inductor's CPU kernels."""
+    from tunelab.train.run import StepChoices, train_recipe
+
+    regional = StepChoices(compiled_norms_and_mlps=True)
+    with pytest.raises(ConfigError, match="apply to packed supervised training only"):
+        train_recipe(make_recipe(tmp_path / "padded", tiny_model_dir, packing=False), step=regional)
+    with pytest.raises(ConfigError, match="train.compile=true compiles whole"):
+        train_recipe(make_recipe(tmp_path / "whole", tiny_model_dir, compile=True), step=regional)
+    monkeypatch.setattr("tunelab.train.run.has_cpp_compiler", lambda: False)
+    with pytest.raises(ConfigError, match="on a CPU with a C\\+\\+ compiler"):
+        train_recipe(make_recipe(tmp_path / "no-compiler", tiny_model_dir), step=regional)
+    assert not any((tmp_path / name / "runs").exists() for name in ("padded", "whole", "no-compiler"))

@@ -101,6 +101,11 @@ class StepChoices:
     # least answer_loss.FUSED_MIN_POSITIONS positions (train/answer_loss.py): False keeps eager ops in chunks of
     # CPU_CHUNK logits, the loss as it was before (docs/training.md)
     fused_loss_on_cpu: bool = True
+    # on a CPU with a C++ compiler, each RMSNorm and MLP module (its LoRA layers included) runs through torch.compile,
+    # one graph for every layer (regional compilation: `compile_norms_and_mlps`). Not a default: on the AVX512-BF16 EPYC
+    # it was inside the drift between runs (docs/training.md); a candidate where elementwise work is a larger share of
+    # the step (42% on the AMX Xeon), measured by bench/train_throughput.py --candidates
+    compiled_norms_and_mlps: bool = False
 
 
 def has_frozen_base(t: TrainConfig) -> bool:
@@ -116,11 +121,25 @@ def check_step_choices(recipe: Recipe, step: StepChoices) -> None:
     packed = [
         name
         for name in changed
-        if name in ("answer_logits", "attention_per_example", "chunked_loss_on_cpu", "fused_loss_on_cpu", "compiled_attention_backward")
+        if name
+        in (
+            "answer_logits",
+            "attention_per_example",
+            "chunked_loss_on_cpu",
+            "fused_loss_on_cpu",
+            "compiled_attention_backward",
+            "compiled_norms_and_mlps",
+        )
     ]
     if packed and not (t.objective == "sft" and t.packing):
         raise ConfigError(
             f"train_recipe(step=...): {', '.join(packed)} apply to packed supervised training only (train.packing: true, SFT)"
+        )
+    if step.compiled_norms_and_mlps and (torch.cuda.is_available() or not has_cpp_compiler()):
+        raise ConfigError("train_recipe(step=...): compiled_norms_and_mlps applies on a CPU with a C++ compiler (g++ or clang++)")
+    if step.compiled_norms_and_mlps and t.compile is True:
+        raise ConfigError(
+            "train_recipe(step=...): compiled_norms_and_mlps compiles parts of the model that train.compile=true compiles whole"
         )
     if "base_dtype" in changed and not has_frozen_base(t):
         raise ConfigError(
@@ -470,6 +489,9 @@ def build_trainer(
     args = training_arguments(recipe, run, steps_per_epoch(recipe, len(train_set), state.num_processes), has_validation=bool(val_set))
     if t.weights != "full" and (args.bf16 or args.fp16):  # the Trainer runs every step and evaluation under autocast
         skip_input_casts(model)
+    if step.compiled_norms_and_mlps:
+        args.torch_compile = False  # train.compile: auto gives way to the parts asked for (true is refused before)
+        compile_norms_and_mlps(model)
     trainer = Trainer(
         model=model,
         args=args,
@@ -481,6 +503,21 @@ def build_trainer(
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(HFProgressCallback)
     return trainer
+
+
+def compile_norms_and_mlps(model) -> int:
+    """Regional compilation: each RMSNorm and MLP module runs through torch.compile, where inductor fuses the norm's
+    reductions, SiLU-and-multiply and the LoRA layers' scaling and adds around the matmuls. Symbolic shapes, since
+    packed rows change length every step; the layers share one graph (parameters are its inputs). Returns how many
+    modules were compiled."""
+    compiled = 0
+    for module in model.modules():
+        if type(module).__name__.endswith(("RMSNorm", "MLP")):
+            module.compile(dynamic=True)
+            compiled += 1
+    if not compiled:
+        raise ConfigError(f"compiled_norms_and_mlps: {type(model).__name__} has no RMSNorm or MLP module to compile")
+    return compiled
 
 
 def build_preference_trainer(recipe: Recipe, run: RunDir, base_path: Path, tokenizer, state: PartialState):
