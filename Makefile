@@ -13,7 +13,7 @@ LOCK_EXTRAS := qlora serve dev bench preference gguf
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-slow lint setup setup-gguf setup-imatrix lock bench docs clean-venv
+.PHONY: demo test test-slow lint setup setup-gguf setup-imatrix lock bench bench-training docs clean-venv
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -121,6 +121,18 @@ bench: $(VENV)/.gguf-installed
 	$(BIN)/python bench/arc_scoring.py
 	$(BIN)/python bench/cpu_inference.py
 	$(BIN)/python bench/serve_load.py
+
+# Training speed on this CPU, every figure docs/training.md quotes per CPU (issue #25): both models against TRL with the
+# candidate rows, the whole-model compile, and where a step's time goes; on a new chip (the SmolLM2 bench alone took 38
+# min on the 2-core AVX512-BF16 EPYC, 2026-12-07; the whole well over an hour).
+bench-training: $(VENV)/.installed
+	$(BIN)/tunelab models fetch smollm2-135m-instruct
+	$(BIN)/tunelab models fetch gemma3-270m
+	$(BIN)/python bench/train_throughput.py --examples 96 --val 16 --repeats 2 --candidates
+	$(BIN)/python bench/train_throughput.py --model gemma3-270m --examples 16 --val 8 --repeats 2 --candidates
+	$(BIN)/python bench/train_compile.py
+	$(BIN)/python bench/train_profile.py
+	$(BIN)/python bench/train_profile.py --model gemma3-270m
 
 docs: $(VENV)/.installed
 	$(BIN)/python -m tunelab.config > docs/configuration.md
