@@ -129,7 +129,7 @@ bench-training: $(VENV)/.installed
 	$(BIN)/tunelab models fetch smollm2-135m-instruct
 	$(BIN)/tunelab models fetch gemma3-270m
 	$(BIN)/python bench/train_throughput.py --examples 96 --val 16 --repeats 2 --candidates
-	$(BIN)/python bench/train_throughput.py --model gemma3-270m --examples 16 --val 8 --repeats 2 --candidates
+	$(BIN)/python bench/train_throughput.py --model gemma3-270m --examples 48 --val 8 --repeats 2 --candidates
 	$(BIN)/python bench/train_compile.py
 	$(BIN)/python bench/train_profile.py
 	$(BIN)/python bench/train_profile.py --model gemma3-270m
