@@ -103,9 +103,23 @@ class StepChoices:
     fused_loss_on_cpu: bool = True
     # on a CPU with a C++ compiler, each RMSNorm and MLP module (its LoRA layers included) runs through torch.compile,
     # one graph for every layer (regional compilation: `compile_norms_and_mlps`). Not a default: on the AVX512-BF16 EPYC
-    # it was inside the drift between runs (docs/training.md); a candidate where elementwise work is a larger share of
-    # the step (42% on the AMX Xeon), measured by bench/train_throughput.py --candidates
+    # the bench ran it at 0.90x and 0.95x the default step with SmolLM2 and 1.06x with Gemma-3, inside the drift between
+    # processes (docs/training.md); a candidate where elementwise work is a larger share of the step (42% on the AMX
+    # Xeon), measured by bench/train_throughput.py --candidates
     compiled_norms_and_mlps: bool = False
+
+
+# the step choices that only packed supervised training makes
+PACKED_STEP_CHOICES = frozenset(
+    {
+        "answer_logits",
+        "attention_per_example",
+        "chunked_loss_on_cpu",
+        "fused_loss_on_cpu",
+        "compiled_attention_backward",
+        "compiled_norms_and_mlps",
+    }
+)
 
 
 def has_frozen_base(t: TrainConfig) -> bool:
@@ -118,19 +132,7 @@ def check_step_choices(recipe: Recipe, step: StepChoices) -> None:
     """Refuse a step choice changed where the recipe's training never makes it."""
     t = recipe.train
     changed = [f.name for f in fields(step) if getattr(step, f.name) != f.default]
-    packed = [
-        name
-        for name in changed
-        if name
-        in (
-            "answer_logits",
-            "attention_per_example",
-            "chunked_loss_on_cpu",
-            "fused_loss_on_cpu",
-            "compiled_attention_backward",
-            "compiled_norms_and_mlps",
-        )
-    ]
+    packed = [name for name in changed if name in PACKED_STEP_CHOICES]
     if packed and not (t.objective == "sft" and t.packing):
         raise ConfigError(
             f"train_recipe(step=...): {', '.join(packed)} apply to packed supervised training only (train.packing: true, SFT)"
