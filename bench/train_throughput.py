@@ -420,7 +420,8 @@ def section(args, runs: dict[str, list[dict]], peaks: list[float], flops: dict[s
         "(answer tokens). Tokens/s: real tokens over the Trainer's train_runtime; figures are median (min–max) over the rounds."
         + (
             f" Before round 1, untimed runs of 8 examples filled torch's compile cache ({warm_s:.0f} s in all, once per machine: "
-            "attention's backward, and the norms and MLPs where that candidate is measured); every row then loads it."
+            "a tunelab run where attention's backward compiles, the norms-and-MLPs candidate's where it is measured); "
+            "every row then loads what it compiles."
             if warm_s is not None
             else ""
         ),
