@@ -274,6 +274,9 @@ def test_compile_auto_compiles_long_supervised_cpu_runs_only(tmp_path, tiny_mode
     assert train_run.compiles(auto, long_run) and not train_run.compiles(auto, long_run - 1)
     assert not train_run.compiles(make_recipe(tmp_path, tiny_model_dir, compile=False), 10 * long_run)
     assert train_run.compiles(make_recipe(tmp_path, tiny_model_dir, compile=True), 1)
+    # the norms and MLPs compiled keep the model whole eager: decided here, where the Trainer's arguments (and
+    # accelerate's dynamo plugin, which reads their backend) are made, not flipped on the arguments afterwards
+    assert not train_run.compiles(auto, long_run, train_run.StepChoices(compiled_norms_and_mlps=True))
     dpo = auto.model_copy(update={"train": auto.train.model_copy(update={"objective": "dpo"})})
     assert dpo.train.objective == "dpo" and not train_run.compiles(dpo, 10 * long_run)  # not measured with TRL's trainers
     runs_on()

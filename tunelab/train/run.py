@@ -232,8 +232,11 @@ def tokenize_split(tokenizer, rows: list[dict], max_seq_length: int) -> tuple[li
     return out, dropped
 
 
-def compiles(recipe: Recipe, steps: int) -> bool:
-    """Whether a run of `steps` optimizer steps trains through torch.compile (`train.compile`, with `auto` resolved)."""
+def compiles(recipe: Recipe, steps: int, step: StepChoices = StepChoices()) -> bool:
+    """Whether a run of `steps` optimizer steps trains through torch.compile (`train.compile`, with `auto` resolved).
+    A step whose norms and MLPs are compiled keeps the model whole eager (`true` beside it is refused before)."""
+    if step.compiled_norms_and_mlps:
+        return False
     setting = recipe.train.compile
     if setting != "auto":
         return setting
@@ -322,11 +325,13 @@ def build_model(recipe: Recipe, base_path: Path, step: StepChoices = StepChoices
     return model
 
 
-def training_arguments(recipe: Recipe, run: RunDir, steps_per_epoch: int, has_validation: bool) -> TrainingArguments:
-    return TrainingArguments(**training_settings(recipe, run, steps_per_epoch, has_validation))
+def training_arguments(
+    recipe: Recipe, run: RunDir, steps_per_epoch: int, has_validation: bool, step: StepChoices = StepChoices()
+) -> TrainingArguments:
+    return TrainingArguments(**training_settings(recipe, run, steps_per_epoch, has_validation, step))
 
 
-def training_settings(recipe: Recipe, run: RunDir, steps_per_epoch: int, has_validation: bool) -> dict:
+def training_settings(recipe: Recipe, run: RunDir, steps_per_epoch: int, has_validation: bool, step: StepChoices = StepChoices()) -> dict:
     """The TrainingArguments of a run, as keyword arguments (TRL's DPOConfig and ORPOConfig take them too)."""
     t = recipe.train
     total_steps = t.max_steps or max(1, int(steps_per_epoch * t.epochs))
@@ -366,7 +371,7 @@ def training_settings(recipe: Recipe, run: RunDir, steps_per_epoch: int, has_val
         disable_tqdm=True,
         include_num_input_tokens_seen="all",
         dataloader_num_workers=0,
-        torch_compile=compiles(recipe, total_steps),
+        torch_compile=compiles(recipe, total_steps, step),
         **strategy_arguments(recipe),
     )
 
@@ -488,11 +493,10 @@ def build_trainer(
     if attention := attention_implementation(t.packing, step.attention_per_example, step.compiled_attention_backward):
         getattr(model, "get_base_model", lambda: model)().set_attn_implementation(attention)
     collator = PackedCollator(logits_only_at_labels=step.answer_logits) if t.packing else PaddedCollator(tokenizer.pad_token_id)
-    args = training_arguments(recipe, run, steps_per_epoch(recipe, len(train_set), state.num_processes), has_validation=bool(val_set))
+    args = training_arguments(recipe, run, steps_per_epoch(recipe, len(train_set), state.num_processes), bool(val_set), step)
     if t.weights != "full" and (args.bf16 or args.fp16):  # the Trainer runs every step and evaluation under autocast
         skip_input_casts(model)
-    if step.compiled_norms_and_mlps:
-        args.torch_compile = False  # train.compile: auto gives way to the parts asked for (true is refused before)
+    if step.compiled_norms_and_mlps:  # the model stays eager around them (`compiles`)
         compile_norms_and_mlps(model)
     trainer = Trainer(
         model=model,
